@@ -1,0 +1,47 @@
+# Two commands: `make reports` (the main job) and `make test`. Each creates .venv on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+RUN    ?=
+PRESET ?=
+# Extra arguments for the runner, e.g. make reports ARGS="-p epochs 3"
+ARGS   ?=
+
+export PYTHONHASHSEED := 0
+export MPLBACKEND := Agg
+
+.PHONY: help venv reports test test-fast demo bench clean
+
+help:
+	@echo "make reports   set up .venv, run notebooks 01-04 on the demo data (or FACECOM in Task_A/, Task_B/), write reports/<run>/index.html"
+	@echo "make test      set up .venv, run the unit tests, the real-data tests (skipped without ../shared/facecom) and nbval on the notebooks"
+	@echo "make demo      write the synthetic demo dataset to data/demo_synthetic"
+	@echo "make bench     run the speed benchmarks (prints JSON)"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+reports: $(STAMP)
+	$(BIN)/facecom run $(if $(PRESET),-f $(PRESET)) $(if $(RUN),--name $(RUN)) $(ARGS)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest --nbval-lax notebooks/
+
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests -m "not slow and not realdata"
+
+demo: $(STAMP)
+	$(BIN)/facecom make-demo data/demo_synthetic
+
+bench: $(STAMP)
+	$(BIN)/python -m facecom_utils.bench --data-root $(or $(DATA_ROOT),data/demo_synthetic) --out reports/bench.json
+
+clean:
+	rm -rf reports/nbval .pytest_cache

@@ -1,0 +1,38 @@
+"""Shared fixtures: the real FACECOM location and a tiny synthetic demo dataset."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Tests never touch the network: pretrained="imagenet" must fail loudly, not download.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The FACECOM training split sits beside the checkout (../shared/facecom); users' machines lack it.
+FACECOM_ROOT = REPO_ROOT.parent / "shared" / "facecom"
+
+requires_facecom = pytest.mark.skipif(
+    not (FACECOM_ROOT / "Task_B" / "train").is_dir(),
+    reason=f"real FACECOM training split not found at {FACECOM_ROOT}",
+)
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny synthetic FACECOM-layout dataset (64 px), generated once per test session."""
+    from facecom_utils.demo import make_demo_dataset
+
+    root = tmp_path_factory.mktemp("demo") / "demo_synthetic"
+    return make_demo_dataset(
+        root,
+        seed=0,
+        train_identities=10,
+        val_identities=6,
+        clean_per_identity=2,
+        image_size=64,
+    )
