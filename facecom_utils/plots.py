@@ -1,0 +1,512 @@
+"""Figures for both tasks: training curves, classification and verification diagnostics, image grids.
+
+Every function builds one titled figure with labelled axes and returns the ``matplotlib.figure.Figure``
+(it never calls ``plt.show()``; notebooks end their plot cells with it). Figures are created through
+``pyplot`` so that notebooks display them inline; close them (``plt.close(fig)``) in loops.
+
+Headless-safe: on import, when no backend has been chosen (``MPLBACKEND`` unset), nothing runs inside
+IPython/Jupyter, and there is no display (Linux without ``DISPLAY``/``WAYLAND_DISPLAY``), the ``Agg``
+backend is selected, so scripts and tests render to files without a screen.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+
+
+def _in_ipython() -> bool:
+    return "IPython" in sys.modules and getattr(sys.modules["IPython"], "get_ipython", lambda: None)() is not None
+
+
+def _ensure_headless_backend() -> None:
+    """Selects Agg when there is no display and neither the user nor a notebook chose a backend."""
+    if os.environ.get("MPLBACKEND") or _in_ipython():
+        return
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        matplotlib.use("Agg")
+
+
+_ensure_headless_backend()
+
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend choice)
+from matplotlib.figure import Figure  # noqa: E402
+from sklearn import metrics as skm  # noqa: E402
+
+__all__ = [
+    "confusion_matrix_plot",
+    "det_curve",
+    "fold_thresholds_plot",
+    "image_grid",
+    "pair_grid",
+    "per_distortion_bars",
+    "reliability_diagram",
+    "roc_pr_curves",
+    "similarity_histograms",
+    "threshold_sweep",
+    "training_curves",
+]
+
+_SKIP_HISTORY_COLUMNS = {
+    "epoch", "step", "lr", "learning_rate", "time", "seconds", "epoch_seconds", "images_per_second",
+}
+
+
+def _load_rgb(path: str | Path, size: int | None) -> np.ndarray:
+    from PIL import Image  # local import: only the grid functions need PIL
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"image {p} does not exist; expected a readable image file")
+    with Image.open(p) as im:
+        im = im.convert("RGB")
+        if size:
+            im = im.resize((size, size))
+        return np.asarray(im)
+
+
+def _is_rate(series: pd.Series) -> bool:
+    values = series.to_numpy(dtype=float)
+    values = values[np.isfinite(values)]
+    return values.size > 0 and bool(np.all((values >= -1) & (values <= 1)))
+
+
+def training_curves(
+    history: pd.DataFrame,
+    title: str = "Training curves",
+    x: str = "epoch",
+    metrics: Sequence[str] | None = None,
+) -> Figure:
+    """Loss curves (left) and validation metrics (right) per epoch.
+
+    Args:
+        history: One row per epoch (e.g. ``training.fit``'s history); columns containing
+            ``"loss"`` go left.
+        title: Figure title.
+        x: Column to use as the x axis (the row number when absent).
+        metrics: Columns to draw on the right. Default: every numeric, non-loss column whose values
+            lie in [-1, 1] (accuracies, F1, AUC, ...), leaving out bookkeeping (``lr``, timings,
+            counts).
+    """
+    if len(history) == 0:
+        raise ValueError("history is empty; expected one row per epoch")
+    xs = history[x].to_numpy() if x in history.columns else np.arange(1, len(history) + 1)
+    numeric = [c for c in history.columns if pd.api.types.is_numeric_dtype(history[c]) and c != x]
+    loss_cols = [c for c in numeric if "loss" in c.lower()]
+    if metrics is None:
+        metric_cols = [
+            c for c in numeric
+            if c not in loss_cols and c.lower() not in _SKIP_HISTORY_COLUMNS
+            and not c.lower().endswith("seconds") and _is_rate(history[c])
+        ]
+    else:
+        missing = [c for c in metrics if c not in history.columns]
+        if missing:
+            raise ValueError(f"history has no columns {missing}; it has {list(history.columns)}")
+        metric_cols = list(metrics)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, cols, ylabel, name in ((axes[0], loss_cols, "loss", "Loss"), (axes[1], metric_cols, "value", "Metrics")):
+        for c in cols:
+            ax.plot(xs, history[c].to_numpy(dtype=float), marker="o", label=c)
+        ax.set_xlabel(x)
+        ax.set_ylabel(ylabel)
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        if cols:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no columns", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix_plot(
+    cm: Sequence[Sequence[int]] | np.ndarray,
+    class_names: Sequence[str],
+    title: str = "Confusion matrix",
+    normalize: bool = False,
+) -> Figure:
+    """Annotated confusion matrix (rows = true class, columns = predicted class).
+
+    Args:
+        cm: [C, C] counts.
+        class_names: C class names.
+        title: Axes title.
+        normalize: Colour and annotate by row fraction (recall) instead of counts; counts are kept
+            in brackets.
+    """
+    counts = np.asarray(cm, dtype=float)
+    if counts.shape != (len(class_names), len(class_names)):
+        raise ValueError(f"cm has shape {counts.shape}, expected {(len(class_names),) * 2} for {list(class_names)}")
+    rows = counts.sum(axis=1, keepdims=True)
+    frac = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    values = frac if normalize else counts
+    fig, ax = plt.subplots(figsize=(1.6 * len(class_names) + 2.5, 1.4 * len(class_names) + 2))
+    im = ax.imshow(values, cmap="Blues", vmin=0)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    for i in range(counts.shape[0]):
+        for j in range(counts.shape[1]):
+            text = f"{frac[i, j]:.1%}\n({int(counts[i, j])})" if normalize else f"{int(counts[i, j])}\n{frac[i, j]:.1%}"
+            dark = values[i, j] > 0.6 * (values.max() or 1)
+            ax.text(j, i, text, ha="center", va="center", color="white" if dark else "black", fontsize=9)
+    ax.set_xticks(range(len(class_names)), class_names)
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def roc_pr_curves(
+    y_true: Sequence[int] | np.ndarray,
+    prob: Sequence[float] | np.ndarray,
+    threshold: float | None = None,
+    title: str = "ROC and precision-recall",
+    positive_name: str = "positive",
+) -> Figure:
+    """ROC curve (with AUC) and precision-recall curve (with AP) side by side.
+
+    Args:
+        y_true: Labels in {0, 1}.
+        prob: Score of class 1 (probability, or a cosine for genuine-vs-impostor pairs).
+        threshold: Operating point to mark on both curves (predict 1 when ``prob >= threshold``).
+        title: Figure title.
+        positive_name: Name of class 1, used in the axis labels.
+    """
+    y = np.asarray(y_true).astype(int).reshape(-1)
+    p = np.asarray(prob, dtype=float).reshape(-1)
+    if len(np.unique(y)) < 2:
+        raise ValueError("roc_pr_curves needs both classes in y_true")
+    fpr, tpr, _ = skm.roc_curve(y, p)
+    precision, recall, _ = skm.precision_recall_curve(y, p)
+    fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(11, 4.5))
+    ax_roc.plot(fpr, tpr, label=f"AUC = {skm.roc_auc_score(y, p):.4f}")
+    ax_roc.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+    ax_roc.set_xlabel("false positive rate")
+    ax_roc.set_ylabel(f"true positive rate (recall of {positive_name})")
+    ax_roc.set_title("ROC")
+    ax_pr.plot(recall, precision, label=f"AP = {skm.average_precision_score(y, p):.4f}")
+    ax_pr.axhline(y.mean(), ls="--", color="grey", lw=1, label=f"prevalence {y.mean():.3f}")
+    ax_pr.set_xlabel(f"recall ({positive_name})")
+    ax_pr.set_ylabel(f"precision ({positive_name})")
+    ax_pr.set_title("Precision-recall")
+    if threshold is not None:
+        pred = p >= threshold
+        tp, fp = np.sum(pred & (y == 1)), np.sum(pred & (y == 0))
+        rec, fpr_t = tp / max(np.sum(y == 1), 1), fp / max(np.sum(y == 0), 1)
+        prec = tp / max(tp + fp, 1)
+        ax_roc.plot([fpr_t], [rec], "o", color="red", label=f"threshold {threshold:.3g}")
+        ax_pr.plot([rec], [prec], "o", color="red", label=f"threshold {threshold:.3g}")
+    for ax in (ax_roc, ax_pr):
+        ax.set_xlim(-0.01, 1.01)
+        ax.set_ylim(-0.01, 1.01)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right" if ax is ax_roc else "lower left", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_diagram(curve: pd.DataFrame, title: str = "Reliability diagram", ece: float | None = None) -> Figure:
+    """Reliability diagram from :func:`facecom_utils.evaluation.reliability_curve`.
+
+    Args:
+        curve: DataFrame with ``mean_pred``, ``frac_pos`` and ``count`` columns.
+        title: Figure title.
+        ece: Expected calibration error to show in the legend, if given.
+    """
+    missing = {"mean_pred", "frac_pos", "count"} - set(curve.columns)
+    if missing:
+        raise ValueError(f"curve lacks columns {sorted(missing)}; pass the output of evaluation.reliability_curve")
+    fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    label = "model" if ece is None else f"model (ECE {ece:.3f})"
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfectly calibrated")
+    ax.plot(curve["mean_pred"], curve["frac_pos"], marker="o", label=label)
+    ax.set_ylabel("fraction of positives")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    width = 1.0 / max(len(curve), 10)
+    ax_count.bar(curve["mean_pred"], curve["count"], width=width, color="tab:blue", alpha=0.6)
+    ax_count.set_xlabel("mean predicted probability")
+    ax_count.set_ylabel("count")
+    fig.tight_layout()
+    return fig
+
+
+def per_distortion_bars(
+    values: Mapping[str, float],
+    metric: str = "balanced_accuracy",
+    baseline: float | Mapping[str, float] | None = None,
+    title: str | None = None,
+    labels: tuple[str, str] = ("model", "baseline"),
+) -> Figure:
+    """Bar chart of one metric per distortion type.
+
+    Args:
+        values: Distortion type -> metric value.
+        metric: Metric name (y axis label).
+        baseline: A single value (drawn as a horizontal line, e.g. the clean score) or a mapping
+            type -> value (drawn as a second bar per type, e.g. another model).
+        title: Figure title (default: "<metric> per distortion").
+        labels: Legend names of ``values`` and of a mapping ``baseline``.
+    """
+    if not values:
+        raise ValueError("values is empty; expected distortion type -> metric value")
+    kinds = list(values)
+    xs = np.arange(len(kinds))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.0 * len(kinds) + 2), 4))
+    if isinstance(baseline, Mapping):
+        width = 0.4
+        bars = ax.bar(xs - width / 2, [values[k] for k in kinds], width, label=labels[0])
+        other = ax.bar(xs + width / 2, [baseline.get(k, np.nan) for k in kinds], width, label=labels[1])
+        ax.bar_label(other, fmt="%.3f", fontsize=7)
+    else:
+        bars = ax.bar(xs, [values[k] for k in kinds], 0.6, label=labels[0])
+        if baseline is not None:
+            ax.axhline(float(baseline), ls="--", color="red", lw=1, label=f"{labels[1]} {float(baseline):.3f}")
+    ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax.set_xticks(xs, kinds, rotation=20)
+    ax.set_xlabel("distortion")
+    ax.set_ylabel(metric)
+    finite = [v for v in values.values() if np.isfinite(v)]
+    if finite and 0 <= min(finite) and max(finite) <= 1:
+        ax.set_ylim(0, 1.08)
+    ax.set_title(title or f"{metric} per distortion")
+    ax.grid(axis="y", alpha=0.3)
+    if baseline is not None:
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(
+    paths: Sequence[str | Path],
+    titles: Sequence[str] | None = None,
+    ncols: int = 4,
+    title: str = "Images",
+    image_size: int | None = 112,
+) -> Figure:
+    """Grid of images with a caption each (e.g. the worst errors with their probabilities).
+
+    Args:
+        paths: Image files.
+        titles: One caption per image (e.g. ``"true female, p=0.03"``).
+        ncols: Images per row.
+        title: Figure title.
+        image_size: Resize each image to this square size (``None`` keeps the original).
+    """
+    if len(paths) == 0:
+        raise ValueError("paths is empty; expected at least one image")
+    if titles is not None and len(titles) != len(paths):
+        raise ValueError(f"got {len(titles)} titles for {len(paths)} images")
+    ncols = max(1, min(ncols, len(paths)))
+    nrows = int(np.ceil(len(paths) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.4 * ncols, 2.6 * nrows + 0.4), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if k >= len(paths):
+            ax.axis("off")
+            continue
+        ax.imshow(_load_rgb(paths[k], image_size))
+        ax.set_xlabel(titles[k] if titles is not None else Path(paths[k]).name, fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def pair_grid(
+    pairs: Sequence[tuple[str | Path, str | Path]],
+    scores: Sequence[float],
+    titles: Sequence[str] | None = None,
+    ncols: int = 2,
+    title: str = "Image pairs",
+    image_size: int | None = 112,
+) -> Figure:
+    """Grid of (probe, gallery) image pairs with their similarity (e.g. hardest false matches / misses).
+
+    Args:
+        pairs: (probe path, gallery path) per pair.
+        scores: Cosine score per pair.
+        titles: Optional caption per pair (prefixed to the score).
+        ncols: Pairs per row.
+        title: Figure title.
+        image_size: Square size each image is resized to.
+    """
+    if len(pairs) == 0:
+        raise ValueError("pairs is empty; expected at least one (probe, gallery) pair")
+    if len(scores) != len(pairs) or (titles is not None and len(titles) != len(pairs)):
+        raise ValueError("pairs, scores (and titles) must have the same length")
+    ncols = max(1, min(ncols, len(pairs)))
+    nrows = int(np.ceil(len(pairs) / ncols))
+    fig, axes = plt.subplots(nrows, 2 * ncols, figsize=(2.2 * 2 * ncols, 2.6 * nrows + 0.4), squeeze=False)
+    for k in range(nrows * ncols):
+        ax_probe, ax_gallery = axes[k // ncols, 2 * (k % ncols)], axes[k // ncols, 2 * (k % ncols) + 1]
+        for ax in (ax_probe, ax_gallery):
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if k >= len(pairs):
+            ax_probe.axis("off")
+            ax_gallery.axis("off")
+            continue
+        probe, gallery = pairs[k]
+        ax_probe.imshow(_load_rgb(probe, image_size))
+        ax_gallery.imshow(_load_rgb(gallery, image_size))
+        caption = f"cos = {float(scores[k]):.3f}"
+        ax_probe.set_xlabel(f"probe\n{titles[k]}" if titles is not None else "probe", fontsize=8)
+        ax_gallery.set_xlabel(f"gallery\n{caption}", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def similarity_histograms(
+    genuine: Sequence[float] | np.ndarray,
+    impostor: Sequence[float] | np.ndarray,
+    threshold: float | None = None,
+    title: str = "Genuine vs impostor cosine similarity",
+    bins: int = 50,
+) -> Figure:
+    """Density histograms of genuine and impostor scores, with the threshold as a vertical line."""
+    g = np.asarray(genuine, dtype=float).reshape(-1)
+    i = np.asarray(impostor, dtype=float).reshape(-1)
+    if g.size == 0 and i.size == 0:
+        raise ValueError("genuine and impostor are both empty")
+    both = np.r_[g, i]
+    edges = np.linspace(both.min(), both.max() + 1e-9, bins + 1)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if i.size:
+        ax.hist(i, bins=edges, density=True, alpha=0.55, color="tab:red", label=f"impostor (n={i.size:,})")
+    if g.size:
+        ax.hist(g, bins=edges, density=True, alpha=0.55, color="tab:green", label=f"genuine (n={g.size:,})")
+    if threshold is not None:
+        ax.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.3f}")
+    ax.set_xlabel("cosine similarity")
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def det_curve(
+    genuine: Sequence[float] | np.ndarray,
+    impostor: Sequence[float] | np.ndarray,
+    title: str = "DET curve",
+    label: str = "model",
+) -> Figure:
+    """Detection error trade-off: false reject rate vs false accept rate (log-log), EER marked."""
+    g = np.asarray(genuine, dtype=float).reshape(-1)
+    i = np.asarray(impostor, dtype=float).reshape(-1)
+    if g.size == 0 or i.size == 0:
+        raise ValueError("det_curve needs both genuine and impostor scores")
+    y = np.r_[np.ones(g.size), np.zeros(i.size)]
+    fpr, tpr, _ = skm.roc_curve(y, np.r_[g, i], drop_intermediate=False)
+    fnr = 1 - tpr
+    floor_far, floor_frr = 0.5 / i.size, 0.5 / g.size  # zeros cannot be drawn on a log axis
+    k = int(np.argmin(np.abs(fnr - fpr)))
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot(np.maximum(fpr, floor_far), np.maximum(fnr, floor_frr), label=label)
+    ax.plot([max(fpr[k], floor_far)], [max(fnr[k], floor_frr)], "o", color="red",
+            label=f"EER ~ {(fpr[k] + fnr[k]) / 2:.4f}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"false accept rate (n_impostor={i.size:,})")
+    ax.set_ylabel(f"false reject rate (n_genuine={g.size:,})")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def threshold_sweep(
+    genuine: Sequence[float] | np.ndarray,
+    impostor: Sequence[float] | np.ndarray,
+    threshold: float | None = None,
+    balance: bool = True,
+    n_points: int = 201,
+    title: str = "Match metrics vs threshold",
+) -> Figure:
+    """Precision, recall, F1 and FAR of the match decision (``score >= t``) against the threshold.
+
+    Args:
+        genuine: Genuine scores.
+        impostor: Impostor scores.
+        threshold: Chosen threshold to mark.
+        balance: Weight impostors so both classes count equally (as in the balanced match-pair
+            protocol); otherwise precision reflects the given class ratio.
+        n_points: Threshold grid size (between the lowest and the highest score).
+        title: Figure title.
+    """
+    g = np.sort(np.asarray(genuine, dtype=float).reshape(-1))
+    i = np.sort(np.asarray(impostor, dtype=float).reshape(-1))
+    if g.size == 0 or i.size == 0:
+        raise ValueError("threshold_sweep needs both genuine and impostor scores")
+    ts = np.linspace(min(g[0], i[0]), max(g[-1], i[-1]), n_points)
+    recall = 1 - np.searchsorted(g, ts, side="left") / g.size  # TAR
+    far = 1 - np.searchsorted(i, ts, side="left") / i.size
+    tp = recall * (g.size if not balance else 1.0)
+    fp = far * (i.size if not balance else 1.0)
+    precision = np.divide(tp, tp + fp, out=np.ones_like(tp), where=(tp + fp) > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=(precision + recall) > 0)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(ts, precision, label="precision")
+    ax.plot(ts, recall, label="recall (TAR)")
+    ax.plot(ts, f1, label="F1")
+    ax.plot(ts, far, label="FAR")
+    if threshold is not None:
+        ax.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.3f}")
+    ax.set_xlabel("threshold (cosine similarity)")
+    ax.set_ylabel("rate")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title + (" (balanced pairs)" if balance else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def fold_thresholds_plot(
+    fold_thresholds: Sequence[float],
+    fold_accuracies: Sequence[float] | None = None,
+    title: str = "Threshold chosen per fold",
+) -> Figure:
+    """How the threshold chosen on k-1 folds moves across folds (and the held-out accuracy)."""
+    t = np.asarray(fold_thresholds, dtype=float)
+    if t.size == 0:
+        raise ValueError("fold_thresholds is empty")
+    xs = np.arange(1, t.size + 1)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(xs, t, marker="o", color="tab:blue", label="threshold")
+    ax.axhline(t.mean(), ls="--", color="tab:blue", lw=1, label=f"mean {t.mean():.4f} ± {t.std():.4f}")
+    ax.set_xlabel("fold")
+    ax.set_ylabel("threshold")
+    ax.set_xticks(xs)
+    handles, names = ax.get_legend_handles_labels()
+    if fold_accuracies is not None:
+        ax2 = ax.twinx()
+        acc = np.asarray(fold_accuracies, dtype=float)
+        label = f"held-out accuracy {acc.mean():.4f} ± {acc.std():.4f}"
+        ax2.plot(xs, acc, marker="s", color="tab:orange", label=label)
+        ax2.set_ylabel("held-out accuracy")
+        h2, n2 = ax2.get_legend_handles_labels()
+        handles, names = handles + h2, names + n2
+    ax.legend(handles, names, fontsize=8, loc="lower right")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
