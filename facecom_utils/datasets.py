@@ -1,0 +1,321 @@
+"""From tables of image paths to tensors: datasets, transforms, person-grouped folds, samplers.
+
+Randomness here is drawn from torch's generator (transforms, :class:`TorchSeededDistortion`,
+samplers seeded per epoch), so a training run is reproducible under ``torch.manual_seed`` and
+DataLoader workers never repeat each other's draws.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torchvision import transforms as T
+
+from .data import DISTORTION_TYPES, load_image
+from .distortions import apply_distortion
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "DistributedWeightedSampler",
+    "ImageDataset",
+    "TorchSeededDistortion",
+    "balanced_sample_weights",
+    "build_sampler",
+    "build_transforms",
+    "make_loader",
+    "person_grouped_split",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+class TorchSeededDistortion:
+    """With probability ``p``, one random FACECOM distortion, its randomness drawn from torch.
+
+    Unlike a transform with its own numpy generator, every draw here starts from torch's
+    generator, so it follows ``torch.manual_seed`` in the main process and the per-worker seeds
+    of a DataLoader: a resumed run repeats the uninterrupted run's augmentations exactly.
+
+    Args:
+        p: Probability of distorting an image.
+        severity_range: ``(low, high)``: severity drawn uniformly (1.0 = FACECOM's own strength).
+        kinds: Distortion types to draw from (default: all seven).
+    """
+
+    def __init__(
+        self,
+        p: float = 0.3,
+        severity_range: tuple[float, float] = (0.5, 1.2),
+        kinds: Sequence[str] = DISTORTION_TYPES,
+    ) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be in [0, 1], got {p}")
+        self.p = float(p)
+        self.severity_range = (float(severity_range[0]), float(severity_range[1]))
+        self.kinds = tuple(kinds)
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+        if rng.random() >= self.p:
+            return image
+        kind = self.kinds[int(rng.integers(len(self.kinds)))]
+        return apply_distortion(image, kind, float(rng.uniform(*self.severity_range)), rng)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(p={self.p}, severity_range={self.severity_range}, kinds={self.kinds})"
+
+
+def build_transforms(
+    image_size: int,
+    train: bool,
+    distortion_p: float = 0.0,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    crop_scale: tuple[float, float] = (0.75, 1.0),
+) -> T.Compose:
+    """PIL image -> normalised tensor [3, S, S].
+
+    Train: optional FACECOM distortion (:class:`TorchSeededDistortion`), a mild random resized
+    crop (faces are already aligned crops), horizontal flip, light colour jitter. Eval: resize
+    and centre crop only.
+
+    Args:
+        image_size: Output side S in pixels.
+        train: Training augmentation or deterministic evaluation transform.
+        distortion_p: Probability of a FACECOM distortion per training image.
+        mean: Normalisation mean (ImageNet by default).
+        std: Normalisation std.
+        crop_scale: Area range of the random resized crop.
+    """
+    normalize = [T.ToTensor(), T.Normalize(mean, std)]
+    if not train:
+        return T.Compose([T.Resize(image_size), T.CenterCrop(image_size), *normalize])
+    steps: list[object] = []
+    if distortion_p > 0:
+        steps.append(TorchSeededDistortion(p=distortion_p))
+    steps += [
+        T.RandomResizedCrop(image_size, scale=crop_scale, ratio=(0.9, 1.1), antialias=True),
+        T.RandomHorizontalFlip(),
+        T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
+        T.RandomGrayscale(p=0.05),
+    ]
+    return T.Compose([*steps, *normalize])
+
+
+# ----------------------------------------------------------------------------- dataset
+
+
+class ImageDataset(Dataset):
+    """Images from paths, with optional labels: ``dataset[i] -> (image_tensor, label)``.
+
+    Args:
+        paths: Image files.
+        labels: One integer label per path, or None (the label is then -1).
+        transform: PIL -> tensor transform (see :func:`build_transforms`).
+        load_size: Resize to this side on load (cheaper augmentation); None keeps the file's size.
+        distortion: Apply this FACECOM distortion to every image (evaluation under distortion),
+            deterministically per index, before ``transform``.
+        distortion_seed: Seed of those distortions.
+        distortion_severity: Their severity (1.0 = FACECOM's own).
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        labels: Sequence[int] | None = None,
+        transform: T.Compose | None = None,
+        load_size: int | None = None,
+        distortion: str | None = None,
+        distortion_seed: int = 0,
+        distortion_severity: float = 1.0,
+    ) -> None:
+        self.paths = [str(p) for p in paths]
+        if labels is not None and len(labels) != len(self.paths):
+            raise ValueError(f"got {len(self.paths)} paths but {len(labels)} labels")
+        self.labels = None if labels is None else [int(y) for y in labels]
+        self.transform = transform
+        self.load_size = load_size
+        if distortion is not None and distortion not in DISTORTION_TYPES:
+            raise ValueError(f"unknown distortion {distortion!r}; expected one of {DISTORTION_TYPES}")
+        self.distortion = distortion
+        self.distortion_seed = distortion_seed
+        self.distortion_severity = distortion_severity
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = load_image(self.paths[index], self.load_size)
+        if self.distortion is not None:
+            kind_id = DISTORTION_TYPES.index(self.distortion)
+            rng = np.random.default_rng([self.distortion_seed, kind_id, index])
+            image = apply_distortion(image, self.distortion, self.distortion_severity, rng)
+        x = self.transform(image) if self.transform is not None else T.functional.to_tensor(image)
+        return x, (-1 if self.labels is None else self.labels[index])
+
+
+# ----------------------------------------------------------------------------- folds
+
+
+def person_grouped_split(
+    df: pd.DataFrame,
+    val_fraction: float = 0.15,
+    seed: int = 0,
+    label_col: str = "label",
+    group_col: str = "person",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Carves a validation fold from a table: stratified by label, grouped by person, seeded.
+
+    Each person gets the majority label of their images; within each label, a seeded random
+    ``val_fraction`` of the persons (at least one, never all, when the label has two or more
+    persons) go to validation with all their images. Nobody is on both sides.
+
+    Args:
+        df: One row per image with ``label_col`` and ``group_col``.
+        val_fraction: Fraction of each label's persons in the validation fold, in (0, 1).
+        seed: Seed of the draw.
+        label_col: Stratification column.
+        group_col: Grouping column (the person).
+
+    Returns:
+        ``(train_df, val_df)``, each with a fresh index and the original row order.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    for col in (label_col, group_col):
+        if col not in df.columns:
+            raise ValueError(f"the table has no column {col!r}; columns: {list(df.columns)}")
+    person_label = (
+        df.groupby(group_col)[label_col].agg(lambda s: s.value_counts().sort_index().idxmax()).sort_index()
+    )
+    rng = np.random.default_rng(seed)
+    val_people: list[str] = []
+    for label in sorted(person_label.unique()):
+        people = person_label.index[person_label == label].to_numpy()
+        n_val = int(round(val_fraction * len(people)))
+        if len(people) >= 2:
+            n_val = min(max(n_val, 1), len(people) - 1)
+        val_people += list(rng.permutation(people)[:n_val])
+    in_val = df[group_col].isin(set(val_people))
+    return df[~in_val].reset_index(drop=True), df[in_val].reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- samplers
+
+
+def balanced_sample_weights(labels: Sequence[int] | np.ndarray) -> torch.Tensor:
+    """Per-sample weights 1 / count(label), so each class is drawn equally often."""
+    y = np.asarray(labels)
+    _, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    return torch.as_tensor(1.0 / counts[inverse], dtype=torch.double)
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class DistributedWeightedSampler(Sampler[int]):
+    """Weighted sampling with replacement, sharded across processes, re-drawn each epoch.
+
+    Every process draws the same ``total_size`` indices from a generator seeded with
+    ``seed + epoch`` and keeps positions ``rank, rank + world_size, ...``, so the ranks share
+    one epoch's draw without overlapping positions. With one process it is a seeded
+    ``WeightedRandomSampler``. Call :meth:`set_epoch` every epoch (``training.fit`` does).
+
+    Args:
+        weights: Per-sample weights (need not sum to 1).
+        num_samples: Samples per epoch over all processes (default: the dataset size).
+        seed: Base seed.
+        num_replicas: Number of processes (default: the torch.distributed world size, or 1).
+        rank: This process's rank (default: from torch.distributed, or 0).
+    """
+
+    def __init__(
+        self,
+        weights: Sequence[float] | torch.Tensor,
+        num_samples: int | None = None,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        self.weights = torch.as_tensor(weights, dtype=torch.double)
+        default_rank, default_world = _dist_info()
+        self.num_replicas = default_world if num_replicas is None else num_replicas
+        self.rank = default_rank if rank is None else rank
+        total = len(self.weights) if num_samples is None else num_samples
+        self.num_samples = math.ceil(total / self.num_replicas)  # per process
+        self.total_size = self.num_samples * self.num_replicas
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        indices = torch.multinomial(self.weights, self.total_size, replacement=True, generator=generator)
+        return iter(indices[self.rank : self.total_size : self.num_replicas].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def build_sampler(labels: Sequence[int] | np.ndarray, balance: str = "sampler", seed: int = 0) -> Sampler[int] | None:
+    """The training sampler for a class-balance strategy, aware of torch.distributed.
+
+    Args:
+        labels: Training labels.
+        balance: ``"sampler"``: class-balanced :class:`DistributedWeightedSampler`; anything
+            else (``"pos_weight"``, ``"none"``): plain shuffling.
+        seed: Base seed (re-drawn each epoch via ``set_epoch``).
+
+    Returns:
+        A sampler, or None meaning "``shuffle=True``" (single process, plain shuffling).
+    """
+    if balance == "sampler":
+        return DistributedWeightedSampler(balanced_sample_weights(labels), seed=seed)
+    if _dist_info()[1] > 1:
+        return DistributedSampler(range(len(labels)), shuffle=True, seed=seed)  # type: ignore[arg-type]
+    return None
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    train: bool,
+    sampler: Sampler[int] | None = None,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader with the project's defaults.
+
+    Training loaders shuffle (unless a sampler is given) and drop the last incomplete batch
+    when there is more than one batch (a batch of one breaks batch norm in train mode).
+    Evaluation loaders keep order. Workers persist across epochs.
+    """
+    drop_last = train and len(dataset) > batch_size  # type: ignore[arg-type]
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        persistent_workers=num_workers > 0,
+    )
