@@ -1,0 +1,573 @@
+"""Task A pipeline: gender classification, trained and evaluated honestly.
+
+One call, :func:`train_gender`, does what notebook 02 and the CLI need:
+
+1. scan ``<data_root>/Task_A/train``; carve a validation fold from it, stratified by label,
+   grouped by person (nobody on both sides) and seeded. That fold alone drives early stopping,
+   the choice of checkpoint and the decision threshold;
+2. fine-tune a :class:`~facecom_utils.models.GenderClassifier` with the shared engine
+   (:func:`~facecom_utils.training.fit`): class-balanced sampling (or ``pos_weight``), FACECOM
+   distortion augmentation, cosine schedule with warm-up, AMP on CUDA, best/last checkpoints;
+3. choose the threshold on the fold (balanced accuracy by default), store it in ``best.pt``,
+   and apply it unchanged to the reported split (``Task_A/val``; when the data root has none,
+   e.g. ``../shared/facecom``, an identity-disjoint part of ``train`` is held out for it and
+   the metrics say so). Metrics at 0.5 are reported beside; so are calibration (Brier score,
+   reliability curve) and robustness (balanced accuracy after each of the seven FACECOM
+   distortions, applied seeded to the reported images).
+
+Positive class = ``"female"`` (the minority): ``class_to_idx = {"male": 0, "female": 1}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import Subset
+
+from .data import DISTORTION_TYPES, find_task_dir, scan_task_a
+from .datasets import ImageDataset, build_sampler, build_transforms, make_loader, person_grouped_split
+from .demo import resolve_data_root
+from .evaluation import binary_metrics, choose_threshold, expected_calibration_error, reliability_curve
+from .models import GenderClassifier, recalibrate_batchnorm
+from .training import (
+    TrainConfig,
+    distributed_info,
+    fit,
+    load_checkpoint,
+    save_checkpoint,
+    seed_everything,
+    select_device,
+    to_plain,
+)
+
+__all__ = [
+    "CLASS_TO_IDX",
+    "GenderConfig",
+    "GenderRun",
+    "evaluate_gender",
+    "evaluate_gender_model",
+    "load_gender_model",
+    "predict_gender",
+    "predict_proba",
+    "train_gender",
+]
+
+CLASS_TO_IDX = {"male": 0, "female": 1}
+IDX_TO_CLASS = {v: k for k, v in CLASS_TO_IDX.items()}
+HOLDOUT_SPLIT = "heldout_from_train"
+_AT_HALF_KEYS = ("accuracy", "balanced_accuracy", "f1_macro", "precision_female", "recall_female", "f1_female",
+                 "recall_male", "mcc", "confusion_matrix")
+
+
+@dataclass
+class GenderConfig:
+    """Parameters of one Task A run (the notebook's ``parameters`` cell, as a dataclass).
+
+    Attributes:
+        data_root: Folder holding ``Task_A`` (None/"": real FACECOM at the repo root, else demo).
+        output_dir: Where checkpoints and ``metrics.json`` go.
+        backbone: ``"efficientnet-b0".."b7"`` (efficientnet_pytorch) or a timm name.
+        pretrained: None, ``"imagenet"``, ``"offline"`` (efficientnet_lite0) or a checkpoint path.
+        image_size: Input side in pixels.
+        epochs: Maximum epochs.
+        batch_size: Training batch size.
+        lr: Peak learning rate of the classifier head.
+        backbone_lr_scale: Backbone learning rate = ``lr * backbone_lr_scale``.
+        weight_decay: AdamW weight decay.
+        optimizer: ``"adamw"``, ``"adam"`` or ``"sgd"``.
+        warmup_epochs: Linear warm-up length.
+        dropout: Dropout before the classifier.
+        label_smoothing: Targets become ``y * (1 - ls) + ls / 2`` (FACECOM has noisy labels).
+        seed: Seed of the fold, the sampler, the augmentation and the initialisation.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
+        balance: ``"sampler"`` (class-balanced sampling), ``"pos_weight"`` (loss weight
+            n_male/n_female) or ``"none"``.
+        val_fraction: Fraction of the training persons carved out as the validation fold.
+        holdout_fraction: When the data root has no ``report_split`` folder, this fraction of
+            the training persons is held out (identity-disjoint) and reported instead.
+        patience: Early-stopping patience in epochs (None: never).
+        monitor: Fold metric for early stopping and checkpoint choice (``"roc_auc"`` is
+            threshold-free and steadier on a small fold than ``"balanced_accuracy"``).
+        threshold_criterion: Criterion of ``evaluation.choose_threshold`` on the fold.
+        distortion_augment: Probability of a random FACECOM distortion per training image.
+        num_workers: DataLoader workers.
+        amp: ``"auto"`` (float16 on CUDA), ``"bf16"``, ``"none"``.
+        bn_recalibrate: Recompute batch-norm statistics before every evaluation (``"auto"``:
+            when training from scratch, where running statistics lag the weights).
+        tta: Average the logits of the image and its mirror image at prediction time.
+        report_split: The split that is reported (never used for any choice).
+        evaluate_distortions: Also report balanced accuracy under each of the 7 distortions.
+        eval_batch_size: Batch size for prediction.
+        max_train_images: Subsample the training split (by person) for quick runs; None: all.
+        max_train_minutes: Training time budget: no new epoch starts that would end past it.
+        resume: Resume from ``<output_dir>/checkpoints/last.pt`` when present.
+        progress: tqdm progress bars.
+    """
+
+    data_root: str | None = None
+    output_dir: str = "reports/02_gender_classification"
+    backbone: str = "efficientnet_lite0"
+    pretrained: str | None = "offline"
+    image_size: int = 128
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    backbone_lr_scale: float = 0.5
+    weight_decay: float = 1e-2
+    optimizer: str = "adamw"
+    warmup_epochs: float = 1.0
+    dropout: float = 0.2
+    label_smoothing: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    balance: str = "sampler"
+    val_fraction: float = 0.15
+    holdout_fraction: float = 0.2
+    patience: int | None = 4
+    monitor: str = "roc_auc"
+    threshold_criterion: str = "balanced_accuracy"
+    distortion_augment: float = 0.3
+    num_workers: int = 0
+    amp: str = "auto"
+    bn_recalibrate: bool | str = "auto"
+    tta: bool = True
+    report_split: str = "val"
+    evaluate_distortions: bool = True
+    eval_batch_size: int = 64
+    max_train_images: int | None = None
+    max_train_minutes: float | None = None
+    resume: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.balance not in ("sampler", "pos_weight", "none"):
+            raise ValueError(f"balance must be 'sampler', 'pos_weight' or 'none', got {self.balance!r}")
+        if self.pretrained in ("", "none", "None"):
+            self.pretrained = None
+
+
+@dataclass
+class GenderRun:
+    """The outcome of :func:`train_gender`.
+
+    Attributes:
+        model: The trained classifier (best epoch), in eval mode.
+        config: The run's configuration.
+        history: One row per epoch (``training.fit``'s history).
+        threshold: Decision threshold chosen on the validation fold.
+        val_metrics: Metrics on the validation fold at that threshold (optimistic: the fold chose it).
+        test_metrics: Metrics on the reported split (None on non-zero ranks).
+        probabilities: Per-image table of the reported split: ``path``, ``label``, ``person``,
+            ``prob`` (of female), ``pred``, ``correct`` and ``prob_<distortion>`` columns.
+        fold_probabilities: The same table for the validation fold.
+        checkpoint_path: ``best.pt`` (holds the threshold).
+        train_seconds: Training time, excluding evaluation.
+        train_images_per_second: Training throughput.
+        metrics: The flat dict written to ``<output_dir>/metrics.json``.
+    """
+
+    model: nn.Module
+    config: GenderConfig
+    history: pd.DataFrame
+    threshold: float
+    val_metrics: dict[str, Any]
+    test_metrics: dict[str, Any] | None
+    probabilities: pd.DataFrame | None
+    fold_probabilities: pd.DataFrame
+    checkpoint_path: Path | None
+    train_seconds: float
+    train_images_per_second: float
+    best_epoch: int
+    stopped_early: bool
+    report_split: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics_path: Path | None = None
+
+
+# ----------------------------------------------------------------------------- prediction
+
+
+def _labels(df: pd.DataFrame) -> np.ndarray:
+    return df["label"].map(CLASS_TO_IDX).to_numpy(dtype=np.int64)
+
+
+@torch.no_grad()
+def _predict_loader(model: nn.Module, loader: Any, device: torch.device, tta: bool) -> np.ndarray:
+    """Probabilities of class 1 for every image of an (ordered) loader."""
+    model.eval()
+    out: list[torch.Tensor] = []
+    for x, _ in loader:
+        x = x.to(device, non_blocking=True)
+        with torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext():
+            logits = model(x).float()
+            if tta:
+                logits = 0.5 * (logits + model(torch.flip(x, dims=[3])).float())
+        out.append(torch.sigmoid(logits).cpu())
+    return torch.cat(out).double().numpy() if out else np.zeros(0)
+
+
+def predict_proba(
+    model: nn.Module,
+    paths: Sequence[str | Path],
+    image_size: int,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    tta: bool = True,
+    distortion: str | None = None,
+    distortion_seed: int = 0,
+    num_workers: int = 0,
+) -> np.ndarray:
+    """Probability of "female" for each image.
+
+    Args:
+        model: A :class:`~facecom_utils.models.GenderClassifier` (or any images -> logit model).
+        paths: Image files.
+        image_size: Model input side.
+        batch_size: Prediction batch size.
+        device: Where to run (default: the model's device).
+        tta: Average the logits of the image and its mirror image.
+        distortion: Apply this FACECOM distortion (seeded per image) first.
+        distortion_seed: Seed of the distortions.
+        num_workers: DataLoader workers.
+
+    Returns:
+        float64 array [N].
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device)
+    dataset = ImageDataset(paths, None, build_transforms(image_size, train=False),
+                           distortion=distortion, distortion_seed=distortion_seed)
+    loader = make_loader(dataset, batch_size, train=False, num_workers=num_workers, pin_memory=device.type == "cuda")
+    return _predict_loader(model, loader, device, tta)
+
+
+def load_gender_model(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> tuple[GenderClassifier, dict[str, Any]]:
+    """Rebuilds the classifier stored in a Task A checkpoint.
+
+    Returns:
+        ``(model in eval mode on device, checkpoint payload)``; the payload holds
+        ``threshold``, ``config``, ``metrics``, ``class_to_idx``.
+
+    Raises:
+        ValueError: The checkpoint is not a Task A checkpoint.
+    """
+    payload = load_checkpoint(checkpoint_path, map_location="cpu")
+    model_config = payload.get("model_config") or {}
+    if payload.get("task") != "gender" or model_config.get("name") != "GenderClassifier":
+        raise ValueError(f"{checkpoint_path}: not a Task A (gender) checkpoint; expected task='gender' "
+                         f"and a GenderClassifier model_config, got task={payload.get('task')!r}")
+    model = GenderClassifier(model_config["backbone"], pretrained=None, dropout=model_config.get("dropout", 0.0),
+                             image_size=model_config.get("image_size"))
+    model.load_state_dict(payload["model"])
+    model.model_config = dict(model_config)
+    return model.to(device).eval(), payload
+
+
+def predict_gender(
+    checkpoint_or_model: str | Path | nn.Module,
+    paths: Sequence[str | Path],
+    threshold: float | None = None,
+    image_size: int | None = None,
+    batch_size: int = 64,
+    device: str | torch.device = "auto",
+    tta: bool = True,
+) -> pd.DataFrame:
+    """Predicts gender for images with a checkpoint (its stored threshold) or a model.
+
+    Args:
+        checkpoint_or_model: A ``best.pt`` path or a model.
+        paths: Image files.
+        threshold: Decision threshold (default: the checkpoint's, else 0.5).
+        image_size: Input side (default: the checkpoint's config, else 224).
+        batch_size: Prediction batch size.
+        device: Where to run.
+        tta: Mirror-image test-time augmentation.
+
+    Returns:
+        DataFrame with ``path``, ``prob`` (of female), ``pred`` ("female"/"male").
+    """
+    device = select_device(device)
+    if isinstance(checkpoint_or_model, nn.Module):
+        model, payload = checkpoint_or_model, {}
+    else:
+        model, payload = load_gender_model(checkpoint_or_model, device)
+    if threshold is None:
+        threshold = float(payload.get("threshold", 0.5))
+    if image_size is None:
+        image_size = int(payload.get("config", {}).get("image_size") or getattr(model, "model_config", {}).get("image_size") or 224)
+    prob = predict_proba(model, paths, image_size, batch_size, device, tta)
+    return pd.DataFrame({"path": [str(p) for p in paths], "prob": prob,
+                         "pred": np.where(prob >= threshold, "female", "male")})
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate_gender_model(
+    model: nn.Module,
+    df: pd.DataFrame,
+    threshold: float,
+    image_size: int,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    distortions: bool = True,
+    seed: int = 0,
+    tta: bool = True,
+    num_workers: int = 0,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """All Task A metrics of a model on a table of images, at a threshold chosen elsewhere.
+
+    Args:
+        model: The classifier.
+        df: ``scan_task_a`` rows (``path``, ``label``, ``person``) of the reported split.
+        threshold: The threshold chosen on the validation fold (applied unchanged).
+        image_size: Model input side.
+        batch_size: Prediction batch size.
+        device: Where to run.
+        distortions: Also evaluate after each of the seven FACECOM distortions (seeded).
+        seed: Seed of those distortions.
+        tta: Mirror-image test-time augmentation.
+        num_workers: DataLoader workers.
+
+    Returns:
+        ``(metrics, table)``. ``metrics`` holds every key of ``evaluation.binary_metrics`` at
+        ``threshold`` (``accuracy``, ``balanced_accuracy``, ``f1_macro``, ``precision_female``,
+        ``recall_female``, ``f1_female``, ``roc_auc``, ``brier``, ``confusion_matrix``, ...), the
+        same at 0.5 suffixed ``_at_0.5``, ``ece``, ``reliability`` (dict of lists),
+        ``per_distortion`` (type -> balanced accuracy) and ``per_distortion_metrics`` (type ->
+        dict). ``table`` has one row per image: ``path``, ``label``, ``person``, ``prob``,
+        ``pred``, ``correct`` and ``prob_<type>`` per distortion.
+    """
+    y = _labels(df)
+    kw = dict(image_size=image_size, batch_size=batch_size, device=device, tta=tta, num_workers=num_workers)
+    prob = predict_proba(model, df["path"].tolist(), **kw)
+    metrics = binary_metrics(y, prob, threshold)
+    at_half = binary_metrics(y, prob, 0.5)
+    metrics.update({f"{k}_at_0.5": at_half[k] for k in _AT_HALF_KEYS})
+    metrics["ece"] = expected_calibration_error(y, prob)
+    metrics["reliability"] = reliability_curve(y, prob).to_dict(orient="list")
+    table = df[[c for c in ("path", "label", "person") if c in df.columns]].copy()
+    table["prob"] = prob
+    table["pred"] = np.where(prob >= threshold, "female", "male")
+    table["correct"] = table["pred"] == table["label"]
+    if distortions:
+        metrics["per_distortion"] = {}
+        metrics["per_distortion_metrics"] = {}
+        for kind in DISTORTION_TYPES:
+            p_kind = predict_proba(model, df["path"].tolist(), distortion=kind, distortion_seed=seed, **kw)
+            m = binary_metrics(y, p_kind, threshold)
+            metrics["per_distortion"][kind] = m["balanced_accuracy"]
+            metrics["per_distortion_metrics"][kind] = {
+                k: m[k] for k in ("accuracy", "balanced_accuracy", "recall_female", "recall_male", "f1_macro", "roc_auc")
+            }
+            table[f"prob_{kind}"] = p_kind
+    return metrics, table
+
+
+def evaluate_gender(
+    checkpoint_path: str | Path,
+    data_root: str | Path,
+    split: str = "val",
+    distortions: bool = True,
+    batch_size: int = 64,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Evaluates a Task A checkpoint on ``<data_root>/Task_A/<split>`` with its stored threshold.
+
+    Returns:
+        The metrics dict of :func:`evaluate_gender_model`, plus ``split``, ``n_images`` and
+        ``checkpoint``.
+    """
+    device = select_device(device)
+    model, payload = load_gender_model(checkpoint_path, device)
+    config = payload.get("config", {})
+    df = scan_task_a(data_root, splits=(split,))
+    metrics, _ = evaluate_gender_model(
+        model, df, float(payload.get("threshold", 0.5)), int(config.get("image_size", 224)), batch_size, device,
+        distortions, seed, bool(config.get("tta", True)),
+    )
+    metrics.update(split=split, n_images=len(df), checkpoint=str(checkpoint_path))
+    return metrics
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _subsample_people(df: pd.DataFrame, max_images: int, seed: int) -> pd.DataFrame:
+    """At most ``max_images`` rows, keeping whole persons and each label's share (quick runs)."""
+    if len(df) <= max_images:
+        return df
+    keep, _ = person_grouped_split(df, val_fraction=1 - max_images / len(df), seed=seed)
+    return keep
+
+
+def _split_tables(cfg: GenderConfig, root: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, str]:
+    """``(fit part, validation fold, reported table, reported split name)``."""
+    train_df = scan_task_a(root, splits=("train",))
+    if (find_task_dir(root, "Task_A") / cfg.report_split).is_dir():
+        report_df, report_name = scan_task_a(root, splits=(cfg.report_split,)), cfg.report_split
+    else:
+        warnings.warn(f"{root}: no Task_A/{cfg.report_split}; reporting on an identity-disjoint "
+                      f"{cfg.holdout_fraction:.0%} of Task_A/train held out from training ({HOLDOUT_SPLIT!r})",
+                      stacklevel=3)
+        train_df, report_df = person_grouped_split(train_df, cfg.holdout_fraction, seed=cfg.seed + 1)
+        report_name = HOLDOUT_SPLIT
+    if cfg.max_train_images is not None:
+        train_df = _subsample_people(train_df, cfg.max_train_images, cfg.seed)
+    fit_df, fold_df = person_grouped_split(train_df, cfg.val_fraction, seed=cfg.seed)
+    return fit_df, fold_df, report_df, report_name
+
+
+def _flat_metrics(run: GenderRun, n: dict[str, int], data_root: Path) -> dict[str, Any]:
+    """The dict for ``metrics.json``: reported metrics at top level, everything traceable."""
+    out: dict[str, Any] = dict(run.test_metrics or {})
+    out.update(
+        threshold=run.threshold,
+        threshold_criterion=run.config.threshold_criterion,
+        report_split=run.report_split,
+        val_fold={k: v for k, v in run.val_metrics.items() if k != "reliability"},
+        best_epoch=run.best_epoch,
+        epochs_run=len(run.history),
+        stopped_early=run.stopped_early,
+        train_seconds=run.train_seconds,
+        train_images_per_second=run.train_images_per_second,
+        data_root=str(data_root),
+        params=dataclasses.asdict(run.config),
+        **{f"n_{k}": v for k, v in n.items()},
+    )
+    return to_plain(out)
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf -> None, tensors -> lists, for strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, torch.Tensor):
+        return _json_safe(obj.tolist())
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def train_gender(config: GenderConfig) -> GenderRun:
+    """Trains and evaluates a gender classifier (see the module docstring for the protocol).
+
+    Writes ``<output_dir>/checkpoints/{best,last}.pt`` (best.pt carries the fold-chosen
+    ``threshold``) and ``<output_dir>/metrics.json``. Re-running with the same output folder
+    resumes an interrupted run (``resume=True``).
+
+    Args:
+        config: The run's parameters.
+
+    Returns:
+        A :class:`GenderRun`.
+    """
+    cfg = config
+    rank, _ = distributed_info()
+    out_dir = Path(cfg.output_dir)
+    root = resolve_data_root(cfg.data_root)
+    fit_df, fold_df, report_df, report_name = _split_tables(cfg, root)
+    y_fit, y_fold = _labels(fit_df), _labels(fold_df)
+    if len(np.unique(y_fit)) < 2 or len(np.unique(y_fold)) < 2:
+        raise ValueError(f"{root}: the training part and the validation fold each need both classes "
+                         f"(train: {np.bincount(y_fit, minlength=2).tolist()}, fold: {np.bincount(y_fold, minlength=2).tolist()} "
+                         "male/female images); add images or lower val_fraction")
+
+    seed_everything(cfg.seed)
+    device = select_device(cfg.device)
+    model = GenderClassifier(cfg.backbone, cfg.pretrained, cfg.dropout, cfg.image_size)
+    pin = device.type == "cuda"
+
+    # Data: augmented, class-balanced training stream; ordered, clean fold for evaluation.
+    load_size = None if cfg.image_size >= 224 else int(round(cfg.image_size * 1.25))
+    train_ds = ImageDataset(fit_df["path"], y_fit, build_transforms(cfg.image_size, True, cfg.distortion_augment),
+                            load_size=load_size)
+    sampler = build_sampler(y_fit, cfg.balance, seed=cfg.seed)
+    train_loader = make_loader(train_ds, cfg.batch_size, True, sampler, cfg.num_workers, pin)
+    eval_tf = build_transforms(cfg.image_size, train=False)
+    fold_loader = make_loader(ImageDataset(fold_df["path"], y_fold, eval_tf), cfg.eval_batch_size, False,
+                              num_workers=cfg.num_workers, pin_memory=pin)
+    recalibrate = cfg.bn_recalibrate if isinstance(cfg.bn_recalibrate, bool) else cfg.pretrained is None
+    recal_idx = np.random.default_rng(cfg.seed).permutation(len(fit_df))[: 8 * cfg.eval_batch_size]
+    recal_loader = make_loader(Subset(ImageDataset(fit_df["path"], y_fit, eval_tf), recal_idx.tolist()),
+                               cfg.eval_batch_size, False, num_workers=cfg.num_workers, pin_memory=pin)
+
+    n_pos = int(y_fit.sum())
+    pos_weight = torch.tensor((len(y_fit) - n_pos) / max(n_pos, 1), device=device) if cfg.balance == "pos_weight" else None
+    smooth = cfg.label_smoothing
+
+    def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        target = y.float() * (1 - smooth) + 0.5 * smooth
+        return F.binary_cross_entropy_with_logits(m(x).float(), target, pos_weight=pos_weight)
+
+    def evaluate_fn(m: nn.Module) -> dict[str, Any]:
+        if recalibrate:
+            recalibrate_batchnorm(m, recal_loader, device)
+            m.eval()
+        prob = _predict_loader(m, fold_loader, device, cfg.tta)
+        threshold = choose_threshold(y_fold, prob, cfg.threshold_criterion)
+        metrics = binary_metrics(y_fold, prob, threshold)
+        metrics["loss"] = float(F.binary_cross_entropy(torch.as_tensor(prob), torch.tensor(y_fold, dtype=torch.float64)))
+        return metrics
+
+    train_config = TrainConfig(
+        epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, optimizer=cfg.optimizer,
+        backbone_lr_scale=cfg.backbone_lr_scale, warmup_epochs=cfg.warmup_epochs, monitor=cfg.monitor,
+        mode="min" if cfg.monitor in ("loss", "brier", "train_loss") else "max", patience=cfg.patience,
+        amp=cfg.amp, seed=cfg.seed, device=str(device), resume=cfg.resume, progress=cfg.progress,
+        max_train_seconds=None if cfg.max_train_minutes is None else 60.0 * cfg.max_train_minutes,
+    )
+    extra_state = {"task": "gender", "config": dataclasses.asdict(cfg), "class_to_idx": CLASS_TO_IDX,
+                   "report_split": report_name}
+    result = fit(model, train_loader, loss_fn, evaluate_fn, train_config, out_dir / "checkpoints", extra_state)
+    model.eval()
+
+    # The threshold was chosen on the fold at the best epoch; store it beside the weights.
+    threshold = float(result.best_metrics.get("threshold", 0.5))
+    if rank == 0 and result.best_path is not None:
+        payload = load_checkpoint(result.best_path)
+        payload.update(threshold=threshold, val_metrics=result.best_metrics)
+        save_checkpoint(result.best_path, payload)
+
+    fold_prob = _predict_loader(model, fold_loader, device, cfg.tta)
+    fold_table = fold_df[["path", "label", "person"]].assign(
+        prob=fold_prob, pred=np.where(fold_prob >= threshold, "female", "male"))
+    test_metrics, table = None, None
+    if rank == 0:
+        test_metrics, table = evaluate_gender_model(
+            model, report_df, threshold, cfg.image_size, cfg.eval_batch_size, device,
+            cfg.evaluate_distortions, cfg.seed, cfg.tta, cfg.num_workers,
+        )
+    run = GenderRun(
+        model=model, config=cfg, history=result.history, threshold=threshold,
+        val_metrics=dict(result.best_metrics), test_metrics=test_metrics, probabilities=table,
+        fold_probabilities=fold_table, checkpoint_path=result.best_path, train_seconds=result.train_seconds,
+        train_images_per_second=result.images_per_second, best_epoch=result.best_epoch,
+        stopped_early=result.stopped_early, report_split=report_name,
+    )
+    n = {"train_images": len(fit_df), "val_fold_images": len(fold_df), "report_images": len(report_df),
+         "train_persons": fit_df["person"].nunique(), "val_fold_persons": fold_df["person"].nunique(),
+         "report_persons": report_df["person"].nunique()}
+    run.metrics = _flat_metrics(run, n, root)
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        run.metrics_path = out_dir / "metrics.json"
+        run.metrics_path.write_text(json.dumps(_json_safe(run.metrics), indent=2))
+    return run
