@@ -1,0 +1,221 @@
+"""Task B pipeline: training with each head, embeddings, evaluation from the checkpoint, resume.
+
+Everything runs on the tiny 64 px demo at 32 px for one or two epochs on the CPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from facecom_utils import recognition as rec
+from facecom_utils.data import DISTORTION_TYPES, scan_task_b
+from facecom_utils.models import FaceEmbedder
+from facecom_utils.recognition import (
+    METRIC_KEYS,
+    RecognitionConfig,
+    embedding_table,
+    evaluate_recognition,
+    extract_embeddings,
+    identity_sample_weights,
+    load_embeddings,
+    load_recognition_model,
+    split_identities,
+    train_recognition,
+)
+
+TINY = dict(image_size=32, batch_size=8, samples_per_epoch=32, val_fraction=0.2, device="cpu",
+            progress=False, patience=None, embedding_dim=32)
+
+
+def _config(demo_root: Path, out: Path, **overrides: object) -> RecognitionConfig:
+    return RecognitionConfig(**{**TINY, "data_root": str(demo_root), "output_dir": str(out), "epochs": 1, **overrides})
+
+
+def _check_metrics(metrics: dict, n_kinds: int = len(DISTORTION_TYPES)) -> None:
+    for key in METRIC_KEYS:
+        assert key in metrics and f"strict_{key}" in metrics, key
+    for prefix in ("", "strict_"):
+        for key in ("top1", "top5", "roc_auc", "eer", "match_accuracy", "match_f1_macro", "tar_at_far_1e-2"):
+            value = metrics[prefix + key]
+            assert math.isnan(value) or 0.0 <= value <= 1.0, (prefix + key, value)
+        assert metrics[prefix + "top1"] <= metrics[prefix + "top5"]
+        assert set(metrics[prefix + "per_distortion"]) <= set(DISTORTION_TYPES)
+        assert all(0.0 <= v <= 1.0 for v in metrics[prefix + "per_distortion"].values())
+    assert len(metrics["per_distortion"]) == n_kinds
+    assert -1.0 <= metrics["threshold"] <= 1.0
+    assert metrics["embed_images_per_second"] > 0
+
+
+@pytest.fixture(scope="module")
+def arcface_run(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> rec.RecognitionRun:
+    out = tmp_path_factory.mktemp("arcface")
+    return train_recognition(_config(demo_root, out, epochs=2, head="arcface"))
+
+
+def test_split_identities_is_disjoint_and_keeps_multi_photo_identities() -> None:
+    rows = []
+    for i in range(20):
+        n_clean = 1 if i < 12 else 3
+        for k in range(n_clean):
+            rows.append({"path": f"/x/id{i}/{k}.jpg", "identity": f"id{i}", "distortion": None, "source": None})
+    table = pd.DataFrame(rows)
+    kept, held = split_identities(table, 0.25, seed=0)
+    assert set(kept).isdisjoint(held) and len(kept) + len(held) == 20
+    assert any(int(h[2:]) >= 12 for h in held)  # the stratum of multi-photo identities is represented
+    assert split_identities(table, 0.25, seed=0) == (kept, held)
+
+
+def test_identity_sample_weights() -> None:
+    table = pd.DataFrame({
+        "identity": ["a"] * 2 + ["b"] * 8,
+        "distortion": [None, "sunny"] + [None] * 4 + ["sunny"] * 4,
+        "path": [str(i) for i in range(10)],
+    })
+    w = identity_sample_weights(table, clean_cap=3)
+    assert w[:2].sum() == pytest.approx(1.0) and w[2:].sum() == pytest.approx(3.0)
+    w = identity_sample_weights(table, clean_cap=3, clean_fraction=0.25)
+    assert w[2:6].sum() == pytest.approx(0.75) and w[6:].sum() == pytest.approx(2.25)
+
+
+def test_train_recognition_arcface_writes_checkpoint_embeddings_metrics(arcface_run: rec.RecognitionRun) -> None:
+    run = arcface_run
+    out = run.output_dir
+    assert (out / "checkpoints" / "best.pt").is_file() and (out / "checkpoints" / "last.pt").is_file()
+    assert len(run.history) == 2
+    _check_metrics(run.metrics)
+    for key in ("train_seconds", "embed_images_per_second", "best_epoch"):
+        assert key in run.metrics
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["top1"] == pytest.approx(run.metrics["top1"]) and saved["params"]["head"] == "arcface"
+    assert set(run.identities).isdisjoint(run.fold_identities)
+
+    for name in ("fold", "val"):
+        table, emb = load_embeddings(out, name)
+        assert len(table) == len(emb) and emb.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+        assert {"path", "identity", "distortion", "source", "role"} <= set(table.columns)
+        assert table["distortion"].isna().sum() == (table["role"] == "gallery").sum()
+    val_table, _ = load_embeddings(out, "val")
+    assert set(val_table["identity"]).isdisjoint(run.identities)
+
+    payload = torch.load(run.checkpoint_path, map_location="cpu", weights_only=True)
+    assert payload["task"] == "recognition" and payload["threshold"] == pytest.approx(run.threshold)
+    assert payload["identities"] == run.identities
+
+
+def test_evaluate_recognition_reproduces_training_metrics(arcface_run: rec.RecognitionRun, demo_root: Path) -> None:
+    metrics = evaluate_recognition(arcface_run.checkpoint_path, demo_root, split="val", batch_size=8, device="cpu")
+    _check_metrics(metrics)
+    for key in ("top1", "top5", "roc_auc", "eer", "match_accuracy", "match_f1_macro", "threshold",
+                "strict_top1", "strict_roc_auc"):
+        a, b = metrics[key], arcface_run.metrics[key]
+        assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, abs=1e-6), key
+    assert metrics["per_distortion"] == pytest.approx(arcface_run.metrics["per_distortion"])
+
+
+@pytest.mark.parametrize("head", ["cosface", "adaface"])
+def test_train_recognition_other_heads(head: str, demo_root: Path, tmp_path: Path) -> None:
+    run = train_recognition(_config(demo_root, tmp_path, head=head, embedding_source="neck", flip_tta=False))
+    _check_metrics(run.metrics)
+    assert run.embedding_source == "neck"
+    model, payload = load_recognition_model(run.checkpoint_path)
+    assert payload["model_config"]["head"]["name"] == head
+    assert type(model.head).__name__ == {"cosface": "CosFace", "adaface": "AdaFace"}[head]
+
+
+def test_extract_embeddings_flip_tta_unit_norm_and_deterministic(
+    arcface_run: rec.RecognitionRun, demo_root: Path
+) -> None:
+    paths = scan_task_b(demo_root, splits=("val",))["path"].tolist()[:10]
+    kw = dict(image_size=32, batch_size=4, device="cpu")
+    a = extract_embeddings(arcface_run.model, paths, flip_tta=True, **kw)
+    b = extract_embeddings(arcface_run.model, paths, flip_tta=True, **kw)
+    plain = extract_embeddings(arcface_run.model, paths, flip_tta=False, **kw)
+    assert a.shape == (10, 32) and a.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, plain)  # the mirrored view contributes
+    fresh = FaceEmbedder("efficientnet_lite0", "offline", embedding_dim=16).eval()  # ImageNet features
+    # (at 32 px Lite0's 1x1 final map is often all zero after ReLU6: use the demo's 64 px here)
+    pooled, speed = extract_embeddings(fresh, paths, image_size=64, batch_size=4, device="cpu", flip_tta=True,
+                                       source="pooled", return_speed=True)
+    assert pooled.shape == (10, fresh.backbone.num_features)
+    np.testing.assert_allclose(np.linalg.norm(pooled, axis=1), 1.0, atol=1e-5)
+    assert speed > 0
+
+
+def test_resume_continues_an_interrupted_run(
+    arcface_run: rec.RecognitionRun, demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Interrupt after epoch 1, train again: the engine resumes and matches the uninterrupted run."""
+
+    class Interrupt(Exception):
+        pass
+
+    real_fit = rec.fit
+
+    def interrupted_fit(*args: object, **kwargs: object) -> object:
+        def stop(epoch: int, row: dict) -> None:
+            raise Interrupt
+
+        return real_fit(*args, **{**kwargs, "on_epoch_end": stop})
+
+    config = _config(demo_root, tmp_path, epochs=2, head="arcface")  # the fixture's settings
+    monkeypatch.setattr(rec, "fit", interrupted_fit)
+    with pytest.raises(Interrupt):
+        train_recognition(config)
+    assert (tmp_path / "checkpoints" / "last.pt").is_file()
+    monkeypatch.setattr(rec, "fit", real_fit)
+    resumed = train_recognition(config)
+    assert len(resumed.history) == 2
+    np.testing.assert_allclose(resumed.history["train_loss"], arcface_run.history["train_loss"], rtol=1e-5)
+    assert resumed.metrics["top1"] == pytest.approx(arcface_run.metrics["top1"])
+    assert resumed.threshold == pytest.approx(arcface_run.threshold)
+
+
+def test_embedding_table_gallery_first(demo_root: Path) -> None:
+    table = embedding_table(scan_task_b(demo_root, splits=("val",)))
+    roles = table["role"].tolist()
+    assert roles == sorted(roles)  # "gallery" < "probe": all gallery rows first
+    assert (table["role"] == "probe").sum() == table["distortion"].notna().sum()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("dlib") is None, reason="dlib not installed")
+def test_dlib_embeddings_unit_norm(demo_root: Path) -> None:
+    paths = scan_task_b(demo_root, splits=("val",))["path"].tolist()[:3]
+    emb, detected = rec.dlib_embeddings(paths, upsample=0, return_detected=True)
+    assert emb.shape == (3, 128) and emb.dtype == np.float32 and detected.shape == (3,)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+def test_imagenet_baseline_runs_on_demo(demo_root: Path) -> None:
+    metrics = rec.imagenet_baseline(demo_root, split="val", image_size=32, batch_size=16, device="cpu",
+                                    pretrained="offline", threshold_identities=4)
+    _check_metrics(metrics)
+    assert metrics["threshold_split"] == "train"
+
+
+def test_holdout_is_reported_when_there_is_no_val_split(demo_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "train_only"
+    (root / "Task_B").mkdir(parents=True)
+    (root / "Task_B" / "train").symlink_to(demo_root / "Task_B" / "train", target_is_directory=True)
+    with pytest.warns(UserWarning, match="no Task_B/val"):
+        run = train_recognition(_config(root, tmp_path / "out", holdout_fraction=0.3, flip_tta=False))
+    assert run.metrics["reported_split"].startswith("holdout")
+    held, _ = load_embeddings(run.output_dir, "val")
+    fold, _ = load_embeddings(run.output_dir, "fold")
+    train_ids = set(run.identities)
+    assert train_ids.isdisjoint(held["identity"]) and train_ids.isdisjoint(fold["identity"])
+    assert set(held["identity"]).isdisjoint(fold["identity"])
+    _check_metrics(run.metrics)
+    again = evaluate_recognition(run.checkpoint_path, root, split="holdout", batch_size=8, device="cpu")
+    assert again["top1"] == pytest.approx(run.metrics["top1"])
+    assert again["strict_top1"] == pytest.approx(run.metrics["strict_top1"], nan_ok=True)
