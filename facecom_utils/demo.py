@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -558,9 +559,12 @@ def resolve_data_root(data_root: str | Path | None) -> Path:
     """The dataset root to use: the one given, real FACECOM at the repo root, or the demo.
 
     Args:
-        data_root: A folder holding ``Task_A``/``Task_B``. None or ``""`` means: the repository
-            root when its ``Task_A/`` and ``Task_B/`` hold images, else the synthetic demo at
-            :data:`DEFAULT_DEMO_ROOT` (generated on first use, with a warning).
+        data_root: A folder holding ``Task_A``/``Task_B``. None or ``""`` means: the folder in
+            the environment variable ``FACECOM_DATA_ROOT`` when set (the value ``demo`` forces the
+            synthetic demo: ``make test`` uses it so that nbval's checked counts never depend on
+            what sits in ``Task_A/``), else the repository root when its ``Task_A/`` and
+            ``Task_B/`` hold images, else the synthetic demo at :data:`DEFAULT_DEMO_ROOT`
+            (generated on first use, with a warning).
 
     Returns:
         An absolute path.
@@ -568,6 +572,10 @@ def resolve_data_root(data_root: str | Path | None) -> Path:
     Raises:
         FileNotFoundError: ``data_root`` was given and does not exist.
     """
+    if data_root in (None, ""):
+        data_root = os.environ.get("FACECOM_DATA_ROOT") or None
+    if data_root == "demo":
+        return ensure_demo_dataset(DEFAULT_DEMO_ROOT)
     if data_root not in (None, ""):
         path = Path(data_root).expanduser().resolve()
         if not path.exists():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +93,7 @@ def test_ensure_reuses_and_regenerates(tmp_path: Path) -> None:
 
 
 def test_resolve_data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FACECOM_DATA_ROOT", raising=False)
     assert resolve_data_root(tmp_path) == tmp_path.resolve()
     with pytest.raises(FileNotFoundError):
         resolve_data_root(tmp_path / "missing")
@@ -113,14 +113,18 @@ def test_resolve_data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (8, 8)).save(path)
     assert resolve_data_root("") == fake_repo
+    # FACECOM_DATA_ROOT overrides the repo root; "demo" forces the synthetic demo (make test).
+    monkeypatch.setenv("FACECOM_DATA_ROOT", str(tmp_path))
+    assert resolve_data_root(None) == tmp_path.resolve()
+    monkeypatch.setenv("FACECOM_DATA_ROOT", "demo")
+    assert resolve_data_root(None) == tmp_path / "data" / "demo_synthetic"
+    assert resolve_data_root(fake_repo) == fake_repo.resolve()  # an explicit root still wins
 
 
-def test_default_generation_is_fast(tmp_path: Path) -> None:
-    """The default demo (80 people) must generate in well under 30 s on 2 cores."""
-    start = time.perf_counter()
+def test_default_demo_has_facecom_like_imbalance(tmp_path: Path) -> None:
+    """The default demo (80 people): about 1 female to 5 male people. (Its generation time is
+    measured by ``python -m facecom_utils.bench``, not asserted here.)"""
     root = make_demo_dataset(tmp_path / "demo_synthetic")
-    elapsed = time.perf_counter() - start
-    assert elapsed < 30, f"default demo took {elapsed:.1f} s"
     people = scan_task_a(root).assign(person=lambda df: df["path"].map(person_from_filename))
     counts = people.drop_duplicates("person")["label"].value_counts()
     assert 4 <= counts["male"] / counts["female"] <= 6
