@@ -1,0 +1,8 @@
+"""``python -m facecom_utils``: the ``facecom`` command."""
+
+import sys
+
+from facecom_utils.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

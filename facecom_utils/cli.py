@@ -1,0 +1,419 @@
+"""The ``facecom`` command: run the notebooks, and use trained models on new folders.
+
+::
+
+    facecom run [-f PRESET.yml] [-p NAME VALUE] [--name RUN] [--notebooks 01,02] [--data-root DIR]
+    facecom evaluate-gender CHECKPOINT DATA_ROOT [--split val] [--json] [--out FILE]
+    facecom evaluate-recognition CHECKPOINT DATA_ROOT [--split val] [--json] [--out FILE]
+    facecom predict-gender CHECKPOINT IMAGES... [--out CSV]
+    facecom identify CHECKPOINT --gallery DIR PROBES... [--out CSV]
+    facecom make-demo ROOT [--seed 0] [--train-identities 60] [--val-identities 20] [--image-size 112]
+    facecom split SRC_ROOT DST_ROOT [--val-fraction 0.2] [--seed 0] [--overwrite]
+
+``evaluate-*`` apply the protocol and the threshold stored in the checkpoint (chosen on the training
+run's validation fold) to ``DATA_ROOT/Task_A/<split>`` or ``DATA_ROOT/Task_B/<split>`` -- the same
+protocol and metric keys as notebooks 02 and 03. ``predict-gender`` and ``identify`` write one CSV
+row per image: ``path, prediction, score, decision``:
+
+* predict-gender: ``prediction`` = female/male at the checkpoint's threshold, ``score`` = P(female),
+  ``decision`` = the rule applied, e.g. ``score>=0.412``;
+* identify: ``prediction`` = the best-scoring gallery identity, ``score`` = its cosine similarity (max
+  over the identity's gallery images), ``decision`` = ``match`` when the score clears the checkpoint's
+  match threshold, else ``no_match`` (the probe is probably nobody in the gallery).
+
+IMAGES / PROBES may be files or folders (searched recursively for .jpg/.jpeg/.png). Bad paths and
+checkpoints of the wrong task give a one-line error and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "build_parser", "CliError", "collect_images", "gallery_images"]
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A problem with the user's input, reported as one line (exit code 2)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------------
+
+
+def collect_images(items: Sequence[str | Path]) -> list[Path]:
+    """Image files named directly or found (recursively, sorted) under folders; hidden files skipped."""
+    from facecom_utils.data import IMAGE_EXTENSIONS
+
+    found: list[Path] = []
+    for item in items:
+        p = Path(item).expanduser()
+        if p.is_file():
+            if p.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise CliError(f"{p}: not an image (expected {', '.join(IMAGE_EXTENSIONS)})")
+            found.append(p.resolve())
+        elif p.is_dir():
+            images = sorted(
+                f.resolve() for f in p.rglob("*")
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            )
+            if not images:
+                raise CliError(f"{p}: folder holds no image ({', '.join(IMAGE_EXTENSIONS)})")
+            found += images
+        else:
+            raise CliError(f"{p}: no such file or folder")
+    if not found:
+        raise CliError("no image given")
+    return found
+
+
+def gallery_images(folder: str | Path) -> tuple[list[Path], list[str]]:
+    """The gallery of ``identify``: clean images of ``folder/<identity>/`` (``distortion/`` subfolders skipped).
+
+    ``folder`` may be a FACECOM split (``Task_B/val``) or any folder with one subfolder per identity.
+    """
+    from facecom_utils.data import IMAGE_EXTENSIONS
+
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise CliError(f"{root}: gallery folder not found (expected <gallery>/<identity>/<image>.jpg)")
+    paths: list[Path] = []
+    identities: list[str] = []
+    for identity_dir in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        for f in sorted(identity_dir.iterdir()):
+            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."):
+                paths.append(f.resolve())
+                identities.append(identity_dir.name)
+    if not paths:
+        raise CliError(f"{root}: no identity folder with images (expected <gallery>/<identity>/<image>.jpg)")
+    return paths, identities
+
+
+def _checkpoint(path: str | Path, task: str, command: str) -> dict[str, Any]:
+    """Load a checkpoint and check it belongs to ``task``; errors are one line."""
+    from facecom_utils.training import load_checkpoint
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise CliError(f"{p}: checkpoint not found (expected a best.pt written by notebook "
+                       f"{'02 / train_gender' if task == 'gender' else '03 / train_recognition'})")
+    try:
+        payload = load_checkpoint(p)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input problem
+        raise CliError(f"{p}: not a readable facecom checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+    found = payload.get("task") if isinstance(payload, dict) else None
+    if found != task:
+        hint = {"gender": "evaluate-gender / predict-gender", "recognition": "evaluate-recognition / identify"}
+        raise CliError(f"{p}: is a {found or 'unknown'}-task checkpoint; `facecom {command}` needs a {task} "
+                       f"checkpoint" + (f" (use `facecom {hint[found]}` for this one)" if found in hint else ""))
+    return payload
+
+
+def _data_root(path: str | Path, task: str, split: str) -> Path:
+    from facecom_utils.data import find_task_dir
+
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise CliError(f"{root}: data root not found (expected a folder holding {task}/{split}/)")
+    task_dir = find_task_dir(root, task)
+    if not (task_dir / split).is_dir():
+        raise CliError(f"{task_dir / split}: split folder not found (choose another with --split)")
+    return root.resolve()
+
+
+# --------------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    from facecom_utils.eda import to_jsonable
+
+    return to_jsonable(value)
+
+
+def _metrics_text(metrics: dict[str, Any]) -> str:
+    """Scalars as an aligned two-column table, then per-distortion values as one table."""
+    scalars = {k: v for k, v in metrics.items() if v is None or isinstance(v, (int, float, str, bool))}
+    width = max((len(k) for k in scalars), default=0)
+    lines = []
+    for key, value in scalars.items():
+        text = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else str(value)
+        lines.append(f"{key:<{width}}  {text}")
+    for key in ("per_distortion", "strict_per_distortion"):
+        per = metrics.get(key)
+        if isinstance(per, dict) and per:
+            lines.append("")
+            lines.append(key)
+            for kind, value in per.items():
+                text = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else str(value)
+                lines.append(f"  {kind:<{max(len(k) for k in per)}}  {text}")
+    cm = metrics.get("confusion_matrix")
+    if cm is not None:
+        lines += ["", f"confusion_matrix  {cm}"]
+    return "\n".join(lines)
+
+
+def _emit_metrics(metrics: dict[str, Any], as_json: bool, out: str | None) -> None:
+    plain = _plain(metrics)
+    if out:
+        Path(out).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        Path(out).expanduser().write_text(json.dumps(plain, indent=2) + "\n")
+    print(json.dumps(plain, indent=2) if as_json else _metrics_text(plain))
+
+
+def _write_rows(rows: list[dict[str, Any]], out: str | None) -> None:
+    """Write ``path, prediction, score, decision`` rows to ``out`` (or stdout)."""
+    fields = ["path", "prediction", "score", "decision"]
+    if out:
+        target = Path(out).expanduser()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"wrote {len(rows)} rows to {target}", file=sys.stderr)
+    else:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        sys.stdout.write(buffer.getvalue())
+
+
+# --------------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from facecom_utils.run import run_from_args
+
+    return run_from_args(args)
+
+
+def cmd_evaluate_gender(args: argparse.Namespace) -> int:
+    from facecom_utils.gender import evaluate_gender
+
+    _checkpoint(args.checkpoint, "gender", "evaluate-gender")
+    root = _data_root(args.data_root, "Task_A", args.split)
+    metrics = evaluate_gender(args.checkpoint, root, split=args.split, distortions=not args.no_distortions,
+                              batch_size=args.batch_size, device=args.device, seed=args.seed)
+    metrics.pop("reliability", None)
+    if not args.json:
+        metrics.pop("per_distortion_metrics", None)
+    _emit_metrics(metrics, args.json, args.out)
+    return 0
+
+
+def cmd_evaluate_recognition(args: argparse.Namespace) -> int:
+    from facecom_utils.recognition import evaluate_recognition
+
+    _checkpoint(args.checkpoint, "recognition", "evaluate-recognition")
+    root = _data_root(args.data_root, "Task_B", args.split)
+    metrics = evaluate_recognition(args.checkpoint, root, split=args.split, batch_size=args.batch_size,
+                                   device=args.device, seed=args.seed)
+    if not args.json:
+        for key in ("per_distortion_metrics", "strict_per_distortion_metrics", "threshold_details"):
+            metrics.pop(key, None)
+    _emit_metrics(metrics, args.json, args.out)
+    return 0
+
+
+def cmd_predict_gender(args: argparse.Namespace) -> int:
+    from facecom_utils.gender import predict_gender
+
+    payload = _checkpoint(args.checkpoint, "gender", "predict-gender")
+    threshold = float(args.threshold if args.threshold is not None else payload.get("threshold", 0.5))
+    paths = collect_images(args.images)
+    table = predict_gender(args.checkpoint, paths, threshold=threshold, batch_size=args.batch_size, device=args.device)
+    rows = [
+        {
+            "path": str(p),
+            "prediction": pred,
+            "score": f"{prob:.6f}",
+            "decision": f"score{'>=' if prob >= threshold else '<'}{threshold:.6g}",
+        }
+        for p, prob, pred in zip(table["path"], table["prob"], table["pred"])
+    ]
+    _write_rows(rows, args.out)
+    return 0
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from facecom_utils.recognition import extract_embeddings, load_recognition_model
+    from facecom_utils.training import select_device
+    from facecom_utils.verification import identity_scores
+
+    payload = _checkpoint(args.checkpoint, "recognition", "identify")
+    threshold = float(args.threshold if args.threshold is not None else payload.get("threshold", math.nan))
+    if math.isnan(threshold):
+        raise CliError(f"{args.checkpoint}: holds no match threshold; pass --threshold or use the best.pt of a finished run")
+    gallery, identities = gallery_images(args.gallery)
+    probes = collect_images(args.probes)
+    model, payload = load_recognition_model(args.checkpoint, select_device(args.device))
+    cfg = payload.get("config", {})
+    kw = dict(
+        image_size=int(cfg.get("image_size", 112)), batch_size=args.batch_size, device=args.device,
+        flip_tta=bool(cfg.get("flip_tta", True)), face_crop=float(cfg.get("face_crop", 1.0)),
+        source=str(payload.get("embedding_source", "neck")),
+    )
+    gallery_emb = extract_embeddings(model, [str(p) for p in gallery], **kw)
+    probe_emb = extract_embeddings(model, [str(p) for p in probes], **kw)
+    scores, columns = identity_scores(probe_emb, gallery_emb, np.asarray(identities))
+    best = np.argmax(scores, axis=1)
+    rows = []
+    for k, probe in enumerate(probes):
+        score = float(scores[k, best[k]])
+        rows.append({
+            "path": str(probe),
+            "prediction": str(columns[best[k]]),
+            "score": f"{score:.6f}",
+            "decision": "match" if score >= threshold else "no_match",
+        })
+    _write_rows(rows, args.out)
+    return 0
+
+
+def cmd_make_demo(args: argparse.Namespace) -> int:
+    from facecom_utils.demo import make_demo_dataset
+
+    root = make_demo_dataset(args.root, seed=args.seed, train_identities=args.train_identities,
+                             val_identities=args.val_identities, clean_per_identity=args.clean_per_identity,
+                             image_size=args.image_size, overwrite=args.overwrite)
+    print(root)
+    return 0
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from facecom_utils.data import split_by_identity
+
+    src = Path(args.src_root).expanduser()
+    if not src.is_dir():
+        raise CliError(f"{src}: source root not found (expected a folder holding Task_A/train and/or Task_B/train)")
+    dst = split_by_identity(src, args.dst_root, val_fraction=args.val_fraction, seed=args.seed, overwrite=args.overwrite)
+    print(dst)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Parser
+# --------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``facecom`` argument parser (one subcommand per task; room for train-* commands)."""
+    from facecom_utils.run import add_run_arguments
+
+    parser = argparse.ArgumentParser(prog="facecom", description="FACECOM: notebooks, reports and trained models.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="run notebooks 01-04 with papermill and write reports/<run>/",
+                       description="Run notebooks 01-04 with papermill and write reports/<run>/ (HTML, index.html, summary.json).")
+    add_run_arguments(p)
+    p.set_defaults(func=cmd_run)
+
+    def evaluation(name: str, task_dir: str, help_text: str, func: Callable[[argparse.Namespace], int]) -> None:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("checkpoint", help="best.pt of a training run")
+        p.add_argument("data_root", help=f"folder in FACECOM layout (holding {task_dir}/<split>/)")
+        p.add_argument("--split", default="val", help="split to evaluate (default: %(default)s)")
+        p.add_argument("--json", action="store_true", help="print every metric as JSON instead of a table")
+        p.add_argument("--out", default=None, help="also write the metrics as JSON to this file")
+        p.add_argument("--batch-size", type=int, default=64)
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+        p.add_argument("--seed", type=int, default=None if name == "evaluate-recognition" else 0,
+                       help="seed of the seeded parts of the protocol (distortions / impostor draw)")
+        if name == "evaluate-gender":
+            p.add_argument("--no-distortions", action="store_true", help="skip the per-distortion robustness pass")
+        p.set_defaults(func=func)
+
+    evaluation("evaluate-gender", "Task_A", "Task A metrics of a gender checkpoint (threshold from the checkpoint)",
+               cmd_evaluate_gender)
+    evaluation("evaluate-recognition", "Task_B",
+               "Task B protocol (main + strict) of a recognition checkpoint (threshold from the checkpoint)",
+               cmd_evaluate_recognition)
+
+    p = sub.add_parser("predict-gender", help="predict gender for images; CSV path,prediction,score,decision")
+    p.add_argument("checkpoint", help="best.pt of a gender run")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--out", default=None, help="CSV file (default: stdout)")
+    p.add_argument("--threshold", type=float, default=None, help="override the checkpoint's threshold on P(female)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_predict_gender)
+
+    p = sub.add_parser("identify", help="match probe images against a gallery; CSV path,prediction,score,decision")
+    p.add_argument("checkpoint", help="best.pt of a recognition run")
+    p.add_argument("probes", nargs="+", help="probe image files or folders")
+    p.add_argument("--gallery", required=True, help="folder with one subfolder of clean images per identity")
+    p.add_argument("--out", default=None, help="CSV file (default: stdout)")
+    p.add_argument("--threshold", type=float, default=None, help="override the checkpoint's match threshold")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_identify)
+
+    p = sub.add_parser("make-demo", help="write the synthetic demo dataset (FACECOM layout)")
+    p.add_argument("root")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-identities", type=int, default=60)
+    p.add_argument("--val-identities", type=int, default=20)
+    p.add_argument("--clean-per-identity", type=int, default=2)
+    p.add_argument("--image-size", type=int, default=112)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_make_demo)
+
+    p = sub.add_parser("split", help="identity-disjoint train/val copy (symlinks) of a FACECOM training split")
+    p.add_argument("src_root", help="FACECOM root with Task_A/train and/or Task_B/train")
+    p.add_argument("dst_root", help="where to write the new root")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_split)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input, reported as one line."""
+    from facecom_utils.data import BadImageError, FacecomLayoutError
+
+    errors: list[type[BaseException]] = [CliError, FacecomLayoutError, BadImageError, FileNotFoundError,
+                                          NotADirectoryError, FileExistsError, PermissionError]
+    try:
+        from facecom_utils.models import WeightsUnavailableError
+
+        errors.append(WeightsUnavailableError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``facecom`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except _user_errors() as exc:
+        message = str(exc).strip().splitlines()
+        print(f"facecom {args.command}: error: {message[0] if message else type(exc).__name__}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"facecom {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

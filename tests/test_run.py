@@ -1,0 +1,192 @@
+"""facecom_utils.run: the papermill runner, on small throwaway notebooks."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from facecom_utils import run
+
+WRITE_METRICS = """
+import json, pathlib
+pathlib.Path(output_dir).mkdir(parents=True, exist_ok=True)
+(pathlib.Path(output_dir) / "metrics.json").write_text(json.dumps({METRICS}))
+"""
+
+
+def _notebook(path: Path, params: str, *cells: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    p = nbformat.v4.new_code_cell(params)
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {path.stem}"), p] + [nbformat.v4.new_code_cell(c) for c in cells]
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture()
+def notebook_dir(tmp_path: Path) -> Path:
+    """Tiny stand-ins for the four notebooks (same names, same parameter conventions)."""
+    d = tmp_path / "notebooks"
+    d.mkdir()
+    _notebook(d / "01_eda.ipynb", "data_root = None\noutput_dir = None\nseed = 0",
+              "import sys\nprint(sys.executable)",
+              WRITE_METRICS.replace("{METRICS}", "{'task_a_images': 7, 'seed': seed, 'data_root': data_root}"))
+    _notebook(d / "02_gender_classification.ipynb", "data_root = None\noutput_dir = None\nepochs = 1\nlr = 0.1",
+              "import matplotlib.pyplot as plt\nplt.plot([0, 1]); plt.title('curve'); plt.xlabel('x'); plt.ylabel('y'); plt.show()",
+              WRITE_METRICS.replace("{METRICS}", "{'balanced_accuracy': 0.75, 'epochs': epochs, 'lr': lr}"))
+    _notebook(d / "03_arcface_recognition.ipynb", "data_root = None\noutput_dir = None\nepochs = 1\nfail = False",
+              "assert not fail, 'asked to fail'",
+              WRITE_METRICS.replace("{METRICS}", "{'top1': 0.5, 'epochs': epochs}"))
+    _notebook(d / "04_threshold_analysis.ipynb", "run_dir = None\noutput_dir = None\ndata_root = None",
+              "import json, pathlib\nupstream = json.loads((pathlib.Path(run_dir) / 'metrics.json').read_text())",
+              WRITE_METRICS.replace("{METRICS}", "{'recommended_threshold': 0.3, 'upstream_top1': upstream['top1']}"))
+    return d
+
+
+def test_parse_value_types_like_papermill() -> None:
+    assert run.parse_value("True") is True and run.parse_value("False") is False and run.parse_value("None") is None
+    assert run.parse_value("3") == 3 and isinstance(run.parse_value("3"), int)
+    assert run.parse_value("1e-3") == 0.001 and run.parse_value("0.5") == 0.5
+    assert run.parse_value("efficientnet-b0") == "efficientnet-b0" and run.parse_value("true") == "true"
+
+
+def test_presets_merge_in_order(tmp_path: Path) -> None:
+    a = tmp_path / "a.yml"
+    b = tmp_path / "b.yml"
+    a.write_text("epochs: 3\nlr: 0.1\n'02':\n  image_size: 64\n")
+    b.write_text("epochs: 5\n'02':\n  batch_size: 8\n")
+    assert run.load_presets([a, b]) == {"epochs": 5, "lr": 0.1, "02": {"image_size": 64, "batch_size": 8}}
+    (tmp_path / "bad.yml").write_text("- a\n- b\n")
+    with pytest.raises(run.RunError, match="bad.yml"):
+        run.load_presets([tmp_path / "bad.yml"])
+    with pytest.raises(run.RunError, match="missing.yml"):
+        run.load_presets([tmp_path / "missing.yml"])
+
+
+def test_resolve_notebooks() -> None:
+    assert run.resolve_notebooks(None) == list(run.NOTEBOOKS.values())
+    assert run.resolve_notebooks("02,1") == ["01_eda", "02_gender_classification"]
+    assert run.resolve_notebooks(["04_threshold_analysis"]) == ["04_threshold_analysis"]
+    with pytest.raises(run.RunError, match="unknown notebook"):
+        run.resolve_notebooks("05")
+
+
+def test_kernel_is_this_interpreter() -> None:
+    assert run.kernel_command()[0] == sys.executable
+
+
+def test_committed_notebooks_declare_their_parameters() -> None:
+    for stem in run.NOTEBOOKS.values():
+        path = run.NOTEBOOK_DIR / f"{stem}.ipynb"
+        if path.is_file():
+            params = run.notebook_parameters(path)
+            assert "output_dir" in params and ("data_root" in params or "run_dir" in params)
+
+
+def test_run_success_writes_reports_index_and_summary(notebook_dir: Path, demo_root: Path, tmp_path: Path) -> None:
+    result = run.run_reports(
+        parameters={"epochs": 2, "seed": 5, "02": {"lr": 0.01}},
+        name="ok",
+        data_root=demo_root,
+        reports_dir=tmp_path / "reports",
+        notebook_dir=notebook_dir,
+        quiet=True,
+    )
+    assert result.ok, [r.error for r in result.notebooks]
+    run_dir = tmp_path / "reports" / "ok"
+    for stem in run.NOTEBOOKS.values():
+        for suffix in (".ipynb", ".html", ".nocode.html"):
+            assert (run_dir / f"{stem}{suffix}").is_file()
+    metrics = {r.name: r.metrics for r in result.notebooks}
+    assert metrics["01_eda"]["seed"] == 5 and metrics["01_eda"]["data_root"] == str(demo_root.resolve())
+    assert metrics["02_gender_classification"] == {"balanced_accuracy": 0.75, "epochs": 2, "lr": 0.01}
+    assert metrics["03_arcface_recognition"]["epochs"] == 2
+    assert metrics["04_threshold_analysis"]["upstream_top1"] == 0.5  # run_dir = 03's output folder
+    executed = nbformat.read(run_dir / "01_eda.ipynb", as_version=4)
+    assert executed.cells[3].outputs[0].text.strip() == sys.executable  # the kernel is this interpreter
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["ok"] and summary["synthetic"] is True
+    assert summary["headline"]["02_gender_classification"]["balanced_accuracy"] == 0.75
+    index = (run_dir / "index.html").read_text()
+    assert "SYNTHETIC" in index.upper() and 'href="02_gender_classification.nocode.html"' in index
+    assert "balanced_accuracy" in index
+    nocode = (run_dir / "02_gender_classification.nocode.html").read_text()
+    assert "plt.plot" not in nocode and "image/png" in nocode
+
+
+def test_failure_names_notebook_and_cell_and_keeps_other_reports(
+    notebook_dir: Path, demo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = run.main([
+        "--name", "bad", "--data-root", str(demo_root), "--reports-dir", str(tmp_path / "reports"),
+        "--notebook-dir", str(notebook_dir), "-p", "fail", "True",
+    ])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "03_arcface_recognition.ipynb: code cell 2" in err and "AssertionError: asked to fail" in err
+    run_dir = tmp_path / "reports" / "bad"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    status = {n["name"]: n["status"] for n in summary["notebooks"]}
+    assert status == {"01_eda": "ok", "02_gender_classification": "ok", "03_arcface_recognition": "failed",
+                      "04_threshold_analysis": "skipped"}
+    failed = next(n for n in summary["notebooks"] if n["name"] == "03_arcface_recognition")
+    assert failed["failed_cell"] == 2 and "asked to fail" in failed["error"]
+    for stem in ("01_eda", "02_gender_classification", "03_arcface_recognition"):
+        assert (run_dir / f"{stem}.html").is_file(), stem  # the failed one is rendered too
+    index = (run_dir / "index.html").read_text()
+    assert "FAILED" in index and "SKIPPED" in index and "asked to fail" in index
+
+
+def test_cell_timeout_fails_the_notebook_and_names_the_cell(tmp_path: Path, demo_root: Path) -> None:
+    nb = _notebook(tmp_path / "slow.ipynb", "output_dir = None", "x = 1", "import time\ntime.sleep(60)")
+    seconds, error, cell = run.run_notebook(nb, tmp_path / "out.ipynb", {}, cell_timeout=3)
+    assert cell == 3 and seconds < 45
+    assert error.startswith("slow.ipynb: code cell 3") and "timed out" in error
+
+
+def test_bad_arguments_exit_2(notebook_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["--reports-dir", str(tmp_path), "--notebook-dir", str(notebook_dir), "--data-root", str(tmp_path)]
+    assert run.main([*common, "-p", "epoch", "3"]) == 2
+    assert "unknown parameter(s) epoch" in capsys.readouterr().err
+    assert run.main([*common, "--notebooks", "07"]) == 2
+    assert run.main(["--reports-dir", str(tmp_path), "--notebook-dir", str(notebook_dir), "--data-root", str(tmp_path / "nope")]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_presets_for_plain_papermill_work_with_the_runner(notebook_dir: Path, demo_root: Path, tmp_path: Path) -> None:
+    """A preset carrying output_dir and data_root (for papermill -f) is accepted: data_root is used,
+    output_dir is replaced by the run's folder."""
+    preset = tmp_path / "preset.yml"
+    preset.write_text(f"'02':\n  data_root: {demo_root}\n  output_dir: somewhere/else\n  epochs: 4\n")
+    code = run.main(["--name", "p", "--reports-dir", str(tmp_path / "r"), "--notebook-dir", str(notebook_dir),
+                     "--notebooks", "02", "-f", str(preset), "--no-html"])
+    assert code == 0
+    summary = json.loads((tmp_path / "r" / "p" / "summary.json").read_text())
+    assert summary["data_root"] == str(demo_root.resolve())
+    params = summary["notebooks"][0]["parameters"]
+    assert params["epochs"] == 4 and params["output_dir"] == str(tmp_path / "r" / "p" / "02_gender_classification")
+    assert not (tmp_path / "somewhere").exists()
+
+
+@pytest.mark.parametrize("preset", sorted((run.REPO_ROOT / "params").glob("*.yml")), ids=lambda p: p.name)
+def test_committed_presets_fit_the_committed_notebooks(preset: Path) -> None:
+    """Every key of every preset is a parameter of the notebook it targets (else the runner refuses it)."""
+    declared = {stem: run.notebook_parameters(run.NOTEBOOK_DIR / f"{stem}.ipynb") for stem in run.NOTEBOOKS.values()}
+    parameters = run.load_presets([preset])
+    for scope in [parameters, *(v for v in parameters.values() if isinstance(v, dict))]:
+        scope.pop("data_root", None)
+        scope.pop("output_dir", None)
+    run._route_parameters(parameters, declared)
+
+
+def test_demo_preset_is_the_notebook_defaults() -> None:
+    parameters = run.load_presets([run.REPO_ROOT / "params" / "demo.yml"])
+    declared = {stem: run.notebook_parameters(run.NOTEBOOK_DIR / f"{stem}.ipynb") for stem in run.NOTEBOOKS.values()}
+    for stem, values in run._route_parameters(parameters, declared).items():
+        for name, value in values.items():
+            assert run.parse_value(declared[stem][name].strip('"')) == value, (stem, name)
