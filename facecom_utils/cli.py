@@ -137,7 +137,7 @@ def _data_root(path: str | Path, task: str, split: str) -> Path:
 
 
 def _plain(value: Any) -> Any:
-    from facecom_utils.eda import to_jsonable
+    from facecom_utils.notebook import to_jsonable
 
     return to_jsonable(value)
 

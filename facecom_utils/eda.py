@@ -1,4 +1,4 @@
-"""Exploratory data analysis of a FACECOM-layout folder, and the small helpers every notebook shares.
+"""Exploratory data analysis of a FACECOM-layout folder (notebook 01).
 
 What notebook 01 shows is computed here, so it is tested and reusable:
 
@@ -7,24 +7,18 @@ What notebook 01 shows is computed here, so it is tested and reusable:
   measured the way ``docs/FACECOM_DISTORTIONS.md`` measures them;
 * a leakage check: people/identities on both sides of a split, people under both labels, and
   near-duplicate images found with a perceptual hash (:func:`dhash`, :func:`phash`,
-  :func:`near_duplicate_pairs`, :func:`leakage_report`);
+  :func:`near_duplicate_pairs`, :func:`leakage_report`, :func:`leakage_examples`);
+* the numbers notebook 01 writes to ``metrics.json`` (:func:`eda_metrics`);
 * the figures of the notebook (``plot_*``; each returns a titled, labelled ``Figure``).
 
-Two more sections serve the other notebooks, so that they stay thin:
-
-* notebook helpers (all four): :func:`notebook_paths`, :func:`build_config`, :func:`data_banner`,
-  :func:`write_metrics`, :func:`metrics_table`, :func:`side_by_side`, :func:`plot_worst_errors`;
-* threshold analysis of a recognition run (notebook 04): :func:`load_recognition_run`,
-  :func:`score_analysis`, :func:`hardest_errors`, :func:`recommend_threshold`,
-  :func:`per_distortion_operating_points`, :func:`threshold_metrics` and their figures.
+The plumbing every notebook shares (paths, config, ``metrics.json``) is in :mod:`facecom_utils.notebook`;
+the threshold analysis of notebook 04 is in :mod:`facecom_utils.thresholds`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,6 +36,7 @@ from facecom_utils.data import (
     scan_task_a,
     scan_task_b,
 )
+from facecom_utils.notebook import to_jsonable
 
 __all__ = [
     "EDAConfig",
@@ -54,6 +49,7 @@ __all__ = [
     "size_mode_table",
     "property_summary",
     "leakage_table",
+    "leakage_examples",
     "distortion_examples",
     "dhash",
     "phash",
@@ -69,37 +65,7 @@ __all__ = [
     "plot_property_distributions",
     "plot_distortion_grid",
     "plot_image_pairs",
-    "default_output_dir",
-    "resolve_output_dir",
-    "notebook_paths",
-    "data_banner",
-    "write_metrics",
-    "flatten_metrics",
-    "metrics_table",
-    "leakage_examples",
-    "side_by_side",
-    "worst_errors",
-    "plot_worst_errors",
-    "to_jsonable",
-    "build_config",
-    "ThresholdConfig",
-    "RecognitionRunFiles",
-    "load_recognition_run",
-    "ScoreAnalysis",
-    "score_analysis",
-    "hardest_errors",
-    "operating_point",
-    "recommend_threshold",
-    "per_distortion_operating_points",
-    "plot_histograms_per_distortion",
-    "plot_error_pairs",
-    "plot_fold_thresholds",
-    "threshold_metrics",
 ]
-
-# Notebook hygiene: without ipywidgets, importing tqdm.auto in a kernel warns "IProgress not found" on
-# stderr; the notebooks import this module first, so the warning stays out of the reports.
-warnings.filterwarnings("ignore", message="IProgress not found")
 
 CLEAN = "clean"  # the value used for undistorted images in the "distortion" column of the tables below
 
@@ -557,6 +523,23 @@ def leakage_table(report: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["check", "found"]).set_index("check")
 
 
+def leakage_examples(report: Mapping[str, Any], n: int = 5) -> pd.DataFrame:
+    """Up to ``n`` examples of every kind of finding, with paths shortened to ``<parent>/<file>``."""
+    frames = []
+    for kind in ("cross_split_duplicates", "cross_identity_duplicates", "look_alikes"):
+        frame = report.get(kind)
+        if frame is None or len(frame) == 0:
+            continue
+        part = frame.head(n).copy()
+        for side in ("a", "b"):
+            part[f"path_{side}"] = [f"{Path(p).parent.name}/{Path(p).name}" for p in part[f"path_{side}"]]
+        part.insert(0, "finding", kind)
+        frames.append(part)
+    if not frames:
+        return pd.DataFrame(columns=["finding", "task", "path_a", "split_a", "name_a", "path_b", "split_b", "name_b", "distance"])
+    return pd.concat(frames, ignore_index=True)
+
+
 def eda_metrics(
     task_a: pd.DataFrame,
     task_b: pd.DataFrame,
@@ -740,601 +723,3 @@ def plot_image_pairs(pairs: pd.DataFrame, title: str, max_pairs: int = 6, size: 
     fig.suptitle(title)
     fig.tight_layout()
     return fig
-
-
-# --------------------------------------------------------------------------------------------------
-# Notebook helpers (all four notebooks)
-# --------------------------------------------------------------------------------------------------
-
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def default_output_dir(name: str) -> Path:
-    """Where a notebook run with its default parameters writes: ``<repo>/reports/default/<name>``.
-
-    ``reports/`` is git-ignored; the runner always passes its own ``output_dir``. When the package is
-    not installed from a checkout (no ``pyproject.toml`` beside it), the current directory is used.
-    """
-    base = REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd()
-    return base / "reports" / "default" / name
-
-
-def resolve_output_dir(output_dir: str | Path | None, name: str) -> Path:
-    """``output_dir`` as an absolute, existing folder (``None``: :func:`default_output_dir`)."""
-    out = Path(output_dir).expanduser().resolve() if output_dir not in (None, "") else default_output_dir(name)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def notebook_paths(data_root: str | Path | None, output_dir: str | Path | None, name: str) -> tuple[Path, Path]:
-    """Resolve a notebook's ``data_root`` and ``output_dir`` parameters.
-
-    ``data_root=None`` -> ``demo.resolve_data_root`` (FACECOM in the repository, else the synthetic demo,
-    generated once); the synthetic-data warning is not repeated since :func:`data_banner` shows it.
-    ``output_dir=None`` -> :func:`default_output_dir`. The output folder is created.
-
-    Returns:
-        ``(data_root, output_dir)`` as absolute paths.
-    """
-    from facecom_utils.demo import resolve_data_root
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Ss]ynthetic.*")
-        root = Path(resolve_data_root(data_root)).resolve()
-    return root, resolve_output_dir(output_dir, name)
-
-
-def data_banner(data_root: str | Path | None) -> Any:
-    """A display object saying which data a notebook runs on; loud when it is the synthetic demo.
-
-    Returns:
-        ``IPython.display.Markdown`` in a notebook (falls back to a plain string without IPython).
-    """
-    from facecom_utils.demo import is_demo_root
-
-    if data_root in (None, ""):
-        text = "> Data: unknown (the run did not record its data root)"
-    elif is_demo_root(data_root):
-        text = (
-            "> **⚠ SYNTHETIC DEMO DATA** — these results come from the generated demo dataset at "
-            f"`{data_root}`, not from FACECOM. They show that the pipeline runs; they say nothing about "
-            "real accuracy. Point `data_root` at a FACECOM folder for real numbers."
-        )
-    else:
-        text = f"> Data: `{data_root}`"
-    try:
-        from IPython.display import Markdown
-    except ImportError:  # pragma: no cover - IPython ships with ipykernel
-        return text
-    return Markdown(text)
-
-
-def build_config(cls: type, namespace: Mapping[str, Any], **fixed: Any) -> Any:
-    """Build a config dataclass from a notebook's parameter variables.
-
-    Every ``init`` field of ``cls`` found in ``namespace`` (the notebook's ``globals()``, i.e. its
-    ``parameters`` cell plus papermill's injected overrides) is passed on; ``fixed`` values win.
-
-    Example:
-        ``config = eda.build_config(GenderConfig, globals(), data_root=str(data_root))``
-    """
-    kwargs = {f.name: namespace[f.name] for f in dataclasses.fields(cls) if f.init and f.name in namespace}
-    kwargs.update(fixed)
-    return cls(**kwargs)
-
-
-def to_jsonable(value: Any) -> Any:
-    """Convert numpy/pandas/Path values (recursively) into plain JSON types; NaN becomes ``None``."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return to_jsonable(dataclasses.asdict(value))
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, (pd.Series, pd.Index)):
-        return to_jsonable(value.tolist())
-    if isinstance(value, pd.DataFrame):
-        return to_jsonable(value.to_dict(orient="records"))
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return to_jsonable(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    if hasattr(value, "item") and callable(value.item):  # 0-d tensors
-        try:
-            return to_jsonable(value.item())
-        except (TypeError, ValueError):
-            pass
-    return str(value)
-
-
-def write_metrics(
-    output_dir: str | Path,
-    metrics: Mapping[str, Any],
-    parameters: Mapping[str, Any] | Any | None = None,
-    data_root: str | Path | None = None,
-) -> Path:
-    """Write ``<output_dir>/metrics.json``: the metrics, the parameters used and the data provenance.
-
-    Args:
-        output_dir: created if missing.
-        metrics: the notebook's numbers (numpy/pandas values are converted).
-        parameters: the run's config (dataclass or mapping), stored under ``"parameters"``.
-        data_root: stored as ``"data_root"`` with ``"synthetic": True/False``.
-
-    Returns:
-        Path of the written file.
-    """
-    payload = dict(to_jsonable(metrics))
-    if parameters is not None:
-        payload["parameters"] = to_jsonable(parameters)
-    if data_root is not None:
-        from facecom_utils.demo import is_demo_root
-
-        payload["data_root"] = str(data_root)
-        payload["synthetic"] = bool(is_demo_root(data_root))
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "metrics.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, allow_nan=False) + "\n")
-    tmp.replace(path)
-    return path
-
-
-def side_by_side(
-    metrics: Mapping[str, Any],
-    keys: Sequence[str],
-    columns: Mapping[str, tuple[str, str]],
-    digits: int = 4,
-) -> pd.DataFrame:
-    """Metrics in columns, e.g. at the fold threshold vs at 0.5, or main vs strict protocol.
-
-    Args:
-        metrics: flat metrics.
-        keys: base metric names (rows).
-        columns: column title -> ``(prefix, suffix)`` added to each key, e.g.
-            ``{"fold threshold": ("", ""), "at 0.5": ("", "_at_0.5")}``.
-        digits: rounding of floats.
-    """
-    table = {}
-    for title, (prefix, suffix) in columns.items():
-        values = []
-        for key in keys:
-            value = metrics.get(f"{prefix}{key}{suffix}")
-            values.append(round(value, digits) if isinstance(value, float) else value)
-        table[title] = values
-    return pd.DataFrame(table, index=pd.Index(list(keys), name="metric"))
-
-
-def worst_errors(probabilities: pd.DataFrame, n: int = 8, positive: str = "female") -> tuple[list[str], list[str]]:
-    """The most confident mistakes of a classifier, as ``(paths, captions)`` for ``plots.image_grid``.
-
-    Args:
-        probabilities: one row per image with ``path``, ``label``, ``prob`` (of ``positive``), ``pred``.
-        n: how many.
-        positive: the class ``prob`` refers to.
-    """
-    wrong = probabilities[probabilities["pred"] != probabilities["label"]].copy()
-    wrong["confidence"] = np.where(wrong["pred"] == positive, wrong["prob"], 1 - wrong["prob"])
-    wrong = wrong.sort_values("confidence", ascending=False).head(n)
-    captions = [f"true {t}, p({positive})={p:.2f}" for t, p in zip(wrong["label"], wrong["prob"])]
-    return wrong["path"].astype(str).tolist(), captions
-
-
-def _message_figure(title: str, message: str) -> Figure:
-    """A small titled figure holding only a message (a plot cell always shows a figure)."""
-    fig, ax = plt.subplots(figsize=(6, 1.6))
-    ax.axis("off")
-    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=11)
-    ax.set_title(title)
-    fig.tight_layout()
-    return fig
-
-
-def plot_worst_errors(probabilities: pd.DataFrame, n: int = 8, positive: str = "female",
-                      title: str = "Most confident errors on the reported split") -> Figure:
-    """Grid of the classifier's most confident mistakes (see :func:`worst_errors`)."""
-    from facecom_utils.plots import image_grid
-
-    paths, captions = worst_errors(probabilities, n, positive)
-    if not paths:
-        return _message_figure(title, "no errors")
-    return image_grid(paths, captions, ncols=4, title=title)
-
-
-def flatten_metrics(
-    metrics: Mapping[str, Any], exclude: Sequence[str] = ("examples", "parameters"), prefix: str = ""
-) -> dict[str, Any]:
-    """Nested metric dicts flattened to dotted keys (``"task_a_counts.train.female"``); lists dropped."""
-    flat: dict[str, Any] = {}
-    for key, value in metrics.items():
-        if key in exclude:
-            continue
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_metrics(value, exclude, name + "."))
-        elif not isinstance(value, (list, tuple)):
-            flat[name] = value
-    return flat
-
-
-def metrics_table(metrics: Mapping[str, Any], keys: Sequence[str] | None = None, digits: int = 4) -> pd.DataFrame:
-    """Metrics as a one-column table.
-
-    Args:
-        metrics: possibly nested metrics (flattened with :func:`flatten_metrics`).
-        keys: dotted keys to show, in order (default: every scalar).
-        digits: rounding of floats.
-    """
-    flat = flatten_metrics(metrics)
-    names = list(keys) if keys is not None else list(flat)
-    values = []
-    for name in names:
-        value = flat.get(name)
-        if isinstance(value, float):
-            value = round(value, digits)
-        values.append(value)
-    return pd.DataFrame({"value": values}, index=pd.Index(names, name="metric"))
-
-
-def leakage_examples(report: Mapping[str, Any], n: int = 5) -> pd.DataFrame:
-    """Up to ``n`` examples of every kind of finding, with paths shortened to ``<parent>/<file>``."""
-    frames = []
-    for kind in ("cross_split_duplicates", "cross_identity_duplicates", "look_alikes"):
-        frame = report.get(kind)
-        if frame is None or len(frame) == 0:
-            continue
-        part = frame.head(n).copy()
-        for side in ("a", "b"):
-            part[f"path_{side}"] = [f"{Path(p).parent.name}/{Path(p).name}" for p in part[f"path_{side}"]]
-        part.insert(0, "finding", kind)
-        frames.append(part)
-    if not frames:
-        return pd.DataFrame(columns=["finding", "task", "path_a", "split_a", "name_a", "path_b", "split_b", "name_b", "distance"])
-    return pd.concat(frames, ignore_index=True)
-
-
-# --------------------------------------------------------------------------------------------------
-# Threshold analysis of a recognition run (notebook 04)
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class ThresholdConfig:
-    """Parameters of one threshold analysis (notebook 04).
-
-    Args:
-        run_dir: a notebook-03 output folder (``metrics.json`` + ``embeddings/``).
-        output_dir: where this analysis writes ``metrics.json``.
-        target_far: recommend the fold threshold with at most this FAR; ``None`` recommends the match
-            threshold notebook 03 chose on its validation fold (k-fold, balanced pairs).
-        n_examples: image pairs shown per kind of error.
-        seed: seed of the balanced impostor-pair draw.
-    """
-
-    run_dir: str
-    output_dir: str
-    target_far: float | None = None
-    n_examples: int = 6
-    seed: int = 0
-
-
-@dataclasses.dataclass
-class RecognitionRunFiles:
-    """What notebook 04 reads from a notebook-03 output folder."""
-
-    run_dir: Path
-    metrics: dict[str, Any]
-    reported_split: str
-    report: tuple[pd.DataFrame, np.ndarray]
-    fold: tuple[pd.DataFrame, np.ndarray]
-    threshold: float
-    strict_threshold: float
-    data_root: str | None
-
-
-def load_recognition_run(run_dir: str | Path) -> RecognitionRunFiles:
-    """Read a notebook-03 output folder: its metrics and the saved embeddings of fold and reported split.
-
-    Raises:
-        FileNotFoundError: naming the folder and what it should hold (run notebook 03 first).
-    """
-    from facecom_utils.recognition import load_embeddings
-
-    folder = Path(run_dir).expanduser().resolve()
-    metrics_path = folder / "metrics.json"
-    if not metrics_path.is_file():
-        raise FileNotFoundError(
-            f"{folder}: no metrics.json; expected the output_dir of a finished notebook 03 run "
-            "(metrics.json + embeddings/fold.npz); run 03_arcface_recognition first"
-        )
-    metrics = json.loads(metrics_path.read_text())
-    fold = load_embeddings(folder, "fold")
-    has_val = (folder / "embeddings" / "val.npz").is_file()
-    report = load_embeddings(folder, "val") if has_val else fold
-    threshold = float(metrics["threshold"])
-    strict = metrics.get("strict_threshold")
-    return RecognitionRunFiles(
-        run_dir=folder,
-        metrics=metrics,
-        reported_split="val" if has_val else "fold",
-        report=report,
-        fold=fold,
-        threshold=threshold,
-        strict_threshold=float(strict) if strict is not None else threshold,
-        data_root=metrics.get("data_root") or (metrics.get("parameters") or {}).get("data_root"),
-    )
-
-
-@dataclasses.dataclass
-class ScoreAnalysis:
-    """Identity scores of every probe of one split, main or strict protocol.
-
-    Attributes:
-        probes: one row per evaluable probe: ``path``, ``identity``, ``distortion``, ``genuine``
-            (score of its own identity), ``impostor`` (best other identity's score), ``impostor_identity``,
-            ``top1_correct``.
-        scores: ``[P, I]`` identity scores (max cosine over the identity's gallery images).
-        true_idx: ``[P]`` column of each probe's identity.
-        identities: the ``I`` gallery identities.
-        gallery: the gallery rows (``path``, ``identity``) and their embeddings, for picking images.
-        probe_emb: ``[P, D]`` probe embeddings.
-        exclude: ``[P]`` gallery row excluded per probe (strict protocol) or ``-1``.
-        strict: whether the probe's own clean source was removed from the gallery.
-    """
-
-    probes: pd.DataFrame
-    scores: np.ndarray
-    true_idx: np.ndarray
-    identities: list[str]
-    gallery: pd.DataFrame
-    gallery_emb: np.ndarray
-    probe_emb: np.ndarray
-    exclude: np.ndarray
-    strict: bool
-
-    def genuine_impostor(self, distortion: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Genuine and impostor scores (all probe x identity pairs), optionally of one distortion type."""
-        from facecom_utils.verification import genuine_impostor_scores
-
-        mask = np.ones(len(self.probes), bool) if distortion is None else (self.probes["distortion"] == distortion).to_numpy()
-        return genuine_impostor_scores(self.scores[mask], self.true_idx[mask])
-
-    @property
-    def distortions(self) -> list[str]:
-        return sorted(self.probes["distortion"].astype(str).unique())
-
-
-def score_analysis(table: pd.DataFrame, emb: np.ndarray, strict: bool = False) -> ScoreAnalysis:
-    """Score every probe (distorted image) against the gallery (clean images) of one embedded split.
-
-    Args:
-        table: rows of :func:`facecom_utils.recognition.load_embeddings` (gallery rows have no distortion).
-        emb: their L2-normalised embeddings.
-        strict: remove each probe's own clean source from the gallery (probes left without any image of
-            their identity are dropped, as in the strict protocol).
-    """
-    from facecom_utils.recognition import protocol_inputs
-    from facecom_utils.verification import score_table
-
-    args = protocol_inputs(table, emb)
-    exclude = args["probe_source_idx"] if strict else np.full(len(args["probe_emb"]), -1, np.int64)
-    st = score_table(args["probe_emb"], args["probe_identity"], args["gallery_emb"], args["gallery_identity"],
-                     exclude=exclude if strict else None)
-    if strict:
-        st.true_idx[exclude < 0] = -1
-    keep = st.true_idx >= 0
-    is_gallery = table["distortion"].isna().to_numpy()
-    probes = table[~is_gallery].reset_index(drop=True)[keep].reset_index(drop=True)
-    scores, true_idx = st.scores[keep], st.true_idx[keep]
-    rows = np.arange(len(true_idx))
-    genuine = scores[rows, true_idx]
-    masked = scores.copy()
-    masked[rows, true_idx] = -np.inf
-    best_other = masked.argmax(axis=1) if masked.shape[1] > 1 else np.zeros(len(rows), int)
-    impostor = masked[rows, best_other] if masked.shape[1] > 1 else np.full(len(rows), -np.inf, np.float32)
-    probes = pd.DataFrame({
-        "path": probes["path"].astype(str),
-        "identity": probes["identity"].astype(str),
-        "distortion": probes["distortion"].astype(str),
-        "genuine": genuine,
-        "impostor": impostor,
-        "impostor_identity": [str(st.identities[j]) for j in best_other],
-        "top1_correct": genuine > impostor,
-    })
-    gallery = table[is_gallery].reset_index(drop=True)[["path", "identity"]]
-    return ScoreAnalysis(
-        probes=probes, scores=scores, true_idx=true_idx, identities=[str(i) for i in st.identities],
-        gallery=gallery, gallery_emb=args["gallery_emb"], probe_emb=args["probe_emb"][keep],
-        exclude=exclude[keep], strict=strict,
-    )
-
-
-def _best_gallery_image(analysis: ScoreAnalysis, probe_row: int, identity: str) -> str:
-    """Path of the gallery image of ``identity`` closest to a probe (respecting the strict exclusion)."""
-    rows = np.flatnonzero(analysis.gallery["identity"].astype(str).to_numpy() == identity)
-    rows = rows[rows != analysis.exclude[probe_row]]
-    sims = analysis.gallery_emb[rows] @ analysis.probe_emb[probe_row]
-    return str(analysis.gallery["path"].iloc[rows[int(np.argmax(sims))]])
-
-
-def hardest_errors(analysis: ScoreAnalysis, threshold: float, kind: str = "false_match", n: int = 6) -> pd.DataFrame:
-    """The worst mistakes at a threshold, as image pairs.
-
-    Args:
-        analysis: from :func:`score_analysis`.
-        threshold: the match threshold.
-        kind: ``"false_match"``: the highest-scoring *wrong* identities that clear the threshold;
-            ``"miss"``: the lowest-scoring genuine identities that fall below it.
-        n: how many.
-
-    Returns:
-        Columns ``probe``, ``gallery`` (closest image of the identity shown), ``score``, ``caption``.
-    """
-    p = analysis.probes
-    if kind == "false_match":
-        chosen = p[p["impostor"] >= threshold].sort_values("impostor", ascending=False).head(n)
-        identity_col, score_col = "impostor_identity", "impostor"
-    elif kind == "miss":
-        chosen = p[p["genuine"] < threshold].sort_values("genuine").head(n)
-        identity_col, score_col = "identity", "genuine"
-    else:
-        raise ValueError(f"kind must be 'false_match' or 'miss', got {kind!r}")
-    rows = []
-    for k, row in chosen.iterrows():
-        claimed = str(row[identity_col])
-        rows.append({
-            "probe": row["path"],
-            "gallery": _best_gallery_image(analysis, int(k), claimed),
-            "score": float(row[score_col]),
-            "caption": f"{row['identity']} ({row['distortion']}) vs {claimed}"[:48],
-        })
-    return pd.DataFrame(rows, columns=["probe", "gallery", "score", "caption"])
-
-
-def operating_point(genuine: np.ndarray, impostor: np.ndarray, threshold: float) -> dict[str, Any]:
-    """FAR and TAR of the decision ``score >= threshold`` over all genuine and impostor scores."""
-    g = np.asarray(genuine, dtype=np.float64)
-    i = np.asarray(impostor, dtype=np.float64)
-    accepts = int((i >= threshold).sum())
-    return {
-        "threshold": float(threshold),
-        "far": float(accepts / i.size) if i.size else math.nan,
-        "tar": float((g >= threshold).mean()) if g.size else math.nan,
-        "false_accepts": accepts,
-        "n_genuine": int(g.size),
-        "n_impostor": int(i.size),
-        "min_resolvable_far": float(1.0 / i.size) if i.size else math.nan,
-    }
-
-
-def recommend_threshold(fold: ScoreAnalysis, chosen: float, target_far: float | None = None) -> dict[str, Any]:
-    """The operating threshold to recommend, decided on the validation fold only.
-
-    ``target_far=None`` keeps the threshold notebook 03 chose on the fold (k-fold over balanced pairs);
-    a number picks the lowest fold threshold with at most that FAR over the fold's impostor scores.
-    """
-    from facecom_utils.verification import threshold_at_far
-
-    genuine, impostor = fold.genuine_impostor()
-    if target_far is None:
-        threshold, rule = float(chosen), "threshold chosen by notebook 03 on the validation fold (k-fold, balanced pairs)"
-    else:
-        threshold = float(threshold_at_far(impostor, target_far))
-        rule = f"lowest threshold with FAR <= {target_far:g} on the validation fold"
-    point = operating_point(genuine, impostor, threshold)
-    return {"threshold": threshold, "rule": rule, "fold_far": point["far"], "fold_tar": point["tar"],
-            "fold_n_impostor": point["n_impostor"]}
-
-
-def per_distortion_operating_points(analysis: ScoreAnalysis, threshold: float) -> pd.DataFrame:
-    """Top-1, FAR and TAR at ``threshold`` for every distortion type (and overall)."""
-    rows = []
-    for kind in [*analysis.distortions, "all"]:
-        g, i = analysis.genuine_impostor(None if kind == "all" else kind)
-        mask = np.ones(len(analysis.probes), bool) if kind == "all" else (analysis.probes["distortion"] == kind).to_numpy()
-        point = operating_point(g, i, threshold)
-        rows.append({"distortion": kind, "probes": int(mask.sum()),
-                     "top1": float(analysis.probes.loc[mask, "top1_correct"].mean()) if mask.any() else math.nan,
-                     "tar": point["tar"], "far": point["far"], "false_accepts": point["false_accepts"],
-                     "n_impostor": point["n_impostor"]})
-    return pd.DataFrame(rows).set_index("distortion")
-
-
-def plot_error_pairs(errors: pd.DataFrame, title: str, ncols: int = 3) -> Figure:
-    """Probe | gallery image pairs of :func:`hardest_errors` (a message figure when there are none)."""
-    from facecom_utils.plots import pair_grid
-
-    if errors.empty:
-        return _message_figure(title, "none at this threshold")
-    return pair_grid(list(zip(errors["probe"], errors["gallery"])), errors["score"].tolist(),
-                     errors["caption"].tolist(), ncols=ncols, title=title)
-
-
-def plot_fold_thresholds(metrics: Mapping[str, Any], title: str = "Match threshold chosen per fold (k-fold on the validation fold)") -> Figure:
-    """How notebook 03's k-fold threshold moved across folds (from its ``threshold_details``)."""
-    from facecom_utils.plots import fold_thresholds_plot
-
-    details = metrics.get("threshold_details") or {}
-    if not details.get("fold_thresholds"):
-        return _message_figure(title, f"threshold method {details.get('method', 'unknown')!r}: no per-fold thresholds")
-    return fold_thresholds_plot(details["fold_thresholds"], details.get("fold_accuracies"), title=title)
-
-
-def plot_histograms_per_distortion(analysis: ScoreAnalysis, threshold: float | None = None, bins: int = 40) -> Figure:
-    """Genuine vs impostor cosine histograms, one small panel per distortion type."""
-    kinds = analysis.distortions
-    ncols = min(4, len(kinds))
-    nrows = math.ceil(len(kinds) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.8 * nrows), squeeze=False, sharex=True)
-    g_all, i_all = analysis.genuine_impostor()
-    both = np.r_[g_all, i_all]
-    edges = np.linspace(both.min(), both.max() + 1e-9, bins + 1) if both.size else bins
-    for ax, kind in zip(axes.flat, kinds):
-        g, i = analysis.genuine_impostor(kind)
-        ax.hist(i, bins=edges, density=True, alpha=0.55, color="tab:red", label="impostor")
-        ax.hist(g, bins=edges, density=True, alpha=0.55, color="tab:green", label="genuine")
-        if threshold is not None:
-            ax.axvline(threshold, color="black", ls="--", lw=1)
-        ax.set_title(f"{kind} (n={len(g)} probes)", fontsize=9)
-        ax.set_xlabel("cosine similarity")
-        ax.set_ylabel("density")
-    for ax in list(axes.flat)[len(kinds):]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    variant = "strict" if analysis.strict else "main"
-    fig.suptitle(f"Genuine vs impostor scores per distortion ({variant} protocol; dashed: threshold)")
-    fig.tight_layout()
-    return fig
-
-
-def threshold_metrics(
-    run: RecognitionRunFiles,
-    report: ScoreAnalysis,
-    strict_report: ScoreAnalysis,
-    recommendation: Mapping[str, Any],
-    strict_recommendation: Mapping[str, Any],
-    seed: int = 0,
-) -> dict[str, Any]:
-    """The numbers notebook 04 writes to ``metrics.json``."""
-    from facecom_utils.evaluation import choose_threshold
-    from facecom_utils.verification import match_metrics, match_pairs
-
-    out: dict[str, Any] = {"reported_split": run.reported_split, "run_dir": str(run.run_dir)}
-    for prefix, analysis, rec in (("", report, recommendation), ("strict_", strict_report, strict_recommendation)):
-        g, i = analysis.genuine_impostor()
-        t = float(rec["threshold"])
-        point = operating_point(g, i, t)
-        pairs = match_pairs(analysis.scores, analysis.true_idx, seed=seed)
-        match = match_metrics(pairs["score"], pairs["label"], t)
-        oracle = choose_threshold(pairs["label"], pairs["score"], criterion="accuracy", prefer=None) if pairs["label"].size else math.nan
-        per = per_distortion_operating_points(analysis, t)
-        out.update({
-            f"{prefix}recommended_threshold": t,
-            f"{prefix}recommendation_rule": rec["rule"],
-            f"{prefix}far_at_recommended": point["far"],
-            f"{prefix}tar_at_recommended": point["tar"],
-            f"{prefix}false_accepts": point["false_accepts"],
-            f"{prefix}n_genuine": point["n_genuine"],
-            f"{prefix}n_impostor": point["n_impostor"],
-            f"{prefix}min_resolvable_far": point["min_resolvable_far"],
-            f"{prefix}fold_far_at_recommended": rec["fold_far"],
-            f"{prefix}fold_tar_at_recommended": rec["fold_tar"],
-            f"{prefix}match_accuracy": match["match_accuracy"],
-            f"{prefix}match_f1_macro": match["match_f1_macro"],
-            f"{prefix}oracle_threshold": float(oracle),
-            f"{prefix}per_distortion": {k: {"tar": r["tar"], "far": r["far"]} for k, r in per.drop(index="all").iterrows()},
-        })
-    details = run.metrics.get("threshold_details") or {}
-    if details.get("fold_thresholds"):
-        out["threshold_fold_mean"] = float(np.mean(details["fold_thresholds"]))
-        out["threshold_fold_std"] = float(np.std(details["fold_thresholds"]))
-        out["threshold_folds"] = [float(x) for x in details["fold_thresholds"]]
-    return out

@@ -138,9 +138,9 @@ seed = 0
 import matplotlib.pyplot as plt
 from IPython.display import display
 
-from facecom_utils import eda
+from facecom_utils import eda, notebook
 
-data_root, output_dir = eda.notebook_paths(data_root, output_dir, "01_eda")
+data_root, output_dir = notebook.notebook_paths(data_root, output_dir, "01_eda")
 config = eda.EDAConfig(
     data_root=str(data_root),
     output_dir=str(output_dir),
@@ -152,7 +152,7 @@ config = eda.EDAConfig(
     include_distorted=include_distorted,
     seed=seed,
 )
-eda.data_banner(data_root)
+notebook.data_banner(data_root)
 """),
         md("""
 ## 1. What is on disk
@@ -253,8 +253,8 @@ The counts and the leakage findings, as written to `metrics.json`.
 """),
         code("""
 metrics = eda.eda_metrics(task_a, task_b, leakage, properties)
-metrics_path = eda.write_metrics(config.output_dir, metrics, config, data_root=data_root)
-eda.metrics_table(metrics, keys=[
+metrics_path = notebook.write_metrics(config.output_dir, metrics, config, data_root=data_root)
+notebook.metrics_table(metrics, keys=[
     "task_a_images", "task_b_images",
     "task_a_counts.train.female", "task_a_counts.train.male", "task_a_male_per_female.train",
     "task_b_counts.train.identities", "task_b_counts.train.clean", "task_b_counts.train.distorted",
@@ -315,12 +315,12 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from facecom_utils import eda, plots
+from facecom_utils import notebook, plots
 from facecom_utils.gender import GenderConfig, train_gender
 
-data_root, output_dir = eda.notebook_paths(data_root, output_dir, "02_gender_classification")
-config = eda.build_config(GenderConfig, globals(), data_root=str(data_root), output_dir=str(output_dir))
-eda.data_banner(data_root)
+data_root, output_dir = notebook.notebook_paths(data_root, output_dir, "02_gender_classification")
+config = notebook.build_config(GenderConfig, globals(), data_root=str(data_root), output_dir=str(output_dir))
+notebook.data_banner(data_root)
 """),
         md("## 1. Training\nOne row per epoch; the fold metrics decide the checkpoint and the threshold."),
         code("""
@@ -340,7 +340,7 @@ plt.show()
 """),
         md("## 2. Results on the reported split\nThe threshold was chosen on the validation fold; the naive 0.5 is shown beside it for comparison."),
         code("""
-eda.side_by_side(
+notebook.side_by_side(
     run.metrics,
     ["accuracy", "balanced_accuracy", "f1_macro", "precision_female", "recall_female", "f1_female"],
     {f"fold threshold {run.threshold:.3f}": ("", ""), "threshold 0.5": ("", "_at_0.5")},
@@ -372,14 +372,14 @@ plt.show()
 """),
         md("## 5. The most confident mistakes"),
         code("""
-eda.plot_worst_errors(run.probabilities, n=8)
+notebook.plot_worst_errors(run.probabilities, n=8)
 plt.show()
 """),
         md("## Summary\nThe headline numbers, as written to `metrics.json` (with the parameters used)."),
         code("""
 metrics = {k: v for k, v in run.metrics.items() if k not in ("params", "reliability")}
-metrics_path = eda.write_metrics(config.output_dir, metrics, config, data_root=data_root)
-eda.metrics_table(metrics, keys=[
+metrics_path = notebook.write_metrics(config.output_dir, metrics, config, data_root=data_root)
+notebook.metrics_table(metrics, keys=[
     "report_split", "accuracy", "balanced_accuracy", "f1_macro", "precision_female", "recall_female",
     "f1_female", "roc_auc", "average_precision", "brier", "threshold", "balanced_accuracy_at_0.5",
     "train_seconds", "train_images_per_second", "best_epoch",
@@ -450,12 +450,12 @@ Everything lands in `<output_dir>/metrics.json`; embeddings are saved for notebo
 import matplotlib.pyplot as plt
 from IPython.display import display
 
-from facecom_utils import eda, plots
+from facecom_utils import notebook, plots, thresholds
 from facecom_utils.recognition import RecognitionConfig, load_embeddings, train_recognition
 
-data_root, output_dir = eda.notebook_paths(data_root, output_dir, "03_arcface_recognition")
-config = eda.build_config(RecognitionConfig, globals(), data_root=str(data_root), output_dir=str(output_dir))
-eda.data_banner(data_root)
+data_root, output_dir = notebook.notebook_paths(data_root, output_dir, "03_arcface_recognition")
+config = notebook.build_config(RecognitionConfig, globals(), data_root=str(data_root), output_dir=str(output_dir))
+notebook.data_banner(data_root)
 """),
         md("## 1. Training\nOne row per epoch: the fold's main and strict top-1 choose the checkpoint."),
         code("""
@@ -475,7 +475,7 @@ plt.show()
 """),
         md("## 2. Results: main and strict protocol\nThreshold chosen on the validation fold and applied unchanged; the oracle threshold (tuned on this split) is for reference only."),
         code("""
-eda.side_by_side(
+notebook.side_by_side(
     run.metrics,
     ["top1", "top5", "roc_auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "tar_at_far_1e-4", "n_impostor",
      "match_accuracy", "match_precision", "match_recall", "match_f1", "match_f1_macro", "threshold",
@@ -491,7 +491,7 @@ plt.show()
 """),
         md("## 3. Genuine vs impostor scores on the reported split\n(Notebook 04 analyses the threshold in depth.)"),
         code("""
-analysis = eda.score_analysis(*load_embeddings(run.output_dir, run.metrics["reported_split"]))
+analysis = thresholds.score_analysis(*load_embeddings(run.output_dir, run.metrics["reported_split"]))
 genuine, impostor = analysis.genuine_impostor()
 plots.similarity_histograms(genuine, impostor, threshold=run.threshold,
                             title=f"Genuine vs impostor identity scores ({run.metrics['reported_split']}, main protocol)")
@@ -500,8 +500,8 @@ plt.show()
         md("## Summary\nThe headline numbers, as written to `metrics.json` (with the parameters used)."),
         code("""
 metrics = {k: v for k, v in run.metrics.items() if k not in ("params",)}
-metrics_path = eda.write_metrics(config.output_dir, metrics, config, data_root=data_root)
-eda.metrics_table(metrics, keys=[
+metrics_path = notebook.write_metrics(config.output_dir, metrics, config, data_root=data_root)
+notebook.metrics_table(metrics, keys=[
     "reported_split", "top1", "top5", "strict_top1", "roc_auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3",
     "match_accuracy", "match_f1_macro", "threshold", "strict_threshold", "train_seconds",
     "embed_images_per_second", "best_epoch",
@@ -547,22 +547,22 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from facecom_utils import eda, plots
+from facecom_utils import notebook, plots, thresholds
 
-run_dir = run_dir or eda.default_output_dir("03_arcface_recognition")
-output_dir = eda.resolve_output_dir(output_dir, "04_threshold_analysis")
-config = eda.ThresholdConfig(run_dir=str(run_dir), output_dir=str(output_dir), target_far=target_far,
-                             n_examples=n_examples, seed=seed)
-run = eda.load_recognition_run(config.run_dir)
-eda.data_banner(run.data_root)
+run_dir = run_dir or notebook.default_output_dir("03_arcface_recognition")
+output_dir = notebook.resolve_output_dir(output_dir, "04_threshold_analysis")
+config = thresholds.ThresholdConfig(run_dir=str(run_dir), output_dir=str(output_dir), target_far=target_far,
+                                    n_examples=n_examples, seed=seed)
+run = thresholds.load_recognition_run(config.run_dir)
+notebook.data_banner(run.data_root)
 """),
         code("""
-report = eda.score_analysis(*run.report)
-strict_report = eda.score_analysis(*run.report, strict=True)
-fold = eda.score_analysis(*run.fold)
-strict_fold = eda.score_analysis(*run.fold, strict=True)
-recommendation = eda.recommend_threshold(fold, run.threshold, config.target_far)
-strict_recommendation = eda.recommend_threshold(strict_fold, run.strict_threshold, config.target_far)
+report = thresholds.score_analysis(*run.report)
+strict_report = thresholds.score_analysis(*run.report, strict=True)
+fold = thresholds.score_analysis(*run.fold)
+strict_fold = thresholds.score_analysis(*run.fold, strict=True)
+recommendation = thresholds.recommend_threshold(fold, run.threshold, config.target_far)
+strict_recommendation = thresholds.recommend_threshold(strict_fold, run.strict_threshold, config.target_far)
 """),
         code(f"""
 {CHECK}
@@ -579,7 +579,7 @@ plots.similarity_histograms(genuine, impostor, threshold=recommendation["thresho
 plt.show()
 """),
         code("""
-eda.plot_histograms_per_distortion(report, recommendation["threshold"])
+thresholds.plot_histograms_per_distortion(report, recommendation["threshold"])
 plt.show()
 """),
         code("""
@@ -608,18 +608,18 @@ plt.show()
 """),
         md("## 4. How the threshold moves across folds\nNotebook 03 chose its threshold by k-fold cross-validation on the validation fold: each point is the threshold chosen on k-1 folds, with the accuracy it reached on the held-out fold."),
         code("""
-eda.plot_fold_thresholds(run.metrics)
+thresholds.plot_fold_thresholds(run.metrics)
 plt.show()
 """),
         md("## 5. The hardest mistakes at the recommended threshold\nFalse matches: the highest-scoring wrong identities that clear the threshold. Misses: the lowest-scoring true identities that fall below it."),
         code("""
-false_matches = eda.hardest_errors(report, recommendation["threshold"], "false_match", config.n_examples)
-eda.plot_error_pairs(false_matches, "Hardest false matches (probe | closest image of the wrong identity)")
+false_matches = thresholds.hardest_errors(report, recommendation["threshold"], "false_match", config.n_examples)
+thresholds.plot_error_pairs(false_matches, "Hardest false matches (probe | closest image of the wrong identity)")
 plt.show()
 """),
         code("""
-misses = eda.hardest_errors(report, recommendation["threshold"], "miss", config.n_examples)
-eda.plot_error_pairs(misses, "Hardest misses (probe | closest image of its own identity)")
+misses = thresholds.hardest_errors(report, recommendation["threshold"], "miss", config.n_examples)
+thresholds.plot_error_pairs(misses, "Hardest misses (probe | closest image of its own identity)")
 plt.show()
 """),
         md("## 6. Recommended operating threshold\nDecided on the validation fold, evaluated unchanged on the reported split, overall and per distortion type."),
@@ -627,14 +627,14 @@ plt.show()
 pd.DataFrame({"main": recommendation, "strict": strict_recommendation})
 """),
         code("""
-display(eda.per_distortion_operating_points(report, recommendation["threshold"]).round(4))
-display(eda.per_distortion_operating_points(strict_report, strict_recommendation["threshold"]).round(4))
+display(thresholds.per_distortion_operating_points(report, recommendation["threshold"]).round(4))
+display(thresholds.per_distortion_operating_points(strict_report, strict_recommendation["threshold"]).round(4))
 """),
         md("## Summary\nAs written to `metrics.json` (with the parameters used)."),
         code("""
-metrics = eda.threshold_metrics(run, report, strict_report, recommendation, strict_recommendation, seed=config.seed)
-metrics_path = eda.write_metrics(config.output_dir, metrics, config, data_root=run.data_root)
-eda.metrics_table(metrics, keys=[
+metrics = thresholds.threshold_metrics(run, report, strict_report, recommendation, strict_recommendation, seed=config.seed)
+metrics_path = notebook.write_metrics(config.output_dir, metrics, config, data_root=run.data_root)
+notebook.metrics_table(metrics, keys=[
     "reported_split", "recommended_threshold", "far_at_recommended", "tar_at_recommended", "n_impostor",
     "min_resolvable_far", "match_accuracy", "match_f1_macro", "oracle_threshold", "threshold_fold_mean",
     "threshold_fold_std", "strict_recommended_threshold", "strict_far_at_recommended", "strict_tar_at_recommended",

@@ -181,24 +181,7 @@ def test_label_conflicts() -> None:
     assert conflicts["person"].tolist() == ["A_B"]
 
 
-# ------------------------------------------------------------------ metrics and figures
-
-
-def test_write_metrics_is_plain_json_with_parameters(tmp_path: Path, demo_root: Path) -> None:
-    config = eda.EDAConfig(data_root=str(demo_root), output_dir=str(tmp_path))
-    metrics = {"a": np.float32(0.5), "b": np.int64(3), "c": float("nan"), "d": pd.Series([1, 2]), "e": Path("x")}
-    path = eda.write_metrics(tmp_path / "out", metrics, config, data_root=demo_root)
-    saved = json.loads(path.read_text())
-    assert saved["a"] == 0.5 and saved["b"] == 3 and saved["c"] is None and saved["d"] == [1, 2] and saved["e"] == "x"
-    assert saved["parameters"]["hash_kind"] == "phash"
-    assert saved["synthetic"] is True
-
-
-def test_metrics_table_flattens_nested_keys() -> None:
-    table = eda.metrics_table({"x": 0.123456, "n": {"train": {"female": 3}}, "parameters": {"seed": 0}})
-    assert table.loc["x", "value"] == 0.1235
-    assert table.loc["n.train.female", "value"] == 3
-    assert "parameters.seed" not in table.index
+# ------------------------------------------------------------------ figures
 
 
 def test_figures_are_titled_and_labelled(tables) -> None:
@@ -216,11 +199,6 @@ def test_figures_are_titled_and_labelled(tables) -> None:
     assert grid._suptitle is not None and len(grid.axes) == 2 * 8
 
 
-def test_data_banner_says_synthetic(demo_root: Path, tmp_path: Path) -> None:
-    assert "SYNTHETIC" in eda.data_banner(demo_root).data
-    assert "SYNTHETIC" not in eda.data_banner(tmp_path).data
-
-
 @requires_facecom
 @pytest.mark.realdata
 def test_real_facecom_counts() -> None:
@@ -229,63 +207,3 @@ def test_real_facecom_counts() -> None:
     assert (counts.loc["train", "female"], counts.loc["train", "male"]) == (303, 1623)
     assert counts.loc["train", "male_per_female"] == pytest.approx(5.36, abs=0.01)
     assert eda.task_b_counts(task_b).loc["train", "identities"] == 877
-
-
-# ------------------------------------------------------------------ threshold analysis (notebook 04)
-
-
-def _toy_embeddings() -> tuple[pd.DataFrame, np.ndarray]:
-    """3 identities x 2 clean images; every clean image has a 'blurred' probe = itself + small noise,
-    except identity c's probe, which is closest to identity a (a planted false match)."""
-    rng = np.random.default_rng(0)
-    centres = np.eye(3, 8)
-    rows, emb = [], []
-    for k, identity in enumerate("abc"):
-        for j in range(2):
-            v = centres[k] + 0.05 * rng.standard_normal(8)
-            rows.append({"path": f"/x/{identity}/{identity}_{j}.jpg", "identity": identity, "distortion": None, "source": None})
-            emb.append(v / np.linalg.norm(v))
-    for k, identity in enumerate("abc"):
-        for j in range(2):
-            target = centres[0] if (identity == "c" and j == 0) else centres[k]
-            v = target + 0.05 * rng.standard_normal(8)
-            rows.append({"path": f"/x/{identity}/distortion/{identity}_{j}_blurred.jpg", "identity": identity,
-                         "distortion": "blurred", "source": f"/x/{identity}/{identity}_{j}.jpg"})
-            emb.append(v / np.linalg.norm(v))
-    return pd.DataFrame(rows), np.asarray(emb, dtype=np.float32)
-
-
-def test_score_analysis_finds_the_planted_false_match() -> None:
-    table, emb = _toy_embeddings()
-    analysis = eda.score_analysis(table, emb)
-    assert len(analysis.probes) == 6 and analysis.identities == ["a", "b", "c"]
-    assert analysis.probes["top1_correct"].sum() == 5
-    genuine, impostor = analysis.genuine_impostor()
-    assert len(genuine) == 6 and len(impostor) == 12
-    wrong = eda.hardest_errors(analysis, threshold=0.5, kind="false_match", n=3)
-    assert len(wrong) == 1 and wrong.iloc[0]["probe"].endswith("c_0_blurred.jpg")
-    assert "/a/" in wrong.iloc[0]["gallery"]
-    missed = eda.hardest_errors(analysis, threshold=0.5, kind="miss", n=3)
-    assert missed.iloc[0]["probe"].endswith("c_0_blurred.jpg")
-    point = eda.operating_point(genuine, impostor, 0.5)
-    assert point["false_accepts"] == 1 and point["far"] == pytest.approx(1 / 12)
-    assert point["tar"] == pytest.approx(5 / 6)
-    per = eda.per_distortion_operating_points(analysis, 0.5)
-    assert per.loc["all", "top1"] == pytest.approx(5 / 6) and per.loc["blurred", "probes"] == 6
-
-
-def test_strict_analysis_removes_the_own_source() -> None:
-    table, emb = _toy_embeddings()
-    strict = eda.score_analysis(table, emb, strict=True)
-    assert len(strict.probes) == 6  # every identity keeps one other clean image
-    assert (strict.exclude >= 0).all()
-    recommendation = eda.recommend_threshold(strict, chosen=0.3)
-    assert recommendation["threshold"] == 0.3 and "notebook 03" in recommendation["rule"]
-    at_far = eda.recommend_threshold(strict, chosen=0.3, target_far=0.0)
-    g, i = strict.genuine_impostor()
-    assert at_far["threshold"] > i.max() and at_far["fold_far"] == 0.0
-
-
-def test_load_recognition_run_names_what_is_missing(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="notebook 03"):
-        eda.load_recognition_run(tmp_path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -19,6 +20,7 @@ from facecom_utils import run
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 EXPECTED = [f"{stem}.ipynb" for stem in run.NOTEBOOKS.values()]
 CHECK = "# NBVAL_CHECK_OUTPUT"
+PLOT_CALL = re.compile(r"\b(?:eda|notebook|thresholds)\.plot_")
 
 
 def _committed() -> list[Path]:
@@ -74,7 +76,7 @@ def test_no_stored_outputs_except_checked_cells(path: Path) -> None:
 @pytest.mark.parametrize("path", _committed(), ids=lambda p: p.name)
 def test_plot_cells_end_with_plt_show(path: Path) -> None:
     for cell in _load(path).cells:
-        if cell.cell_type == "code" and ("plots." in cell.source or "eda.plot_" in cell.source):
+        if cell.cell_type == "code" and ("plots." in cell.source or PLOT_CALL.search(cell.source)):
             last = cell.source.strip().splitlines()[-1].strip()
             assert last == "plt.show()", f"plot cell must end with plt.show():\n{cell.source}"
 
