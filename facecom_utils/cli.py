@@ -9,6 +9,11 @@
     facecom identify CHECKPOINT --gallery DIR PROBES... [--out CSV]
     facecom make-demo ROOT [--seed 0] [--train-identities 60] [--val-identities 20] [--image-size 112]
     facecom split SRC_ROOT DST_ROOT [--val-fraction 0.2] [--seed 0] [--overwrite]
+    facecom train-gender -f PRESET.yml [-p NAME VALUE] [--data-root DIR] [--output-dir DIR] [--json]
+    facecom train-recognition -f PRESET.yml [-p NAME VALUE] [--data-root DIR] [--output-dir DIR] [--json]
+
+``train-*`` train from a notebook preset in one process, or in every process under
+``torchrun --nproc_per_node=N $(which facecom) train-gender ...`` (see :mod:`facecom_utils.launch`).
 
 ``evaluate-*`` apply the protocol and the threshold stored in the checkpoint (chosen on the training
 run's validation fold) to ``DATA_ROOT/Task_A/<split>`` or ``DATA_ROOT/Task_B/<split>`` -- the same
@@ -313,6 +318,16 @@ def cmd_split(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """``train-gender`` / ``train-recognition`` (torchrun-aware; see facecom_utils.launch)."""
+    from facecom_utils.launch import LaunchError, train_from_args
+
+    try:
+        return train_from_args(args.command, args)
+    except LaunchError as exc:
+        raise CliError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``facecom`` argument parser (one subcommand per task; room for train-* commands)."""
     from facecom_utils.run import add_run_arguments
@@ -382,6 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_split)
+    from facecom_utils.launch import add_train_arguments
+
+    for name, text in (("train-gender", "train a Task A gender classifier from a preset (runs under torchrun too)"),
+                       ("train-recognition", "train a Task B face embedder from a preset (runs under torchrun too)")):
+        p = sub.add_parser(name, help=text, description=text)
+        add_train_arguments(p)
+        p.set_defaults(func=cmd_train)
     return parser
 
 

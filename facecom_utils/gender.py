@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Subset
 
+from .cache import CACHE_MODES, BatchAugment, CachedImageDataset, apply_speedups, cached_dataset, resolve_cache_mode
 from .data import DISTORTION_TYPES, find_task_dir, scan_task_a
 from .datasets import ImageDataset, build_sampler, build_transforms, make_loader, person_grouped_split
 from .demo import resolve_data_root
@@ -115,6 +116,14 @@ class GenderConfig:
         max_train_minutes: Training time budget: no new epoch starts that would end past it.
         resume: Resume from ``<output_dir>/checkpoints/last.pt`` when present.
         progress: tqdm progress bars.
+        cache: Decoded-image cache (:mod:`facecom_utils.cache`) for training and the fold:
+            ``"auto"`` (disk when writable, else memory), ``"memory"``, ``"disk"`` or ``"off"``
+            (the reference path: PIL decode + transforms per image per epoch).
+        cache_dir: Folder of disk caches (None: ``$FACECOM_CACHE_DIR`` or ``~/.cache/facecom``).
+        distortion_variants: With the cache, pre-rendered seeded distortions per image that
+            ``distortion_augment`` draws from; 0: distort on the fly.
+        channels_last: Channels-last memory format for the model and the training batches.
+        compile: ``torch.compile`` the model's forward.
     """
 
     data_root: str | None = None
@@ -151,8 +160,15 @@ class GenderConfig:
     max_train_minutes: float | None = None
     resume: bool = True
     progress: bool = True
+    cache: str = "auto"
+    cache_dir: str | None = None
+    distortion_variants: int = 4
+    channels_last: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
+        if str(self.cache).lower() not in CACHE_MODES:
+            raise ValueError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
         if self.balance not in ("sampler", "pos_weight", "none"):
             raise ValueError(f"balance must be 'sampler', 'pos_weight' or 'none', got {self.balance!r}")
         if self.pretrained in ("", "none", "None"):
@@ -491,22 +507,34 @@ def train_gender(config: GenderConfig) -> GenderRun:
 
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
-    model = GenderClassifier(cfg.backbone, cfg.pretrained, cfg.dropout, cfg.image_size)
+    model = apply_speedups(GenderClassifier(cfg.backbone, cfg.pretrained, cfg.dropout, cfg.image_size),
+                           cfg.channels_last, cfg.compile)
     pin = device.type == "cuda"
 
-    # Data: augmented, class-balanced training stream; ordered, clean fold for evaluation.
-    load_size = None if cfg.image_size >= 224 else int(round(cfg.image_size * 1.25))
-    train_ds = ImageDataset(fit_df["path"], y_fit, build_transforms(cfg.image_size, True, cfg.distortion_augment),
-                            load_size=load_size)
+    # Data: augmented, class-balanced training stream; ordered, clean fold for evaluation. With the
+    # cache, images are decoded once and the training batch is augmented on the device (loss_fn).
+    augment = None
+    recal_idx = np.random.default_rng(cfg.seed).permutation(len(fit_df))[: 8 * cfg.eval_batch_size]
+    if resolve_cache_mode(cfg.cache, cfg.cache_dir) != "off":
+        cache_kw = dict(mode=cfg.cache, cache_dir=cfg.cache_dir, progress=cfg.progress and rank == 0)
+        train_ds = cached_dataset(fit_df["path"], y_fit, cfg.image_size, distortion_p=cfg.distortion_augment,
+                                  variants=cfg.distortion_variants, seed=cfg.seed, **cache_kw)
+        fold_ds = cached_dataset(fold_df["path"], y_fold, cfg.image_size, normalize=True, **cache_kw)
+        recal_ds = CachedImageDataset(train_ds.cache, y_fit, normalize=True)  # == the eval transform
+        augment = BatchAugment(cfg.image_size, channels_last=cfg.channels_last).to(device)
+    else:
+        load_size = None if cfg.image_size >= 224 else int(round(cfg.image_size * 1.25))
+        train_ds = ImageDataset(fit_df["path"], y_fit, build_transforms(cfg.image_size, True, cfg.distortion_augment),
+                                load_size=load_size)
+        eval_tf = build_transforms(cfg.image_size, train=False)
+        fold_ds = ImageDataset(fold_df["path"], y_fold, eval_tf)
+        recal_ds = ImageDataset(fit_df["path"], y_fit, eval_tf)
     sampler = build_sampler(y_fit, cfg.balance, seed=cfg.seed)
     train_loader = make_loader(train_ds, cfg.batch_size, True, sampler, cfg.num_workers, pin)
-    eval_tf = build_transforms(cfg.image_size, train=False)
-    fold_loader = make_loader(ImageDataset(fold_df["path"], y_fold, eval_tf), cfg.eval_batch_size, False,
-                              num_workers=cfg.num_workers, pin_memory=pin)
+    fold_loader = make_loader(fold_ds, cfg.eval_batch_size, False, num_workers=cfg.num_workers, pin_memory=pin)
     recalibrate = cfg.bn_recalibrate if isinstance(cfg.bn_recalibrate, bool) else cfg.pretrained is None
-    recal_idx = np.random.default_rng(cfg.seed).permutation(len(fit_df))[: 8 * cfg.eval_batch_size]
-    recal_loader = make_loader(Subset(ImageDataset(fit_df["path"], y_fit, eval_tf), recal_idx.tolist()),
-                               cfg.eval_batch_size, False, num_workers=cfg.num_workers, pin_memory=pin)
+    recal_loader = make_loader(Subset(recal_ds, recal_idx.tolist()), cfg.eval_batch_size, False,
+                               num_workers=cfg.num_workers, pin_memory=pin)
 
     n_pos = int(y_fit.sum())
     pos_weight = torch.tensor((len(y_fit) - n_pos) / max(n_pos, 1), device=device) if cfg.balance == "pos_weight" else None
@@ -514,6 +542,8 @@ def train_gender(config: GenderConfig) -> GenderRun:
 
     def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch
+        if augment is not None:
+            x = augment(x)
         target = y.float() * (1 - smooth) + 0.5 * smooth
         return F.binary_cross_entropy_with_logits(m(x).float(), target, pos_weight=pos_weight)
 

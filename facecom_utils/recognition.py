@@ -69,10 +69,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
+from .cache import CACHE_MODES, BatchAugment, apply_speedups, cached_dataset, resolve_cache_mode
 from .data import load_image, scan_task_b
 from .datasets import IMAGENET_MEAN, IMAGENET_STD, DistributedWeightedSampler, TorchSeededDistortion, make_loader
 from .demo import resolve_data_root
@@ -179,6 +180,14 @@ class RecognitionConfig:
             ``epochs`` to fit and keep this as a margin.
         resume: Continue from ``<output_dir>/checkpoints/last.pt`` when it exists.
         progress: Show progress bars.
+        cache: Decoded-image cache (:mod:`facecom_utils.cache`) for training and the per-epoch
+            fold embeddings: ``"auto"`` (disk when writable, else memory), ``"memory"``,
+            ``"disk"`` or ``"off"`` (the reference path: PIL decode + transforms per image per epoch).
+        cache_dir: Folder of disk caches (None: ``$FACECOM_CACHE_DIR`` or ``~/.cache/facecom``).
+        distortion_variants: With the cache, pre-rendered seeded distortions per clean image that
+            ``distortion_augment`` draws from; 0: distort on the fly.
+        channels_last: Channels-last memory format for the model and the training batches.
+        compile: ``torch.compile`` the model's forward.
     """
 
     data_root: str | None = None
@@ -218,8 +227,15 @@ class RecognitionConfig:
     max_train_minutes: float | None = None
     resume: bool = True
     progress: bool = True
+    cache: str = "auto"
+    cache_dir: str | None = None
+    distortion_variants: int = 4
+    channels_last: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
+        if str(self.cache).lower() not in CACHE_MODES:
+            raise ValueError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
         if self.embedding_source not in EMBEDDING_SOURCES:
             raise ValueError(f"embedding_source must be one of {EMBEDDING_SOURCES}, got {self.embedding_source!r}")
         if not 0.0 < self.face_crop <= 1.0:
@@ -502,9 +518,11 @@ def _extract(
     source: str,
     num_workers: int = 0,
     progress: bool = False,
+    dataset: Dataset | None = None,
 ) -> tuple[dict[str, np.ndarray], float]:
     device = select_device(device) if isinstance(device, str) else device
-    dataset = _FaceImages(paths, [0] * len(paths), build_recognition_transforms(image_size, False, face_crop))
+    if dataset is None:  # else: the same images, already prepared (e.g. a normalising CachedImageDataset)
+        dataset = _FaceImages(paths, [0] * len(paths), build_recognition_transforms(image_size, False, face_crop))
     loader = make_loader(dataset, batch_size, train=False, num_workers=num_workers)
     was_training = model.training
     model.to(device).eval()
@@ -885,30 +903,53 @@ def train_recognition(config: RecognitionConfig) -> RecognitionRun:
     head_cfg = _head_config(config, len(train_ids))
     model = RecognitionModel(embedder, build_head(head_cfg["name"], config.embedding_dim, len(train_ids),
                                                   **head_cfg["kwargs"]), head_cfg)
+    apply_speedups(model, config.channels_last, config.compile)
     augment = dict(face_crop=config.face_crop, crop_scale=config.crop_scale, color_jitter=config.color_jitter)
-    dataset = _FaceImages(
-        train_rows["path"], [class_of[i] for i in train_rows["identity"]],
-        transform=build_recognition_transforms(config.image_size, True, **augment),
-        clean=train_rows["distortion"].isna().tolist(),
-        clean_transform=build_recognition_transforms(config.image_size, True, distortion_p=config.distortion_augment,
-                                                     **augment),
-    )
+    labels = [class_of[i] for i in train_rows["identity"]]
+    clean = train_rows["distortion"].isna().to_numpy()
+    batch_augment, fold_dataset = None, None
+    if resolve_cache_mode(config.cache, config.cache_dir) != "off":
+        # Decoded once; the clean photos' distortions pre-rendered; crop/flip/jitter on the device (loss_fn).
+        cache_kw = dict(mode=config.cache, cache_dir=config.cache_dir,
+                        progress=config.progress and distributed_info()[0] == 0)
+        dataset = cached_dataset(train_rows["path"], labels, config.image_size, config.face_crop, "square",
+                                 distortion_p=config.distortion_augment, distort=clean, severity_range=(0.5, 1.3),
+                                 variants=config.distortion_variants, seed=config.seed, **cache_kw)
+        fold_dataset = cached_dataset(fold_table["path"], None, config.image_size, config.face_crop, "square",
+                                      normalize=True, **cache_kw)
+        jitter = config.color_jitter
+        batch_augment = BatchAugment(config.image_size, config.crop_scale, (0.85, 1.18), 0.5, jitter, jitter, jitter,
+                                     min(0.5, jitter / 10), 0.1, channels_last=config.channels_last).to(device)
+    else:
+        dataset = _FaceImages(
+            train_rows["path"], labels,
+            transform=build_recognition_transforms(config.image_size, True, **augment),
+            clean=clean.tolist(),
+            clean_transform=build_recognition_transforms(config.image_size, True,
+                                                         distortion_p=config.distortion_augment, **augment),
+        )
     sampler = None
     if config.clean_cap is not None:
         weights = identity_sample_weights(train_rows, config.clean_cap, config.clean_fraction)
         sampler = DistributedWeightedSampler(weights, num_samples=config.samples_per_epoch or len(dataset),
                                              seed=config.seed)
-    loader = make_loader(dataset, config.batch_size, train=True, sampler=sampler, num_workers=config.num_workers)
+    elif distributed_info()[1] > 1:  # plain shuffling, sharded across torchrun processes
+        sampler = DistributedSampler(dataset, shuffle=True, seed=config.seed)
+    loader = make_loader(dataset, config.batch_size, train=True, sampler=sampler, num_workers=config.num_workers,
+                         pin_memory=device.type == "cuda")
 
     def loss_fn(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch
+        if batch_augment is not None:
+            x = batch_augment(x)
         return F.cross_entropy(net(x, y), y, label_smoothing=config.label_smoothing)
 
     embed_kw = dict(image_size=config.image_size, batch_size=config.batch_size, device=device,
                     flip_tta=config.flip_tta, face_crop=config.face_crop, num_workers=config.num_workers)
 
     def evaluate_fn(net: nn.Module) -> dict[str, Any]:
-        outs, _ = _extract(net, fold_table["path"].tolist(), source=config.embedding_source, **embed_kw)
+        outs, _ = _extract(net, fold_table["path"].tolist(), source=config.embedding_source, dataset=fold_dataset,
+                           **embed_kw)
         scores = {source: _quick_scores(fold_table, emb) for source, emb in outs.items()}
         best = max(scores, key=lambda s: (scores[s]["selection_score"], s == "neck"))
         metrics: dict[str, Any] = dict(scores[best])

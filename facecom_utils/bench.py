@@ -1,0 +1,453 @@
+"""Speed benchmarks, measured side by side in one run on the same files: ratios, not absolutes.
+
+::
+
+    python -m facecom_utils.bench --data-root ROOT --out reports/bench.json [--quick | --max-images N]
+
+Four measurements (every key of the JSON is listed in :func:`run_benchmarks`):
+
+a. **data**: loading + augmentation throughput of the Task A training stream, the reference path
+   (PIL decode + torchvision transforms per image per epoch, as the reference notebooks do) against
+   the cached path (:mod:`facecom_utils.cache`: decoded uint8 cache, pre-rendered seeded
+   distortions, batch augmentation on tensors); the on-the-fly-distortion variant of the cached
+   path is measured too. Building the cache is timed separately: it is paid once (and, on disk,
+   once across runs).
+b. **epochs**: one training epoch of Task A and of Task B at the CPU presets
+   (``params/facecom_cpu_task_a.yml``, ``params/facecom_cpu_task_b.yml``) through the shared engine
+   (:func:`facecom_utils.training.fit`), reference vs cached data path, same model initialisation.
+c. **embedding extraction**: images/s of :func:`facecom_utils.recognition.extract_embeddings`
+   (decode included) and the same model fed from the cache.
+d. **scoring**: 3,000 probes x 500 gallery images, :func:`facecom_utils.verification.identity_scores`
+   (vectorised, chunked) against :func:`~facecom_utils.verification.per_pair_loop_scores` (one python
+   step per pair). The loop is timed on a subset of the probes and extrapolated linearly (the JSON
+   says so: ``scoring_loop_extrapolated``, ``scoring_loop_probes_timed``).
+
+Use ``--quick`` (or ``--max-images``) to bound every part for a fast run; the figures are then
+noisier but the ratios keep their meaning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .cache import BatchAugment, CachedImageDataset, ImageCache, cached_dataset
+from .data import scan_task_a, scan_task_b
+from .datasets import (
+    DistributedWeightedSampler,
+    ImageDataset,
+    build_sampler,
+    build_transforms,
+    make_loader,
+    person_grouped_split,
+)
+from .heads import build_head
+from .models import FaceEmbedder, GenderClassifier
+from .recognition import (
+    RecognitionModel,
+    _FaceImages,
+    build_recognition_transforms,
+    extract_embeddings,
+    identity_sample_weights,
+)
+from .training import TrainConfig, fit, seed_everything, select_device
+from .verification import identity_scores, per_pair_loop_scores
+
+__all__ = ["main", "run_benchmarks"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PRESET_A = REPO_ROOT / "params" / "facecom_cpu_task_a.yml"
+PRESET_B = REPO_ROOT / "params" / "facecom_cpu_task_b.yml"
+QUICK_MAX_IMAGES = 256
+
+
+def _preset(path: Path, section: str | None = None) -> dict[str, Any]:
+    import yaml
+
+    data = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    data = data or {}
+    if section is not None:
+        data = data.get(section, {}) or {}
+    return dict(data)
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def _drain(loader: Any, augment: nn.Module | None, device: torch.device) -> tuple[int, float]:
+    """Images served (and augmented) by one pass over a loader, and the seconds it took."""
+    n = 0
+    t0 = time.perf_counter()
+    for x, _ in loader:
+        x = x.to(device)
+        if augment is not None:
+            x = augment(x)
+        n += int(x.shape[0])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return n, time.perf_counter() - t0
+
+
+def _machine(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
+    }
+    try:
+        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover - not on every platform
+        pass
+    return info
+
+
+# ----------------------------------------------------------------------------- (a) data path
+
+
+def _task_a_rows(data_root: Path, max_images: int | None, seed: int) -> pd.DataFrame:
+    df = scan_task_a(data_root, splits=("train",))
+    if max_images is not None and len(df) > max_images:
+        df = df.sample(n=max_images, random_state=seed).sort_values("path").reset_index(drop=True)
+    return df
+
+
+def bench_data(rows: pd.DataFrame, cfg: dict[str, Any], device: torch.device, cache_dir: str | None,
+               cache_mode: str) -> dict[str, Any]:
+    """Task A training stream: reference path vs cached path, images/s over one pass."""
+    size = int(cfg.get("image_size", 128))
+    p = float(cfg.get("distortion_augment", 0.3))
+    batch = int(cfg.get("batch_size", 32))
+    labels = (rows["label"] == "female").astype(int).tolist()
+    load_size = None if size >= 224 else int(round(size * 1.25))
+    naive = ImageDataset(rows["path"], labels, build_transforms(size, True, p), load_size=load_size)
+    seed_everything(0)
+    n_naive, s_naive = _drain(make_loader(naive, batch, True), None, device)
+
+    cache, s_build = _timed(lambda: ImageCache.build(rows["path"], size, mode=cache_mode, cache_dir=cache_dir))
+    rows_all = np.arange(len(cache))
+    variants, s_render = _timed(lambda: cache.render_distortions(rows_all, 4, 0, mode=cache_mode, cache_dir=cache_dir))
+    cached = CachedImageDataset(cache, labels, distortion_p=p, variants=variants, variant_rows=rows_all)
+    onthefly = CachedImageDataset(cache, labels, distortion_p=p)
+    augment = BatchAugment(size).to(device)
+    seed_everything(0)
+    n_cached, s_cached = _drain(make_loader(cached, batch, True), augment, device)
+    seed_everything(0)
+    n_fly, s_fly = _drain(make_loader(onthefly, batch, True), augment, device)
+    naive_ips, cached_ips = n_naive / s_naive, n_cached / s_cached
+    return {
+        "data_images": len(rows),
+        "data_image_size": size,
+        "data_distortion_p": p,
+        "data_naive_images_per_second": naive_ips,
+        "data_cached_images_per_second": cached_ips,
+        "data_speedup": cached_ips / naive_ips,
+        "data_cached_onthefly_distortion_images_per_second": n_fly / s_fly,
+        "data_onthefly_speedup": (n_fly / s_fly) / naive_ips,
+        "data_cache_build_seconds": s_build,
+        "data_cache_prerender_seconds": s_render,
+        "data_cached_path": "uint8 cache + 4 pre-rendered seeded distortions per image + BatchAugment",
+    }
+
+
+# ----------------------------------------------------------------------------- (b) epochs
+
+
+def _warm_up(model: nn.Module, batch: Any, loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+             device: torch.device) -> None:
+    """One untimed forward/backward (kernel selection, allocator), weights and statistics restored."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.to(device).train()
+    loss_fn(model, [t.to(device) for t in batch]).backward()
+    model.zero_grad(set_to_none=True)
+    model.load_state_dict(state)
+
+
+def _epoch_seconds(model: nn.Module, loader: Any, loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+                   cfg: dict[str, Any], device: torch.device) -> tuple[float, int]:
+    _warm_up(model, next(iter(loader)), loss_fn, device)
+    train_cfg = TrainConfig(epochs=1, lr=float(cfg.get("lr", 1e-3)), weight_decay=float(cfg.get("weight_decay", 0.0)),
+                            backbone_lr_scale=float(cfg.get("backbone_lr_scale", 1.0)), warmup_epochs=0.0,
+                            patience=None, amp=cfg.get("amp", "auto"), device=str(device), progress=False,
+                            restore_best=False)
+    result = fit(model, loader, loss_fn, None, train_cfg, None)
+    row = result.history.iloc[0]
+    return float(row["seconds"]), int(round(row["images_per_second"] * row["seconds"]))
+
+
+def bench_epoch_a(rows: pd.DataFrame, cfg: dict[str, Any], device: torch.device, cache_dir: str | None,
+                  cache_mode: str, repeats: int = 1) -> dict[str, Any]:
+    """One Task A epoch at the preset: reference vs cached data path, same initial weights."""
+    size, batch = int(cfg.get("image_size", 128)), int(cfg.get("batch_size", 32))
+    p = float(cfg.get("distortion_augment", 0.3))
+    fit_df, _ = person_grouped_split(rows, float(cfg.get("val_fraction", 0.15)), seed=0)
+    y = (fit_df["label"] == "female").astype(int).to_numpy()
+    load_size = None if size >= 224 else int(round(size * 1.25))
+    smooth = float(cfg.get("label_smoothing", 0.0))
+
+    def make_model() -> nn.Module:
+        seed_everything(0)
+        return GenderClassifier(cfg.get("backbone", "efficientnet_lite0"), cfg.get("pretrained", "offline"),
+                                float(cfg.get("dropout", 0.2)), size)
+
+    def loss_with(augment: nn.Module | None) -> Callable[[nn.Module, Any], torch.Tensor]:
+        def loss_fn(m: nn.Module, b: Any) -> torch.Tensor:
+            x, t = b
+            if augment is not None:
+                x = augment(x)
+            return F.binary_cross_entropy_with_logits(m(x).float(), t.float() * (1 - smooth) + 0.5 * smooth)
+        return loss_fn
+
+    naive = ImageDataset(fit_df["path"], y, build_transforms(size, True, p), load_size=load_size)
+    naive_loader = make_loader(naive, batch, True, build_sampler(y, cfg.get("balance", "sampler"), seed=0))
+    cached = cached_dataset(fit_df["path"], y, size, distortion_p=p, mode=cache_mode, cache_dir=cache_dir)
+    cached_loader = make_loader(cached, batch, True, build_sampler(y, cfg.get("balance", "sampler"), seed=0))
+    augment = BatchAugment(size).to(device)
+    s_naive = s_cached = float("inf")
+    for _ in range(repeats):  # interleaved; the fastest of each (a busy machine only ever slows down)
+        s, n = _epoch_seconds(make_model(), naive_loader, loss_with(None), cfg, device)
+        s_naive = min(s_naive, s)
+        s_cached = min(s_cached, _epoch_seconds(make_model(), cached_loader, loss_with(augment), cfg, device)[0])
+    return {"epoch_task_a_images": n, "epoch_task_a_naive_seconds": s_naive, "epoch_task_a_cached_seconds": s_cached,
+            "epoch_task_a_speedup": s_naive / s_cached}
+
+
+def _task_b_rows(data_root: Path, max_images: int | None, seed: int) -> pd.DataFrame:
+    df = scan_task_b(data_root, splits=("train",))
+    if max_images is not None and len(df) > max_images:  # whole identities, until the budget is met
+        ids = pd.Series(df["identity"].unique()).sample(frac=1.0, random_state=seed).tolist()
+        counts = df.groupby("identity").size()
+        keep, total = [], 0
+        for identity in ids:
+            if total >= max_images:
+                break
+            keep.append(identity)
+            total += int(counts[identity])
+        df = df[df["identity"].isin(set(keep))].reset_index(drop=True)
+    return df
+
+
+def _recognition_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
+    seed_everything(0)
+    size = int(cfg.get("image_size", 112))
+    dim = int(cfg.get("embedding_dim", 512))
+    embedder = FaceEmbedder(cfg.get("backbone", "efficientnet_lite0"), cfg.get("pretrained", "offline"), dim,
+                            image_size=size)
+    kwargs = {k: float(cfg[v]) for k, v in (("m", "margin"), ("s", "scale")) if cfg.get(v) is not None}
+    head_cfg = {"name": str(cfg.get("head", "arcface")).lower(), "num_classes": num_classes, "kwargs": kwargs}
+    return RecognitionModel(embedder, build_head(head_cfg["name"], dim, num_classes, **kwargs), head_cfg)
+
+
+def bench_epoch_b(rows: pd.DataFrame, cfg: dict[str, Any], device: torch.device, cache_dir: str | None,
+                  cache_mode: str, samples: int | None, repeats: int = 1) -> dict[str, Any]:
+    """One Task B epoch at the preset (``samples_per_epoch`` draws, bounded): reference vs cached."""
+    size, batch = int(cfg.get("image_size", 112)), int(cfg.get("batch_size", 64))
+    face_crop = float(cfg.get("face_crop", 1.0))
+    p = float(cfg.get("distortion_augment", 0.3))
+    crop_scale = tuple(cfg.get("crop_scale", (0.6, 1.0)))
+    jitter = float(cfg.get("color_jitter", 0.3))
+    ids = sorted(rows["identity"].unique())
+    class_of = {identity: i for i, identity in enumerate(ids)}
+    y = [class_of[i] for i in rows["identity"]]
+    clean = rows["distortion"].isna().to_numpy()
+    n_samples = int(cfg.get("samples_per_epoch") or len(rows))
+    if samples is not None:
+        n_samples = min(n_samples, samples)
+    weights = identity_sample_weights(rows, int(cfg.get("clean_cap", 8)), cfg.get("clean_fraction"))
+    smooth = float(cfg.get("label_smoothing", 0.1))
+
+    def loader_for(dataset: Any) -> Any:
+        return make_loader(dataset, batch, True, DistributedWeightedSampler(weights, num_samples=n_samples, seed=0))
+
+    def loss_with(augment: nn.Module | None) -> Callable[[nn.Module, Any], torch.Tensor]:
+        def loss_fn(m: nn.Module, b: Any) -> torch.Tensor:
+            x, t = b
+            if augment is not None:
+                x = augment(x)
+            return F.cross_entropy(m(x, t), t, label_smoothing=smooth)
+        return loss_fn
+
+    augment_kw = dict(face_crop=face_crop, crop_scale=crop_scale, color_jitter=jitter)
+    naive = _FaceImages(rows["path"], y, build_recognition_transforms(size, True, **augment_kw), clean=clean.tolist(),
+                        clean_transform=build_recognition_transforms(size, True, distortion_p=p, **augment_kw))
+    cached = cached_dataset(rows["path"], y, size, face_crop, "square", distortion_p=p, distort=clean,
+                            severity_range=(0.5, 1.3), mode=cache_mode, cache_dir=cache_dir)
+    augment = BatchAugment(size, crop_scale, (0.85, 1.18), 0.5, jitter, jitter, jitter, min(0.5, jitter / 10), 0.1)
+    augment = augment.to(device)
+    s_naive = s_cached = float("inf")
+    for _ in range(repeats):  # interleaved; the fastest of each
+        s, n = _epoch_seconds(_recognition_model(cfg, len(ids)), loader_for(naive), loss_with(None), cfg, device)
+        s_naive = min(s_naive, s)
+        s_cached = min(s_cached, _epoch_seconds(_recognition_model(cfg, len(ids)), loader_for(cached),
+                                                loss_with(augment), cfg, device)[0])
+    return {"epoch_task_b_images": n, "epoch_task_b_naive_seconds": s_naive, "epoch_task_b_cached_seconds": s_cached,
+            "epoch_task_b_speedup": s_naive / s_cached}
+
+
+# ----------------------------------------------------------------------------- (c) embeddings
+
+
+@torch.no_grad()
+def bench_embed(rows: pd.DataFrame, cfg: dict[str, Any], device: torch.device, cache_dir: str | None,
+                cache_mode: str) -> dict[str, Any]:
+    """Embedding extraction images/s (flip TTA as configured), from files and from the cache."""
+    size, batch = int(cfg.get("image_size", 112)), int(cfg.get("batch_size", 64))
+    face_crop, tta = float(cfg.get("face_crop", 1.0)), bool(cfg.get("flip_tta", True))
+    model = _recognition_model(cfg, 2).embedder.to(device).eval()
+    paths = rows["path"].tolist()
+    _, ips = extract_embeddings(model, paths, size, batch, device, tta, face_crop, "neck", return_speed=True)
+    dataset, s_build = _timed(lambda: cached_dataset(paths, None, size, face_crop, "square", normalize=True,
+                                                     mode=cache_mode, cache_dir=cache_dir))
+    t0 = time.perf_counter()
+    for x, _ in make_loader(dataset, batch, False):
+        x = x.to(device)
+        emb = F.normalize(model(x), dim=1)
+        if tta:
+            emb = F.normalize(emb + F.normalize(model(torch.flip(x, dims=[3])), dim=1), dim=1)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    cached_ips = len(paths) / (time.perf_counter() - t0)
+    return {"embed_images": len(paths), "embed_images_per_second": ips, "embed_cached_images_per_second": cached_ips,
+            "embed_cache_build_seconds": s_build, "embed_flip_tta": tta}
+
+
+# ----------------------------------------------------------------------------- (d) scoring
+
+
+def bench_scoring(n_probes: int = 3000, n_gallery: int = 500, n_identities: int = 100, dim: int = 512,
+                  loop_probes: int = 30, repeats: int = 3) -> dict[str, Any]:
+    """Identity scores of ``n_probes`` x ``n_gallery`` images: vectorised vs per-pair loop (extrapolated)."""
+    rng = np.random.default_rng(0)
+    probes = rng.standard_normal((n_probes, dim)).astype(np.float32)
+    gallery = rng.standard_normal((n_gallery, dim)).astype(np.float32)
+    probes /= np.linalg.norm(probes, axis=1, keepdims=True)
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+    labels = np.arange(n_gallery) % n_identities
+    best = min(_timed(lambda: identity_scores(probes, gallery, labels))[1] for _ in range(repeats))
+    loop_probes = min(loop_probes, n_probes)
+    (loop_scores, _), loop_s = _timed(lambda: per_pair_loop_scores(probes[:loop_probes], gallery, labels))
+    fast, _ = identity_scores(probes[:loop_probes], gallery, labels)
+    loop_ms = loop_s * 1e3 * n_probes / loop_probes
+    return {
+        "scoring_probes": n_probes, "scoring_gallery": n_gallery, "scoring_identities": n_identities,
+        "scoring_dim": dim, "scoring_ms": best * 1e3, "scoring_loop_ms": loop_ms,
+        "scoring_speedup": loop_ms / (best * 1e3),
+        "scoring_loop_extrapolated": loop_probes < n_probes, "scoring_loop_probes_timed": loop_probes,
+        "scoring_max_abs_difference": float(np.max(np.abs(loop_scores - fast))),
+    }
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def run_benchmarks(
+    data_root: str | Path,
+    max_images: int | None = None,
+    device: str = "cpu",
+    cache_dir: str | None = None,
+    cache_mode: str = "memory",
+    parts: Sequence[str] = ("data", "epoch_a", "epoch_b", "embed", "scoring"),
+    preset_a: str | Path = PRESET_A,
+    preset_b: str | Path = PRESET_B,
+    repeats: int = 1,
+) -> dict[str, Any]:
+    """Runs the benchmarks; returns one flat dict (machine info, settings, every figure).
+
+    Keys include ``data_naive_images_per_second``, ``data_cached_images_per_second``,
+    ``data_speedup``, ``epoch_task_a_naive_seconds``, ``epoch_task_a_cached_seconds``,
+    ``epoch_task_a_speedup``, the same for ``task_b``, ``embed_images_per_second``,
+    ``scoring_ms``, ``scoring_loop_ms``, ``scoring_speedup``, and the machine's ``cpu_count``,
+    ``torch_version``, ``device``.
+
+    Args:
+        data_root: Folder holding ``Task_A/train`` and ``Task_B/train``.
+        max_images: Bound on the images of each part (None: all of Task A's training split, and
+            Task B's preset epoch of ``samples_per_epoch`` draws).
+        device: Where models and batch augmentation run (``"cpu"`` like the presets, or ``"auto"``).
+        cache_dir: Disk cache folder (``cache_mode="disk"``).
+        cache_mode: ``"memory"`` (default: every run decodes afresh, so builds are timed fairly)
+            or ``"disk"``.
+        parts: Which parts to run.
+        preset_a: Task A preset (flat YAML).
+        preset_b: Task B preset (section ``"03"``).
+        repeats: Epochs of each kind (interleaved, the fastest kept): more is steadier on a
+            busy machine.
+    """
+    root = Path(data_root)
+    dev = select_device(device)
+    cfg_a, cfg_b = _preset(Path(preset_a)), _preset(Path(preset_b), "03")
+    if dev.type != "cpu":
+        cfg_a["amp"] = cfg_b["amp"] = "auto"
+    out: dict[str, Any] = {**_machine(dev), "data_root": str(root), "max_images": max_images,
+                           "preset_task_a": str(preset_a), "preset_task_b": str(preset_b), "epoch_repeats": repeats}
+    t0 = time.perf_counter()
+    rows_a = _task_a_rows(root, max_images, 0) if {"data", "epoch_a"} & set(parts) else None
+    rows_b = _task_b_rows(root, max_images, 0) if {"epoch_b", "embed"} & set(parts) else None
+    if "data" in parts:
+        out.update(bench_data(rows_a, cfg_a, dev, cache_dir, cache_mode))
+    if "epoch_a" in parts:
+        out.update(bench_epoch_a(rows_a, cfg_a, dev, cache_dir, cache_mode, repeats))
+    if "epoch_b" in parts:
+        out.update(bench_epoch_b(rows_b, cfg_b, dev, cache_dir, cache_mode, max_images, repeats))
+    if "embed" in parts:
+        out.update(bench_embed(rows_b, cfg_b, dev, cache_dir, cache_mode))
+    if "scoring" in parts:
+        out.update(bench_scoring())
+    out["bench_seconds"] = time.perf_counter() - t0
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m facecom_utils.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", required=True, help="folder holding Task_A/train and Task_B/train")
+    parser.add_argument("--out", help="also write the JSON here")
+    parser.add_argument("--max-images", type=int, default=None, help="bound the images of each part")
+    parser.add_argument("--quick", action="store_true", help=f"fast run: --max-images {QUICK_MAX_IMAGES}")
+    parser.add_argument("--device", default="cpu", help="cpu (the CPU presets) or auto/cuda")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--cache-mode", default="memory", choices=("memory", "disk"))
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--preset-a", default=str(PRESET_A), help="Task A preset (flat YAML)")
+    parser.add_argument("--preset-b", default=str(PRESET_B), help="Task B preset (YAML, section '03')")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="epochs of each kind, interleaved; the fastest is kept (steadier on a busy machine)")
+    parser.add_argument("--parts", default="data,epoch_a,epoch_b,embed,scoring",
+                        help="comma-separated subset of data,epoch_a,epoch_b,embed,scoring")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    max_images = args.max_images if args.max_images is not None else (QUICK_MAX_IMAGES if args.quick else None)
+    result = run_benchmarks(args.data_root, max_images, args.device, args.cache_dir, args.cache_mode,
+                            [p.strip() for p in args.parts.split(",") if p.strip()], args.preset_a, args.preset_b,
+                            max(1, args.repeats))
+    result["quick"] = bool(args.quick)
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

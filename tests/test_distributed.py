@@ -1,0 +1,126 @@
+"""Multi-process training as torchrun runs it: 2 CPU processes, gloo, the demo data, the real entry point.
+
+Each process gets torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT on
+127.0.0.1) and runs ``facecom_utils.launch.main(["train-...", ...])``, the function behind
+``facecom train-gender`` / ``facecom train-recognition``. The samplers are wrapped to record the
+indices each rank drew.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+from pathlib import Path
+
+import torch
+import yaml
+
+from facecom_utils.training import load_checkpoint
+
+TINY = {"backbone": "efficientnet_lite0", "pretrained": None, "image_size": 32, "batch_size": 4, "epochs": 1,
+        "device": "cpu", "amp": "none", "progress": False, "seed": 0}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _worker(rank: int, world: int, jobs: list[tuple[str, str, str, int]], cache_dir: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", FACECOM_CACHE_DIR=cache_dir)
+    torch.set_num_threads(1)
+    from torch.utils.data import DistributedSampler
+
+    from facecom_utils import launch
+    from facecom_utils.datasets import DistributedWeightedSampler
+
+    seen: list[dict] = []
+    for cls in (DistributedSampler, DistributedWeightedSampler):
+        original = cls.__iter__
+
+        def recording(self, _original=original):
+            indices = list(_original(self))
+            entry = {"kind": type(self).__name__, "epoch": self.epoch, "indices": indices}
+            if isinstance(self, DistributedWeightedSampler):  # the one draw all ranks share
+                whole = DistributedWeightedSampler(self.weights, self.total_size, self.seed, num_replicas=1, rank=0)
+                whole.set_epoch(self.epoch)
+                entry["whole"] = list(_original(whole))
+            seen.append(entry)
+            return iter(indices)
+
+        cls.__iter__ = recording
+
+    for command, preset, out, port in jobs:  # one process group per command, as torchrun would run them
+        os.environ["MASTER_PORT"] = str(port)
+        module = importlib.import_module(launch.TASKS[command][0])
+        train_name = launch.TASKS[command][2]
+        train = getattr(module, train_name)
+        captured: dict = {}
+
+        def keep_state(config, _train=train, _captured=captured):
+            run = _train(config)
+            _captured.update({k: v.detach().clone() for k, v in run.model.state_dict().items()})
+            return run
+
+        setattr(module, train_name, keep_state)
+        seen.clear()
+        assert launch.main([command, "-f", preset, "--output-dir", out]) == 0
+        torch.save({"seen": list(seen), "state": captured}, f"{out}/seen_rank{rank}.pt")
+
+
+def _check_checkpoint(out: Path, r0: dict, r1: dict) -> None:
+    """best.pt holds exactly rank 0's final (best) weights; rank 1 ended with the same."""
+    best = load_checkpoint(out / "checkpoints" / "best.pt")["model"]
+    assert set(best) == set(r0["state"])
+    for k, v in best.items():
+        assert torch.equal(v, r0["state"][k]), k
+        assert torch.allclose(v.float(), r1["state"][k].float()), k
+
+
+def test_train_gender_and_recognition_under_two_processes(demo_root: Path, tmp_path: Path) -> None:
+    """Both tasks, 2 gloo processes each, through the ``facecom train-*`` entry point.
+
+    Task A uses the class-balanced DistributedWeightedSampler: the ranks take alternate positions
+    of one shared draw. Task B uses plain shuffling (``clean_cap=None``): DistributedSampler,
+    disjoint shards of one permutation. In both, rank 0 alone writes, and ``best.pt`` holds exactly
+    rank 0's final weights (which rank 1 shares).
+    """
+    import torch.multiprocessing as mp
+
+    params = {
+        ("train-gender", "02"): {"data_root": str(demo_root), "balance": "sampler", "val_fraction": 0.3,
+                                 "tta": False, "evaluate_distortions": False, "eval_batch_size": 8},
+        ("train-recognition", "03"): {"data_root": str(demo_root), "clean_cap": None, "embedding_dim": 32,
+                                      "flip_tta": False, "max_identities": 6, "holdout_fraction": 0.0,
+                                      "val_fraction": 0.34},
+    }
+    jobs = []
+    for (command, section), extra in params.items():
+        preset = tmp_path / f"{command}.yml"
+        preset.write_text(yaml.safe_dump({section: {**TINY, **extra}}))
+        (tmp_path / command).mkdir()
+        jobs.append((command, str(preset), str(tmp_path / command), _free_port()))
+    mp.spawn(_worker, args=(2, jobs, str(tmp_path / "cache")), nprocs=2, join=True)
+
+    out = tmp_path / "train-gender"
+    r0, r1 = (torch.load(out / f"seen_rank{r}.pt", weights_only=False) for r in range(2))
+    a = [e for e in r0["seen"] if e["kind"] == "DistributedWeightedSampler"]
+    b = [e for e in r1["seen"] if e["kind"] == "DistributedWeightedSampler"]
+    assert a and len(a) == len(b)
+    for ea, eb in zip(a, b):
+        assert ea["whole"] == eb["whole"]
+        assert ea["indices"] == ea["whole"][0::2] and eb["indices"] == eb["whole"][1::2]
+    assert (out / "metrics.json").is_file()
+    _check_checkpoint(out, r0, r1)
+
+    out = tmp_path / "train-recognition"
+    r0, r1 = (torch.load(out / f"seen_rank{r}.pt", weights_only=False) for r in range(2))
+    a = [e["indices"] for e in r0["seen"] if e["kind"] == "DistributedSampler"]
+    b = [e["indices"] for e in r1["seen"] if e["kind"] == "DistributedSampler"]
+    assert len(a) == len(b) == 1 and len(a[0]) == len(b[0]) > 0
+    assert len(set(a[0]) & set(b[0])) <= 1  # at most DistributedSampler's one padding index
+    assert (out / "metrics.json").is_file()
+    _check_checkpoint(out, r0, r1)

@@ -1,0 +1,42 @@
+"""``facecom train-gender`` / ``train-recognition``: presets and parameters become the task config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from facecom_utils import cli
+from facecom_utils.launch import LaunchError, build_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_build_config_merges_flat_keys_section_and_params(tmp_path: Path) -> None:
+    preset = tmp_path / "p.yml"
+    preset.write_text(yaml.safe_dump({"seed": 3, "property_sample": 9, "02": {"image_size": 48, "cache": "off"},
+                                      "03": {"image_size": 40, "crop_scale": [0.5, 1.0]}}))
+    gender = build_config("train-gender", [preset], [("epochs", "2")], output_dir=str(tmp_path / "out"))
+    assert (gender.seed, gender.image_size, gender.epochs, gender.cache) == (3, 48, 2, "off")
+    assert gender.output_dir == str(tmp_path / "out")
+    recognition = build_config("train-recognition", [preset], [("cache", "memory")])
+    assert recognition.image_size == 40 and recognition.crop_scale == (0.5, 1.0) and recognition.cache == "memory"
+
+
+def test_the_repository_presets_build(tmp_path: Path) -> None:
+    for name in ("facecom_cpu_task_a.yml", "facecom_gpu_task_a.yml"):
+        assert build_config("train-gender", [REPO_ROOT / "params" / name]).backbone
+    for name in ("facecom_cpu_task_b.yml", "facecom_gpu_task_b.yml", "demo.yml"):
+        assert build_config("train-recognition", [REPO_ROOT / "params" / name]).backbone
+
+
+def test_bad_parameters_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(LaunchError, match="not a parameter of GenderConfig"):
+        build_config("train-gender", [], [("no_such_thing", "1")])
+    with pytest.raises(LaunchError, match="cache must be one of"):
+        build_config("train-gender", [], [("cache", "sometimes")])
+    bad = tmp_path / "bad.yml"
+    bad.write_text(yaml.safe_dump({"03": {"wings": 2}}))
+    assert cli.main(["train-recognition", "-f", str(bad)]) == 2
+    assert "unknown parameter(s) wings" in capsys.readouterr().err
