@@ -10,7 +10,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+import tempfile  # noqa: E402
+
 import pytest  # noqa: E402
+
+# Decoded-image caches of test runs go to a throwaway folder, never to ~/.cache/facecom.
+os.environ.setdefault("FACECOM_CACHE_DIR", tempfile.mkdtemp(prefix="facecom-cache-"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The FACECOM training split sits beside the checkout (../shared/facecom); users' machines lack it.
