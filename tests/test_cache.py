@@ -24,18 +24,13 @@ from facecom_utils.datasets import build_transforms, make_loader
 from facecom_utils.recognition import build_recognition_transforms
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster, and steadier on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture
 def paths(demo_root: Path) -> list[str]:
     return scan_task_a(demo_root, splits=("train",))["path"].tolist()[:12]
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_memory_and_disk_caches_agree_and_disk_is_reused(paths, tmp_path):

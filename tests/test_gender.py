@@ -19,13 +19,6 @@ REPORT_KEYS = {"accuracy", "balanced_accuracy", "f1_macro", "precision_female", 
                "balanced_accuracy_at_0.5", "recall_female_at_0.5", "train_seconds", "train_images_per_second"}
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_train_gender_end_to_end_on_demo(demo_root, tmp_path, one_thread):
     cfg = GenderConfig(data_root=str(demo_root), output_dir=str(tmp_path / "run"), image_size=64, epochs=2,

@@ -23,14 +23,6 @@ from facecom_utils.models import (
 from facecom_utils.training import TrainConfig, fit, save_checkpoint
 
 
-@pytest.fixture
-def one_thread():
-    """These CPUs are shared; one intra-op thread avoids oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
