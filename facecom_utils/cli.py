@@ -273,7 +273,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
     kw = dict(
         image_size=int(cfg.get("image_size", 112)), batch_size=args.batch_size, device=args.device,
         flip_tta=bool(cfg.get("flip_tta", True)), face_crop=float(cfg.get("face_crop", 1.0)),
-        source=str(payload.get("embedding_source", "neck")),
+        source=str(payload.get("embedding_source", "neck")), tta_crops=tuple(cfg.get("tta_crops") or ()),
     )
     gallery_emb = extract_embeddings(model, [str(p) for p in gallery], **kw)
     probe_emb = extract_embeddings(model, [str(p) for p in probes], **kw)

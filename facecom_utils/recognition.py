@@ -174,6 +174,14 @@ class RecognitionConfig:
         num_workers: DataLoader worker processes.
         amp: Mixed precision: ``"auto"`` (float16 on CUDA only), ``"bf16"``, ``"none"``.
         flip_tta: Average each embedding with that of the mirrored image.
+        tta_crops: Extra central-crop views (fractions of the image side, like ``face_crop``) for
+            the fold, threshold and reported embeddings: each view is embedded on its own and the
+            L2-normalised views are concatenated (scaled by ``1/sqrt(views)``), so the cosine of two
+            images is the mean of their per-view cosines. FACECOM's sunny glare washes out the face
+            centre: the full frame keeps the hair, clothes and background that still identify a
+            sunny probe, while a tighter crop spends the pixels on the face, which carries the
+            other types and the strict protocol. ``()``: the ``face_crop`` view only. The per-epoch
+            model choice uses the ``face_crop`` view alone (cheaper).
         patience: Early-stopping patience in epochs (None: never).
         max_train_minutes: Training time budget: no epoch starts that would end past it (None:
             no budget). A safety net: the cosine schedule is sized by ``epochs``, so size
@@ -223,6 +231,7 @@ class RecognitionConfig:
     num_workers: int = 0
     amp: str | bool = "auto"
     flip_tta: bool = True
+    tta_crops: tuple[float, ...] = ()
     patience: int | None = 3
     max_train_minutes: float | None = None
     resume: bool = True
@@ -240,6 +249,9 @@ class RecognitionConfig:
             raise ValueError(f"embedding_source must be one of {EMBEDDING_SOURCES}, got {self.embedding_source!r}")
         if not 0.0 < self.face_crop <= 1.0:
             raise ValueError(f"face_crop must be in (0, 1], got {self.face_crop}")
+        self.tta_crops = tuple(float(c) for c in (self.tta_crops or ()))
+        if any(not 0.0 < c <= 1.0 for c in self.tta_crops):
+            raise ValueError(f"tta_crops must be fractions in (0, 1], got {list(self.tta_crops)}")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -554,6 +566,7 @@ def extract_embeddings(
     num_workers: int = 0,
     progress: bool = False,
     return_speed: bool = False,
+    tta_crops: Sequence[float] = (),
 ) -> np.ndarray | tuple[np.ndarray, float]:
     """Embeds images in batches: float32 [N, D], every row L2-normalised.
 
@@ -569,16 +582,25 @@ def extract_embeddings(
         source: ``"neck"`` (the embedding) or ``"pooled"`` (the backbone's pooled features).
         num_workers: DataLoader workers.
         progress: Show a progress bar.
-        return_speed: Also return the throughput in images per second (loading included).
+        return_speed: Also return the throughput in images per second (loading included, all views).
+        tta_crops: Extra central-crop views, concatenated after the ``face_crop`` one (see
+            :class:`RecognitionConfig`): float32 [N, D * views], rows still unit-norm, and the cosine
+            of two rows is the mean of the per-view cosines.
 
     Returns:
         The embeddings, or ``(embeddings, images_per_second)``.
     """
     if source not in ("neck", "pooled"):
         raise ValueError(f"source must be 'neck' or 'pooled', got {source!r}")
-    out, speed = _extract(model, paths, image_size, batch_size, device, flip_tta, face_crop, source,
-                          num_workers, progress)
-    emb = out[source]
+    views = [float(face_crop), *(float(c) for c in tta_crops)]
+    parts, seconds = [], 0.0
+    for crop in views:
+        out, speed = _extract(model, paths, image_size, batch_size, device, flip_tta, crop, source,
+                              num_workers, progress)
+        parts.append(out[source])
+        seconds += len(paths) / max(speed, 1e-9)
+    emb = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1) / np.float32(math.sqrt(len(parts)))
+    speed = len(paths) / max(seconds, 1e-9)
     return (emb, speed) if return_speed else emb
 
 
@@ -976,21 +998,22 @@ def train_recognition(config: RecognitionConfig) -> RecognitionRun:
     # ---- threshold and metrics on the fold (best epoch), embeddings, the reported split
     source = str(result.best_metrics.get("embedding_source", "neck" if config.embedding_source == "auto"
                                          else config.embedding_source))
-    fold_emb, _ = extract_embeddings(model, fold_table["path"].tolist(), source=source, return_speed=True, **embed_kw)
+    final_kw = dict(embed_kw, tta_crops=config.tta_crops)  # the reported views (the epochs chose on face_crop)
+    fold_emb, _ = extract_embeddings(model, fold_table["path"].tolist(), source=source, return_speed=True, **final_kw)
     thresholds = choose_thresholds(fold_table, fold_emb, method=config.threshold_method, seed=config.seed)
     fold_metrics = protocol_metrics(fold_table, fold_emb, thresholds["threshold"], thresholds["strict_threshold"],
                                     seed=config.seed)
     save_embeddings(out_dir / "embeddings", "fold", fold_table, fold_emb)
     if report_table is not None:
         report_emb, speed = extract_embeddings(model, report_table["path"].tolist(), source=source,
-                                               return_speed=True, **embed_kw)
+                                               return_speed=True, **final_kw)
         save_embeddings(out_dir / "embeddings", "val", report_table, report_emb)
         metrics = protocol_metrics(report_table, report_emb, thresholds["threshold"], thresholds["strict_threshold"],
                                    seed=config.seed)
         metrics["reported_split"] = reported_split
     else:
         _, speed = extract_embeddings(model, fold_table["path"].tolist()[: 4 * config.batch_size], source=source,
-                                      return_speed=True, **embed_kw)
+                                      return_speed=True, **final_kw)
         metrics = dict(fold_metrics)
         metrics["reported_split"] = "fold"
     metrics.update(
@@ -1084,6 +1107,7 @@ def evaluate_recognition(
         model, table["path"].tolist(), image_size=int(cfg["image_size"]), batch_size=batch_size, device=device,
         flip_tta=bool(cfg["flip_tta"]) if flip_tta is None else flip_tta, face_crop=float(cfg.get("face_crop", 1.0)),
         source=str(payload.get("embedding_source", "neck")), return_speed=True,
+        tta_crops=tuple(cfg.get("tta_crops") or ()),
     )
     metrics = protocol_metrics(table, emb, float(payload["threshold"]),
                                float(payload.get("strict_threshold", payload["threshold"])),

@@ -152,6 +152,23 @@ def test_extract_embeddings_flip_tta_unit_norm_and_deterministic(
     assert speed > 0
 
 
+def test_tta_crops_concatenate_views_so_cosine_is_their_mean(
+    arcface_run: rec.RecognitionRun, demo_root: Path
+) -> None:
+    paths = scan_task_b(demo_root, splits=("val",))["path"].tolist()[:8]
+    kw = dict(image_size=32, batch_size=4, device="cpu", flip_tta=False)
+    full = extract_embeddings(arcface_run.model, paths, face_crop=1.0, **kw)
+    tight = extract_embeddings(arcface_run.model, paths, face_crop=0.7, **kw)
+    both, speed = extract_embeddings(arcface_run.model, paths, face_crop=1.0, tta_crops=(0.7,), return_speed=True,
+                                     **kw)
+    assert both.shape == (8, 64) and speed > 0
+    np.testing.assert_allclose(np.linalg.norm(both, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(both @ both.T, 0.5 * (full @ full.T + tight @ tight.T), atol=1e-5)
+    assert not np.allclose(full @ full.T, tight @ tight.T)  # the views differ
+    with pytest.raises(ValueError, match="tta_crops"):
+        RecognitionConfig(tta_crops=(1.2,))
+
+
 def test_resume_continues_an_interrupted_run(
     arcface_run: rec.RecognitionRun, demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -208,9 +225,11 @@ def test_holdout_is_reported_when_there_is_no_val_split(demo_root: Path, tmp_pat
     (root / "Task_B").mkdir(parents=True)
     (root / "Task_B" / "train").symlink_to(demo_root / "Task_B" / "train", target_is_directory=True)
     with pytest.warns(UserWarning, match="no Task_B/val"):
-        run = train_recognition(_config(root, tmp_path / "out", holdout_fraction=0.3, flip_tta=False))
+        run = train_recognition(_config(root, tmp_path / "out", holdout_fraction=0.3, flip_tta=False,
+                                        tta_crops=[0.8]))
     assert run.metrics["reported_split"].startswith("holdout")
-    held, _ = load_embeddings(run.output_dir, "val")
+    held, held_emb = load_embeddings(run.output_dir, "val")
+    assert held_emb.shape[1] == 2 * 32  # the face_crop view, then the 0.8 crop
     fold, _ = load_embeddings(run.output_dir, "fold")
     train_ids = set(run.identities)
     assert train_ids.isdisjoint(held["identity"]) and train_ids.isdisjoint(fold["identity"])
@@ -219,3 +238,4 @@ def test_holdout_is_reported_when_there_is_no_val_split(demo_root: Path, tmp_pat
     again = evaluate_recognition(run.checkpoint_path, root, split="holdout", batch_size=8, device="cpu")
     assert again["top1"] == pytest.approx(run.metrics["top1"])
     assert again["strict_top1"] == pytest.approx(run.metrics["strict_top1"], nan_ok=True)
+    assert again["roc_auc"] == pytest.approx(run.metrics["roc_auc"], nan_ok=True)  # the same two views
