@@ -553,8 +553,11 @@ class BatchAugment(nn.Module):
         grid = torch.stack((gx.unsqueeze(1).expand(b, size, size), gy.unsqueeze(2).expand(b, size, size)), dim=-1)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
-    def _colour_matrix(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _colour_matrix(self, x: torch.Tensor, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Per image, the colour jitter + greyscale as one affine map ``A @ rgb + t`` (``[B,3,3]``, ``[B,3,1]``).
+
+        ``x`` holds values in ``[0, 1 / scale]`` (``scale=1/255`` for raw uint8 levels); the map
+        works on ``scale * x``.
 
         Brightness, contrast, saturation, hue rotation (in YIQ space) and greyscale are each
         linear in RGB (contrast's pivot is the image's mean grey level), so their composition is
@@ -575,7 +578,7 @@ class BatchAugment(nn.Module):
         if self.brightness > 0:
             a = factor(self.brightness) * a
         if self.contrast > 0:
-            mean_gray = (x.mean((2, 3)).unsqueeze(1) @ gray.transpose(1, 2))  # [B, 1, 1], before jitter
+            mean_gray = (x.mean((2, 3)).unsqueeze(1) * scale @ gray.transpose(1, 2))  # [B, 1, 1], before jitter
             mean_gray = (gray @ a @ torch.ones(b, 3, 1, device=dev)) * mean_gray  # after brightness
             c = factor(self.contrast)
             a, t = c * a, c * t + (1 - c) * mean_gray
@@ -599,14 +602,27 @@ class BatchAugment(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+        scale = 1 / 255 if x.dtype == torch.uint8 else 1.0
         size = self.image_size or x.shape[-1]
         if self.train_mode:
-            a, t = self._colour_matrix(x)
+            # Crop/flip interpolate the raw levels (a linear map, so the /255 commutes); the /255,
+            # the colour map and the normalisation are then one per-image affine map, and the
+            # clamp to [0, 1] becomes a clamp to each channel's normalised bounds: one pass over
+            # the batch instead of four.
+            x = x.float()
+            a, t = self._colour_matrix(x, scale)
             x = self._crop_flip(x, size)
             b = x.shape[0]
-            x = torch.baddbmm(t, a, x.reshape(b, 3, -1)).clamp_(0, 1).view(b, 3, size, size)
-        elif x.shape[-1] != size:
+            inv_std = 1.0 / self.std.view(1, 3, 1)
+            a = a * (scale * inv_std)
+            t = (t - self.mean.view(1, 3, 1)) * inv_std
+            x = torch.baddbmm(t, a, x.reshape(b, 3, -1))
+            for c, (m, sd) in enumerate(zip(self.mean.flatten().tolist(), self.std.flatten().tolist())):
+                x[:, c].clamp_((0 - m) / sd, (1 - m) / sd)  # scalar bounds: ~10x faster than tensor ones
+            x = x.view(b, 3, size, size)
+            return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        x = x.float().div_(255) if scale != 1.0 else x.float()
+        if x.shape[-1] != size:
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         x = (x - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

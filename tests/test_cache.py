@@ -108,6 +108,25 @@ def test_batch_augment_shapes_determinism_and_identity():
     torch.testing.assert_close(gray[:, 0], gray[:, 1]) and torch.testing.assert_close(gray[:, 1], gray[:, 2])
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_batch_augment_fused_affine_equals_the_step_by_step_pipeline(dtype):
+    """scale, colour map, clamp to [0, 1], normalise, done as one fused map: the same numbers."""
+    aug = BatchAugment(20, crop_scale=(0.5, 1.0), brightness=0.4, contrast=0.4, saturation=0.4, hue=0.05,
+                       grayscale_p=0.3)
+    x = torch.randint(0, 256, (16, 3, 28, 28), dtype=torch.uint8)
+    x = x if dtype == torch.uint8 else x.float() / 255
+    torch.manual_seed(3)
+    fused = aug(x)
+    torch.manual_seed(3)
+    x01 = x.float() / 255 if dtype == torch.uint8 else x
+    a, t = aug._colour_matrix(x01)
+    y = aug._crop_flip(x01, 20)
+    steps = torch.baddbmm(t, a, y.reshape(16, 3, -1)).clamp(0, 1).view(16, 3, 20, 20)
+    steps = (steps - aug.mean) / aug.std
+    assert (steps.amin() < (0 - 0.485) / 0.229 + 1e-3) and (steps.amax() > (1 - 0.406) / 0.225 - 1e-3)  # clamps hit
+    torch.testing.assert_close(fused, steps, atol=2e-5, rtol=0)
+
+
 def test_resolve_cache_mode(tmp_path):
     assert resolve_cache_mode("off") == "off" and resolve_cache_mode(False) == "off"
     assert resolve_cache_mode("memory") == "memory"
