@@ -273,7 +273,8 @@ def bench_epoch_b(rows: pd.DataFrame, cfg: dict[str, Any], device: torch.device,
     n_samples = int(cfg.get("samples_per_epoch") or len(rows))
     if samples is not None:
         n_samples = min(n_samples, samples)
-    weights = identity_sample_weights(rows, int(cfg.get("clean_cap", 8)), cfg.get("clean_fraction"))
+    weights = identity_sample_weights(rows, int(cfg.get("clean_cap", 8)), cfg.get("clean_fraction"),
+                                      cfg.get("distortion_weights"))
     smooth = float(cfg.get("label_smoothing", 0.1))
 
     def loader_for(dataset: Any) -> Any:

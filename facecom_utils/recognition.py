@@ -74,7 +74,7 @@ from torchvision import transforms as T
 from tqdm.auto import tqdm
 
 from .cache import CACHE_MODES, BatchAugment, apply_speedups, cached_dataset, resolve_cache_mode
-from .data import load_image, scan_task_b
+from .data import DISTORTION_TYPES, load_image, scan_task_b
 from .datasets import IMAGENET_MEAN, IMAGENET_STD, DistributedWeightedSampler, TorchSeededDistortion, make_loader
 from .demo import resolve_data_root
 from .heads import build_head
@@ -159,6 +159,8 @@ class RecognitionConfig:
             None = no sampler (uniform over images).
         clean_fraction: Share of each identity's draws that go to its clean images (which get
             the on-the-fly distortions); None: in proportion to the image counts (1 in 8 on FACECOM).
+        distortion_weights: Relative sampling weight of each distortion type among an identity's
+            distorted images (see :func:`identity_sample_weights`); None: all types alike.
         samples_per_epoch: Draws per epoch; None: the number of training images.
         max_identities: Keep only this many training identities (seeded, stratified); None: all.
         val_fraction: Share of training identities held out as the validation fold.
@@ -220,6 +222,7 @@ class RecognitionConfig:
     color_jitter: float = 0.3
     clean_cap: int | None = 8
     clean_fraction: float | None = 0.35
+    distortion_weights: dict[str, float] | None = None
     samples_per_epoch: int | None = None
     max_identities: int | None = None
     val_fraction: float = 0.15
@@ -389,7 +392,12 @@ def _subsample_identities(table: pd.DataFrame, max_identities: int | None, seed:
     return table[table["identity"].isin(set(keep))].reset_index(drop=True)
 
 
-def identity_sample_weights(table: pd.DataFrame, clean_cap: int, clean_fraction: float | None = None) -> np.ndarray:
+def identity_sample_weights(
+    table: pd.DataFrame,
+    clean_cap: int,
+    clean_fraction: float | None = None,
+    distortion_weights: Mapping[str, float] | None = None,
+) -> np.ndarray:
     """Per-image sampling weights: identity weight ``min(max(n_clean, 1), clean_cap)``, split over its images.
 
     Args:
@@ -397,22 +405,33 @@ def identity_sample_weights(table: pd.DataFrame, clean_cap: int, clean_fraction:
         clean_cap: Cap of the identity weight (1 gives class-balanced sampling).
         clean_fraction: Share of an identity's weight given to its clean images (the rest to its
             distorted ones), when it has both; None: every image of the identity weighs the same.
+        distortion_weights: Relative weight of each distortion type within an identity's share
+            (types not named, and clean images, weigh 1), e.g. ``{"sunny": 2}`` draws an
+            identity's sunny images twice as often as each other type. An identity's total weight
+            is unchanged.
 
     Returns:
         float64 [N] weights; each identity's weights sum to its identity weight.
     """
+    extra = dict(distortion_weights or {})
+    unknown = sorted(set(extra) - set(DISTORTION_TYPES))
+    if unknown or any(float(v) <= 0 for v in extra.values()):
+        raise ValueError(f"distortion_weights must map distortion types {DISTORTION_TYPES} to positive weights, "
+                         f"got {extra}")
     counts = _clean_counts(table)
     identity_weight = table["identity"].map(counts.clip(lower=1, upper=max(1, int(clean_cap))).astype(float))
     is_clean = table["distortion"].isna()
-    n_images = table.groupby("identity")["path"].transform("size")
+    raw = table["distortion"].map(lambda d: 1.0 if pd.isna(d) else float(extra.get(d, 1.0))).astype(float)
+    by_identity = table["identity"]
     if clean_fraction is None:
-        return np.array(identity_weight / n_images, dtype=np.float64)
-    n_clean = is_clean.groupby(table["identity"]).transform("sum")
-    n_distorted = n_images - n_clean
+        return np.array(identity_weight * raw / raw.groupby(by_identity).transform("sum"), dtype=np.float64)
+    n_clean = is_clean.groupby(by_identity).transform("sum")
+    n_distorted = table.groupby("identity")["path"].transform("size") - n_clean
     both = (n_clean > 0) & (n_distorted > 0)
     share = np.where(is_clean, float(clean_fraction), 1.0 - float(clean_fraction))
-    per_kind = np.where(is_clean, n_clean, n_distorted)
-    weights = np.where(both, identity_weight * share / per_kind.clip(min=1), identity_weight / n_images)
+    per_kind = raw.groupby([by_identity, is_clean]).transform("sum")  # within the identity's clean / distorted
+    weights = np.where(both, identity_weight * share * raw / per_kind,
+                       identity_weight * raw / raw.groupby(by_identity).transform("sum"))
     return np.asarray(weights, dtype=np.float64)
 
 
@@ -952,7 +971,8 @@ def train_recognition(config: RecognitionConfig) -> RecognitionRun:
         )
     sampler = None
     if config.clean_cap is not None:
-        weights = identity_sample_weights(train_rows, config.clean_cap, config.clean_fraction)
+        weights = identity_sample_weights(train_rows, config.clean_cap, config.clean_fraction,
+                                          config.distortion_weights)
         sampler = DistributedWeightedSampler(weights, num_samples=config.samples_per_epoch or len(dataset),
                                              seed=config.seed)
     elif distributed_info()[1] > 1:  # plain shuffling, sharded across torchrun processes

@@ -83,6 +83,24 @@ def test_identity_sample_weights() -> None:
     assert w[:2].sum() == pytest.approx(1.0) and w[2:].sum() == pytest.approx(3.0)
     w = identity_sample_weights(table, clean_cap=3, clean_fraction=0.25)
     assert w[2:6].sum() == pytest.approx(0.75) and w[6:].sum() == pytest.approx(2.25)
+    np.testing.assert_allclose(w[2:6], 0.75 / 4) and np.testing.assert_allclose(w[6:], 2.25 / 4)
+
+
+def test_identity_sample_weights_per_distortion_type() -> None:
+    table = pd.DataFrame({
+        "identity": ["a"] * 4 + ["b"] * 3,
+        "distortion": [None, "sunny", "noisy", "blurred", None, "sunny", "foggy"],
+        "path": [str(i) for i in range(7)],
+    })
+    w = identity_sample_weights(table, clean_cap=8, clean_fraction=0.4, distortion_weights={"sunny": 2.0})
+    # a: clean 0.4; distorted 0.6 split 2:1:1 -> 0.3, 0.15, 0.15.  b: clean 0.4; 0.6 split 2:1 -> 0.4, 0.2
+    np.testing.assert_allclose(w, [0.4, 0.3, 0.15, 0.15, 0.4, 0.4, 0.2])
+    w = identity_sample_weights(table, clean_cap=8, distortion_weights={"sunny": 3.0})
+    np.testing.assert_allclose(w, [1 / 6, 3 / 6, 1 / 6, 1 / 6, 1 / 5, 3 / 5, 1 / 5])
+    plain = identity_sample_weights(table, clean_cap=8, clean_fraction=0.4)
+    np.testing.assert_allclose(plain, identity_sample_weights(table, 8, 0.4, {}))
+    with pytest.raises(ValueError, match="distortion_weights"):
+        identity_sample_weights(table, 8, 0.4, {"snowy": 2.0})
 
 
 def test_train_recognition_arcface_writes_checkpoint_embeddings_metrics(arcface_run: rec.RecognitionRun) -> None:
