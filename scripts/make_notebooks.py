@@ -421,6 +421,11 @@ clean image of the evaluated identities and the **probes** are every distorted i
 
 The oracle threshold (tuned on the reported split) is shown for reference only, labelled as such.
 Everything lands in `<output_dir>/metrics.json`; embeddings are saved for notebook 04.
+
+**Embeddings.** Each image is embedded at the training crop (`face_crop`), averaged with its mirror
+(`flip_tta`); with `tta_crops` it is also embedded at those central crops and the views are concatenated,
+so a cosine is the mean of the per-view cosines (the fold, the threshold and the report all use the same
+views; the per-epoch model choice uses the training crop alone).
 """),
         config_parameters(RecognitionConfig, [
             "data_root = None  # folder holding Task_B/; None: FACECOM in the repository, else the synthetic demo",
@@ -443,6 +448,8 @@ Everything lands in `<output_dir>/metrics.json`; embeddings are saved for notebo
             "max_identities": (20, "keep this many training identities (seeded) for quick runs; None: all"),
             "samples_per_epoch": (256, "images drawn per epoch; None: the number of training images"),
             "flip_tta": (False, "average each embedding with that of the mirrored image (FACECOM presets: True)"),
+            "tta_crops": ((), "extra central-crop views concatenated into the embeddings, e.g. [0.85]"),
+            "distortion_weights": (None, "sampling weight per distortion type, e.g. {'sunny': 2.0}; None: alike"),
             "resume": (False, "continue from <output_dir>/checkpoints/last.pt"),
             "progress": (False, "tqdm progress bars"),
         }),
