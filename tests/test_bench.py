@@ -31,6 +31,6 @@ def test_bench_on_demo_writes_and_prints_the_json(demo_root: Path, tmp_path: Pat
     assert json.loads(capsys.readouterr().out) == result
     for key in REQUIRED:
         assert isinstance(result[key], (int, float)) and math.isfinite(result[key]) and result[key] > 0, key
-    assert result["torch_version"] and result["device"] == "cpu"
+    assert result["torch_version"] and result["device"] == "cpu" and result["data_passes"] == 2
     assert result["scoring_probes"] == 3000 and result["scoring_gallery"] == 500
     assert result["scoring_loop_extrapolated"] is True and result["scoring_max_abs_difference"] < 1e-5
