@@ -337,7 +337,8 @@ def bench_embed(rows: pd.DataFrame, cfg: dict[str, Any], device: torch.device, c
         torch.cuda.synchronize(device)
     cached_ips = len(paths) / (time.perf_counter() - t0)
     return {"embed_images": len(paths), "embed_images_per_second": ips, "embed_cached_images_per_second": cached_ips,
-            "embed_cache_build_seconds": s_build, "embed_flip_tta": tta}
+            "embed_cache_build_seconds": s_build, "embed_flip_tta": tta,
+            "embed_views_timed": 1, "embed_views_in_preset": 1 + len(cfg.get("tta_crops") or ())}
 
 
 # ----------------------------------------------------------------------------- (d) scoring

@@ -602,6 +602,14 @@ class BatchAugment(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Training calls this inside the model's autocast: keep the augmentation in float32 (and
+        # its output float32, as documented) rather than in the autocast dtype.
+        if x.device.type in ("cpu", "cuda"):
+            with torch.autocast(x.device.type, enabled=False):
+                return self._forward(x)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = 1 / 255 if x.dtype == torch.uint8 else 1.0
         size = self.image_size or x.shape[-1]
         if self.train_mode:

@@ -98,7 +98,7 @@ def build_config(command: str, presets: Sequence[str | Path], params: Sequence[S
         merged = load_presets(presets) if presets else {}
     except Exception as err:  # RunError: the message names the file
         raise LaunchError(str(err)) from None
-    values = {k: v for k, v in merged.items() if not isinstance(v, dict) and k in fields}
+    values = {k: v for k, v in merged.items() if k in fields}  # (notebook sections are not fields)
     own = merged.get(section) or {}
     bad = sorted(set(own) - fields)
     if bad:

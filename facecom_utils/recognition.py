@@ -18,6 +18,8 @@ The recipe (:func:`train_recognition`) and why:
   often, while the cap stops a 236-photo identity from dominating and the one-photo identities
   still get a few draws per epoch each (they teach distortion invariance and serve as negatives).
   Drawing clean photos more often than their 1-in-8 share feeds the on-the-fly distortions.
+  ``distortion_weights`` draws the hard types more often among the distorted copies (the CPU
+  preset draws sunny, whose glare wipes out the face, twice as often as each other type).
 * **Augmentation** (:func:`build_recognition_transforms`): an optional central face crop, a
   random resized crop, flip, colour jitter, random greyscale, and FACECOM distortions drawn on
   the fly (``distortion_augment``) for the clean images -- new distorted views of every photo,
@@ -34,6 +36,9 @@ The recipe (:func:`train_recognition`) and why:
   per-identity average stops one many-photo identity from deciding it; the mean of the two keeps a
   model from trading one protocol for the other. With ``embedding_source="auto"`` both the neck embedding and the backbone's
   pooled features are scored every epoch and the better one is kept.
+* **Embeddings** for the threshold and the report: the ``face_crop`` view averaged with its
+  mirror (``flip_tta``), concatenated with the ``tta_crops`` views if any (cosine = the mean of
+  the per-view cosines); the per-epoch model choice uses the ``face_crop`` view alone.
 * **Threshold** of the match decision: chosen on the fold by k-fold cross-validation
   (main and strict separately), stored in the checkpoint and applied unchanged to the
   reported split: ``<data_root>/Task_B/val``, or, when there is none, an identity-disjoint
@@ -160,7 +165,8 @@ class RecognitionConfig:
         clean_fraction: Share of each identity's draws that go to its clean images (which get
             the on-the-fly distortions); None: in proportion to the image counts (1 in 8 on FACECOM).
         distortion_weights: Relative sampling weight of each distortion type among an identity's
-            distorted images (see :func:`identity_sample_weights`); None: all types alike.
+            distorted images (see :func:`identity_sample_weights`), e.g. ``{"sunny": 2.0}``; None:
+            all types alike. Needs the identity sampler (``clean_cap`` not None).
         samples_per_epoch: Draws per epoch; None: the number of training images.
         max_identities: Keep only this many training identities (seeded, stratified); None: all.
         val_fraction: Share of training identities held out as the validation fold.
@@ -252,9 +258,23 @@ class RecognitionConfig:
             raise ValueError(f"embedding_source must be one of {EMBEDDING_SOURCES}, got {self.embedding_source!r}")
         if not 0.0 < self.face_crop <= 1.0:
             raise ValueError(f"face_crop must be in (0, 1], got {self.face_crop}")
-        self.tta_crops = tuple(float(c) for c in (self.tta_crops or ()))
+        crops = self.tta_crops if isinstance(self.tta_crops, (list, tuple)) else (self.tta_crops or ())
+        crops = crops if isinstance(crops, (list, tuple)) else (crops,)  # a single number is one view
+        try:
+            self.tta_crops = tuple(float(c) for c in crops)
+        except (TypeError, ValueError):
+            raise ValueError(f"tta_crops must be a list of fractions in (0, 1], got {self.tta_crops!r}") from None
         if any(not 0.0 < c <= 1.0 for c in self.tta_crops):
             raise ValueError(f"tta_crops must be fractions in (0, 1], got {list(self.tta_crops)}")
+        if self.distortion_weights is not None:
+            weights = self.distortion_weights
+            if not isinstance(weights, Mapping) or set(weights) - set(DISTORTION_TYPES) or any(
+                    not isinstance(v, (int, float)) or v <= 0 for v in weights.values()):
+                raise ValueError(f"distortion_weights must map distortion types {DISTORTION_TYPES} to positive "
+                                 f"numbers, got {weights!r}")
+            self.distortion_weights = {str(k): float(v) for k, v in weights.items()}
+            if self.clean_cap is None and self.distortion_weights:
+                raise ValueError("distortion_weights needs the identity sampler; set clean_cap (e.g. 8)")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -404,7 +424,8 @@ def identity_sample_weights(
         table: The training rows (one per image) with ``identity`` and ``distortion``.
         clean_cap: Cap of the identity weight (1 gives class-balanced sampling).
         clean_fraction: Share of an identity's weight given to its clean images (the rest to its
-            distorted ones), when it has both; None: every image of the identity weighs the same.
+            distorted ones), when it has both; None: the identity's weight is split over all its
+            images in proportion to their ``distortion_weights`` (equally without them).
         distortion_weights: Relative weight of each distortion type within an identity's share
             (types not named, and clean images, weigh 1), e.g. ``{"sunny": 2}`` draws an
             identity's sunny images twice as often as each other type. An identity's total weight

@@ -232,7 +232,8 @@ def _environment(updates: Mapping[str, str]) -> Iterator[None]:
 def parse_value(text: str) -> Any:
     """Type a ``-p name value`` string the way papermill's CLI does.
 
-    ``"True"``/``"False"`` -> bool, ``"None"`` -> None, an int or float literal -> number, else the string.
+    ``"True"``/``"False"`` -> bool, ``"None"`` -> None, an int or float literal -> number, a YAML
+    flow list or mapping (``"[0.85]"``, ``"{sunny: 2.0}"``) -> list or dict, else the string.
     """
     if text == "True":
         return True
@@ -245,6 +246,15 @@ def parse_value(text: str) -> Any:
             return cast(text)
         except ValueError:
             pass
+    if text.strip()[:1] in ("[", "{"):
+        import yaml
+
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text
+        if isinstance(value, (list, dict)):
+            return value
     return text
 
 

@@ -378,7 +378,10 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abs
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
-_NOT_SETTINGS = frozenset({"resume", "progress", "device", "num_workers", "output_dir", "eval_batch_size"})
+# Where/how a run executes, and evaluation-only settings (``tta_crops``: the views of the final
+# embeddings) -- changing them must not discard a resumable run.
+_NOT_SETTINGS = frozenset({"resume", "progress", "device", "num_workers", "output_dir", "eval_batch_size",
+                           "tta_crops"})
 
 
 def _run_settings(payload: Mapping[str, Any]) -> Any:

@@ -105,7 +105,8 @@ def test_batch_augment_shapes_determinism_and_identity():
     torch.testing.assert_close(flipped(x), torch.flip(plain(x), dims=[3]), atol=1e-4, rtol=0)
     gray = BatchAugment(crop_scale=(1, 1), ratio=(1, 1), flip_p=0, brightness=0, contrast=0, saturation=0, hue=0,
                         grayscale_p=1, mean=(0, 0, 0), std=(1, 1, 1))(x)
-    torch.testing.assert_close(gray[:, 0], gray[:, 1]) and torch.testing.assert_close(gray[:, 1], gray[:, 2])
+    torch.testing.assert_close(gray[:, 0], gray[:, 1])
+    torch.testing.assert_close(gray[:, 1], gray[:, 2])
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
@@ -125,6 +126,11 @@ def test_batch_augment_fused_affine_equals_the_step_by_step_pipeline(dtype):
     steps = (steps - aug.mean) / aug.std
     assert (steps.amin() < (0 - 0.485) / 0.229 + 1e-3) and (steps.amax() > (1 - 0.406) / 0.225 - 1e-3)  # clamps hit
     torch.testing.assert_close(fused, steps, atol=2e-5, rtol=0)
+    torch.manual_seed(3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # training calls it inside the model's autocast
+        under_amp = aug(x)
+    assert under_amp.dtype == torch.float32
+    torch.testing.assert_close(under_amp, fused, atol=0, rtol=0)
 
 
 def test_resolve_cache_mode(tmp_path):

@@ -22,6 +22,12 @@ def test_build_config_merges_flat_keys_section_and_params(tmp_path: Path) -> Non
     assert gender.output_dir == str(tmp_path / "out")
     recognition = build_config("train-recognition", [preset], [("cache", "memory")])
     assert recognition.image_size == 40 and recognition.crop_scale == (0.5, 1.0) and recognition.cache == "memory"
+    # a dict-valued top-level key is a parameter too; lists and mappings can be given with -p
+    preset.write_text(yaml.safe_dump({"distortion_weights": {"sunny": 3.0}}))
+    recognition = build_config("train-recognition", [preset], [("tta_crops", "[0.85]")])
+    assert recognition.distortion_weights == {"sunny": 3.0} and recognition.tta_crops == (0.85,)
+    recognition = build_config("train-recognition", [], [("distortion_weights", "{noisy: 2}")])
+    assert recognition.distortion_weights == {"noisy": 2.0}
 
 
 def test_the_repository_presets_build(tmp_path: Path) -> None:
@@ -36,6 +42,8 @@ def test_bad_parameters_are_one_line_errors(tmp_path: Path, capsys: pytest.Captu
         build_config("train-gender", [], [("no_such_thing", "1")])
     with pytest.raises(LaunchError, match="cache must be one of"):
         build_config("train-gender", [], [("cache", "sometimes")])
+    with pytest.raises(LaunchError, match="distortion_weights must map"):
+        build_config("train-recognition", [], [("distortion_weights", "{snowy: 2}")])
     bad = tmp_path / "bad.yml"
     bad.write_text(yaml.safe_dump({"03": {"wings": 2}}))
     assert cli.main(["train-recognition", "-f", str(bad)]) == 2

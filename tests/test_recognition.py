@@ -83,7 +83,8 @@ def test_identity_sample_weights() -> None:
     assert w[:2].sum() == pytest.approx(1.0) and w[2:].sum() == pytest.approx(3.0)
     w = identity_sample_weights(table, clean_cap=3, clean_fraction=0.25)
     assert w[2:6].sum() == pytest.approx(0.75) and w[6:].sum() == pytest.approx(2.25)
-    np.testing.assert_allclose(w[2:6], 0.75 / 4) and np.testing.assert_allclose(w[6:], 2.25 / 4)
+    np.testing.assert_allclose(w[2:6], 0.75 / 4)
+    np.testing.assert_allclose(w[6:], 2.25 / 4)
 
 
 def test_identity_sample_weights_per_distortion_type() -> None:
@@ -185,6 +186,14 @@ def test_tta_crops_concatenate_views_so_cosine_is_their_mean(
     assert not np.allclose(full @ full.T, tight @ tight.T)  # the views differ
     with pytest.raises(ValueError, match="tta_crops"):
         RecognitionConfig(tta_crops=(1.2,))
+    assert RecognitionConfig(tta_crops=0.85).tta_crops == (0.85,)  # `-p tta_crops 0.85`
+    assert RecognitionConfig(tta_crops=[0.85, 0.7]).tta_crops == (0.85, 0.7)
+    assert RecognitionConfig(distortion_weights={"sunny": 2}).distortion_weights == {"sunny": 2.0}
+    for bad in ({"snowy": 2.0}, {"sunny": 0}, [2.0], "sunny"):
+        with pytest.raises(ValueError, match="distortion_weights"):
+            RecognitionConfig(distortion_weights=bad)
+    with pytest.raises(ValueError, match="clean_cap"):
+        RecognitionConfig(distortion_weights={"sunny": 2.0}, clean_cap=None)
 
 
 def test_resume_continues_an_interrupted_run(

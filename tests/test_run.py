@@ -51,6 +51,8 @@ def notebook_dir(tmp_path: Path) -> Path:
 def test_parse_value_types_like_papermill() -> None:
     assert run.parse_value("True") is True and run.parse_value("False") is False and run.parse_value("None") is None
     assert run.parse_value("3") == 3 and isinstance(run.parse_value("3"), int)
+    assert run.parse_value("[0.85]") == [0.85] and run.parse_value("{sunny: 2.0}") == {"sunny": 2.0}
+    assert run.parse_value("[not closed") == "[not closed"
     assert run.parse_value("1e-3") == 0.001 and run.parse_value("0.5") == 0.5
     assert run.parse_value("efficientnet-b0") == "efficientnet-b0" and run.parse_value("true") == "true"
 
