@@ -53,7 +53,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 from tqdm.auto import tqdm
 
-from .data import DISTORTION_TYPES, load_image
+from .data import DISTORTION_TYPES, central_crop, load_image
 from .datasets import IMAGENET_MEAN, IMAGENET_STD, TorchSeededDistortion
 
 __all__ = [
@@ -91,12 +91,7 @@ def prepare_image(path: str | Path, image_size: int, face_crop: float = 1.0, res
         resize: ``"shorter"``: resize the shorter side to S, then centre-crop S x S (Task A's
             evaluation transform); ``"square"``: resize to S x S (Task B's).
     """
-    image = load_image(path)
-    if face_crop < 1.0:
-        w, h = image.size
-        cw, ch = max(1, round(w * face_crop)), max(1, round(h * face_crop))
-        left, top = (w - cw) // 2, (h - ch) // 2
-        image = image.crop((left, top, left + cw, top + ch))
+    image = central_crop(load_image(path), face_crop)
     if resize == "shorter":
         image = TF.center_crop(TF.resize(image, image_size, antialias=True), image_size)
     elif resize == "square":

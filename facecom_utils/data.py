@@ -55,6 +55,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "DISTORTION_TYPES",
+    "central_crop",
     "IMAGE_EXTENSIONS",
     "SPLITS",
     "TASK_A_CLASSES",
@@ -358,6 +359,20 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         arr = np.clip(np.rint(np.nan_to_num(arr) * scale), 0, 255).astype(np.uint8)
         return Image.fromarray(arr, mode="L").convert("RGB")
     return img.convert("RGB")  # L, 1, CMYK, YCbCr, ...
+
+
+def central_crop(image: Image.Image, fraction: float) -> Image.Image:
+    """The central ``fraction`` of each side of ``image`` (the image itself at 1.0 or more).
+
+    Task B's ``face_crop``: one definition for the evaluation transform and the decoded-image
+    cache, which must agree to the pixel.
+    """
+    if fraction >= 1.0:
+        return image
+    w, h = image.size
+    cw, ch = max(1, round(w * fraction)), max(1, round(h * fraction))
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return image.crop((left, top, left + cw, top + ch))
 
 
 def load_image(path: str | Path, size: int | None = None) -> Image.Image:

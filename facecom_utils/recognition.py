@@ -79,7 +79,7 @@ from torchvision import transforms as T
 from tqdm.auto import tqdm
 
 from .cache import CACHE_MODES, BatchAugment, apply_speedups, cached_dataset, resolve_cache_mode
-from .data import DISTORTION_TYPES, load_image, scan_task_b
+from .data import DISTORTION_TYPES, central_crop, load_image, scan_task_b
 from .datasets import IMAGENET_MEAN, IMAGENET_STD, DistributedWeightedSampler, TorchSeededDistortion, make_loader
 from .demo import resolve_data_root
 from .heads import build_head
@@ -463,12 +463,7 @@ class _CentralCrop:
         self.fraction = float(fraction)
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        if self.fraction >= 1.0:
-            return image
-        w, h = image.size
-        cw, ch = max(1, round(w * self.fraction)), max(1, round(h * self.fraction))
-        left, top = (w - cw) // 2, (h - ch) // 2
-        return image.crop((left, top, left + cw, top + ch))
+        return central_crop(image, self.fraction)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.fraction})"

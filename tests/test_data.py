@@ -14,6 +14,7 @@ from PIL import Image
 
 from conftest import FACECOM_ROOT, requires_facecom
 from facecom_utils.data import (
+    central_crop,
     DISTORTION_TYPES,
     TASK_A_LAYOUT,
     TASK_B_LAYOUT,
@@ -640,3 +641,12 @@ def test_real_split_by_identity(tmp_path: Path) -> None:
     b = scan_task_b(dst, splits=("val",))
     per_id = b[b["distortion"].isna()].groupby("identity").size()
     assert (per_id >= 2).sum() >= 0.15 * 235  # identities with >= 2 clean images held out in proportion
+
+
+def test_central_crop_keeps_the_centre() -> None:
+    image = Image.fromarray(np.arange(10 * 8 * 3, dtype=np.uint8).reshape(8, 10, 3))  # 10 wide, 8 high
+    out = central_crop(image, 0.5)
+    assert out.size == (5, 4)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(image)[2:6, 2:7])
+    assert central_crop(image, 1.0) is image
+    assert central_crop(image, 0.01).size == (1, 1)
