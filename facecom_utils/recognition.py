@@ -98,6 +98,8 @@ from .verification import choose_match_threshold, evaluate_protocol, score_table
 
 __all__ = [
     "EMBEDDING_SOURCES",
+    "FOLD_ROLE",
+    "REPORT_ROLE",
     "METRIC_KEYS",
     "RecognitionConfig",
     "RecognitionModel",
@@ -121,6 +123,12 @@ __all__ = [
 ]
 
 EMBEDDING_SOURCES = ("neck", "pooled", "auto")
+# A run's saved embeddings are keyed by their *role*, never by the text that labels the reported split
+# (``metrics["reported_split"]``: "val" or "holdout (0.2 of Task_B/train identities)"): the validation
+# fold that chose the checkpoint and the threshold, and the reported split.
+FOLD_ROLE = "fold"
+REPORT_ROLE = "report"
+
 # The metrics.json keys the issue asks for (each also exists prefixed "strict_").
 METRIC_KEYS = (
     "top1", "top5", "roc_auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "tar_at_far_1e-4",
@@ -172,7 +180,7 @@ class RecognitionConfig:
         val_fraction: Share of training identities held out as the validation fold.
         holdout_fraction: When ``data_root`` has no ``Task_B/val`` (e.g. ``../shared/facecom``),
             this share of the training identities is held out first and reported instead (saved
-            as the ``val`` embeddings); 0: report on the fold (optimistic, with a warning).
+            as the ``report`` embeddings); 0: report on the fold (optimistic, with a warning).
         embedding_source: ``"neck"`` (the L2-normalised embedding), ``"pooled"`` (the backbone's
             pooled features, normalised) or ``"auto"`` (chosen on the fold).
         threshold_method: ``"kfold"``, ``"accuracy"`` or ``"far"`` (see
@@ -695,7 +703,7 @@ def save_embeddings(out_dir: str | Path, name: str, table: pd.DataFrame, emb: np
 
     Args:
         out_dir: Folder (created).
-        name: File stem, e.g. ``"val"``.
+        name: File stem: the embeddings' role, :data:`FOLD_ROLE` or :data:`REPORT_ROLE`.
         table: One row per embedding (``path``, ``identity``, ``distortion``, ``source``, ...).
         emb: [N, D] embeddings.
 
@@ -713,13 +721,19 @@ def save_embeddings(out_dir: str | Path, name: str, table: pd.DataFrame, emb: np
     return npz, csv
 
 
+def _has_embeddings(folder: Path, name: str) -> bool:
+    return (folder / "embeddings" / f"{name}.npz").is_file() or (folder / f"{name}.npz").is_file()
+
+
 def load_embeddings(run_dir: str | Path, name: str) -> tuple[pd.DataFrame, np.ndarray]:
     """Reads what :func:`save_embeddings` wrote.
 
     Args:
         run_dir: A training run's ``output_dir`` (its ``embeddings/`` folder is used) or the
             embeddings folder itself.
-        name: ``"fold"``, ``"val"``, ...
+        name: The role, :data:`FOLD_ROLE` or :data:`REPORT_ROLE` (a run's ``metrics["reported_role"]``).
+            Runs written before the roles were named saved the reported split as ``"val"``; asking
+            for ``"report"`` finds those too.
 
     Returns:
         ``(table, embeddings)``; ``distortion``/``source`` hold None (not NaN) for clean images.
@@ -728,6 +742,8 @@ def load_embeddings(run_dir: str | Path, name: str) -> tuple[pd.DataFrame, np.nd
         FileNotFoundError: Names the files expected.
     """
     folder = Path(run_dir)
+    if name == REPORT_ROLE and not _has_embeddings(folder, name) and _has_embeddings(folder, "val"):
+        name = "val"
     if (folder / "embeddings" / f"{name}.npz").is_file():
         folder = folder / "embeddings"
     npz, csv = folder / f"{name}.npz", folder / f"{name}.csv"
@@ -1039,19 +1055,21 @@ def train_recognition(config: RecognitionConfig) -> RecognitionRun:
     thresholds = choose_thresholds(fold_table, fold_emb, method=config.threshold_method, seed=config.seed)
     fold_metrics = protocol_metrics(fold_table, fold_emb, thresholds["threshold"], thresholds["strict_threshold"],
                                     seed=config.seed)
-    save_embeddings(out_dir / "embeddings", "fold", fold_table, fold_emb)
+    save_embeddings(out_dir / "embeddings", FOLD_ROLE, fold_table, fold_emb)
     if report_table is not None:
         report_emb, speed = extract_embeddings(model, report_table["path"].tolist(), source=source,
                                                return_speed=True, **final_kw)
-        save_embeddings(out_dir / "embeddings", "val", report_table, report_emb)
+        save_embeddings(out_dir / "embeddings", REPORT_ROLE, report_table, report_emb)
         metrics = protocol_metrics(report_table, report_emb, thresholds["threshold"], thresholds["strict_threshold"],
                                    seed=config.seed)
         metrics["reported_split"] = reported_split
+        metrics["reported_role"] = REPORT_ROLE
     else:
         _, speed = extract_embeddings(model, fold_table["path"].tolist()[: 4 * config.batch_size], source=source,
                                       return_speed=True, **final_kw)
         metrics = dict(fold_metrics)
         metrics["reported_split"] = "fold"
+        metrics["reported_role"] = FOLD_ROLE
     metrics.update(
         train_seconds=result.train_seconds,
         train_images_per_second=result.images_per_second,

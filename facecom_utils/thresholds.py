@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from facecom_utils.notebook import message_figure
+from facecom_utils.plots import message_figure
 
 __all__ = [
     "ThresholdConfig",
@@ -82,7 +82,7 @@ def load_recognition_run(run_dir: str | Path) -> RecognitionRunFiles:
     Raises:
         FileNotFoundError: naming the folder and what it should hold (run notebook 03 first).
     """
-    from facecom_utils.recognition import load_embeddings
+    from facecom_utils.recognition import FOLD_ROLE, REPORT_ROLE, load_embeddings
 
     folder = Path(run_dir).expanduser().resolve()
     metrics_path = folder / "metrics.json"
@@ -92,15 +92,18 @@ def load_recognition_run(run_dir: str | Path) -> RecognitionRunFiles:
             "(metrics.json + embeddings/fold.npz); run 03_arcface_recognition first"
         )
     metrics = json.loads(metrics_path.read_text())
-    fold = load_embeddings(folder, "fold")
-    has_val = (folder / "embeddings" / "val.npz").is_file()
-    report = load_embeddings(folder, "val") if has_val else fold
+    fold = load_embeddings(folder, FOLD_ROLE)
+    role = metrics.get("reported_role") or REPORT_ROLE  # runs before the roles were named: "val"/"fold" files
+    try:
+        report = load_embeddings(folder, role) if role != FOLD_ROLE else fold
+    except FileNotFoundError:
+        role, report = FOLD_ROLE, fold
     threshold = float(metrics["threshold"])
     strict = metrics.get("strict_threshold")
     return RecognitionRunFiles(
         run_dir=folder,
         metrics=metrics,
-        reported_split="val" if has_val else "fold",
+        reported_split=str(metrics.get("reported_split") or ("val" if role != FOLD_ROLE else "fold")),
         report=report,
         fold=fold,
         threshold=threshold,

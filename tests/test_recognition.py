@@ -30,6 +30,7 @@ from facecom_utils.recognition import (
     split_identities,
     train_recognition,
 )
+from facecom_utils.thresholds import load_recognition_run
 
 TINY = dict(image_size=32, batch_size=8, samples_per_epoch=32, val_fraction=0.2, device="cpu",
             progress=False, patience=None, embedding_dim=32)
@@ -116,13 +117,14 @@ def test_train_recognition_arcface_writes_checkpoint_embeddings_metrics(arcface_
     assert saved["top1"] == pytest.approx(run.metrics["top1"]) and saved["params"]["head"] == "arcface"
     assert set(run.identities).isdisjoint(run.fold_identities)
 
-    for name in ("fold", "val"):
+    assert run.metrics["reported_split"] == "val" and run.metrics["reported_role"] == "report"
+    for name in ("fold", "report"):
         table, emb = load_embeddings(out, name)
         assert len(table) == len(emb) and emb.dtype == np.float32
         np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
         assert {"path", "identity", "distortion", "source", "role"} <= set(table.columns)
         assert table["distortion"].isna().sum() == (table["role"] == "gallery").sum()
-    val_table, _ = load_embeddings(out, "val")
+    val_table, _ = load_embeddings(out, run.metrics["reported_role"])
     assert set(val_table["identity"]).isdisjoint(run.identities)
 
     payload = torch.load(run.checkpoint_path, map_location="cpu", weights_only=True)
@@ -255,7 +257,11 @@ def test_holdout_is_reported_when_there_is_no_val_split(demo_root: Path, tmp_pat
         run = train_recognition(_config(root, tmp_path / "out", holdout_fraction=0.3, flip_tta=False,
                                         tta_crops=[0.8]))
     assert run.metrics["reported_split"].startswith("holdout")
-    held, held_emb = load_embeddings(run.output_dir, "val")
+    # the split's label is text for people; its role is the file key (notebook 03 loads by role)
+    assert run.metrics["reported_role"] == "report" and not (run.output_dir / "embeddings" / "val.npz").exists()
+    held, held_emb = load_embeddings(run.output_dir, run.metrics["reported_role"])
+    files = load_recognition_run(run.output_dir)  # what notebook 04 reads
+    assert files.reported_split == run.metrics["reported_split"] and len(files.report[0]) == len(held)
     assert held_emb.shape[1] == 2 * 32  # the face_crop view, then the 0.8 crop
     fold, _ = load_embeddings(run.output_dir, "fold")
     train_ids = set(run.identities)
