@@ -39,7 +39,6 @@ __all__ = [
     "metrics_table",
     "worst_errors",
     "plot_worst_errors",
-    "message_figure",
 ]
 
 # Notebook hygiene: without ipywidgets, importing tqdm.auto in a kernel warns "IProgress not found" on
@@ -227,20 +226,10 @@ def worst_errors(probabilities: pd.DataFrame, n: int = 8, positive: str = "femal
     return wrong["path"].astype(str).tolist(), captions
 
 
-def message_figure(title: str, message: str) -> Figure:
-    """A small titled figure holding only a message (a plot cell always shows a figure)."""
-    fig, ax = plt.subplots(figsize=(6, 1.6))
-    ax.axis("off")
-    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=11)
-    ax.set_title(title)
-    fig.tight_layout()
-    return fig
-
-
 def plot_worst_errors(probabilities: pd.DataFrame, n: int = 8, positive: str = "female",
                       title: str = "Most confident errors on the reported split") -> Figure:
     """Grid of the classifier's most confident mistakes (see :func:`worst_errors`)."""
-    from facecom_utils.plots import image_grid
+    from facecom_utils.plots import image_grid, message_figure
 
     paths, captions = worst_errors(probabilities, n, positive)
     if not paths:

@@ -45,6 +45,7 @@ __all__ = [
     "fold_thresholds_plot",
     "image_grid",
     "pair_grid",
+    "message_figure",
     "per_distortion_bars",
     "reliability_diagram",
     "roc_pr_curves",
@@ -244,6 +245,16 @@ def reliability_diagram(curve: pd.DataFrame, title: str = "Reliability diagram",
     return fig
 
 
+def message_figure(title: str, message: str) -> Figure:
+    """A small titled figure holding only a message (a plot cell always shows a figure)."""
+    fig, ax = plt.subplots(figsize=(6, 1.6))
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=11)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
 def per_distortion_bars(
     values: Mapping[str, float],
     metric: str = "balanced_accuracy",
@@ -261,8 +272,8 @@ def per_distortion_bars(
         title: Figure title (default: "<metric> per distortion").
         labels: Legend names of ``values`` and of a mapping ``baseline``.
     """
-    if not values:
-        raise ValueError("values is empty; expected distortion type -> metric value")
+    if not values:  # e.g. a run with evaluate_distortions=False: a figure that says so, not a crash
+        return message_figure(title or f"{metric} per distortion", "no per-distortion results in this run")
     kinds = list(values)
     xs = np.arange(len(kinds))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.0 * len(kinds) + 2), 4))
