@@ -11,13 +11,15 @@ ARGS   ?=
 export PYTHONHASHSEED := 0
 export MPLBACKEND := Agg
 
-.PHONY: help venv reports test test-fast demo bench clean
+.PHONY: help venv reports test test-fast demo bench lab notebooks clean
 
 help:
 	@echo "make reports   set up .venv, run notebooks 01-04 on the demo data (or FACECOM in Task_A/, Task_B/), write reports/<run>/index.html"
 	@echo "make test      set up .venv, run the unit tests, the real-data tests (skipped without ../shared/facecom) and nbval on the notebooks"
 	@echo "make demo      write the synthetic demo dataset to data/demo_synthetic"
 	@echo "make bench     run the speed benchmarks (prints JSON)"
+	@echo "make lab       start JupyterLab on the project's environment (notebooks/, progress bars on)"
+	@echo "make notebooks after editing notebooks in JupyterLab: sync each .ipynb with its .py twin, strip outputs"
 
 venv: $(STAMP)
 
@@ -44,6 +46,17 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m facecom_utils.bench --data-root $(or $(DATA_ROOT),data/demo_synthetic) --out reports/bench.json
+
+# JupyterLab on this environment: the notebooks' python3 kernel is this .venv's interpreter, figures inline,
+# progress bars on; jupytext (installed with [dev]) keeps each .ipynb paired with its .py on every save.
+lab: $(STAMP)
+	MPLBACKEND=module://matplotlib_inline.backend_inline $(BIN)/jupyter lab --notebook-dir=notebooks $(ARGS)
+
+# After editing notebooks: sync each pair (the newer file wins) and strip what a save stores, keeping the
+# outputs of the "# NBVAL_CHECK_OUTPUT" cells. NB=... limits it to some notebooks; EXECUTE=1 re-runs them on
+# the demo data to refresh those checked outputs.
+notebooks: $(STAMP)
+	$(BIN)/python scripts/sync_notebooks.py $(if $(EXECUTE),--execute) $(NB)
 
 clean:
 	rm -rf reports/nbval .pytest_cache

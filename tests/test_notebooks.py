@@ -1,26 +1,53 @@
-"""The committed notebooks: structure, clean outputs, and in sync with scripts/make_notebooks.py.
+"""The committed notebooks: structure, typed parameters, clean outputs, in step with their jupytext twins.
 
-Executing them is nbval's job (``pytest --nbval-lax notebooks/``) and, on the tiny demo, the runner's
-(``test_notebooks_run_on_the_tiny_demo`` below).
+The notebooks are the source people edit (in JupyterLab); each ``NN_name.ipynb`` is paired with
+``NN_name.py`` (jupytext ``py:percent``), and ``make notebooks`` (``scripts/sync_notebooks.py``) syncs
+the pair and strips what a JupyterLab save stores. Executing them is nbval's job
+(``pytest --nbval-lax notebooks/``), the runner's (``test_notebooks_run_on_the_tiny_demo`` below) and,
+for every shipped preset, ``tests/test_presets.py``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import re
+import shutil
+import time
 from pathlib import Path
 
 import nbformat
+import papermill as pm
 import pytest
 
 from conftest import REPO_ROOT
 from facecom_utils import run
+from facecom_utils.eda import EDAConfig
+from facecom_utils.gender import GenderConfig
+from facecom_utils.recognition import RecognitionConfig
+from facecom_utils.thresholds import ThresholdConfig
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 EXPECTED = [f"{stem}.ipynb" for stem in run.NOTEBOOKS.values()]
 CHECK = "# NBVAL_CHECK_OUTPUT"
 PLOT_CALL = re.compile(r"\b(?:eda|notebook|thresholds)\.plot_")
+
+# Each notebook's parameters cell declares exactly the fields of its config dataclass, plus these
+# display-only extras (documented in the cell's help), and nothing else.
+CONFIGS: dict[str, tuple[type, set[str]]] = {
+    "01_eda": (EDAConfig, {"grid_faces"}),
+    "02_gender_classification": (GenderConfig, set()),
+    "03_arcface_recognition": (RecognitionConfig, set()),
+    "04_threshold_analysis": (ThresholdConfig, set()),
+}
+
+
+def _sync_module():
+    spec = importlib.util.spec_from_file_location("sync_notebooks", REPO_ROOT / "scripts" / "sync_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _committed() -> list[Path]:
@@ -36,30 +63,28 @@ def test_the_four_notebooks_exist() -> None:
     assert not missing, f"missing notebooks: {missing}"
 
 
-@pytest.mark.parametrize("path", _committed(), ids=lambda p: p.name)
-def test_structure(path: Path) -> None:
+def check_structure(path: Path) -> None:
+    """What every notebook must be; also applied to a notebook edited in JupyterLab and synced."""
     nb = _load(path)
     nbformat.validate(nb)
     assert nb.metadata["kernelspec"]["name"] == "python3", "kernel must be the current environment's python3"
     assert nb.metadata["kernelspec"]["language"] == "python"
+    assert nb.metadata["jupytext"]["formats"] == "ipynb,py:percent", "paired with its py:percent twin"
     first = nb.cells[0]
     assert first.cell_type == "markdown" and first.source.startswith("# ")
     assert "Protocol" in first.source, "the opening cell says which protocol the notebook follows"
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1 and tagged[0].cell_type == "code", "exactly one code cell tagged 'parameters'"
+    assigned = [re.split(r"[:=]", ln)[0].strip() for ln in tagged[0].source.splitlines()
+                if re.match(r"^\w+\s*(:[^=]*)?=", ln)]
     params = run.notebook_parameters(path)
-    assigned = [ln.split("=")[0].strip() for ln in tagged[0].source.splitlines() if "=" in ln.split("#")[0]]
     assert list(params) == assigned, "papermill must parse every parameter (no '=' inside comments)"
     assert params.get("output_dir") == "None"
     assert "data_root" in params or "run_dir" in params
     sources = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert "write_metrics(" in sources, "every notebook writes <output_dir>/metrics.json"
     assert "data_banner(" in sources, "every notebook shows which data it ran on"
-
-
-@pytest.mark.parametrize("path", _committed(), ids=lambda p: p.name)
-def test_no_stored_outputs_except_checked_cells(path: Path) -> None:
-    for k, cell in enumerate(_load(path).cells):
+    for k, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue
         if CHECK in cell.source:
@@ -74,6 +99,37 @@ def test_no_stored_outputs_except_checked_cells(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", _committed(), ids=lambda p: p.name)
+def test_structure_and_clean_outputs(path: Path) -> None:
+    check_structure(path)
+
+
+@pytest.mark.parametrize("path", _committed(), ids=lambda p: p.name)
+def test_parameters_are_typed_and_documented(path: Path) -> None:
+    """``papermill --help-notebook`` shows a type, a default and a one-line help for every parameter."""
+    for info in pm.inspect_notebook(str(path)).values():
+        assert info["inferred_type_name"] not in ("None", ""), f"{path.name}: {info['name']} has no type annotation"
+        assert info["help"], f"{path.name}: {info['name']} has no help comment"
+        assert info["default"] != "", f"{path.name}: {info['name']} has no default"
+
+
+@pytest.mark.parametrize("stem", list(CONFIGS))
+def test_parameters_declare_exactly_the_config_fields(stem: str) -> None:
+    """The generator's one good idea, kept as a test: the parameters cell mirrors the config."""
+    cls, extras = CONFIGS[stem]
+    declared = set(run.notebook_parameters(NOTEBOOK_DIR / f"{stem}.ipynb"))
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    assert declared - extras == fields, (
+        f"{stem}: parameters not in {cls.__name__}: {sorted(declared - extras - fields)}; "
+        f"fields not declared: {sorted(fields - declared)}")
+
+
+@pytest.mark.parametrize("path", _committed(), ids=lambda p: p.name)
+def test_paired_twin_in_step_and_stripped(path: Path) -> None:
+    found = _sync_module().problems(path)
+    assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("path", _committed(), ids=lambda p: p.name)
 def test_plot_cells_end_with_plt_show(path: Path) -> None:
     for cell in _load(path).cells:
         if cell.cell_type == "code" and ("plots." in cell.source or PLOT_CALL.search(cell.source)):
@@ -81,17 +137,44 @@ def test_plot_cells_end_with_plt_show(path: Path) -> None:
             assert last == "plt.show()", f"plot cell must end with plt.show():\n{cell.source}"
 
 
-def test_notebooks_match_their_generator() -> None:
-    """The committed notebooks are what scripts/make_notebooks.py writes (regenerate after edits)."""
-    spec = importlib.util.spec_from_file_location("make_notebooks", REPO_ROOT / "scripts" / "make_notebooks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    for nid, (stem, build) in module.BUILDERS.items():
-        committed = _load(NOTEBOOK_DIR / f"{stem}.ipynb")
-        generated = build()
-        assert [c.source for c in committed.cells] == [c.source for c in generated.cells], (
-            f"{stem}.ipynb differs from scripts/make_notebooks.py; run: python scripts/make_notebooks.py --execute --only {nid}"
-        )
+def test_a_jupyterlab_save_is_put_back_by_the_sync_step(tmp_path: Path) -> None:
+    """Edit a code cell in the .ipynb only, store outputs as a JupyterLab save does, run the sync step."""
+    sync = _sync_module()
+    for suffix in (".ipynb", ".py"):
+        shutil.copy(NOTEBOOK_DIR / f"02_gender_classification{suffix}", tmp_path)
+    ipynb, py = tmp_path / "02_gender_classification.ipynb", tmp_path / "02_gender_classification.py"
+    nb = _load(ipynb)
+    checked = next(c for c in nb.cells if c.cell_type == "code" and CHECK in c.source)
+    kept = [dict(o) for o in checked.outputs]
+    edited = next(c for c in nb.cells if c.cell_type == "code" and "train_gender(config)" in c.source)
+    edited.source = edited.source.replace("display(run.history.round(4))", "display(run.history.round(3))")
+    for n, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
+        cell.execution_count = n + 1
+        cell.metadata["execution"] = {"iopub.status.busy": "2026-12-01T12:00:00Z"}
+        cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text="a warning\n")]
+        if cell is checked:
+            cell.outputs += [nbformat.from_dict(o) for o in kept]
+        elif n % 2:
+            cell.outputs.append(nbformat.v4.new_output("display_data", data={"text/plain": "<Figure>"}))
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    time.sleep(0.05)
+    nbformat.write(nb, ipynb)  # the save: newer than its twin
+    assert sync.problems(ipynb), "an unsynced save must be reported by --check"
+    assert sync.main([str(ipynb)]) == 0
+    assert sync.problems(ipynb) == []
+    check_structure(ipynb)
+    assert "display(run.history.round(3))" in py.read_text(), "the edit reached the py:percent twin"
+    synced = _load(ipynb)
+    assert "widgets" not in synced.metadata
+    assert next(c for c in synced.cells if c.cell_type == "code" and CHECK in c.source).outputs == kept
+
+    # the other way round: an edit of the text twin wins over the older .ipynb, outputs of checked cells kept
+    time.sleep(0.05)
+    py.write_text(py.read_text().replace("display(run.history.round(3))", "display(run.history.round(2))"))
+    assert sync.main([str(ipynb)]) == 0
+    synced = _load(ipynb)
+    assert any("display(run.history.round(2))" in c.source for c in synced.cells)
+    assert next(c for c in synced.cells if c.cell_type == "code" and CHECK in c.source).outputs == kept
 
 
 def test_eda_notebook_runs_on_the_tiny_demo(demo_root: Path, tmp_path: Path) -> None:

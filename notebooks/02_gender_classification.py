@@ -1,0 +1,171 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Gender classification (Task A)
+#
+# Trains a binary gender classifier (positive class **female**, the minority) on `Task_A/train` and
+# reports it on `Task_A/val`, with the plots a reviewer needs: training curves, confusion matrix, ROC and
+# precision–recall, reliability diagram, robustness per distortion type, and the worst errors.
+#
+# **Protocol.** A validation fold is carved from `Task_A/train`: stratified by label, **grouped by
+# person** (the person comes from the file name, so nobody is on both sides) and seeded. That fold alone
+# drives early stopping, the choice of checkpoint and the **decision threshold** (maximising balanced
+# accuracy); the threshold is then applied **unchanged** to the reported split `Task_A/val` (when the data
+# root has no `val`, e.g. the FACECOM training split alone, an identity-disjoint part of `train` is held out
+# instead and the metrics say so). Metrics at the naive threshold 0.5 are shown beside. Calibration:
+# reliability curve, Brier score and ECE. Robustness: the same metrics after each of the seven FACECOM
+# distortions applied (seeded) to the reported images. Training: `facecom_utils.gender.train_gender`
+# (class-balanced sampling, FACECOM distortion augmentation, AdamW with cosine schedule, AMP on CUDA,
+# batch-norm statistics recomputed before evaluation). Everything lands in `<output_dir>/metrics.json`.
+
+# %% tags=["parameters"]
+from typing import Optional, Union
+
+# data and outputs
+data_root: Optional[str] = None  # folder holding Task_A/; None: FACECOM in the repository, else the synthetic demo
+output_dir: Optional[str] = None  # checkpoints + metrics.json; None: reports/default/02_gender_classification
+report_split: str = "val"  # the split that is reported (never used for any choice)
+max_train_images: Optional[int] = None  # subsample Task_A/train (whole persons) for quick runs; None: all
+# model
+backbone: str = "efficientnet_lite0"  # timm name, or efficientnet-b0..b7 (efficientnet_pytorch, the reference)
+pretrained: Optional[str] = "offline"  # offline (bundled ImageNet Lite0 weights), imagenet (download), None, or a file
+image_size: int = 64  # input side in pixels (FACECOM presets: 128-224)
+dropout: float = 0.2  # dropout before the classifier
+# training
+epochs: int = 2  # maximum epochs
+batch_size: int = 32  # training batch size
+lr: float = 0.001  # peak learning rate of the classifier head
+backbone_lr_scale: float = 0.5  # the backbone's learning rate is lr times this
+weight_decay: float = 0.01  # weight decay of the optimizer
+optimizer: str = "adamw"  # adamw, adam or sgd
+warmup_epochs: float = 1.0  # linear warm-up length in epochs
+label_smoothing: float = 0.0  # targets move towards 0.5 by this much (FACECOM has noisy labels)
+balance: str = "sampler"  # class balance: sampler (WeightedRandomSampler), pos_weight or none
+distortion_augment: float = 0.3  # probability of an on-the-fly FACECOM distortion per training image
+patience: Optional[int] = 4  # early-stopping patience in epochs; None: never stop early
+max_train_minutes: Optional[float] = None  # time budget: no epoch starts that would end past it; None: no budget
+seed: int = 0  # seed of the fold, the sampler, the augmentation and the initialisation
+# validation fold, threshold, evaluation
+val_fraction: float = 0.15  # share of the training persons carved out as the validation fold
+holdout_fraction: float = 0.2  # without a report_split folder, this share of training persons is held out and reported
+monitor: str = "roc_auc"  # fold metric that chooses the checkpoint (roc_auc is threshold-free, steadier on a small fold)
+threshold_criterion: str = "balanced_accuracy"  # what the fold threshold maximises
+bn_recalibrate: Union[bool, str] = "auto"  # recompute batch-norm statistics before evaluation; auto: when training from scratch
+tta: bool = True  # average the logits of the image and its mirror image at prediction time
+evaluate_distortions: bool = True  # robustness pass over the seven distortion types
+eval_batch_size: int = 64  # batch size for prediction
+# machine
+device: str = "auto"  # auto, cpu, cuda or mps
+amp: str = "auto"  # mixed precision: auto (float16 on CUDA), bf16 or none
+num_workers: int = 0  # DataLoader worker processes
+cache: str = "auto"  # decoded-image cache: auto (disk when writable, else memory), memory, disk or off (PIL per image)
+cache_dir: Optional[str] = None  # folder of disk caches; None: $FACECOM_CACHE_DIR or ~/.cache/facecom
+distortion_variants: int = 4  # with the cache, pre-rendered distortions per image; 0: distort on the fly
+channels_last: bool = False  # channels-last memory format for the model and the batches
+compile: bool = False  # torch.compile the model's forward
+resume: bool = False  # continue from <output_dir>/checkpoints/last.pt when it exists
+progress: bool = False  # tqdm progress bars (turn on in JupyterLab)
+
+# %%
+import matplotlib.pyplot as plt
+import pandas as pd
+from IPython.display import display
+
+from facecom_utils import notebook, plots
+from facecom_utils.gender import GenderConfig, train_gender
+
+data_root, output_dir = notebook.notebook_paths(data_root, output_dir, "02_gender_classification")
+config = notebook.build_config(GenderConfig, globals(), data_root=str(data_root), output_dir=str(output_dir))
+notebook.data_banner(data_root)
+
+# %% [markdown]
+# ## 1. Training
+# One row per epoch; the fold metrics decide the checkpoint and the threshold.
+
+# %%
+run = train_gender(config)
+display(run.history.round(4))
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for key in ("report_split", "n_train_images", "n_val_fold_images", "n_report_images",
+            "n_train_persons", "n_val_fold_persons", "n_report_persons"):
+    print(f"{key:18} {run.metrics[key]}")
+
+# %%
+plots.training_curves(run.history, title="Task A training curves (validation fold)",
+                      metrics=["val_balanced_accuracy", "val_roc_auc", "val_recall_female"])
+plt.show()
+
+# %% [markdown]
+# ## 2. Results on the reported split
+# The threshold was chosen on the validation fold; the naive 0.5 is shown beside it for comparison.
+
+# %%
+notebook.side_by_side(
+    run.metrics,
+    ["accuracy", "balanced_accuracy", "f1_macro", "precision_female", "recall_female", "f1_female"],
+    {f"fold threshold {run.threshold:.3f}": ("", ""), "threshold 0.5": ("", "_at_0.5")},
+)
+
+# %%
+plots.confusion_matrix_plot(run.metrics["confusion_matrix"], ["male", "female"],
+                            title=f"Confusion matrix on {run.report_split} (threshold {run.threshold:.3f})")
+plt.show()
+
+# %%
+y_true = (run.probabilities["label"] == "female").astype(int)
+plots.roc_pr_curves(y_true, run.probabilities["prob"], threshold=run.threshold,
+                    title=f"ROC and precision-recall on {run.report_split}", positive_name="female")
+plt.show()
+
+# %% [markdown]
+# ## 3. Calibration
+
+# %%
+plots.reliability_diagram(pd.DataFrame(run.metrics["reliability"]), ece=run.metrics["ece"],
+                          title=f"Reliability of P(female) on {run.report_split} (Brier {run.metrics['brier']:.3f})")
+plt.show()
+
+# %% [markdown]
+# ## 4. Robustness per distortion type
+# Balanced accuracy after each FACECOM distortion (seeded) applied to the reported images, against the clean images (line).
+
+# %%
+plots.per_distortion_bars(run.metrics.get("per_distortion", {}), metric="balanced_accuracy",
+                          baseline=run.metrics["balanced_accuracy"], labels=("distorted", "clean"),
+                          title="Task A balanced accuracy per distortion type")
+plt.show()
+
+# %% [markdown]
+# ## 5. The most confident mistakes
+
+# %%
+notebook.plot_worst_errors(run.probabilities, n=8)
+plt.show()
+
+# %% [markdown]
+# ## Summary
+# The headline numbers, as written to `metrics.json` (with the parameters used).
+
+# %%
+metrics = {k: v for k, v in run.metrics.items() if k not in ("params", "reliability")}
+metrics_path = notebook.write_metrics(config.output_dir, metrics, config, data_root=data_root)
+notebook.metrics_table(metrics, keys=[
+    "report_split", "accuracy", "balanced_accuracy", "f1_macro", "precision_female", "recall_female",
+    "f1_female", "roc_auc", "average_precision", "brier", "threshold", "balanced_accuracy_at_0.5",
+    "train_seconds", "train_images_per_second", "best_epoch",
+])

@@ -1,0 +1,172 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · Face recognition under distortion (Task B): embedder + ArcFace
+#
+# Trains a face embedder (timm backbone + Linear/BatchNorm neck, L2-normalised) with a margin head
+# (ArcFace by default; CosFace and AdaFace selectable) on the identities of `Task_B/train`, then evaluates
+# it on `Task_B/val` with the full protocol, in a main and a strict variant.
+#
+# **Protocol.** An identity-disjoint validation **fold** is carved from `Task_B/train` (seeded, stratified
+# by clean-image count); it chooses the checkpoint and the match **threshold** (k-fold over balanced pairs),
+# which is then applied **unchanged** to the reported split. On the reported split, the **gallery** is every
+# clean image of the evaluated identities and the **probes** are every distorted image.
+# - Identification: top-1 and top-5, an identity's score being the max cosine over its gallery images.
+# - Verification over all probe × identity scores: ROC AUC, EER, TAR at FAR = 1e-2, 1e-3, 1e-4 (with the
+#   number of impostor scores, so you can see which FARs are reachable).
+# - Match decision (the hackathon's): a probe matches when its top-1 score clears the threshold; accuracy,
+#   precision, recall, F1 and macro F1 over **equal numbers of genuine and impostor pairs** (seeded), never
+#   genuine pairs alone.
+# - Each of the above per distortion type.
+# - **Strict variant** (keys prefixed `strict_`): the probe's own clean source image is removed from the
+#   gallery, so a probe can only be matched through *another* photo of the same person. In FACECOM every
+#   distorted image is a copy of a gallery image, so the main protocol is partly near-duplicate matching;
+#   the strict one measures face recognition itself. Probes of identities with a single clean image are
+#   left out of it and counted.
+#
+# The oracle threshold (tuned on the reported split) is shown for reference only, labelled as such.
+# Everything lands in `<output_dir>/metrics.json`; embeddings are saved for notebook 04.
+#
+# **Embeddings.** Each image is embedded at the training crop (`face_crop`), averaged with its mirror
+# (`flip_tta`); with `tta_crops` it is also embedded at those central crops and the views are concatenated,
+# so a cosine is the mean of the per-view cosines (the fold, the threshold and the report all use the same
+# views; the per-epoch model choice uses the training crop alone).
+
+# %% tags=["parameters"]
+from typing import Optional, Union
+
+# data and outputs
+data_root: Optional[str] = None  # folder holding Task_B/; None: FACECOM in the repository, else the synthetic demo
+output_dir: Optional[str] = None  # checkpoints, embeddings, metrics.json; None: reports/default/03_arcface_recognition
+max_identities: Optional[int] = 20  # keep this many training identities (seeded) for quick runs; None: all
+# model
+backbone: str = "efficientnet_lite0"  # any timm name (reference: tf_efficientnetv2_s) or efficientnet-b0..b7
+pretrained: Optional[str] = "offline"  # offline (bundled ImageNet Lite0 weights), imagenet (download), None, or a file
+image_size: int = 64  # input side in pixels (FACECOM presets: 112-224)
+face_crop: float = 1.0  # share of the image side kept by a central crop before resizing; 1.0: the whole image
+head: str = "arcface"  # margin head: arcface, cosface or adaface
+embedding_dim: int = 512  # size of the embedding (the neck's output)
+margin: Optional[float] = None  # head margin m; None: the head default (ArcFace 0.5, CosFace 0.35, AdaFace 0.4)
+scale: Optional[float] = None  # head scale s; None: the head default
+# training
+epochs: int = 2  # maximum number of epochs
+samples_per_epoch: Optional[int] = 256  # images drawn per epoch; None: the number of training images
+batch_size: int = 32  # training (and embedding) batch size
+lr: float = 0.002  # peak learning rate of the neck and head
+backbone_lr_scale: float = 0.3  # learning-rate multiplier of the pretrained backbone
+weight_decay: float = 0.05  # AdamW weight decay
+warmup_epochs: float = 1.0  # linear warm-up length in epochs (fractions allowed)
+label_smoothing: float = 0.1  # cross-entropy label smoothing
+distortion_augment: float = 0.3  # probability of an on-the-fly FACECOM distortion per clean training image
+crop_scale: tuple[float, float] = (0.6, 1.0)  # area range of the random resized crop
+color_jitter: float = 0.3  # brightness, contrast and saturation jitter strength; 0 turns it off
+clean_cap: Optional[int] = 8  # identity sampling weight is min(clean photos, clean_cap); None: uniform over images
+clean_fraction: Optional[float] = 0.35  # share of each identity's draws on its clean photos; None: as the image counts
+distortion_weights: Optional[dict[str, float]] = None  # sampling weight per distortion type, e.g. {"sunny": 2.0}; None: alike
+patience: Optional[int] = 3  # early-stopping patience in epochs; None: never stop early
+max_train_minutes: Optional[float] = None  # time budget: no epoch starts that would end past it; None: no budget
+seed: int = 0  # seed of the fold, the sampler, augmentation and initialisation
+# validation fold, embeddings, threshold
+val_fraction: float = 0.15  # share of training identities held out as the validation fold
+holdout_fraction: float = 0.2  # without Task_B/val, this share of training identities is held out and reported
+embedding_source: str = "auto"  # neck (the embedding), pooled (backbone features) or auto (chosen on the fold)
+flip_tta: bool = False  # average each embedding with that of the mirrored image (FACECOM presets: True)
+tta_crops: list[float] = []  # extra central-crop views concatenated into the embeddings, e.g. [0.85]
+threshold_method: str = "kfold"  # how the fold chooses the match threshold: kfold, accuracy or far
+# machine
+device: str = "auto"  # auto, cpu, cuda or mps
+amp: Union[str, bool] = "auto"  # mixed precision: auto (float16 on CUDA only), bf16 or none
+num_workers: int = 0  # DataLoader worker processes
+cache: str = "auto"  # decoded-image cache: auto (disk when writable, else memory), memory, disk or off (PIL per image)
+cache_dir: Optional[str] = None  # folder of disk caches; None: $FACECOM_CACHE_DIR or ~/.cache/facecom
+distortion_variants: int = 4  # with the cache, pre-rendered distortions per clean image; 0: distort on the fly
+channels_last: bool = False  # channels-last memory format for the model and the batches
+compile: bool = False  # torch.compile the model's forward
+resume: bool = False  # continue from <output_dir>/checkpoints/last.pt when it exists
+progress: bool = False  # tqdm progress bars (turn on in JupyterLab)
+
+# %%
+import matplotlib.pyplot as plt
+from IPython.display import display
+
+from facecom_utils import notebook, plots, thresholds
+from facecom_utils.recognition import RecognitionConfig, load_embeddings, train_recognition
+
+data_root, output_dir = notebook.notebook_paths(data_root, output_dir, "03_arcface_recognition")
+config = notebook.build_config(RecognitionConfig, globals(), data_root=str(data_root), output_dir=str(output_dir))
+notebook.data_banner(data_root)
+
+# %% [markdown]
+# ## 1. Training
+# One row per epoch: the fold's main and strict top-1 choose the checkpoint.
+
+# %%
+run = train_recognition(config)
+display(run.history.round(4))
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for key in ("reported_split", "n_train_identities", "n_train_images", "n_fold_identities",
+            "n_identities", "n_gallery", "n_probes", "strict_n_probes", "strict_n_excluded"):
+    print(f"{key:20} {run.metrics[key]}")
+
+# %%
+plots.training_curves(run.history, title="Task B training curves (validation fold)",
+                      metrics=["val_top1", "val_strict_top1", "val_selection_score"])
+plt.show()
+
+# %% [markdown]
+# ## 2. Results: main and strict protocol
+# Threshold chosen on the validation fold and applied unchanged; the oracle threshold (tuned on this split) is for reference only.
+
+# %%
+notebook.side_by_side(
+    run.metrics,
+    ["top1", "top5", "roc_auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "tar_at_far_1e-4", "n_impostor",
+     "match_accuracy", "match_precision", "match_recall", "match_f1", "match_f1_macro", "threshold",
+     "oracle_threshold", "oracle_match_accuracy"],
+    {"main": ("", ""), "strict (own source removed)": ("strict_", "")},
+)
+
+# %%
+plots.per_distortion_bars(run.metrics["per_distortion"], metric="top1",
+                          baseline=run.metrics["strict_per_distortion"], labels=("main", "strict"),
+                          title="Task B top-1 per distortion type")
+plt.show()
+
+# %% [markdown]
+# ## 3. Genuine vs impostor scores on the reported split
+# (Notebook 04 analyses the threshold in depth.)
+
+# %%
+analysis = thresholds.score_analysis(*load_embeddings(run.output_dir, run.metrics["reported_role"]))
+genuine, impostor = analysis.genuine_impostor()
+plots.similarity_histograms(genuine, impostor, threshold=run.threshold,
+                            title=f"Genuine vs impostor identity scores ({run.metrics['reported_split']}, main protocol)")
+plt.show()
+
+# %% [markdown]
+# ## Summary
+# The headline numbers, as written to `metrics.json` (with the parameters used).
+
+# %%
+metrics = {k: v for k, v in run.metrics.items() if k not in ("params",)}
+metrics_path = notebook.write_metrics(config.output_dir, metrics, config, data_root=data_root)
+notebook.metrics_table(metrics, keys=[
+    "reported_split", "top1", "top5", "strict_top1", "roc_auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3",
+    "match_accuracy", "match_f1_macro", "threshold", "strict_threshold", "train_seconds",
+    "embed_images_per_second", "best_epoch",
+])
