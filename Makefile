@@ -4,6 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUN    ?=
+# PRESET=facecom_cpu (params/<notebook>/facecom_cpu.yml for each notebook that has one) or PRESET=path/to/file.yml
 PRESET ?=
 # Extra arguments for the runner, e.g. make reports ARGS="-p epochs 3"
 ARGS   ?=
@@ -30,7 +31,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 reports: $(STAMP)
-	$(BIN)/facecom run $(if $(PRESET),-f $(PRESET)) $(if $(RUN),--name $(RUN)) $(ARGS)
+	$(BIN)/facecom run $(if $(filter %.yml %.yaml,$(PRESET)),-f $(PRESET),$(if $(PRESET),--preset $(PRESET))) $(if $(RUN),--name $(RUN)) $(ARGS)
 
 # nbval runs the notebooks with their default parameters on the synthetic demo (FACECOM_DATA_ROOT=demo,
 # so the checked counts never depend on what sits in Task_A/ and Task_B/); 03 runs before 04, which reads it.

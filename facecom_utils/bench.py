@@ -13,7 +13,7 @@ a. **data**: loading + augmentation throughput of the Task A training stream, th
    path is measured too. Building the cache is timed separately: it is paid once (and, on disk,
    once across runs).
 b. **epochs**: one training epoch of Task A and of Task B at the CPU presets
-   (``params/facecom_cpu_task_a.yml``, ``params/facecom_cpu_task_b.yml``) through the shared engine
+   (``params/02_gender_classification/facecom_cpu.yml``, ``params/03_arcface_recognition/facecom_cpu.yml``) through the shared engine
    (:func:`facecom_utils.training.fit`), reference vs cached data path, same model initialisation.
 c. **embedding extraction**: images/s of :func:`facecom_utils.recognition.extract_embeddings`
    (decode included) and the same model fed from the cache.
@@ -69,19 +69,21 @@ from .verification import identity_scores, per_pair_loop_scores
 __all__ = ["main", "run_benchmarks"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PRESET_A = REPO_ROOT / "params" / "facecom_cpu_task_a.yml"
-PRESET_B = REPO_ROOT / "params" / "facecom_cpu_task_b.yml"
+PRESET_A = REPO_ROOT / "params" / "02_gender_classification" / "facecom_cpu.yml"
+PRESET_B = REPO_ROOT / "params" / "03_arcface_recognition" / "facecom_cpu.yml"
 QUICK_MAX_IMAGES = 256
 
 
-def _preset(path: Path, section: str | None = None) -> dict[str, Any]:
+def _preset(path: Path) -> dict[str, Any]:
+    """A preset's full parameters: its notebook's defaults with the file's differences over them."""
     import yaml
 
-    data = yaml.safe_load(path.read_text()) if path.is_file() else {}
-    data = data or {}
-    if section is not None:
-        data = data.get(section, {}) or {}
-    return dict(data)
+    from facecom_utils.run import NOTEBOOK_DIR, notebook_defaults, preset_notebook
+
+    data = (yaml.safe_load(path.read_text()) if path.is_file() else {}) or {}
+    stem = preset_notebook(path)
+    base = notebook_defaults(NOTEBOOK_DIR / f"{stem}.ipynb") if stem else {}
+    return {**base, **data}
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -409,7 +411,7 @@ def run_benchmarks(
     """
     root = Path(data_root)
     dev = select_device(device)
-    cfg_a, cfg_b = _preset(Path(preset_a)), _preset(Path(preset_b), "03")
+    cfg_a, cfg_b = _preset(Path(preset_a)), _preset(Path(preset_b))
     if dev.type != "cpu":
         cfg_a["amp"] = cfg_b["amp"] = "auto"
     out: dict[str, Any] = {**_machine(dev), "data_root": str(root), "max_images": max_images,

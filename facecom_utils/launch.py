@@ -2,10 +2,10 @@
 
 ::
 
-    facecom train-gender -f params/facecom_cpu_task_a.yml [-p epochs 3] [--output-dir DIR]
-    torchrun --nproc_per_node=4 -m facecom_utils.launch train-gender -f params/facecom_gpu_task_a.yml
+    facecom train-gender -f params/02_gender_classification/facecom_cpu.yml [-p epochs 3] [--output-dir DIR]
+    torchrun --nproc_per_node=4 -m facecom_utils.launch train-gender -f params/02_gender_classification/facecom_gpu.yml
     torchrun --nnodes=2 --node_rank=R --nproc_per_node=8 --rdzv_backend=c10d \\
-        --rdzv_endpoint=HOST:29500 $(which facecom) train-recognition -f params/facecom_gpu_task_b.yml
+        --rdzv_endpoint=HOST:29500 $(which facecom) train-recognition -f params/03_arcface_recognition/facecom_gpu.yml
 
 Under torchrun (``WORLD_SIZE`` > 1 in the environment) the process group is initialised here
 (NCCL on CUDA, gloo otherwise; each process takes ``cuda:LOCAL_RANK``) and the ordinary task
@@ -17,9 +17,11 @@ checkpoints and ``metrics.json`` -- the same results contract as a one-process r
 keep calling :func:`~facecom_utils.gender.train_gender` / :func:`~facecom_utils.recognition.train_recognition`
 directly in one process.
 
-Presets are the notebooks' YAML files: flat keys apply where the task's config has that field
-(others are ignored, as the runner does for notebooks that do not declare them); the task's
-section (``"02"`` for Task A, ``"03"`` for Task B) must only hold config fields.
+Presets are the notebooks' papermill parameter files (``params/<notebook>/<preset>.yml``), written
+against the notebook's own defaults, which are the base here too: ``train-gender -f PRESET`` trains what
+notebook 02 trains with that preset. A file of the task's notebook, or the task's section of another
+file (``"02"`` for Task A, ``"03"`` for Task B), must only hold config fields; flat keys of other files
+apply where the task's config has that field.
 """
 
 from __future__ import annotations
@@ -83,6 +85,16 @@ def _resolve_path(value: str) -> str:
     return str(REPO_ROOT / path)
 
 
+def _notebook_base(section: str, fields: set[str]) -> dict[str, Any]:
+    """The defaults of the task's notebook: presets are written against them, so a preset trains the same here."""
+    from .run import NOTEBOOK_DIR, NOTEBOOKS, notebook_defaults
+
+    path = NOTEBOOK_DIR / f"{NOTEBOOKS[section]}.ipynb"
+    if not path.is_file():  # an installed package without the repository's notebooks: the config's defaults
+        return {}
+    return {k: v for k, v in notebook_defaults(path).items() if k in fields and k not in ("data_root", "output_dir")}
+
+
 def build_config(command: str, presets: Sequence[str | Path], params: Sequence[Sequence[str]] = (),
                  **overrides: Any) -> Any:
     """The task's config dataclass from presets (merged in order), ``-p NAME VALUE`` pairs and overrides.
@@ -90,7 +102,7 @@ def build_config(command: str, presets: Sequence[str | Path], params: Sequence[S
     Raises:
         LaunchError: A section or ``-p`` key that is not a field of the config (named).
     """
-    from .run import load_presets, parse_value
+    from .run import NOTEBOOKS, load_presets, parse_value
 
     config_cls, _, section = _task(command)
     fields = {f.name for f in dataclasses.fields(config_cls)}
@@ -98,8 +110,13 @@ def build_config(command: str, presets: Sequence[str | Path], params: Sequence[S
         merged = load_presets(presets) if presets else {}
     except Exception as err:  # RunError: the message names the file
         raise LaunchError(str(err)) from None
-    values = {k: v for k, v in merged.items() if k in fields}  # (notebook sections are not fields)
-    own = merged.get(section) or {}
+    values = _notebook_base(section, fields)
+    values.update({k: v for k, v in merged.items() if k in fields})  # (notebook sections are not fields)
+    own = {**(merged.get(section) or {}), **(merged.get(NOTEBOOKS[section]) or {})}
+    others = [k for k in merged if k in NOTEBOOKS.values() and k != NOTEBOOKS[section]]
+    if others and not own:
+        raise LaunchError(f"the preset is for notebook {others[0]}, not for {command} "
+                          f"(which trains what {NOTEBOOKS[section]} trains)")
     bad = sorted(set(own) - fields)
     if bad:
         raise LaunchError(f"preset section {section!r}: unknown parameter(s) {', '.join(bad)} for {config_cls.__name__}")

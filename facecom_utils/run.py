@@ -3,7 +3,8 @@
 Usage (also ``facecom run``)::
 
     python -m facecom_utils.run                                   # demo data (or FACECOM in Task_A/, Task_B/)
-    python -m facecom_utils.run -f params/facecom_cpu_task_a.yml --data-root ../shared/facecom --notebooks 01,02
+    python -m facecom_utils.run --preset facecom_cpu --data-root ../shared/facecom --notebooks 01,02
+    python -m facecom_utils.run -f params/03_arcface_recognition/facecom_cpu.yml --notebooks 03,04
     python -m facecom_utils.run -p epochs 3 -p lr 0.001 --name quick
 
 Each notebook ``NN_name.ipynb`` of ``notebooks/`` is executed in the current Python environment
@@ -17,11 +18,16 @@ Each notebook ``NN_name.ipynb`` of ``notebooks/`` is executed in the current Pyt
     index.html            links to every report and the headline metrics, failures marked
     summary.json          every notebook's status, timing, parameters and metrics.json
 
-Parameters: presets (``-f``, YAML, applied in order) then ``-p name value`` overrides (typed like
-papermill's ``-p``: ``True``/``False``/``None``, int, float, else str). A top-level key applies to
-every notebook that declares that parameter; a mapping under a notebook's key (``"02"`` or
-``"02_gender_classification"``) applies to that notebook only. The runner sets ``data_root`` and
-``output_dir`` of every notebook, and notebook 04's ``run_dir`` to notebook 03's output folder.
+Parameters: the notebooks' own defaults, then presets, then ``-p name value`` overrides (typed like
+papermill's ``-p``: ``True``/``False``/``None``, int, float, a YAML flow list or mapping, else str),
+which win over every preset. A preset is a plain papermill parameter file for one notebook,
+``params/<notebook>/<preset>.yml``, listing only what differs from that notebook's defaults;
+``--preset NAME`` picks ``params/<stem>/NAME.yml`` for each chosen notebook that has one, ``-f FILE``
+names a file. A file outside a notebook's folder may hold top-level keys (for every notebook that
+declares that parameter) and mappings under a notebook's key (``"02"`` or ``"02_gender_classification"``).
+The runner sets ``data_root`` and ``output_dir`` of every notebook (a preset's ``data_root`` is the
+run's data root unless ``--data-root`` is given), and notebook 04's ``run_dir`` to notebook 03's
+output folder.
 
 A failing notebook does not stop the run: its partial report is rendered, the notebooks that do not
 depend on it still run (04 needs 03), ``index.html`` marks the failure, the error names the notebook
@@ -56,14 +62,19 @@ __all__ = [
     "CurrentEnvKernelManager",
     "parse_value",
     "load_presets",
+    "preset_files",
+    "preset_notebook",
+    "notebook_defaults",
     "resolve_notebooks",
     "notebook_parameters",
     "default_data_root",
     "run_notebook",
+    "is_kernel_start_failure",
     "render_html",
     "run_reports",
     "write_index",
     "add_run_arguments",
+    "gather_parameters",
     "run_from_args",
     "main",
 ]
@@ -71,6 +82,7 @@ __all__ = [
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 REPORTS_DIR = REPO_ROOT / "reports"
+PARAMS_DIR = REPO_ROOT / "params"
 
 NOTEBOOKS: dict[str, str] = {
     "01": "01_eda",
@@ -129,6 +141,9 @@ KERNEL_ENV: dict[str, str] = {
 }
 
 RUNNER_MANAGED = ("data_root", "output_dir")
+# A kernel that dies while starting is started again, at most this many times in all (never a failing cell).
+KERNEL_START_ATTEMPTS = 3
+KERNEL_START_FAILURES = ("Kernel died before replying to kernel_info", "Address already in use")
 
 
 class RunError(RuntimeError):
@@ -258,8 +273,35 @@ def parse_value(text: str) -> Any:
     return text
 
 
+def preset_notebook(path: str | Path) -> str | None:
+    """The notebook a preset file is for: the stem of its folder (``params/<stem>/<name>.yml``), else None."""
+    parent = Path(path).parent.name
+    return parent if parent in NOTEBOOKS.values() else None
+
+
+def preset_files(name: str, notebooks: str | Sequence[str] | None = None, params_dir: str | Path = PARAMS_DIR) -> list[Path]:
+    """The files of preset ``name`` for the chosen notebooks: ``params/<stem>/<name>.yml`` where present.
+
+    Raises:
+        RunError: no chosen notebook has that preset (the message lists the presets there are).
+    """
+    stems = resolve_notebooks(notebooks)
+    found = [Path(params_dir) / stem / f"{name}.yml" for stem in stems]
+    found = [p for p in found if p.is_file()]
+    if not found:
+        known = sorted({p.stem for p in Path(params_dir).glob("*/*.yml")})
+        raise RunError(f"no preset {name!r} for notebooks {', '.join(stems)}; presets: {', '.join(known) or 'none'} "
+                       f"(files params/<notebook>/<preset>.yml)")
+    return found
+
+
 def load_presets(paths: Sequence[str | Path]) -> dict[str, Any]:
-    """Merge YAML presets in order (later files win; per-notebook sections are merged key by key)."""
+    """Merge YAML presets in order (later files win; per-notebook sections are merged key by key).
+
+    A file in a notebook's folder (``params/03_arcface_recognition/facecom_cpu.yml``) is a plain papermill
+    parameter file for that notebook: its keys become that notebook's section. Any other file may hold
+    top-level keys (for every notebook that declares them) and per-notebook sections (``"03":``).
+    """
     import yaml
 
     merged: dict[str, Any] = {}
@@ -273,6 +315,9 @@ def load_presets(paths: Sequence[str | Path]) -> dict[str, Any]:
             raise RunError(f"preset {p}: not valid YAML ({exc})") from None
         if not isinstance(data, dict):
             raise RunError(f"preset {p}: expected a YAML mapping of parameter: value, got {type(data).__name__}")
+        stem = preset_notebook(p)
+        if stem is not None:
+            data = {stem: data}
         for key, value in data.items():
             if isinstance(value, dict) and isinstance(merged.get(key), dict):
                 merged[key] = {**merged[key], **value}
@@ -304,6 +349,19 @@ def notebook_parameters(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise RunError(f"notebook {path}: file not found")
     return {name: info["default"] for name, info in pm.inspect_notebook(str(path)).items()}
+
+
+def notebook_defaults(path: str | Path) -> dict[str, Any]:
+    """A notebook's parameters with their default values (the base every preset of it is written against)."""
+    import ast
+
+    values = {}
+    for name, text in notebook_parameters(path).items():
+        try:
+            values[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise RunError(f"notebook {Path(path).name}: the default of {name} ({text}) is not a Python literal") from None
+    return values
 
 
 def _section(parameters: Mapping[str, Any], stem: str) -> dict[str, Any]:
@@ -423,33 +481,51 @@ def run_notebook(
     start = time.perf_counter()
     error: str | None = None
     cell: int | None = None
-    try:
-        with _environment(env):
-            pm.execute_notebook(
-                str(input_path),
-                str(output_path),
-                parameters=dict(parameters),
-                kernel_name="python3",
-                kernel_manager_class=CurrentEnvKernelManager,
-                progress_bar=False,
-                log_output=log_output,
-                execution_timeout=cell_timeout,
-                start_timeout=start_timeout,
-                cwd=str(cwd or input_path.parent),
-            )
-    except PapermillExecutionError as exc:
-        cell, first = _failed_cell(output_path)
-        where = f"code cell {cell}" if cell else f"cell index {exc.cell_index}"
-        evalue = (exc.evalue or "").strip().splitlines()
-        error = (f"{input_path.name}: {where} (`{first or _first_line(exc.source)}`) raised "
-                 f"{exc.ename}: {evalue[0] if evalue else ''}")
-    except Exception as exc:  # noqa: BLE001 - timeouts, dead kernels, bad notebooks: report, don't crash the run
-        cell, first = _failed_cell(output_path)
-        where = f"code cell {cell} (`{first}`)" if cell else "before any cell ran"
-        kind = "timed out" if "timeout" in type(exc).__name__.lower() or "timed out" in str(exc).lower() else "failed"
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        error = f"{input_path.name}: {where} {kind}: {type(exc).__name__}: {message}"
+    for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
+        error, cell = None, None
+        try:
+            with _environment(env):
+                pm.execute_notebook(
+                    str(input_path),
+                    str(output_path),
+                    parameters=dict(parameters),
+                    kernel_name="python3",
+                    kernel_manager_class=CurrentEnvKernelManager,
+                    progress_bar=False,
+                    log_output=log_output,
+                    execution_timeout=cell_timeout,
+                    start_timeout=start_timeout,
+                    cwd=str(cwd or input_path.parent),
+                )
+        except PapermillExecutionError as exc:
+            cell, first = _failed_cell(output_path)
+            where = f"code cell {cell}" if cell else f"cell index {exc.cell_index}"
+            evalue = (exc.evalue or "").strip().splitlines()
+            error = (f"{input_path.name}: {where} (`{first or _first_line(exc.source)}`) raised "
+                     f"{exc.ename}: {evalue[0] if evalue else ''}")
+        except Exception as exc:  # noqa: BLE001 - timeouts, dead kernels, bad notebooks: report, don't crash the run
+            cell, first = _failed_cell(output_path)
+            if cell is None and is_kernel_start_failure(str(exc)) and attempt < KERNEL_START_ATTEMPTS:
+                _log(f"{input_path.name}: the kernel died while starting (attempt {attempt} of "
+                     f"{KERNEL_START_ATTEMPTS}: {str(exc).strip()[:200]}); starting a new one")
+                continue  # nothing ran yet: a new kernel is safe; a failing cell is never retried
+            where = f"code cell {cell} (`{first}`)" if cell else "before any cell ran"
+            kind = "timed out" if "timeout" in type(exc).__name__.lower() or "timed out" in str(exc).lower() else "failed"
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            error = f"{input_path.name}: {where} {kind}: {type(exc).__name__}: {message}"
+        break
     return time.perf_counter() - start, error, cell
+
+
+def is_kernel_start_failure(text: str) -> bool:
+    """Whether an error (message or a process's stderr) says a Jupyter kernel died before it ran anything.
+
+    jupyter_client picks the kernel's TCP ports by binding to port 0 and closing them; the kernel binds
+    them a few seconds later, and on a busy machine another process can take one first (``ZMQError:
+    Address already in use``): the kernel exits before replying to ``kernel_info``. Nothing has run, so
+    starting a new kernel is safe.
+    """
+    return any(sign in text for sign in KERNEL_START_FAILURES)
 
 
 def render_html(notebook_path: str | Path, html_path: str | Path, nocode_html_path: str | Path | None = None) -> None:
@@ -762,8 +838,12 @@ def write_index(run: RunResult) -> Path:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the runner's options to ``parser`` (shared by ``python -m facecom_utils.run`` and ``facecom run``)."""
+    parser.add_argument("--preset", action="append", default=[], metavar="NAME",
+                        help="named preset: params/<notebook>/NAME.yml for each chosen notebook that has one "
+                             "(e.g. facecom_cpu); repeatable")
     parser.add_argument("-f", "--parameters-file", action="append", default=[], metavar="YAML",
-                        help="parameter preset (YAML); repeat to layer presets, later ones win")
+                        help="parameter file (YAML), e.g. params/03_arcface_recognition/facecom_cpu.yml (applies to "
+                             "the notebook of its folder); repeat to layer files, later ones win")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="override one parameter (typed like papermill: True/False/None, int, float, str)")
     parser.add_argument("--name", default=None, help="run name: reports/<name>/ (default: a timestamp)")
@@ -779,12 +859,32 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     return parser
 
 
+def gather_parameters(
+    presets: Sequence[str] = (),
+    files: Sequence[str | Path] = (),
+    overrides: Sequence[Sequence[str]] = (),
+    notebooks: str | Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The run's parameters: named presets, then preset files, then ``-p NAME VALUE`` overrides.
+
+    An override wins over every file, a notebook's own preset included (it is written into each
+    notebook section that sets the same name).
+    """
+    chosen = [f for name in presets for f in preset_files(name, notebooks)]
+    parameters = load_presets([*chosen, *files])
+    for key, text in overrides:
+        value = parse_value(text)
+        parameters[key] = value
+        for section in (v for k, v in parameters.items() if isinstance(v, dict) and k != key):
+            if key in section:
+                section[key] = value
+    return parameters
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     """Run from parsed arguments; returns the exit code (0 ok, 1 a notebook failed, 2 bad arguments)."""
     try:
-        parameters = load_presets(args.parameters_file)
-        for key, value in args.parameter:
-            parameters[key] = parse_value(value)
+        parameters = gather_parameters(args.preset, args.parameters_file, args.parameter, args.notebooks)
         run = run_reports(
             notebooks=args.notebooks,
             parameters=parameters,

@@ -30,11 +30,22 @@ def test_build_config_merges_flat_keys_section_and_params(tmp_path: Path) -> Non
     assert recognition.distortion_weights == {"noisy": 2.0}
 
 
-def test_the_repository_presets_build(tmp_path: Path) -> None:
-    for name in ("facecom_cpu_task_a.yml", "facecom_gpu_task_a.yml"):
-        assert build_config("train-gender", [REPO_ROOT / "params" / name]).backbone
-    for name in ("facecom_cpu_task_b.yml", "facecom_gpu_task_b.yml", "demo.yml"):
-        assert build_config("train-recognition", [REPO_ROOT / "params" / name]).backbone
+def test_the_repository_presets_build_what_their_notebook_runs() -> None:
+    """A preset lists what differs from its notebook's defaults, so those defaults are the base here too."""
+    from facecom_utils.run import notebook_defaults
+
+    for command, stem in (("train-gender", "02_gender_classification"), ("train-recognition", "03_arcface_recognition")):
+        defaults = notebook_defaults(REPO_ROOT / "notebooks" / f"{stem}.ipynb")
+        assert build_config(command, []).epochs == defaults["epochs"]  # no preset: the notebook's own run
+        for preset in sorted((REPO_ROOT / "params" / stem).glob("*.yml")):
+            config = build_config(command, [preset])
+            expected = {**defaults, **yaml.safe_load(preset.read_text())}
+            for key, value in expected.items():
+                if key not in ("data_root", "output_dir"):
+                    got = getattr(config, key)
+                    assert got == value or (isinstance(got, tuple) and list(got) == list(value)), (preset, key)
+    with pytest.raises(LaunchError, match="02_gender_classification"):
+        build_config("train-recognition", [REPO_ROOT / "params" / "02_gender_classification" / "facecom_cpu.yml"])
 
 
 def test_bad_parameters_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

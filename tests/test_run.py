@@ -175,20 +175,67 @@ def test_presets_for_plain_papermill_work_with_the_runner(notebook_dir: Path, de
     assert not (tmp_path / "somewhere").exists()
 
 
-@pytest.mark.parametrize("preset", sorted((run.REPO_ROOT / "params").glob("*.yml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("preset", sorted((run.REPO_ROOT / "params").glob("*/*.yml")), ids=lambda p: p.name)
 def test_committed_presets_fit_the_committed_notebooks(preset: Path) -> None:
-    """Every key of every preset is a parameter of the notebook it targets (else the runner refuses it)."""
+    """A preset in params/<notebook>/ applies to that notebook only, and every key is one of its parameters."""
     declared = {stem: run.notebook_parameters(run.NOTEBOOK_DIR / f"{stem}.ipynb") for stem in run.NOTEBOOKS.values()}
     parameters = run.load_presets([preset])
+    assert list(parameters) == [preset.parent.name]
     for scope in [parameters, *(v for v in parameters.values() if isinstance(v, dict))]:
         scope.pop("data_root", None)
         scope.pop("output_dir", None)
-    run._route_parameters(parameters, declared)
+    routed = run._route_parameters(parameters, declared)
+    assert [stem for stem, values in routed.items() if values] == [preset.parent.name]
 
 
-def test_demo_preset_is_the_notebook_defaults() -> None:
-    parameters = run.load_presets([run.REPO_ROOT / "params" / "demo.yml"])
-    declared = {stem: run.notebook_parameters(run.NOTEBOOK_DIR / f"{stem}.ipynb") for stem in run.NOTEBOOKS.values()}
-    for stem, values in run._route_parameters(parameters, declared).items():
-        for name, value in values.items():
-            assert run.parse_value(declared[stem][name].strip('"')) == value, (stem, name)
+def test_named_presets_and_overrides_that_win() -> None:
+    """--preset facecom_cpu picks params/<stem>/facecom_cpu.yml per chosen notebook; -p beats the preset."""
+    parameters = run.gather_parameters(["facecom_cpu"], [], [("epochs", "1"), ("samples_per_epoch", "256")], "03,04")
+    section = parameters["03_arcface_recognition"]
+    assert section["epochs"] == 1 and section["samples_per_epoch"] == 256 and section["image_size"] == 112
+    assert "02_gender_classification" not in parameters  # notebook 02 was not chosen
+    both = run.gather_parameters(["facecom_cpu"], [], [], None)
+    assert both["02_gender_classification"]["image_size"] == 128 and both["03_arcface_recognition"]["epochs"] == 6
+    with pytest.raises(run.RunError, match="no preset 'facecom_tpu'.*facecom_cpu"):
+        run.gather_parameters(["facecom_tpu"], [], [], None)
+    with pytest.raises(run.RunError, match="no preset 'facecom_cpu' for notebooks 01_eda"):
+        run.gather_parameters(["facecom_cpu"], [], [], "01")
+
+
+def test_a_kernel_that_dies_starting_is_started_again(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Only a start failure (no cell ran) is retried, at most KERNEL_START_ATTEMPTS times; never a failing cell."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    calls: list[int] = []
+
+    def dies_then_runs(*args: object, **kwargs: object) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("Kernel died before replying to kernel_info")
+
+    monkeypatch.setattr(pm, "execute_notebook", dies_then_runs)
+    _, error, _ = run.run_notebook(tmp_path / "nb.ipynb", tmp_path / "out.ipynb", {})
+    assert error is None and len(calls) == 2
+
+    calls.clear()
+
+    def always_dies(*args: object, **kwargs: object) -> None:
+        calls.append(1)
+        raise RuntimeError("Kernel died before replying to kernel_info")
+
+    monkeypatch.setattr(pm, "execute_notebook", always_dies)
+    _, error, _ = run.run_notebook(tmp_path / "nb.ipynb", tmp_path / "out.ipynb", {})
+    assert len(calls) == run.KERNEL_START_ATTEMPTS and "before any cell ran" in error and "kernel_info" in error
+
+    calls.clear()
+
+    def cell_fails(*args: object, **kwargs: object) -> None:
+        calls.append(1)
+        raise PapermillExecutionError(2, 3, "x = 1/0", "ZeroDivisionError", "division by zero", [])
+
+    monkeypatch.setattr(pm, "execute_notebook", cell_fails)
+    _, error, _ = run.run_notebook(tmp_path / "nb.ipynb", tmp_path / "out.ipynb", {})
+    assert len(calls) == 1 and "ZeroDivisionError" in error
+    assert run.is_kernel_start_failure("zmq.error.ZMQError: Address already in use (addr='tcp://127.0.0.1:1')")
+    assert not run.is_kernel_start_failure("ValueError: bad parameter")

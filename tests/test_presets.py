@@ -1,0 +1,167 @@
+"""Every shipped preset runs as shipped: plain papermill (``papermill NB OUT -f PRESET -p ...``), end to end.
+
+A preset is a plain papermill parameter file for one notebook, ``params/<notebook>/<preset>.yml``. Each
+one is injected by papermill's own command line into the notebook it is for and executed on the tiny
+demo data, shrunk only through the overrides a user would pass (``SHRINKING``; for GPU presets also
+``GPU_ON_CPU``). Any other override makes the test fail: a preset that needs one is not runnable as
+shipped. Each preset runs on a data root **without** a ``val`` split (the holdout path, as
+``../shared/facecom``); the CPU presets also on one with it; notebook 04 reads each notebook-03 run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import papermill as pm
+import pytest
+import yaml
+
+from conftest import REPO_ROOT
+from facecom_utils import run
+
+PRESETS = sorted((REPO_ROOT / "params").glob("*/*.yml"))
+SHRINKING = {"data_root", "output_dir", "epochs", "samples_per_epoch", "image_size", "batch_size",
+             "max_identities", "max_train_images", "max_train_minutes"}
+GPU_ON_CPU = {"device", "amp", "num_workers", "pretrained"}
+
+
+def _notebook(preset: Path) -> Path:
+    stem = run.preset_notebook(preset)
+    assert stem is not None, f"{preset}: a preset lives in params/<notebook>/ (one of {list(run.NOTEBOOKS.values())})"
+    return REPO_ROOT / "notebooks" / f"{stem}.ipynb"
+
+
+def _is_gpu(values: dict) -> bool:
+    return values.get("device") in ("cuda", "mps") or values.get("amp") not in (None, "none") and "device" in values
+
+
+def shrinking_overrides(preset: Path, data_root: Path, output_dir: Path) -> dict:
+    """The overrides that make a preset run in seconds on the demo, checked against the allowed set."""
+    values = yaml.safe_load(preset.read_text()) or {}
+    stem = run.preset_notebook(preset)
+    overrides: dict = {"data_root": str(data_root), "output_dir": str(output_dir)}
+    if stem in ("02_gender_classification", "03_arcface_recognition"):
+        overrides.update(epochs=1, image_size=32, batch_size=16)
+    if stem == "03_arcface_recognition":
+        overrides.update(samples_per_epoch=32, max_identities=None)
+    allowed = SHRINKING
+    if values.get("device") == "cuda":
+        allowed = SHRINKING | GPU_ON_CPU
+        # no network here: ImageNet downloads are replaced by random weights (Lite0 keeps its offline ones)
+        offline = "offline" if values.get("backbone", "efficientnet_lite0") == "efficientnet_lite0" else None
+        overrides.update(device="cpu", amp="none", num_workers=0, pretrained=offline)
+    extra = sorted(set(overrides) - allowed)
+    assert not extra, f"{preset.name}: overrides {extra} are not allowed; the preset must run as shipped"
+    return overrides
+
+
+def _papermill(notebook: Path, out: Path, preset: Path | None, overrides: dict) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "papermill", str(notebook), str(out), "--no-progress-bar", "-k", "python3"]
+    if preset is not None:
+        cmd += ["-f", str(preset)]
+    cmd += ["-y", yaml.safe_dump(overrides)]  # papermill's own YAML parameters: typed like a preset
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "MPLBACKEND": "Agg"}
+    for _ in range(run.KERNEL_START_ATTEMPTS):  # papermill's CLI does not retry a kernel that died starting
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+        if proc.returncode == 0 or not run.is_kernel_start_failure(proc.stderr) or "Exception encountered" in proc.stderr:
+            break
+    return proc
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A small demo (train + val) and the same with no val split (like ../shared/facecom).
+
+    Larger than the session's tiny demo: without val, Task A's persons are split three ways (held out,
+    validation fold, training part) and each part needs women.
+    """
+    from facecom_utils.demo import make_demo_dataset
+
+    demo_root = make_demo_dataset(tmp_path_factory.mktemp("presets") / "demo", seed=0, train_identities=30,
+                                  val_identities=8, clean_per_identity=2, image_size=48)
+    train_only = tmp_path_factory.mktemp("train_only")
+    for task in ("Task_A", "Task_B"):
+        (train_only / task).mkdir()
+        (train_only / task / "train").symlink_to(demo_root / task / "train", target_is_directory=True)
+    return {"with_val": demo_root, "no_val": train_only}
+
+
+def test_there_are_presets_for_both_tasks() -> None:
+    names = {(p.parent.name, p.stem) for p in PRESETS}
+    for stem in ("02_gender_classification", "03_arcface_recognition"):
+        assert {(stem, "facecom_cpu"), (stem, "facecom_gpu")} <= names
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_preset_keys_are_declared_and_differ_from_the_defaults(preset: Path) -> None:
+    """Every key is a parameter of its notebook; a preset lists only what differs from the notebook's defaults."""
+    values = yaml.safe_load(preset.read_text()) or {}
+    assert isinstance(values, dict) and values, f"{preset}: a YAML mapping of parameter: value"
+    defaults = run.notebook_defaults(_notebook(preset))
+    unknown = sorted(set(values) - set(defaults))
+    assert not unknown, f"{preset}: not parameters of {_notebook(preset).name}: {unknown}"
+    same = sorted(k for k, v in values.items() if k not in ("data_root", "output_dir") and v == defaults[k]
+                  and not (isinstance(defaults[k], tuple) and list(defaults[k]) == v))
+    assert not same, f"{preset}: {same} repeat the notebook's defaults (a preset lists only differences)"
+
+
+def test_shrinking_refuses_other_overrides(tmp_path: Path) -> None:
+    cpu = next(p for p in PRESETS if p.stem == "facecom_cpu")
+    overrides = shrinking_overrides(cpu, tmp_path, tmp_path)
+    assert set(overrides) <= SHRINKING and "device" not in overrides
+    sneaky = tmp_path / "params" / "03_arcface_recognition" / "facecom_cpu.yml"
+    sneaky.parent.mkdir(parents=True)
+    sneaky.write_text(yaml.safe_dump({"device": "cuda", "backbone": "resnet10t"}))
+    assert shrinking_overrides(sneaky, tmp_path, tmp_path)["device"] == "cpu"  # GPU presets may move to the CPU
+
+
+def _cases() -> list:
+    cases = []
+    for preset in PRESETS:
+        values = yaml.safe_load(preset.read_text()) or {}
+        kinds = ["no_val", "with_val"] if values.get("device") != "cuda" else ["no_val"]
+        marks = [pytest.mark.slow] if run.preset_notebook(preset) != "01_eda" else []
+        cases += [pytest.param(preset, kind, marks=marks, id=f"{preset.parent.name[:2]}/{preset.stem}/{kind}")
+                  for kind in kinds]
+    return cases
+
+
+@pytest.mark.parametrize(("preset", "kind"), _cases())
+def test_preset_runs_as_shipped_with_plain_papermill(preset: Path, kind: str, roots: dict[str, Path],
+                                                     tmp_path: Path) -> None:
+    notebook = _notebook(preset)
+    output_dir = tmp_path / notebook.stem
+    proc = _papermill(notebook, tmp_path / notebook.name, preset,
+                      shrinking_overrides(preset, roots[kind], output_dir))
+    assert proc.returncode == 0, f"{preset} on {kind}:\n{proc.stderr[-4000:]}"
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    values = yaml.safe_load(preset.read_text())
+    for key, value in values.items():  # the preset's own keys reached the notebook, unless shrunk
+        if key not in SHRINKING | GPU_ON_CPU:
+            got = metrics["parameters"][key]
+            assert got == value or (isinstance(got, list) and got == list(value)), (key, got, value)
+    split = metrics.get("reported_split") or metrics.get("report_split")
+    assert (split == "val") == (kind == "with_val"), split
+    if notebook.stem == "03_arcface_recognition" and kind == "no_val":
+        # notebook 04 reads the holdout run through its run_dir (nbval runs it on a run with val)
+        proc = _papermill(REPO_ROOT / "notebooks" / "04_threshold_analysis.ipynb", tmp_path / "04.ipynb", None,
+                          {"run_dir": str(output_dir), "output_dir": str(tmp_path / "04")})
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        analysis = json.loads((tmp_path / "04" / "metrics.json").read_text())
+        assert analysis["reported_split"] == metrics["reported_split"]
+        assert analysis["match_f1_macro"] == pytest.approx(metrics["match_f1_macro"])
+
+
+def test_papermill_help_lists_typed_parameters() -> None:
+    """``papermill --help-notebook`` shows every parameter with a type and a help line."""
+    notebook = REPO_ROOT / "notebooks" / "02_gender_classification.ipynb"
+    proc = subprocess.run([sys.executable, "-m", "papermill", "--help-notebook", str(notebook)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for name, info in pm.inspect_notebook(str(notebook)).items():
+        assert f"{name}: {info['inferred_type_name']} (default {info['default']})" in proc.stdout, name
+    assert "Unknown type" not in proc.stdout
