@@ -3,10 +3,10 @@
 ::
 
     facecom run [-f PRESET.yml] [-p NAME VALUE] [--name RUN] [--notebooks 01,02] [--data-root DIR]
-    facecom evaluate-gender CHECKPOINT DATA_ROOT [--split val] [--json] [--out FILE]
-    facecom evaluate-recognition CHECKPOINT DATA_ROOT [--split val] [--json] [--out FILE]
-    facecom predict-gender CHECKPOINT IMAGES... [--out CSV]
-    facecom identify CHECKPOINT --gallery DIR PROBES... [--out CSV]
+    facecom evaluate-gender CHECKPOINT DATA_ROOT [--split val] [--json] [--out FILE] [--strict]
+    facecom evaluate-recognition CHECKPOINT DATA_ROOT [--split val] [--json] [--out FILE] [--strict]
+    facecom predict-gender CHECKPOINT IMAGES... [--out CSV] [--strict]
+    facecom identify CHECKPOINT --gallery DIR PROBES... [--out CSV] [--strict]
     facecom make-demo ROOT [--seed 0] [--train-identities 60] [--val-identities 20] [--image-size 112]
     facecom split SRC_ROOT DST_ROOT [--val-fraction 0.2] [--seed 0] [--overwrite]
     facecom train-gender -f PRESET.yml [-p NAME VALUE] [--data-root DIR] [--output-dir DIR] [--json]
@@ -18,7 +18,7 @@
 ``evaluate-*`` apply the protocol and the threshold stored in the checkpoint (chosen on the training
 run's validation fold) to ``DATA_ROOT/Task_A/<split>`` or ``DATA_ROOT/Task_B/<split>`` -- the same
 protocol and metric keys as notebooks 02 and 03. ``predict-gender`` and ``identify`` write one CSV
-row per image: ``path, prediction, score, decision``:
+row per image: ``path, prediction, score, decision, error`` (``error``: see below):
 
 * predict-gender: ``prediction`` = female/male at the checkpoint's threshold, ``score`` = P(female),
   ``decision`` = the rule applied, e.g. ``score>=0.412``;
@@ -26,8 +26,26 @@ row per image: ``path, prediction, score, decision``:
   over the identity's gallery images), ``decision`` = ``match`` when the score clears the checkpoint's
   match threshold, else ``no_match`` (the probe is probably nobody in the gallery).
 
-IMAGES / PROBES may be files or folders (searched recursively for .jpg/.jpeg/.png). Bad paths and
-checkpoints of the wrong task give a one-line error and exit code 2.
+IMAGES / PROBES may be files or folders (searched recursively for .jpg/.jpeg/.png; hidden files such
+as ``.DS_Store`` are ignored). Bad paths and checkpoints of the wrong task give a one-line error and
+exit code 2.
+
+One unreadable image (zero-byte, truncated, not an image, fails to decode) does not sink a batch.
+``predict-gender``, ``identify`` and ``evaluate-*`` screen every image first
+(:func:`facecom_utils.data.screen_images`; grayscale, CMYK, palette and transparent images are
+fine, they are converted to RGB) and by default skip each unreadable one with a warning on stderr
+naming the file and the problem, finish the rest, print ``facecom COMMAND: N of M images skipped``
+last and exit with code 1 (``EXIT_SKIPPED``):
+
+* predict-gender / identify: the CSV has a fifth column ``error``, empty for good rows; a skipped
+  image keeps its row with the reason there and ``prediction``, ``score``, ``decision`` empty.
+  An unreadable gallery image of ``identify`` is left out of the gallery (warning and summary); an
+  identity left with no readable gallery image is reported and can no longer be predicted.
+* evaluate-*: the metrics cover the readable images; ``n_skipped`` and ``skipped``
+  (``{path: reason}``, in ``--json`` / ``--out``) list the others.
+
+``--strict`` stops at the first unreadable image instead: a one-line error naming it, exit code 2,
+and nothing is written (the screening runs before any prediction or output).
 """
 
 from __future__ import annotations
@@ -38,12 +56,14 @@ import io
 import json
 import math
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "build_parser", "CliError", "collect_images", "gallery_images"]
+__all__ = ["main", "build_parser", "CliError", "collect_images", "gallery_images", "EXIT_SKIPPED", "EXIT_USAGE"]
 
+EXIT_SKIPPED = 1  # the batch finished, but some unreadable images were skipped
 EXIT_USAGE = 2
 
 
@@ -136,6 +156,45 @@ def _data_root(path: str | Path, task: str, split: str) -> Path:
     return root.resolve()
 
 
+def _screen(paths: Sequence[str | Path], args: argparse.Namespace, what: str = "image") -> dict[str, str]:
+    """``{path: reason}`` of the unreadable ``paths``: skipped with a warning, or the first raised under --strict."""
+    from facecom_utils.data import screen_images
+
+    return screen_images([str(p) for p in paths], "raise" if args.strict else "skip", what)
+
+
+def _warn(args: argparse.Namespace, message: str) -> None:
+    print(f"facecom {args.command}: warning: {message}", file=sys.stderr)
+
+
+def _finish(args: argparse.Namespace, n_skipped: int, n_total: int, detail: str = "") -> int:
+    """Exit code of a batch command: 0, or EXIT_SKIPPED after a one-line summary of what was skipped."""
+    if not n_skipped:
+        return 0
+    print(f"facecom {args.command}: {n_skipped} of {n_total} images skipped (unreadable{detail})", file=sys.stderr)
+    return EXIT_SKIPPED
+
+
+def _show_data_warnings(command: str) -> None:
+    """Print each FacecomDataWarning (skipped image, odd folder entry) as ``facecom CMD: warning: ...``.
+
+    Call inside ``warnings.catch_warnings()``, which restores the previous filters and printer.
+    """
+    from facecom_utils.data import FacecomDataWarning
+
+    previous = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        if issubclass(category, FacecomDataWarning):
+            print(f"facecom {command}: warning: {message}", file=sys.stderr)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    warnings.simplefilter("always", FacecomDataWarning)  # one line per skipped file, every run
+    warnings.showwarning = show
+
+
 # --------------------------------------------------------------------------------------------------
 # Outputs
 # --------------------------------------------------------------------------------------------------
@@ -177,9 +236,14 @@ def _emit_metrics(metrics: dict[str, Any], as_json: bool, out: str | None) -> No
     print(json.dumps(plain, indent=2) if as_json else _metrics_text(plain))
 
 
+def _error_row(path: str | Path, reason: str) -> dict[str, str]:
+    """The CSV row of a skipped image: the reason in ``error``, the prediction columns empty."""
+    return {"path": str(path), "prediction": "", "score": "", "decision": "", "error": reason}
+
+
 def _write_rows(rows: list[dict[str, Any]], out: str | None) -> None:
-    """Write ``path, prediction, score, decision`` rows to ``out`` (or stdout)."""
-    fields = ["path", "prediction", "score", "decision"]
+    """Write ``path, prediction, score, decision, error`` rows to ``out`` (or stdout)."""
+    fields = ["path", "prediction", "score", "decision", "error"]
     if out:
         target = Path(out).expanduser()
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -213,12 +277,13 @@ def cmd_evaluate_gender(args: argparse.Namespace) -> int:
     _checkpoint(args.checkpoint, "gender", "evaluate-gender")
     root = _data_root(args.data_root, "Task_A", args.split)
     metrics = evaluate_gender(args.checkpoint, root, split=args.split, distortions=not args.no_distortions,
-                              batch_size=args.batch_size, device=args.device, seed=args.seed)
+                              batch_size=args.batch_size, device=args.device, seed=args.seed,
+                              on_error="raise" if args.strict else "skip")
     metrics.pop("reliability", None)
     if not args.json:
         metrics.pop("per_distortion_metrics", None)
     _emit_metrics(metrics, args.json, args.out)
-    return 0
+    return _finish(args, metrics["n_skipped"], metrics["n_images"] + metrics["n_skipped"])
 
 
 def cmd_evaluate_recognition(args: argparse.Namespace) -> int:
@@ -227,12 +292,12 @@ def cmd_evaluate_recognition(args: argparse.Namespace) -> int:
     _checkpoint(args.checkpoint, "recognition", "evaluate-recognition")
     root = _data_root(args.data_root, "Task_B", args.split)
     metrics = evaluate_recognition(args.checkpoint, root, split=args.split, batch_size=args.batch_size,
-                                   device=args.device, seed=args.seed)
+                                   device=args.device, seed=args.seed, on_error="raise" if args.strict else "skip")
     if not args.json:
         for key in ("per_distortion_metrics", "strict_per_distortion_metrics", "threshold_details"):
             metrics.pop(key, None)
     _emit_metrics(metrics, args.json, args.out)
-    return 0
+    return _finish(args, metrics["n_skipped"], metrics["n_images"] + metrics["n_skipped"])
 
 
 def cmd_predict_gender(args: argparse.Namespace) -> int:
@@ -241,18 +306,38 @@ def cmd_predict_gender(args: argparse.Namespace) -> int:
     payload = _checkpoint(args.checkpoint, "gender", "predict-gender")
     threshold = float(args.threshold if args.threshold is not None else payload.get("threshold", 0.5))
     paths = collect_images(args.images)
-    table = predict_gender(args.checkpoint, paths, threshold=threshold, batch_size=args.batch_size, device=args.device)
+    bad = _screen(paths, args)
+    good = [p for p in paths if str(p) not in bad]
+    probs: dict[str, float] = {}
+    if good:
+        table = predict_gender(args.checkpoint, good, threshold=threshold, batch_size=args.batch_size,
+                               device=args.device)
+        probs = dict(zip(table["path"], table["prob"]))
     rows = [
-        {
+        _error_row(p, bad[str(p)]) if str(p) in bad else {
             "path": str(p),
-            "prediction": pred,
-            "score": f"{prob:.6f}",
-            "decision": f"score{'>=' if prob >= threshold else '<'}{threshold:.6g}",
+            "prediction": "female" if probs[str(p)] >= threshold else "male",
+            "score": f"{probs[str(p)]:.6f}",
+            "decision": f"score{'>=' if probs[str(p)] >= threshold else '<'}{threshold:.6g}",
+            "error": "",
         }
-        for p, prob, pred in zip(table["path"], table["prob"], table["pred"])
+        for p in paths
     ]
     _write_rows(rows, args.out)
-    return 0
+    return _finish(args, len(bad), len(paths))
+
+
+def _readable_gallery(args: argparse.Namespace) -> tuple[list[Path], list[str], dict[str, str], list[str]]:
+    """The gallery's readable images and their identities, the skipped images, and the identities lost."""
+    gallery, identities = gallery_images(args.gallery)
+    bad = _screen(gallery, args, "gallery image")
+    keep = [k for k, p in enumerate(gallery) if str(p) not in bad]
+    lost = sorted(set(identities) - {identities[k] for k in keep})
+    for identity in lost:
+        _warn(args, f"gallery identity {identity}: no readable image; left out of the gallery")
+    if not keep:
+        raise CliError(f"{args.gallery}: no readable gallery image ({len(bad)} unreadable)")
+    return [gallery[k] for k in keep], [identities[k] for k in keep], bad, lost
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
@@ -266,8 +351,10 @@ def cmd_identify(args: argparse.Namespace) -> int:
     threshold = float(args.threshold if args.threshold is not None else payload.get("threshold", math.nan))
     if math.isnan(threshold):
         raise CliError(f"{args.checkpoint}: holds no match threshold; pass --threshold or use the best.pt of a finished run")
-    gallery, identities = gallery_images(args.gallery)
     probes = collect_images(args.probes)
+    gallery, identities, bad_gallery, lost = _readable_gallery(args)
+    bad = _screen(probes, args)
+    good = [p for p in probes if str(p) not in bad]
     model, payload = load_recognition_model(args.checkpoint, select_device(args.device))
     cfg = payload.get("config", {})
     kw = dict(
@@ -275,21 +362,27 @@ def cmd_identify(args: argparse.Namespace) -> int:
         flip_tta=bool(cfg.get("flip_tta", True)), face_crop=float(cfg.get("face_crop", 1.0)),
         source=str(payload.get("embedding_source", "neck")), tta_crops=tuple(cfg.get("tta_crops") or ()),
     )
-    gallery_emb = extract_embeddings(model, [str(p) for p in gallery], **kw)
-    probe_emb = extract_embeddings(model, [str(p) for p in probes], **kw)
-    scores, columns = identity_scores(probe_emb, gallery_emb, np.asarray(identities))
-    best = np.argmax(scores, axis=1)
-    rows = []
-    for k, probe in enumerate(probes):
-        score = float(scores[k, best[k]])
-        rows.append({
-            "path": str(probe),
-            "prediction": str(columns[best[k]]),
-            "score": f"{score:.6f}",
-            "decision": "match" if score >= threshold else "no_match",
-        })
+    best: dict[str, tuple[str, float]] = {}
+    if good:
+        gallery_emb = extract_embeddings(model, [str(p) for p in gallery], **kw)
+        probe_emb = extract_embeddings(model, [str(p) for p in good], **kw)
+        scores, columns = identity_scores(probe_emb, gallery_emb, np.asarray(identities))
+        top = np.argmax(scores, axis=1)
+        best = {str(p): (str(columns[top[k]]), float(scores[k, top[k]])) for k, p in enumerate(good)}
+    rows = [
+        _error_row(p, bad[str(p)]) if str(p) in bad else {
+            "path": str(p),
+            "prediction": best[str(p)][0],
+            "score": f"{best[str(p)][1]:.6f}",
+            "decision": "match" if best[str(p)][1] >= threshold else "no_match",
+            "error": "",
+        }
+        for p in probes
+    ]
     _write_rows(rows, args.out)
-    return 0
+    detail = f"; {len(bad_gallery)} of them in the gallery" if bad_gallery else ""
+    detail += f"; identities with no readable gallery image: {', '.join(lost)}" if lost else ""
+    return _finish(args, len(bad) + len(bad_gallery), len(probes) + len(gallery) + len(bad_gallery), detail)
 
 
 def cmd_make_demo(args: argparse.Namespace) -> int:
@@ -351,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
         p.add_argument("--seed", type=int, default=None if name == "evaluate-recognition" else 0,
                        help="seed of the seeded parts of the protocol (distortions / impostor draw)")
+        p.add_argument("--strict", action="store_true", help="stop at the first unreadable image (exit 2, nothing written) instead of skipping it")
         if name == "evaluate-gender":
             p.add_argument("--no-distortions", action="store_true", help="skip the per-distortion robustness pass")
         p.set_defaults(func=func)
@@ -361,16 +455,17 @@ def build_parser() -> argparse.ArgumentParser:
                "Task B protocol (main + strict) of a recognition checkpoint (threshold from the checkpoint)",
                cmd_evaluate_recognition)
 
-    p = sub.add_parser("predict-gender", help="predict gender for images; CSV path,prediction,score,decision")
+    p = sub.add_parser("predict-gender", help="predict gender for images; CSV path,prediction,score,decision,error")
     p.add_argument("checkpoint", help="best.pt of a gender run")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--out", default=None, help="CSV file (default: stdout)")
     p.add_argument("--threshold", type=float, default=None, help="override the checkpoint's threshold on P(female)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable image (exit 2, nothing written) instead of skipping it")
     p.set_defaults(func=cmd_predict_gender)
 
-    p = sub.add_parser("identify", help="match probe images against a gallery; CSV path,prediction,score,decision")
+    p = sub.add_parser("identify", help="match probe images against a gallery; CSV path,prediction,score,decision,error")
     p.add_argument("checkpoint", help="best.pt of a recognition run")
     p.add_argument("probes", nargs="+", help="probe image files or folders")
     p.add_argument("--gallery", required=True, help="folder with one subfolder of clean images per identity")
@@ -378,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None, help="override the checkpoint's match threshold")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable image (exit 2, nothing written) instead of skipping it")
     p.set_defaults(func=cmd_identify)
 
     p = sub.add_parser("make-demo", help="write the synthetic demo dataset (FACECOM layout)")
@@ -427,7 +523,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            _show_data_warnings(args.command)
+            return int(args.func(args) or 0)
     except _user_errors() as exc:
         message = str(exc).strip().splitlines()
         print(f"facecom {args.command}: error: {message[0] if message else type(exc).__name__}", file=sys.stderr)

@@ -24,8 +24,13 @@ Decisions (documented here once, relied upon by the tests):
 * Each image is checked cheaply during a scan: zero bytes, a header PIL cannot parse, or a
   missing end marker (JPEG ``FFD9`` / PNG ``IEND``, i.e. a truncated file). With
   ``on_error="raise"`` one :class:`BadImageError` names every bad file; with ``"skip"`` the bad
-  files are dropped and one warning lists them. Files that only fail when fully decoded raise
-  :class:`BadImageError` from :func:`load_image`.
+  files are dropped and one warning lists them (``"keep"`` keeps them unchecked, for callers that
+  screen them). Files that only fail when fully decoded raise :class:`BadImageError` from
+  :func:`load_image`.
+* Batch jobs (``facecom predict-gender``, ``identify``, ``evaluate-*``) screen their images first
+  with :func:`screen_images` / :func:`drop_unreadable`: the cheap check plus a full decode, so one
+  bad file is skipped with a warning naming it (or stops the job with ``on_error="raise"``)
+  instead of failing the batch half-way.
 * A distorted image with an unknown suffix is kept (``distortion`` = the suffix, lower-cased,
   or ``"unknown"`` when the name has no ``_``) and reported in one warning. A distorted image
   whose clean image is missing is kept with ``source=None`` and reported in one warning.
@@ -69,6 +74,9 @@ __all__ = [
     "scan_task_a",
     "scan_task_b",
     "check_image",
+    "image_problem",
+    "screen_images",
+    "drop_unreadable",
     "load_image",
     "summarize",
     "split_by_identity",
@@ -91,6 +99,7 @@ _NUMBERED_STEM = re.compile(r"^(?P<person>.+)_\d+$")
 _SPLIT_MARKER = "SPLIT.json"
 
 OnError = Literal["raise", "skip"]
+ScanOnError = Literal["raise", "skip", "keep"]
 
 
 class FacecomLayoutError(ValueError):
@@ -169,9 +178,9 @@ def _abs(path: str | Path) -> Path:
     return Path(os.path.abspath(os.path.expanduser(str(path))))
 
 
-def _check_on_error(on_error: str) -> None:
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+def _check_on_error(on_error: str, choices: tuple[str, ...] = ("raise", "skip")) -> None:
+    if on_error not in choices:
+        raise ValueError(f"on_error must be one of {', '.join(map(repr, choices))}, got {on_error!r}")
 
 
 def find_task_dir(data_root: str | Path, task: str) -> Path:
@@ -417,6 +426,93 @@ def load_image(path: str | Path, size: int | None = None) -> Image.Image:
     return rgb
 
 
+def _decode_problem(path: str | Path) -> str | None:
+    """Decode ``path`` as :func:`load_image` would; ``None`` when it works, else the reason.
+
+    A JPEG is decoded at 1/8 scale (``Image.draft``): about half the cost of a full decode, and it
+    still reads every byte of the compressed data, so broken data streams are found.
+    """
+    try:
+        with Image.open(path) as img:
+            if img.format == "JPEG":
+                img.draft(img.mode, (max(1, img.width // 8), max(1, img.height // 8)))
+            img.load()
+            _to_rgb(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return f"fails to decode ({type(e).__name__}: {e})"
+    return None
+
+
+def image_problem(path: str | Path) -> str | None:
+    """Why :func:`load_image` cannot read ``path`` (``None`` when it can): :func:`check_image`, then a decode.
+
+    Grayscale, 16-bit, CMYK, palette and transparent images are readable (they are converted to RGB).
+
+    Args:
+        path: The image file.
+
+    Returns:
+        ``None`` for a readable image, else a short reason (``"zero-byte file"``,
+        ``"truncated JPEG (no end-of-image marker FFD9)"``, ``"not a readable image (...)"``,
+        ``"fails to decode (...)"``).
+    """
+    return check_image(path) or _decode_problem(path)
+
+
+def screen_images(paths: Iterable[str | Path], on_error: OnError = "skip", what: str = "image") -> dict[str, str]:
+    """Find the unreadable images of a batch job before it starts (:func:`image_problem` on each).
+
+    Args:
+        paths: The images, in the job's order.
+        on_error: ``"skip"``: warn once per unreadable image and go on; ``"raise"``: stop at the
+            first one.
+        what: What the images are, for the messages (e.g. ``"gallery image"``).
+
+    Returns:
+        ``{str(path): reason}`` of the unreadable images, in input order (empty when all are fine).
+
+    Raises:
+        BadImageError: ``on_error="raise"`` and an image is unreadable; the message is one line
+            naming it.
+
+    Warns:
+        FacecomDataWarning: ``on_error="skip"``: one per unreadable image, naming it and the reason.
+    """
+    _check_on_error(on_error)
+    bad: dict[str, str] = {}
+    for path in paths:
+        reason = image_problem(path)
+        if reason is None:
+            continue
+        if on_error == "raise":
+            raise BadImageError(f"{path}: unreadable {what}: {reason}", [path])
+        _warn(f"skipped unreadable {what} {path}: {reason}")
+        bad[str(path)] = reason
+    return bad
+
+
+def drop_unreadable(table: pd.DataFrame, on_error: OnError = "skip") -> tuple[pd.DataFrame, dict[str, str]]:
+    """A scan table without its unreadable images (:func:`screen_images` on its ``path`` column).
+
+    A Task B distorted image whose clean image was dropped keeps its row with ``source=None``.
+
+    Args:
+        table: A :func:`scan_task_a` / :func:`scan_task_b` table (e.g. scanned with ``on_error="keep"``).
+        on_error: ``"skip"`` (warn per image) or ``"raise"`` (stop at the first), see :func:`screen_images`.
+
+    Returns:
+        ``(kept rows with a fresh index, {path: reason} of the dropped ones)``; ``table`` itself
+        when nothing was dropped.
+    """
+    bad = screen_images(table["path"].tolist(), on_error)
+    if not bad:
+        return table, bad
+    kept = table[~table["path"].isin(bad.keys())].reset_index(drop=True)
+    if "source" in kept.columns:
+        kept["source"] = pd.Series([None if s in bad else s for s in kept["source"]], dtype=object)
+    return kept, bad
+
+
 # ----------------------------------------------------------------------------------------------
 # scanning
 
@@ -446,7 +542,7 @@ def person_from_filename(name: str | Path) -> str:
 def scan_task_a(
     data_root: str | Path,
     splits: str | Sequence[str] | None = None,
-    on_error: OnError = "raise",
+    on_error: ScanOnError = "raise",
 ) -> pd.DataFrame:
     """Scan FACECOM Task A (gender classification) into a table, one row per image.
 
@@ -455,7 +551,8 @@ def scan_task_a(
         splits: ``None`` for every split folder present among ``train``/``val`` (at least one is
             required), or the split names that must exist.
         on_error: ``"raise"``: one :class:`BadImageError` naming every unreadable image;
-            ``"skip"``: drop them with one warning listing them.
+            ``"skip"``: drop them with one warning listing them; ``"keep"``: no check (the caller
+            screens them, e.g. with :func:`drop_unreadable`).
 
     Returns:
         DataFrame with columns ``path`` (absolute str), ``split``, ``label`` (``"female"`` /
@@ -465,7 +562,7 @@ def scan_task_a(
         FacecomLayoutError: No ``Task_A``, a missing split or class folder, or an empty class.
         BadImageError: Unreadable images and ``on_error="raise"``.
     """
-    _check_on_error(on_error)
+    _check_on_error(on_error, ("raise", "skip", "keep"))
     task_dir = find_task_dir(data_root, "Task_A")
     rows: list[tuple[str, str, str, str]] = []
     unexpected: list[Path] = []
@@ -487,7 +584,7 @@ def scan_task_a(
     if unexpected:
         _warn(f"ignored {len(unexpected)} unexpected entr(y/ies) in {task_dir} (layout {TASK_A_LAYOUT}):"
               + _list_block(sorted(unexpected)))
-    bad = _filter_bad([Path(r[0]) for r in rows], on_error, str(task_dir))
+    bad = _filter_bad([Path(r[0]) for r in rows], on_error, str(task_dir)) if on_error != "keep" else set()
     if bad:
         rows = [r for r in rows if Path(r[0]) not in bad]
     df = pd.DataFrame(rows, columns=["path", "split", "label", "person"])
@@ -509,7 +606,7 @@ def _parse_distorted(stem: str) -> tuple[str, str, bool]:
 def scan_task_b(
     data_root: str | Path,
     splits: str | Sequence[str] | None = None,
-    on_error: OnError = "raise",
+    on_error: ScanOnError = "raise",
 ) -> pd.DataFrame:
     """Scan FACECOM Task B (face recognition) into a table, one row per image.
 
@@ -522,7 +619,8 @@ def scan_task_b(
         splits: ``None`` for every split folder present among ``train``/``val`` (at least one is
             required), or the split names that must exist.
         on_error: ``"raise"``: one :class:`BadImageError` naming every unreadable image;
-            ``"skip"``: drop them with one warning listing them.
+            ``"skip"``: drop them with one warning listing them; ``"keep"``: no check (the caller
+            screens them, e.g. with :func:`drop_unreadable`).
 
     Returns:
         DataFrame with columns ``path`` (absolute str), ``split``, ``identity`` (folder name),
@@ -540,7 +638,7 @@ def scan_task_b(
             identity folders without a clean image, unexpected entries, skipped bad images
             (one warning per kind, listing every file).
     """
-    _check_on_error(on_error)
+    _check_on_error(on_error, ("raise", "skip", "keep"))
     task_dir = find_task_dir(data_root, "Task_B")
     rows: list[tuple[str, str, str, str | None, str | None]] = []
     unexpected: list[Path] = []
@@ -586,7 +684,7 @@ def scan_task_b(
         _warn(f"{len(missing_source)} distorted image(s) whose clean image <stem>.jpg is missing from the identity "
               "folder; kept with source=None:" + _list_block(missing_source))
 
-    bad = _filter_bad([Path(r[0]) for r in rows], on_error, str(task_dir))
+    bad = _filter_bad([Path(r[0]) for r in rows], on_error, str(task_dir)) if on_error != "keep" else set()
     if bad:
         bad_str = {str(p) for p in bad}
         rows = [r for r in rows if r[0] not in bad_str]

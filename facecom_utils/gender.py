@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch.utils.data import Subset
 
 from .cache import CACHE_MODES, BatchAugment, CachedImageDataset, apply_speedups, cached_dataset, resolve_cache_mode
-from .data import DISTORTION_TYPES, find_task_dir, scan_task_a
+from .data import DISTORTION_TYPES, BadImageError, OnError, drop_unreadable, find_task_dir, scan_task_a
 from .datasets import ImageDataset, build_sampler, build_transforms, make_loader, person_grouped_split
 from .demo import resolve_data_root
 from .evaluation import binary_metrics, choose_threshold, expected_calibration_error, reliability_curve
@@ -401,22 +401,35 @@ def evaluate_gender(
     batch_size: int = 64,
     device: str | torch.device = "auto",
     seed: int = 0,
+    on_error: OnError = "raise",
 ) -> dict[str, Any]:
     """Evaluates a Task A checkpoint on ``<data_root>/Task_A/<split>`` with its stored threshold.
 
+    Every image of the split is screened first (:func:`~facecom_utils.data.drop_unreadable`):
+    with ``on_error="raise"`` the first unreadable one stops the evaluation (:class:`BadImageError`);
+    with ``"skip"`` each is left out with a warning and the metrics cover the readable ones.
+
     Returns:
-        The metrics dict of :func:`evaluate_gender_model`, plus ``split``, ``n_images`` and
+        The metrics dict of :func:`evaluate_gender_model`, plus ``split``, ``n_images`` (images
+        evaluated), ``n_skipped``, ``skipped`` (``{path: reason}`` of the unreadable images) and
         ``checkpoint``.
+
+    Raises:
+        BadImageError: An unreadable image and ``on_error="raise"``, or no readable image at all.
     """
     device = select_device(device)
     model, payload = load_gender_model(checkpoint_path, device)
     config = payload.get("config", {})
-    df = scan_task_a(data_root, splits=(split,))
+    df, skipped = drop_unreadable(scan_task_a(data_root, splits=(split,), on_error="keep"), on_error)
+    if df.empty:
+        raise BadImageError(f"{data_root}: no readable image in Task_A/{split} ({len(skipped)} unreadable)",
+                            list(skipped))
     metrics, _ = evaluate_gender_model(
         model, df, float(payload.get("threshold", 0.5)), int(config.get("image_size", 224)), batch_size, device,
         distortions, seed, bool(config.get("tta", True)),
     )
-    metrics.update(split=split, n_images=len(df), checkpoint=str(checkpoint_path))
+    metrics.update(split=split, n_images=len(df), n_skipped=len(skipped), skipped=skipped,
+                   checkpoint=str(checkpoint_path))
     return metrics
 
 

@@ -79,7 +79,7 @@ from torchvision import transforms as T
 from tqdm.auto import tqdm
 
 from .cache import CACHE_MODES, BatchAugment, apply_speedups, cached_dataset, resolve_cache_mode
-from .data import DISTORTION_TYPES, central_crop, load_image, scan_task_b
+from .data import DISTORTION_TYPES, OnError, central_crop, drop_unreadable, load_image, scan_task_b
 from .datasets import IMAGENET_MEAN, IMAGENET_STD, DistributedWeightedSampler, TorchSeededDistortion, make_loader
 from .demo import resolve_data_root
 from .heads import build_head
@@ -1123,8 +1123,14 @@ def evaluate_recognition(
     device: str = "auto",
     flip_tta: bool | None = None,
     seed: int | None = None,
+    on_error: OnError = "raise",
 ) -> dict[str, Any]:
     """Evaluates a trained checkpoint on a split with the full protocol and its stored threshold.
+
+    The split's images are screened first (:func:`~facecom_utils.data.drop_unreadable`): with
+    ``on_error="raise"`` the first unreadable one stops the evaluation; with ``"skip"`` each is left
+    out with a warning (a distorted probe whose clean image is unreadable keeps ``source=None``; an
+    identity left with no readable clean image drops out of the protocol, see :func:`embedding_table`).
 
     Args:
         checkpoint_path: ``best.pt`` written by :func:`train_recognition`.
@@ -1135,12 +1141,15 @@ def evaluate_recognition(
         device: Compute device.
         flip_tta: Override the training run's flip TTA setting (None: keep it).
         seed: Seed of the impostor draw (None: the training seed).
+        on_error: ``"raise"`` or ``"skip"`` unreadable images (see above).
 
     Returns:
-        Metrics dict (see :func:`protocol_metrics`) plus ``embed_images_per_second`` and ``split``.
+        Metrics dict (see :func:`protocol_metrics`) plus ``embed_images_per_second``, ``split``,
+        ``n_images`` (images embedded), ``n_skipped`` and ``skipped`` (``{path: reason}``).
 
     Raises:
         ValueError: The checkpoint holds no threshold (it did not finish training).
+        BadImageError: An unreadable image and ``on_error="raise"``.
     """
     model, payload = load_recognition_model(checkpoint_path, device)
     if "threshold" not in payload:
@@ -1153,10 +1162,12 @@ def evaluate_recognition(
         if not held:
             raise ValueError(f"{checkpoint_path}: the run held no identities out (its data_root had Task_B/val); "
                              "use split='val'")
-        scanned = scan_task_b(root, splits=("train",))
-        table = embedding_table(scanned[scanned["identity"].isin(held)])
+        scanned = scan_task_b(root, splits=("train",), on_error="keep")
+        scanned = scanned[scanned["identity"].isin(held)].reset_index(drop=True)
     else:
-        table = embedding_table(scan_task_b(root, splits=(split,)))
+        scanned = scan_task_b(root, splits=(split,), on_error="keep")
+    scanned, skipped = drop_unreadable(scanned, on_error)
+    table = embedding_table(scanned)
     emb, speed = extract_embeddings(
         model, table["path"].tolist(), image_size=int(cfg["image_size"]), batch_size=batch_size, device=device,
         flip_tta=bool(cfg["flip_tta"]) if flip_tta is None else flip_tta, face_crop=float(cfg.get("face_crop", 1.0)),
@@ -1166,7 +1177,8 @@ def evaluate_recognition(
     metrics = protocol_metrics(table, emb, float(payload["threshold"]),
                                float(payload.get("strict_threshold", payload["threshold"])),
                                seed=int(cfg["seed"]) if seed is None else seed)
-    metrics.update(embed_images_per_second=speed, split=split)
+    metrics.update(embed_images_per_second=speed, split=split, n_images=len(table), n_skipped=len(skipped),
+                   skipped=skipped)
     return metrics
 
 

@@ -22,11 +22,14 @@ from facecom_utils.data import (
     FacecomDataWarning,
     FacecomLayoutError,
     check_image,
+    drop_unreadable,
     find_task_dir,
+    image_problem,
     load_image,
     person_from_filename,
     scan_task_a,
     scan_task_b,
+    screen_images,
     split_by_identity,
     summarize,
 )
@@ -353,6 +356,87 @@ def test_decode_time_failure_raises_in_load_image(tmp_path: Path) -> None:
     with pytest.raises(BadImageError) as err:  # ...loading names it
         load_image(path)
     assert str(path) in str(err.value) and err.value.paths == [str(path)]
+
+
+def _decode_only_failure(path: Path) -> Path:
+    """A JPEG whose header and end marker are fine but whose Huffman table is broken."""
+    data = bytearray(_jpeg_bytes())
+    dht = data.find(b"\xff\xc4")
+    data[dht + 4 : dht + 20] = b"\xff" * 16
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_image_problem_decodes_what_check_image_cannot_see(tmp_path: Path) -> None:
+    path = _decode_only_failure(tmp_path / "z.jpg")
+    assert check_image(path) is None
+    assert image_problem(path).startswith("fails to decode")
+    assert image_problem(_save(tmp_path / "ok.jpg")) is None
+    (tmp_path / "zero.jpg").write_bytes(b"")
+    assert image_problem(tmp_path / "zero.jpg") == "zero-byte file"
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "LA", "CMYK", "I;16", "P", "P-transparent", "1"])
+def test_image_problem_accepts_every_mode_load_image_converts(tmp_path: Path, mode: str) -> None:
+    img, fmt, _ = _mode_image(mode)
+    path = tmp_path / f"img.{fmt.lower()}"
+    img.save(path, format=fmt, **({"transparency": img.info["transparency"]} if "transparency" in img.info else {}))
+    assert image_problem(path) is None
+
+
+def _mixed_batch(folder: Path) -> tuple[list[Path], dict[str, str]]:
+    """Good images around a zero-byte file, a truncated JPEG, a text file and a decode-only failure."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good = [_save(folder / f"good{k}.jpg", k) for k in range(3)]
+    (folder / "zero.jpg").write_bytes(b"")
+    (folder / "truncated.jpg").write_bytes(_jpeg_bytes()[:300])
+    (folder / "text.jpg").write_text("I am a text file")
+    _decode_only_failure(folder / "broken.jpg")
+    bad = {"zero.jpg": "zero-byte", "truncated.jpg": "truncated JPEG", "text.jpg": "not a readable image",
+           "broken.jpg": "fails to decode"}
+    paths = [good[0], folder / "zero.jpg", good[1], folder / "truncated.jpg", folder / "text.jpg",
+             folder / "broken.jpg", good[2]]
+    return paths, bad
+
+
+def test_screen_images_skips_each_bad_file_with_a_warning(tmp_path: Path) -> None:
+    paths, expected = _mixed_batch(tmp_path)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        bad = screen_images(paths)
+    assert list(bad) == [str(p) for p in paths if p.name in expected]  # input order
+    for path, reason in bad.items():
+        assert expected[Path(path).name] in reason
+    messages = [str(w.message) for w in record if issubclass(w.category, FacecomDataWarning)]
+    assert len(messages) == 4
+    for message, (path, reason) in zip(messages, bad.items()):
+        assert path in message and reason in message
+    assert screen_images([p for p in paths if p.name.startswith("good")]) == {}
+
+
+def test_screen_images_raise_stops_at_the_first(tmp_path: Path) -> None:
+    paths, _ = _mixed_batch(tmp_path)
+    with pytest.raises(BadImageError) as err:
+        screen_images(paths, on_error="raise", what="gallery image")
+    assert err.value.paths == [str(paths[1])]
+    assert str(err.value).splitlines() == [f"{paths[1]}: unreadable gallery image: zero-byte file"]
+    with pytest.raises(ValueError, match="on_error"):
+        screen_images(paths, on_error="keep")
+
+
+def test_drop_unreadable_keeps_distorted_rows_of_a_dropped_clean_image(root: Path) -> None:
+    clean = root / "Task_B" / "train" / "Bob_Day" / "Bob_Day_0001.jpg"
+    _decode_only_failure(clean)
+    distorted = root / "Task_B" / "train" / "Bob_Day" / "distortion" / "Bob_Day_0001_noisy.jpg"
+    distorted.write_bytes(b"")
+    scanned = scan_task_b(root, on_error="keep")  # "keep": no check at all
+    assert len(scanned) == 8 * N_CLEAN
+    with pytest.warns(FacecomDataWarning):
+        kept, bad = drop_unreadable(scanned)
+    assert set(bad) == {str(clean), str(distorted)} and len(kept) == 8 * N_CLEAN - 2
+    bob = kept[kept["identity"] == "Bob_Day"]
+    assert len(bob) == 6 and bob["source"].isna().all() and list(kept.index) == list(range(len(kept)))
+    assert drop_unreadable(kept)[1] == {}
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage" * 10])
