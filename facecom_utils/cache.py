@@ -53,6 +53,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 from tqdm.auto import tqdm
 
+from .distributed import distributed_info
 from .data import DISTORTION_TYPES, central_crop, load_image
 from .datasets import IMAGENET_MEAN, IMAGENET_STD, TorchSeededDistortion
 
@@ -152,10 +153,6 @@ def resolve_cache_mode(mode: str | bool | None, cache_dir: str | Path | None = N
     return key
 
 
-def _dist_rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 # ----------------------------------------------------------------------------- the cache
@@ -273,7 +270,7 @@ class ImageCache:
 
         folder = Path(cache_dir) if cache_dir else default_cache_dir()
         file = folder / f"{name}.npy"
-        rank, world = _dist_rank_world()
+        rank, world = distributed_info()
         local_rank = int(os.environ.get("LOCAL_RANK", rank))  # one writer per machine
         built = False
         if local_rank == 0 and not cls._valid(file, shape):

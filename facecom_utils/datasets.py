@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.distributed as dist
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import transforms as T
 
+from .distributed import distributed_info
 from .data import DISTORTION_TYPES, load_image
 from .distortions import apply_distortion
 
@@ -223,10 +223,6 @@ def balanced_sample_weights(labels: Sequence[int] | np.ndarray) -> torch.Tensor:
     return torch.as_tensor(1.0 / counts[inverse], dtype=torch.double)
 
 
-def _dist_info() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class DistributedWeightedSampler(Sampler[int]):
@@ -254,7 +250,7 @@ class DistributedWeightedSampler(Sampler[int]):
         rank: int | None = None,
     ) -> None:
         self.weights = torch.as_tensor(weights, dtype=torch.double)
-        default_rank, default_world = _dist_info()
+        default_rank, default_world = distributed_info()
         self.num_replicas = default_world if num_replicas is None else num_replicas
         self.rank = default_rank if rank is None else rank
         total = len(self.weights) if num_samples is None else num_samples
@@ -289,7 +285,7 @@ def build_sampler(labels: Sequence[int] | np.ndarray, balance: str = "sampler", 
     """
     if balance == "sampler":
         return DistributedWeightedSampler(balanced_sample_weights(labels), seed=seed)
-    if _dist_info()[1] > 1:
+    if distributed_info()[1] > 1:
         return DistributedSampler(range(len(labels)), shuffle=True, seed=seed)  # type: ignore[arg-type]
     return None
 

@@ -41,11 +41,11 @@ from .cache import CACHE_MODES, BatchAugment, CachedImageDataset, apply_speedups
 from .data import DISTORTION_TYPES, BadImageError, OnError, drop_unreadable, find_task_dir, scan_task_a
 from .datasets import ImageDataset, build_sampler, build_transforms, make_loader, person_grouped_split
 from .demo import resolve_data_root
+from .distributed import distributed_info
 from .evaluation import binary_metrics, choose_threshold, expected_calibration_error, reliability_curve
 from .models import GenderClassifier, recalibrate_batchnorm
 from .training import (
     TrainConfig,
-    distributed_info,
     fit,
     load_checkpoint,
     save_checkpoint,

@@ -82,12 +82,12 @@ from .cache import CACHE_MODES, BatchAugment, apply_speedups, cached_dataset, re
 from .data import DISTORTION_TYPES, OnError, central_crop, drop_unreadable, load_image, scan_task_b
 from .datasets import IMAGENET_MEAN, IMAGENET_STD, DistributedWeightedSampler, TorchSeededDistortion, make_loader
 from .demo import resolve_data_root
+from .distributed import distributed_info
 from .heads import build_head
 from .models import FaceEmbedder, create_backbone
 from .training import (
     FitResult,
     TrainConfig,
-    distributed_info,
     fit,
     load_checkpoint,
     save_checkpoint,

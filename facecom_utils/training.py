@@ -52,6 +52,8 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from facecom_utils.distributed import distributed_info
+
 __all__ = [
     "FitResult",
     "TrainConfig",
@@ -82,11 +84,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def distributed_info() -> tuple[int, int]:
-    """``(rank, world_size)`` of the torch.distributed process group, ``(0, 1)`` without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def select_device(device: str | torch.device = "auto") -> torch.device:
