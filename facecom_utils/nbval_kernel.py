@@ -14,6 +14,9 @@ every cell of the notebook and nothing about why. ``notebooks/conftest.py`` puts
   which has no IPC transport, always uses it);
 * sends the kernel's stderr to a temporary file and puts its tail, with the kernel's exit code,
   into the error of a start that fails and into the report of a cell that finds the kernel dead;
+* notices a kernel that dies while running a cell: nbval would wait for the reply for the whole
+  cell timeout (2000 s by default); here the cell fails at once with the kernel's exit code and
+  stderr (:class:`KernelDiedError`), and the later cells report the dead kernel with its stderr;
 * starts the kernel again when a START fails (the process died, or it did not answer
   ``kernel_info`` / IOPub within nbval's startup timeout), up to :data:`START_ATTEMPTS` times,
   warning about every retried start so that a flaky machine stays visible. Nothing here runs a cell:
@@ -32,6 +35,7 @@ import time
 import uuid
 import warnings
 from pathlib import Path
+from queue import Empty
 
 from jupyter_client.manager import KernelManager
 from nbval.kernel import NbvalKernelspecManager, RunningKernel
@@ -104,6 +108,14 @@ def start_attempts() -> int:
 
 class KernelStartError(RuntimeError):
     """Every attempt at starting a notebook's kernel failed; the message quotes each one's stderr."""
+
+
+class KernelDiedError(RuntimeError):
+    """The kernel process exited while a reply was awaited; the message quotes its stderr."""
+
+
+#: While awaiting a reply, how often to check that the kernel process is still alive (seconds).
+ALIVE_CHECK_S = 1.0
 
 
 class CapturingKernel(RunningKernel):
@@ -183,6 +195,22 @@ class CapturingKernel(RunningKernel):
             f"attempt {attempt} failed after {seconds:.1f} s: {type(error).__name__}: {error}; "
             f"kernel process {status}; {quoted}"
         )
+
+    def await_reply(self, msg_id, timeout=None):
+        """nbval's await_reply, failing at once (with stderr) when the kernel process has died.
+
+        ``timeout`` keeps nbval's meaning (``queue.Empty`` after that long without a reply).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = ALIVE_CHECK_S if deadline is None else min(ALIVE_CHECK_S, max(0.0, deadline - time.monotonic()))
+            try:
+                return super().await_reply(msg_id, timeout=wait)
+            except Empty:
+                if not self.is_alive():
+                    raise KernelDiedError(self.death_report()) from None
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
 
     def exit_code(self) -> int | None:
         """The kernel process's exit code (negative: killed by that signal); None while it runs."""

@@ -32,6 +32,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = outcome.get_result()
     if _nbval_plugin is None or not report.failed or not isinstance(item, _nbval_plugin.IPyNbCell):
         return
+    from facecom_utils.nbval_kernel import KernelDiedError, KernelStartError
+
+    if call.excinfo is not None and call.excinfo.errisinstance(KernelStartError):
+        # pytest re-raises the notebook's setup error for each of its cells: the attempts and their
+        # stderr once, at the first cell, without pytest's own frames; a line for the others.
+        error = call.excinfo.value
+        if getattr(error, "reported_at", None) is None:
+            error.reported_at = item.nodeid
+            report.longrepr = f"{type(error).__name__}: {error}"
+        else:
+            report.longrepr = f"{type(error).__name__}: the kernel did not start (see {error.reported_at})"
+        return
+    if call.excinfo is not None and call.excinfo.errisinstance(KernelDiedError):
+        return  # its message already is the kernel's exit code and stderr
     kernel = getattr(item.parent, "kernel", None)
     if kernel is not None and hasattr(kernel, "death_report") and not kernel.is_alive():
         report.sections.append(("kernel stderr", kernel.death_report()))

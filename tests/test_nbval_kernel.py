@@ -7,8 +7,11 @@ for a kernel that dies at start; no notebook is run.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import textwrap
+import time
+from queue import Empty
 
 import pytest
 
@@ -18,7 +21,13 @@ from jupyter_client.kernelspec import KernelSpec, KernelSpecManager  # noqa: E40
 from nbval.kernel import CURRENT_ENV_KERNEL_NAME  # noqa: E402
 
 from conftest import REPO_ROOT  # noqa: E402
-from facecom_utils.nbval_kernel import CapturingKernel, KernelStartError, tail  # noqa: E402
+from facecom_utils.nbval_kernel import (  # noqa: E402
+    CapturingKernel,
+    KernelDiedError,
+    KernelStartError,
+    kernel_transport,
+    tail,
+)
 
 FAKE_KERNEL = textwrap.dedent(
     """
@@ -93,23 +102,42 @@ def test_attempts_default_from_the_environment(tmp_path, fake_specs, monkeypatch
         CapturingKernel("fake", cwd=str(tmp_path), kernel_spec_manager=fake_specs("once"))
 
 
-def test_a_kernel_that_dies_while_running_reports_its_stderr_and_exit_code(tmp_path):
+def test_a_kernel_that_dies_in_a_cell_fails_it_at_once_with_its_stderr_and_exit_code(tmp_path):
     kernel = CapturingKernel(CURRENT_ENV_KERNEL_NAME, cwd=str(tmp_path), startup_timeout=60)
     try:
         assert kernel.start_attempts == 1 and not kernel.start_failures
-        kernel.execute_cell_input("import os; os.write(2, b'segfault-like death (simulated)\\n'); os._exit(5)")
-        for _ in range(200):
-            if not kernel.is_alive():
-                break
-            import time
-
-            time.sleep(0.05)
+        if os.name != "nt":
+            assert kernel.km.transport == "ipc"  # no localhost ports to lose to another process
+        msg_id = kernel.execute_cell_input("import os; os.write(2, b'segfault-like death (simulated)\\n'); os._exit(5)")
+        t0 = time.monotonic()
+        with pytest.raises(KernelDiedError) as info:
+            kernel.await_reply(msg_id, timeout=600)  # nbval would wait all of it
+        assert time.monotonic() - t0 < 30
         assert not kernel.is_alive()
-        report = kernel.death_report()
-        assert "exit code 5" in report and "segfault-like death (simulated)" in report
+        for report in (str(info.value), kernel.death_report()):
+            assert "exit code 5" in report and "segfault-like death (simulated)" in report
     finally:
         kernel.kc.stop_channels()
         kernel.km.shutdown_kernel(now=True)
+
+
+def test_a_slow_cell_still_times_out_as_in_nbval(tmp_path):
+    kernel = CapturingKernel(CURRENT_ENV_KERNEL_NAME, cwd=str(tmp_path), startup_timeout=60)
+    try:
+        msg_id = kernel.execute_cell_input("import time; time.sleep(30)")
+        with pytest.raises(Empty):
+            kernel.await_reply(msg_id, timeout=1.5)
+        assert kernel.is_alive()
+    finally:
+        kernel.stop()
+
+
+def test_tcp_transport_on_request(monkeypatch):
+    monkeypatch.setenv("FACECOM_NBVAL_TRANSPORT", "tcp")
+    assert kernel_transport() == "tcp"
+    monkeypatch.setenv("FACECOM_NBVAL_TRANSPORT", "carrier-pigeon")
+    with pytest.raises(ValueError):
+        kernel_transport()
 
 
 def test_tail_keeps_the_last_lines(tmp_path):
