@@ -147,6 +147,7 @@ class _GalleryLayout:
     tail_width: int
     columns: np.ndarray  # [n_present] result column of each identity, in layout (count) order
     direct: bool  # columns == arange(n_columns): reduce straight into the result rows
+    gather: np.ndarray | None  # every column present: layout slot of each result column (for np.take)
 
 
 def _gallery_layout(g: np.ndarray, codes: np.ndarray, n_columns: int) -> _GalleryLayout:
@@ -181,6 +182,7 @@ def _gallery_layout(g: np.ndarray, codes: np.ndarray, n_columns: int) -> _Galler
         tail_width=int(tail_starts.size),
         columns=by_count,
         direct=by_count.size == n_columns and bool(np.all(by_count == np.arange(n_columns))),
+        gather=np.argsort(by_count) if by_count.size == n_columns else None,
     )
 
 
@@ -259,7 +261,7 @@ def identity_scores(
             raise ValueError(f"exclude entries must be gallery indices in [0, {g.shape[0]}) or -1")
 
     n_probes = p.shape[0]
-    if lay.direct:  # every column has images, in layout order: reduce straight into the result
+    if lay.gather is not None:  # every column has images: every entry is written below
         scores = np.empty((n_probes, len(ids)), dtype=np.float32)
     else:
         scores = np.full((n_probes, len(ids)), -np.inf, dtype=np.float32)
@@ -278,7 +280,10 @@ def identity_scores(
             _identity_max(block, lay, scores[start:stop])
         else:
             _identity_max(block, lay, reduced[: stop - start])
-            scores[start:stop, lay.columns] = reduced[: stop - start]
+            if lay.gather is not None:  # a permutation of all columns: a gather is cheaper than a scatter
+                np.take(reduced[: stop - start], lay.gather, axis=1, out=scores[start:stop])
+            else:
+                scores[start:stop, lay.columns] = reduced[: stop - start]
     return scores, ids
 
 
