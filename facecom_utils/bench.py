@@ -19,8 +19,10 @@ c. **embedding extraction**: images/s of :func:`facecom_utils.recognition.extrac
    (decode included) and the same model fed from the cache.
 d. **scoring**: 3,000 probes x 500 gallery images, :func:`facecom_utils.verification.identity_scores`
    (vectorised, chunked) against :func:`~facecom_utils.verification.per_pair_loop_scores` (one python
-   step per pair). The loop is timed on a subset of the probes and extrapolated linearly (the JSON
-   says so: ``scoring_loop_extrapolated``, ``scoring_loop_probes_timed``).
+   step per pair), and against a bare float32 ``probes @ gallery.T`` of the same shape, timed
+   alternately with it (``scoring_matmul_ms``, ``scoring_matmul_ratio``: how close the scoring runs
+   to the machine's limit). The loop is timed on a subset of the probes and extrapolated linearly
+   (the JSON says so: ``scoring_loop_extrapolated``, ``scoring_loop_probes_timed``).
 
 Use ``--quick`` (or ``--max-images``) to bound every part for a fast run; the figures are then
 noisier but the ratios keep their meaning.
@@ -347,10 +349,13 @@ def bench_embed(rows: pd.DataFrame, cfg: dict[str, Any], device: torch.device, c
 
 
 def bench_scoring(n_probes: int = 3000, n_gallery: int = 500, n_identities: int = 100, dim: int = 512,
-                  loop_probes: int = 100, repeats: int = 3) -> dict[str, Any]:
-    """Identity scores of ``n_probes`` x ``n_gallery`` images: vectorised vs per-pair loop (extrapolated).
+                  loop_probes: int = 100, repeats: int = 10, loop_repeats: int = 3) -> dict[str, Any]:
+    """Identity scores of ``n_probes`` x ``n_gallery`` images: vectorised vs per-pair loop (extrapolated),
+    and vs a bare float32 matrix product of the same shape (the machine's limit for this problem).
 
-    Both are timed ``repeats`` times and the fastest kept; the loop on ``loop_probes`` probes.
+    The vectorised scoring and the bare ``probes @ gallery.T`` alternate ``repeats`` times and the
+    fastest of each is kept (``scoring_matmul_ratio`` = scoring / bare product); the loop runs
+    ``loop_repeats`` times on ``loop_probes`` probes.
     """
     rng = np.random.default_rng(0)
     probes = rng.standard_normal((n_probes, dim)).astype(np.float32)
@@ -358,16 +363,21 @@ def bench_scoring(n_probes: int = 3000, n_gallery: int = 500, n_identities: int 
     probes /= np.linalg.norm(probes, axis=1, keepdims=True)
     gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
     labels = np.arange(n_gallery) % n_identities
-    best = min(_timed(lambda: identity_scores(probes, gallery, labels))[1] for _ in range(repeats))
+    best = best_matmul = float("inf")
+    for _ in range(repeats):  # interleaved: both see the same machine load
+        best = min(best, _timed(lambda: identity_scores(probes, gallery, labels))[1])
+        best_matmul = min(best_matmul, _timed(lambda: probes @ gallery.T)[1])
     loop_probes = min(loop_probes, n_probes)
-    loop_runs = [_timed(lambda: per_pair_loop_scores(probes[:loop_probes], gallery, labels)) for _ in range(repeats)]
+    loop_runs = [_timed(lambda: per_pair_loop_scores(probes[:loop_probes], gallery, labels))
+                 for _ in range(loop_repeats)]
     (loop_scores, _), loop_s = min(loop_runs, key=lambda run: run[1])
     fast, _ = identity_scores(probes[:loop_probes], gallery, labels)
     loop_ms = loop_s * 1e3 * n_probes / loop_probes
     return {
         "scoring_probes": n_probes, "scoring_gallery": n_gallery, "scoring_identities": n_identities,
-        "scoring_dim": dim, "scoring_ms": best * 1e3, "scoring_loop_ms": loop_ms,
-        "scoring_speedup": loop_ms / (best * 1e3),
+        "scoring_dim": dim, "scoring_ms": best * 1e3, "scoring_matmul_ms": best_matmul * 1e3,
+        "scoring_matmul_ratio": best / best_matmul, "scoring_repeats": repeats,
+        "scoring_loop_ms": loop_ms, "scoring_speedup": loop_ms / (best * 1e3),
         "scoring_loop_extrapolated": loop_probes < n_probes, "scoring_loop_probes_timed": loop_probes,
         "scoring_max_abs_difference": float(np.max(np.abs(loop_scores - fast))),
     }
@@ -392,7 +402,8 @@ def run_benchmarks(
     Keys include ``data_naive_images_per_second``, ``data_cached_images_per_second``,
     ``data_speedup``, ``epoch_task_a_naive_seconds``, ``epoch_task_a_cached_seconds``,
     ``epoch_task_a_speedup``, the same for ``task_b``, ``embed_images_per_second``,
-    ``scoring_ms``, ``scoring_loop_ms``, ``scoring_speedup``, and the machine's ``cpu_count``,
+    ``scoring_ms``, ``scoring_matmul_ms`` (bare float32 product of the same shape, timed alternately),
+    ``scoring_matmul_ratio``, ``scoring_loop_ms``, ``scoring_speedup``, and the machine's ``cpu_count``,
     ``torch_version``, ``device``.
 
     Args:

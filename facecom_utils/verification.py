@@ -105,7 +105,9 @@ def cosine_scores(probes: Any, gallery: Any, chunk_size: int | None = DEFAULT_CH
         probes: [P, D] probe embeddings.
         gallery: [G, D] gallery embeddings.
         chunk_size: Probes scored per matrix product (bounds temporary memory); ``None`` = all at once.
-            The result does not depend on it (float64 accumulation, rounded to float32).
+            float32 throughout: chunked and unchunked results agree to float32 rounding (~1e-7 for
+            unit vectors), not necessarily bit for bit (BLAS kernels may round differently for
+            different block shapes).
 
     Returns:
         float32 [P, G] score matrix.
@@ -116,10 +118,89 @@ def cosine_scores(probes: Any, gallery: Any, chunk_size: int | None = DEFAULT_CH
         raise ValueError(f"probes have dimension {p.shape[1]} but gallery has {g.shape[1]}")
     step = max(p.shape[0] if not chunk_size else int(chunk_size), 1)
     out = np.empty((p.shape[0], g.shape[0]), dtype=np.float32)
-    gt = np.ascontiguousarray(g.T, dtype=np.float64)
     for start in range(0, p.shape[0], step):
-        out[start : start + step] = p[start : start + step].astype(np.float64) @ gt
+        np.matmul(p[start : start + step], g.T, out=out[start : start + step])  # straight into the result
     return out
+
+
+# Ranks (k-th image of every identity that has one) narrower than this go to the reduceat tail instead
+# of one np.maximum call each, so the number of numpy calls per chunk stays <= G / _MIN_RANK_WIDTH + 2.
+_MIN_RANK_WIDTH = 8
+
+
+@dataclass(frozen=True)
+class _GalleryLayout:
+    """The gallery's columns reordered so that the identity max is a few wide ``np.maximum`` calls.
+
+    Identities are ordered by image count, descending (ties: column order). Rank ``r`` = the r-th
+    image of an identity. Columns are laid out rank-major for the first ``len(widths)`` ranks: rank
+    ``r`` holds the r-th image of the first ``widths[r]`` identities (a prefix, because of the
+    count order). The remaining images (the "tail", of the first ``tail_width`` identities only) follow
+    identity-major and are reduced with one ``np.maximum.reduceat`` over ``tail_starts``.
+    """
+
+    gt: np.ndarray  # float32 [D, G], columns in layout order
+    position: np.ndarray  # [G] gallery row -> column of ``gt``
+    widths: tuple[int, ...]  # identities in each rank-major rank (non-increasing; widths[0] = all present)
+    offsets: tuple[int, ...]  # first column of each rank-major rank, and where the tail starts
+    tail_starts: np.ndarray  # segment starts within the tail (one per tail identity)
+    tail_width: int
+    columns: np.ndarray  # [n_present] result column of each identity, in layout (count) order
+    direct: bool  # columns == arange(n_columns): reduce straight into the result rows
+    gather: np.ndarray | None  # every column present: layout slot of each result column (for np.take)
+
+
+def _gallery_layout(g: np.ndarray, codes: np.ndarray, n_columns: int) -> _GalleryLayout:
+    counts = np.bincount(codes, minlength=n_columns)
+    present = np.flatnonzero(counts)  # result columns with at least one image
+    by_count = present[np.argsort(-counts[present], kind="stable")]  # layout order of the identities
+    slot = np.empty(n_columns, dtype=np.int64)
+    slot[by_count] = np.arange(by_count.size)
+    ident = slot[codes]  # [G] identity slot of each image
+    order = np.argsort(ident, kind="stable")
+    first = np.flatnonzero(np.r_[True, ident[order][1:] != ident[order][:-1]])
+    rank = np.empty_like(ident)
+    rank[order] = np.arange(ident.size) - np.repeat(first, np.diff(np.r_[first, ident.size]))
+    width_of_rank = np.bincount(rank)  # identities having an image of each rank (non-increasing)
+    n_ranks = max(1, int(np.sum(width_of_rank >= _MIN_RANK_WIDTH)))
+    group = np.minimum(rank, n_ranks)  # rank-major ranks, then the tail (group n_ranks)
+    tail = rank >= n_ranks
+    # Rank-major part: by (rank, identity slot); tail: by (identity slot, rank).
+    layout = np.lexsort((np.where(tail, rank, 0), ident, group))
+    position = np.empty_like(layout)
+    position[layout] = np.arange(layout.size)
+    widths = tuple(int(w) for w in width_of_rank[:n_ranks])
+    offsets = tuple(int(o) for o in np.r_[0, np.cumsum(widths)])
+    tail_ident = ident[layout][offsets[-1] :]
+    tail_starts = np.flatnonzero(np.r_[True, tail_ident[1:] != tail_ident[:-1]]) if tail_ident.size else tail_ident
+    return _GalleryLayout(
+        gt=np.ascontiguousarray(g[layout].T),
+        position=position,
+        widths=widths,
+        offsets=offsets,
+        tail_starts=tail_starts,
+        tail_width=int(tail_starts.size),
+        columns=by_count,
+        direct=by_count.size == n_columns and bool(np.all(by_count == np.arange(n_columns))),
+        gather=np.argsort(by_count) if by_count.size == n_columns else None,
+    )
+
+
+def _identity_max(block: np.ndarray, lay: _GalleryLayout, out: np.ndarray) -> None:
+    """Writes the max over each identity's columns of ``block`` ([c, G], layout order) into ``out``
+    ([c, n_present], layout identity order)."""
+    w, o = lay.widths, lay.offsets
+    if len(w) > 1:  # ranks 0 and 1 in one pass, then the rest of rank 0
+        np.maximum(block[:, : w[1]], block[:, o[1] : o[1] + w[1]], out=out[:, : w[1]])
+        np.copyto(out[:, w[1] :], block[:, w[1] : w[0]])
+    else:
+        np.copyto(out, block[:, : w[0]])
+    for r in range(2, len(w)):
+        np.maximum(out[:, : w[r]], block[:, o[r] : o[r] + w[r]], out=out[:, : w[r]])
+    if lay.tail_width:
+        t = lay.tail_width
+        tail = np.maximum.reduceat(block[:, o[-1] :], lay.tail_starts, axis=1)
+        np.maximum(out[:, :t], tail, out=out[:, :t])
 
 
 def identity_scores(
@@ -132,17 +213,19 @@ def identity_scores(
 ) -> tuple[np.ndarray, list[Any]]:
     """Identity score matrix: the max cosine over each identity's gallery images, per probe.
 
-    Fast path: the gallery is sorted by identity once; each chunk of probes is scored with one
-    matrix product and reduced with ``np.maximum.reduceat`` over the identity segments.
-    Products accumulate in float64 and are rounded to float32, which makes the result independent
-    of the chunking (float32 BLAS kernels round differently for different block shapes).
+    Fast path, float32 throughout: the gallery's columns are reordered once so that the k-th images
+    of all identities sit side by side (:class:`_GalleryLayout`); each chunk of probes is scored with
+    one matrix product into a preallocated buffer and reduced with a few whole-chunk
+    ``np.maximum`` calls (one per image rank, identities with many images in one
+    ``np.maximum.reduceat``), straight into the result rows. No python loop over probes or pairs.
 
     Args:
         probe_emb: [P, D] L2-normalised probe embeddings.
         gallery_emb: [G, D] L2-normalised gallery embeddings.
         gallery_labels: [G] identity label of each gallery image.
         chunk_size: Probes scored at a time (memory is O(chunk_size * G)); ``None`` = all at once.
-            Chunked and unchunked results are identical.
+            Chunked and unchunked results agree to float32 rounding (~1e-7), not necessarily bit
+            for bit: BLAS kernels may round differently for different block shapes.
         exclude: Optional [P] gallery index to ignore for each probe (``-1`` = nothing), e.g. the
             probe's own clean source image in the strict protocol.
         identities: Column order of the result. Defaults to the sorted unique gallery labels;
@@ -159,20 +242,16 @@ def identity_scores(
         raise ValueError(f"gallery_labels must have one label per gallery row ({g.shape[0]}), got {labels.shape}")
     if g.shape[0] == 0:
         raise ValueError("gallery_emb is empty; expected at least one gallery image")
-    ids = sorted(set(labels.tolist())) if identities is None else list(identities)
+    if p.shape[1] != g.shape[1]:
+        raise ValueError(f"probe_emb has dimension {p.shape[1]} but gallery_emb has {g.shape[1]}")
+    label_list = labels.tolist()
+    ids = sorted(set(label_list)) if identities is None else list(identities)
     column = {identity: j for j, identity in enumerate(ids)}
-    missing = set(labels.tolist()) - set(column)
+    missing = set(label_list) - set(column)
     if missing:
         raise ValueError(f"gallery labels {sorted(missing)[:5]} are not in `identities`")
-
-    codes = np.array([column[v] for v in labels.tolist()], dtype=np.int64)
-    order = np.argsort(codes, kind="stable")
-    sorted_codes = codes[order]
-    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
-    present = sorted_codes[starts]  # column of each segment
-    g_sorted_t = np.ascontiguousarray(g[order].T, dtype=np.float64)
-    position = np.empty_like(order)
-    position[order] = np.arange(order.size)  # gallery index -> column in the sorted gallery
+    codes = np.fromiter((column[v] for v in label_list), dtype=np.int64, count=len(label_list))
+    lay = _gallery_layout(g, codes, len(ids))
 
     if exclude is not None:
         excl = np.asarray(exclude, dtype=np.int64).reshape(-1)
@@ -181,15 +260,30 @@ def identity_scores(
         if (excl >= g.shape[0]).any() or (excl < -1).any():
             raise ValueError(f"exclude entries must be gallery indices in [0, {g.shape[0]}) or -1")
 
-    scores = np.full((p.shape[0], len(ids)), -np.inf, dtype=np.float32)
-    step = max(p.shape[0] if not chunk_size else int(chunk_size), 1)
-    for start in range(0, p.shape[0], step):
-        block = (p[start : start + step].astype(np.float64) @ g_sorted_t).astype(np.float32)  # [c, G]
+    n_probes = p.shape[0]
+    if lay.gather is not None:  # every column has images: every entry is written below
+        scores = np.empty((n_probes, len(ids)), dtype=np.float32)
+    else:
+        scores = np.full((n_probes, len(ids)), -np.inf, dtype=np.float32)
+    step = max(n_probes if not chunk_size else min(int(chunk_size), n_probes), 1)
+    buffer = np.empty((step, g.shape[0]), dtype=np.float32)
+    reduced = None if lay.direct else np.empty((step, lay.columns.size), dtype=np.float32)
+    for start in range(0, n_probes, step):
+        stop = min(start + step, n_probes)
+        block = buffer[: stop - start]
+        np.matmul(p[start:stop], lay.gt, out=block)
         if exclude is not None:
-            e = excl[start : start + step]
+            e = excl[start:stop]
             rows = np.flatnonzero(e >= 0)
-            block[rows, position[e[rows]]] = -np.inf
-        scores[start : start + step, present] = np.maximum.reduceat(block, starts, axis=1)
+            block[rows, lay.position[e[rows]]] = -np.inf
+        if lay.direct:
+            _identity_max(block, lay, scores[start:stop])
+        else:
+            _identity_max(block, lay, reduced[: stop - start])
+            if lay.gather is not None:  # a permutation of all columns: a gather is cheaper than a scatter
+                np.take(reduced[: stop - start], lay.gather, axis=1, out=scores[start:stop])
+            else:
+                scores[start:stop, lay.columns] = reduced[: stop - start]
     return scores, ids
 
 

@@ -13,7 +13,8 @@ from facecom_utils import bench
 REQUIRED = ("data_naive_images_per_second", "data_cached_images_per_second", "data_speedup",
             "epoch_task_a_naive_seconds", "epoch_task_a_cached_seconds", "epoch_task_a_speedup",
             "epoch_task_b_naive_seconds", "epoch_task_b_cached_seconds", "epoch_task_b_speedup",
-            "embed_images_per_second", "scoring_ms", "scoring_loop_ms", "scoring_speedup", "cpu_count")
+            "embed_images_per_second", "scoring_ms", "scoring_matmul_ms", "scoring_matmul_ratio", "scoring_loop_ms",
+            "scoring_speedup", "cpu_count")
 
 
 def test_bench_on_demo_writes_and_prints_the_json(demo_root: Path, tmp_path: Path, capsys) -> None:

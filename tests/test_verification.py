@@ -54,16 +54,78 @@ def test_cosine_scores_match_numpy() -> None:
     np.testing.assert_allclose(cosine_scores(probes, gallery), probes @ gallery.T, atol=1e-6)
 
 
-@pytest.mark.parametrize("chunk_size", [1, 7, 64, 1000])
-def test_chunked_equals_unchunked_exactly(chunk_size: int) -> None:
+def _brute_identity_max(full: np.ndarray, labels: np.ndarray, ids: list) -> np.ndarray:
+    """Identity max of a full [P, G] score matrix, one identity at a time (the test's own reference)."""
+    out = np.full((full.shape[0], len(ids)), -np.inf)
+    for j, identity in enumerate(ids):
+        cols = np.flatnonzero(labels == identity)
+        if cols.size:
+            out[:, j] = full[:, cols].max(axis=1)
+    return out
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 64, 300, 1000, None])
+def test_chunked_scoring_matches_one_full_matmul(chunk_size: int | None) -> None:
+    """301 probes (a ragged last chunk for 7, 64 and 300) against one full float64 product of the
+    whole problem, computed here, not from the same chunks."""
     probes, gallery, labels, src = _random_set(301, 57, 13, dim=128)
-    assert np.array_equal(cosine_scores(probes, gallery, chunk_size), cosine_scores(probes, gallery, None))
-    full, ids = identity_scores(probes, gallery, labels, chunk_size=None)
-    chunked, ids_c = identity_scores(probes, gallery, labels, chunk_size=chunk_size)
-    assert ids == ids_c and np.array_equal(full, chunked)
-    full_x, _ = identity_scores(probes, gallery, labels, chunk_size=None, exclude=src)
-    chunked_x, _ = identity_scores(probes, gallery, labels, chunk_size=chunk_size, exclude=src)
-    assert np.array_equal(full_x, chunked_x)
+    full = probes.astype(np.float64) @ gallery.astype(np.float64).T  # [301, 57], once
+    cos = cosine_scores(probes, gallery, chunk_size)
+    assert cos.dtype == np.float32 and cos.shape == full.shape
+    np.testing.assert_allclose(cos, full, rtol=0, atol=1e-6)
+    scores, ids = identity_scores(probes, gallery, labels, chunk_size=chunk_size)
+    assert ids == sorted(set(labels.tolist())) and scores.dtype == np.float32
+    np.testing.assert_allclose(scores, _brute_identity_max(full, labels, ids), rtol=0, atol=1e-6)
+    excluded = full.copy()
+    excluded[np.arange(301), src] = -np.inf
+    scores_x, _ = identity_scores(probes, gallery, labels, chunk_size=chunk_size, exclude=src)
+    np.testing.assert_allclose(scores_x, _brute_identity_max(excluded, labels, ids), rtol=0, atol=1e-6)
+
+
+def _tied_set(n_probes: int, n_gallery: int, n_ids: int, seed: int):
+    """Small-integer embeddings: every dot product is an integer, exact in float32 whatever the
+    summation order, so scores tie often and chunked results must equal the reference exactly.
+    Identity sizes are uneven (many with one image, a few with dozens), with duplicated gallery rows
+    within and across identities."""
+    rng = np.random.default_rng(seed)
+    probes = rng.integers(-2, 3, (n_probes, 16)).astype(np.float32)
+    gallery = rng.integers(-2, 3, (n_gallery, 16)).astype(np.float32)
+    gallery[1::5] = gallery[::5][: gallery[1::5].shape[0]]  # exact duplicate rows
+    weights = rng.pareto(1.0, n_ids) + 0.05
+    labels = np.array([f"id{k:03d}" for k in rng.choice(n_ids, n_gallery, p=weights / weights.sum())])
+    return probes, gallery, labels
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("chunk_size", [1, 5, 64, None])
+def test_identity_max_equals_brute_force_with_ties_and_uneven_identities(seed: int, chunk_size: int | None) -> None:
+    probes, gallery, labels = _tied_set(101, 240, 40, seed)
+    full = probes.astype(np.float64) @ gallery.astype(np.float64).T
+    counts = np.unique(labels, return_counts=True)[1]
+    assert counts.max() >= 10 and (counts == 1).any()  # both the rank-major part and the tail are used
+    scores, ids = identity_scores(probes, gallery, labels, chunk_size=chunk_size)
+    assert np.array_equal(scores, _brute_identity_max(full, labels, ids))
+    # A column order of one's own, with identities that have no image (-inf), and exclusions.
+    rng = np.random.default_rng(seed)
+    order = [f"id{k:03d}" for k in rng.permutation(45)]  # ids 40..44 never drawn as labels
+    order = [i for i in order if i in set(labels.tolist()) or i >= "id040"]
+    exclude = rng.integers(-1, gallery.shape[0], probes.shape[0])
+    excluded = full.copy()
+    rows = np.flatnonzero(exclude >= 0)
+    excluded[rows, exclude[rows]] = -np.inf
+    scores, ids = identity_scores(probes, gallery, labels, chunk_size=chunk_size, exclude=exclude, identities=order)
+    assert ids == order
+    assert np.array_equal(scores, _brute_identity_max(excluded, labels, order))
+    assert np.isneginf(scores[:, [j for j, i in enumerate(order) if i >= "id040"]]).all()
+
+
+def test_identity_scores_of_no_probes_and_of_one_identity() -> None:
+    _, gallery, labels, _ = _random_set(1, 9, 3)
+    scores, ids = identity_scores(np.zeros((0, 64), np.float32), gallery, labels)
+    assert scores.shape == (0, 3) and scores.dtype == np.float32 and len(ids) == 3
+    probes, gallery, _, _ = _random_set(5, 9, 3)
+    scores, ids = identity_scores(probes, gallery, ["x"] * 9, chunk_size=2)
+    np.testing.assert_allclose(scores[:, 0], (probes @ gallery.T).max(axis=1), atol=1e-6)
 
 
 def test_identity_scores_equal_per_pair_loop_and_accept_torch() -> None:
@@ -121,6 +183,28 @@ def test_topk_accuracy_ties_count_against_the_probe() -> None:
     assert acc == {1: 0.25, 2: 0.75, 3: 1.0}
     with pytest.raises(ValueError, match="true_idx"):
         topk_accuracy(scores, [0, 1, 0, -1])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_topk_accuracy_equals_brute_force_sort_with_ties(seed: int) -> None:
+    """Against a per-probe sort that breaks ties against the probe: identities ordered by
+    (score descending, true identity last among equals); a hit at k = the true identity in the first k."""
+    probes, gallery, labels = _tied_set(150, 240, 40, seed)
+    scores, ids = identity_scores(probes, gallery, labels, chunk_size=32)
+    rng = np.random.default_rng(seed)
+    true_idx = rng.integers(0, len(ids), probes.shape[0])
+    ks = (1, 2, 5, 10)
+    hits = {k: 0 for k in ks}
+    n_tied = 0
+    for i, t in enumerate(true_idx):
+        row = scores[i].tolist()
+        ranked = sorted(range(len(row)), key=lambda j: (-row[j], j == t))
+        position = ranked.index(t)
+        n_tied += sum(v == row[t] for v in row) > 1
+        for k in ks:
+            hits[k] += position < k
+    assert n_tied > 20  # the data really has ties at the true identity's score
+    assert topk_accuracy(scores, true_idx, ks=ks) == {k: hits[k] / probes.shape[0] for k in ks}
 
 
 def test_genuine_impostor_split() -> None:
