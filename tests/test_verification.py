@@ -469,6 +469,9 @@ def test_evaluate_protocol_keys_and_determinism() -> None:
     assert set(out["per_distortion"]) == {"blurred", "foggy", "sunny"}
     assert out["n_impostor"] == 150 * 19 and out["strict_n_excluded"] == 0
     assert _equal_with_nan(out, evaluate_protocol(**args, seed=1))
+    # NaN only where the protocol defines it: TAR at FAR 1e-4 < 1 / 2850 impostor scores.
+    nan_keys = {k for k, v in out.items() if isinstance(v, float) and math.isnan(v)}
+    assert nan_keys == {"tar_at_far_1e-4", "strict_tar_at_far_1e-4"}, nan_keys
     # Unknown sources are left out of the strict variant.
     unknown = dict(args, probe_source_idx=np.where(np.arange(150) < 10, -1, src))
     assert evaluate_protocol(**unknown)["strict_n_excluded"] == 10
