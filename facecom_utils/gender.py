@@ -28,7 +28,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -40,12 +40,12 @@ from torch.utils.data import Subset
 from .cache import CACHE_MODES, BatchAugment, CachedImageDataset, apply_speedups, cached_dataset, resolve_cache_mode
 from .data import DISTORTION_TYPES, BadImageError, OnError, drop_unreadable, find_task_dir, scan_task_a
 from .datasets import ImageDataset, build_sampler, build_transforms, make_loader, person_grouped_split
+from .config import RunConfig
 from .demo import resolve_data_root
 from .distributed import distributed_info
 from .evaluation import binary_metrics, choose_threshold, expected_calibration_error, reliability_curve
 from .models import GenderClassifier, recalibrate_batchnorm
 from .training import (
-    TrainConfig,
     fit,
     load_checkpoint,
     save_checkpoint,
@@ -74,38 +74,17 @@ _AT_HALF_KEYS = ("accuracy", "balanced_accuracy", "f1_macro", "precision_female"
 
 
 @dataclass
-class GenderConfig:
-    """Parameters of one Task A run (the notebook's ``parameters`` cell, as a dataclass).
+class GenderConfig(RunConfig):
+    """Parameters of one Task A run: the shared :class:`~facecom_utils.config.RunConfig` plus these.
 
     Attributes:
-        data_root: Folder holding ``Task_A`` (None/"": real FACECOM at the repo root, else demo).
-        output_dir: Where checkpoints and ``metrics.json`` go.
-        backbone: ``"efficientnet-b0".."b7"`` (efficientnet_pytorch) or a timm name.
-        pretrained: None, ``"imagenet"``, ``"offline"`` (efficientnet_lite0) or a checkpoint path.
-        image_size: Input side in pixels.
-        epochs: Maximum epochs.
-        batch_size: Training batch size.
-        lr: Peak learning rate of the classifier head.
-        backbone_lr_scale: Backbone learning rate = ``lr * backbone_lr_scale``.
-        weight_decay: AdamW weight decay.
         optimizer: ``"adamw"``, ``"adam"`` or ``"sgd"``.
-        warmup_epochs: Linear warm-up length.
         dropout: Dropout before the classifier.
-        label_smoothing: Targets become ``y * (1 - ls) + ls / 2`` (FACECOM has noisy labels).
-        seed: Seed of the fold, the sampler, the augmentation and the initialisation.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
         balance: ``"sampler"`` (class-balanced sampling), ``"pos_weight"`` (loss weight
             n_male/n_female) or ``"none"``.
-        val_fraction: Fraction of the training persons carved out as the validation fold.
-        holdout_fraction: When the data root has no ``report_split`` folder, this fraction of
-            the training persons is held out (identity-disjoint) and reported instead.
-        patience: Early-stopping patience in epochs (None: never).
         monitor: Fold metric for early stopping and checkpoint choice (``"roc_auc"`` is
             threshold-free and steadier on a small fold than ``"balanced_accuracy"``).
         threshold_criterion: Criterion of ``evaluation.choose_threshold`` on the fold.
-        distortion_augment: Probability of a random FACECOM distortion per training image.
-        num_workers: DataLoader workers.
-        amp: ``"auto"`` (float16 on CUDA), ``"bf16"``, ``"none"``.
         bn_recalibrate: Recompute batch-norm statistics before every evaluation (``"auto"``:
             when training from scratch, where running statistics lag the weights).
         tta: Average the logits of the image and its mirror image at prediction time.
@@ -113,66 +92,28 @@ class GenderConfig:
         evaluate_distortions: Also report balanced accuracy under each of the 7 distortions.
         eval_batch_size: Batch size for prediction.
         max_train_images: Subsample the training split (by person) for quick runs; None: all.
-        max_train_minutes: Training time budget: no new epoch starts that would end past it.
-        resume: Resume from ``<output_dir>/checkpoints/last.pt`` when present.
-        progress: tqdm progress bars.
-        cache: Decoded-image cache (:mod:`facecom_utils.cache`) for training and the fold:
-            ``"auto"`` (disk when writable, else memory), ``"memory"``, ``"disk"`` or ``"off"``
-            (the reference path: PIL decode + transforms per image per epoch).
-        cache_dir: Folder of disk caches (None: ``$FACECOM_CACHE_DIR`` or ``~/.cache/facecom``).
-        distortion_variants: With the cache, pre-rendered seeded distortions per image that
-            ``distortion_augment`` draws from; 0: distort on the fly.
-        channels_last: Channels-last memory format for the model and the training batches.
-        compile: ``torch.compile`` the model's forward.
+
+    ``label_smoothing`` moves the targets to ``y * (1 - ls) + ls / 2`` (FACECOM has noisy labels).
     """
 
-    data_root: str | None = None
-    output_dir: str = "reports/02_gender_classification"
-    backbone: str = "efficientnet_lite0"
-    pretrained: str | None = "offline"
-    image_size: int = 128
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    backbone_lr_scale: float = 0.5
-    weight_decay: float = 1e-2
+    default_output_dir: ClassVar[str] = "reports/02_gender_classification"
+
     optimizer: str = "adamw"
-    warmup_epochs: float = 1.0
     dropout: float = 0.2
-    label_smoothing: float = 0.0
-    seed: int = 0
-    device: str = "auto"
     balance: str = "sampler"
-    val_fraction: float = 0.15
-    holdout_fraction: float = 0.2
-    patience: int | None = 4
     monitor: str = "roc_auc"
     threshold_criterion: str = "balanced_accuracy"
-    distortion_augment: float = 0.3
-    num_workers: int = 0
-    amp: str = "auto"
     bn_recalibrate: bool | str = "auto"
     tta: bool = True
     report_split: str = "val"
     evaluate_distortions: bool = True
     eval_batch_size: int = 64
     max_train_images: int | None = None
-    max_train_minutes: float | None = None
-    resume: bool = True
-    progress: bool = True
-    cache: str = "auto"
-    cache_dir: str | None = None
-    distortion_variants: int = 4
-    channels_last: bool = False
-    compile: bool = False
 
     def __post_init__(self) -> None:
-        if str(self.cache).lower() not in CACHE_MODES:
-            raise ValueError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
+        super().__post_init__()
         if self.balance not in ("sampler", "pos_weight", "none"):
             raise ValueError(f"balance must be 'sampler', 'pos_weight' or 'none', got {self.balance!r}")
-        if self.pretrained in ("", "none", "None"):
-            self.pretrained = None
 
 
 @dataclass
@@ -570,13 +511,8 @@ def train_gender(config: GenderConfig) -> GenderRun:
         metrics["loss"] = float(F.binary_cross_entropy(torch.as_tensor(prob), torch.tensor(y_fold, dtype=torch.float64)))
         return metrics
 
-    train_config = TrainConfig(
-        epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, optimizer=cfg.optimizer,
-        backbone_lr_scale=cfg.backbone_lr_scale, warmup_epochs=cfg.warmup_epochs, monitor=cfg.monitor,
-        mode="min" if cfg.monitor in ("loss", "brier", "train_loss") else "max", patience=cfg.patience,
-        amp=cfg.amp, seed=cfg.seed, device=str(device), resume=cfg.resume, progress=cfg.progress,
-        max_train_seconds=None if cfg.max_train_minutes is None else 60.0 * cfg.max_train_minutes,
-    )
+    train_config = cfg.train_config(optimizer=cfg.optimizer, monitor=cfg.monitor, device=str(device),
+                                    mode="min" if cfg.monitor in ("loss", "brier", "train_loss") else "max")
     extra_state = {"task": "gender", "config": dataclasses.asdict(cfg), "class_to_idx": CLASS_TO_IDX,
                    "report_split": report_name}
     result = fit(model, train_loader, loss_fn, evaluate_fn, train_config, out_dir / "checkpoints", extra_state)

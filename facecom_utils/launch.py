@@ -18,8 +18,8 @@ keep calling :func:`~facecom_utils.gender.train_gender` / :func:`~facecom_utils.
 directly in one process.
 
 Presets are the notebooks' papermill parameter files (``params/<notebook>/<preset>.yml``), written
-against the notebook's own defaults, which are the base here too: ``train-gender -f PRESET`` trains what
-notebook 02 trains with that preset. A file of the task's notebook, or the task's section of another
+against the notebook's own defaults, which are the config's defaults too (:mod:`facecom_utils.config`):
+``train-gender -f PRESET`` trains what notebook 02 trains with that preset. A file of the task's notebook, or the task's section of another
 file (``"02"`` for Task A, ``"03"`` for Task B), must only hold config fields; flat keys of other files
 apply where the task's config has that field.
 """
@@ -85,16 +85,6 @@ def _resolve_path(value: str) -> str:
     return str(REPO_ROOT / path)
 
 
-def _notebook_base(section: str, fields: set[str]) -> dict[str, Any]:
-    """The defaults of the task's notebook: presets are written against them, so a preset trains the same here."""
-    from .run import NOTEBOOK_DIR, NOTEBOOKS, notebook_defaults
-
-    path = NOTEBOOK_DIR / f"{NOTEBOOKS[section]}.ipynb"
-    if not path.is_file():  # an installed package without the repository's notebooks: the config's defaults
-        return {}
-    return {k: v for k, v in notebook_defaults(path).items() if k in fields and k not in ("data_root", "output_dir")}
-
-
 def build_config(command: str, presets: Sequence[str | Path], params: Sequence[Sequence[str]] = (),
                  **overrides: Any) -> Any:
     """The task's config dataclass from presets (merged in order), ``-p NAME VALUE`` pairs and overrides.
@@ -110,8 +100,7 @@ def build_config(command: str, presets: Sequence[str | Path], params: Sequence[S
         merged = load_presets(presets) if presets else {}
     except Exception as err:  # RunError: the message names the file
         raise LaunchError(str(err)) from None
-    values = _notebook_base(section, fields)
-    values.update({k: v for k, v in merged.items() if k in fields})  # (notebook sections are not fields)
+    values = {k: v for k, v in merged.items() if k in fields}  # (notebook sections are not fields)
     own = {**(merged.get(section) or {}), **(merged.get(NOTEBOOKS[section]) or {})}
     others = [k for k in merged if k in NOTEBOOKS.values() and k != NOTEBOOKS[section]]
     if others and not own:

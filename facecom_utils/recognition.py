@@ -66,7 +66,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -81,13 +81,13 @@ from tqdm.auto import tqdm
 from .cache import CACHE_MODES, BatchAugment, apply_speedups, cached_dataset, resolve_cache_mode
 from .data import DISTORTION_TYPES, OnError, central_crop, drop_unreadable, load_image, scan_task_b
 from .datasets import IMAGENET_MEAN, IMAGENET_STD, DistributedWeightedSampler, TorchSeededDistortion, make_loader
+from .config import RunConfig
 from .demo import resolve_data_root
 from .distributed import distributed_info
 from .heads import build_head
 from .models import FaceEmbedder, create_backbone
 from .training import (
     FitResult,
-    TrainConfig,
     fit,
     load_checkpoint,
     save_checkpoint,
@@ -140,32 +140,19 @@ METRIC_KEYS = (
 
 
 @dataclass
-class RecognitionConfig:
-    """Everything that defines a Task B training run (saved in every checkpoint).
+class RecognitionConfig(RunConfig):
+    """Everything that defines a Task B training run (saved in every checkpoint): the shared
+    :class:`~facecom_utils.config.RunConfig` (with Task B's own defaults for the learning rates,
+    weight decay, label smoothing and patience) plus these.
 
     Attributes:
-        data_root: FACECOM root holding ``Task_B/train`` (and ``Task_B/val`` to report on); None:
-            the repository's ``Task_B`` when it holds images, else the synthetic demo.
-        output_dir: Where checkpoints, embeddings, history and metrics go.
-        backbone: timm name (``"efficientnet_lite0"`` on CPU, ``"tf_efficientnetv2_s"`` reference)
-            or ``"efficientnet-b0".."b7"``.
-        pretrained: Backbone weights: None, ``"imagenet"``, ``"offline"`` (Lite0 only) or a path.
-        image_size: Input side in pixels.
         face_crop: Fraction of the image side kept by a central crop before resizing (1.0: none).
             FACECOM faces fill the centre; a crop spends the pixels on the face rather than on
             background and clothes.
-        epochs: Maximum number of epochs.
-        batch_size: Training (and embedding) batch size.
-        lr: Peak learning rate of the neck and head.
-        backbone_lr_scale: Learning-rate multiplier of the pretrained backbone.
-        weight_decay: AdamW weight decay.
-        warmup_epochs: Linear warm-up length (epochs, fractions allowed).
         head: ``"arcface"``, ``"cosface"`` or ``"adaface"``.
         embedding_dim: Neck output size.
         margin: Head margin ``m``; None: the head's default (ArcFace 0.5, CosFace 0.35, AdaFace 0.4).
         scale: Head scale ``s``; None: the head's default (30, 30, 64).
-        label_smoothing: Cross-entropy label smoothing.
-        distortion_augment: Probability of an on-the-fly FACECOM distortion per clean training image.
         crop_scale: Area range of the random resized crop.
         color_jitter: Brightness/contrast/saturation jitter strength (0 turns it off).
         clean_cap: Identity sampling weight = ``min(n_clean, clean_cap)``; 1 = class-balanced,
@@ -177,18 +164,10 @@ class RecognitionConfig:
             all types alike. Needs the identity sampler (``clean_cap`` not None).
         samples_per_epoch: Draws per epoch; None: the number of training images.
         max_identities: Keep only this many training identities (seeded, stratified); None: all.
-        val_fraction: Share of training identities held out as the validation fold.
-        holdout_fraction: When ``data_root`` has no ``Task_B/val`` (e.g. ``../shared/facecom``),
-            this share of the training identities is held out first and reported instead (saved
-            as the ``report`` embeddings); 0: report on the fold (optimistic, with a warning).
         embedding_source: ``"neck"`` (the L2-normalised embedding), ``"pooled"`` (the backbone's
             pooled features, normalised) or ``"auto"`` (chosen on the fold).
         threshold_method: ``"kfold"``, ``"accuracy"`` or ``"far"`` (see
             :func:`facecom_utils.verification.choose_match_threshold`).
-        seed: Seed of the fold, the sampler, augmentation and initialisation.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
-        num_workers: DataLoader worker processes.
-        amp: Mixed precision: ``"auto"`` (float16 on CUDA only), ``"bf16"``, ``"none"``.
         flip_tta: Average each embedding with that of the mirrored image.
         tta_crops: Extra central-crop views (fractions of the image side, like ``face_crop``) for
             the fold, threshold and reported embeddings: each view is embedded on its own and the
@@ -198,70 +177,37 @@ class RecognitionConfig:
             sunny probe, while a tighter crop spends the pixels on the face, which carries the
             other types and the strict protocol. ``()``: the ``face_crop`` view only. The per-epoch
             model choice uses the ``face_crop`` view alone (cheaper).
-        patience: Early-stopping patience in epochs (None: never).
-        max_train_minutes: Training time budget: no epoch starts that would end past it (None:
-            no budget). A safety net: the cosine schedule is sized by ``epochs``, so size
-            ``epochs`` to fit and keep this as a margin.
-        resume: Continue from ``<output_dir>/checkpoints/last.pt`` when it exists.
-        progress: Show progress bars.
-        cache: Decoded-image cache (:mod:`facecom_utils.cache`) for training and the per-epoch
-            fold embeddings: ``"auto"`` (disk when writable, else memory), ``"memory"``,
-            ``"disk"`` or ``"off"`` (the reference path: PIL decode + transforms per image per epoch).
-        cache_dir: Folder of disk caches (None: ``$FACECOM_CACHE_DIR`` or ``~/.cache/facecom``).
-        distortion_variants: With the cache, pre-rendered seeded distortions per clean image that
-            ``distortion_augment`` draws from; 0: distort on the fly.
-        channels_last: Channels-last memory format for the model and the training batches.
-        compile: ``torch.compile`` the model's forward.
+
+    Without ``Task_B/val`` the held-out identities (``holdout_fraction``) are saved as the ``report``
+    embeddings.
     """
 
-    data_root: str | None = None
-    output_dir: str = "reports/03_arcface_recognition"
-    backbone: str = "efficientnet_lite0"
-    pretrained: str | None = "offline"
-    image_size: int = 112
-    face_crop: float = 1.0
-    epochs: int = 8
-    batch_size: int = 64
+    default_output_dir: ClassVar[str] = "reports/03_arcface_recognition"
+
     lr: float = 2e-3
     backbone_lr_scale: float = 0.3
     weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    patience: int | None = 3
+    face_crop: float = 1.0
     head: str = "arcface"
     embedding_dim: int = 512
     margin: float | None = None
     scale: float | None = None
-    label_smoothing: float = 0.1
-    distortion_augment: float = 0.3
     crop_scale: tuple[float, float] = (0.6, 1.0)
     color_jitter: float = 0.3
     clean_cap: int | None = 8
     clean_fraction: float | None = 0.35
     distortion_weights: dict[str, float] | None = None
-    samples_per_epoch: int | None = None
-    max_identities: int | None = None
-    val_fraction: float = 0.15
-    holdout_fraction: float = 0.2
+    samples_per_epoch: int | None = 256
+    max_identities: int | None = 20
     embedding_source: str = "auto"
     threshold_method: str = "kfold"
-    seed: int = 0
-    device: str = "auto"
-    num_workers: int = 0
-    amp: str | bool = "auto"
-    flip_tta: bool = True
+    flip_tta: bool = False
     tta_crops: tuple[float, ...] = ()
-    patience: int | None = 3
-    max_train_minutes: float | None = None
-    resume: bool = True
-    progress: bool = True
-    cache: str = "auto"
-    cache_dir: str | None = None
-    distortion_variants: int = 4
-    channels_last: bool = False
-    compile: bool = False
 
     def __post_init__(self) -> None:
-        if str(self.cache).lower() not in CACHE_MODES:
-            raise ValueError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
+        super().__post_init__()
         if self.embedding_source not in EMBEDDING_SOURCES:
             raise ValueError(f"embedding_source must be one of {EMBEDDING_SOURCES}, got {self.embedding_source!r}")
         if not 0.0 < self.face_crop <= 1.0:
@@ -283,16 +229,7 @@ class RecognitionConfig:
             self.distortion_weights = {str(k): float(v) for k, v in weights.items()}
             if self.clean_cap is None and self.distortion_weights:
                 raise ValueError("distortion_weights needs the identity sampler; set clean_cap (e.g. 8)")
-        if not 0.0 <= self.holdout_fraction < 1.0:
-            raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if not 0.0 <= self.distortion_augment <= 1.0:
-            raise ValueError(f"distortion_augment must be in [0, 1], got {self.distortion_augment}")
         self.crop_scale = (float(self.crop_scale[0]), float(self.crop_scale[1]))
-        if self.data_root is not None:
-            self.data_root = str(self.data_root)
-        self.output_dir = str(self.output_dir)
 
 
 # ----------------------------------------------------------------------------- model
@@ -920,17 +857,6 @@ def _head_config(config: RecognitionConfig, num_classes: int) -> dict[str, Any]:
     return {"name": config.head.lower(), "num_classes": int(num_classes), "kwargs": kwargs}
 
 
-def _train_config(config: RecognitionConfig) -> TrainConfig:
-    return TrainConfig(
-        epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay, optimizer="adamw",
-        backbone_lr_scale=config.backbone_lr_scale, warmup_epochs=config.warmup_epochs,
-        monitor="selection_score", mode="max", patience=config.patience, amp=config.amp,
-        grad_clip=5.0, seed=config.seed, device=config.device, resume=config.resume,
-        restore_best=True, progress=config.progress,
-        max_train_seconds=None if config.max_train_minutes is None else 60.0 * config.max_train_minutes,
-    )
-
-
 def train_recognition(config: RecognitionConfig) -> RecognitionRun:
     """Trains the face embedder on ``Task_B/train`` and evaluates it; see the module docstring.
 
@@ -1040,7 +966,9 @@ def train_recognition(config: RecognitionConfig) -> RecognitionRun:
         "holdout_identities": list(held),
         "data_root": str(data_root),
     }
-    result = fit(model, loader, loss_fn, evaluate_fn, _train_config(config), out_dir / "checkpoints",
+    train_config = config.train_config(optimizer="adamw", monitor="selection_score", mode="max", grad_clip=5.0,
+                                       restore_best=True)
+    result = fit(model, loader, loss_fn, evaluate_fn, train_config, out_dir / "checkpoints",
                  extra_state=extra_state)
     model.eval()
     if distributed_info()[0] != 0:  # under torchrun only rank 0 evaluates and writes

@@ -52,6 +52,7 @@ backbone_lr_scale: float = 0.5  # the backbone's learning rate is lr times this
 weight_decay: float = 0.01  # weight decay of the optimizer
 optimizer: str = "adamw"  # adamw, adam or sgd
 warmup_epochs: float = 1.0  # linear warm-up length in epochs
+min_lr_ratio: float = 0.01  # final learning rate of the cosine schedule, as a share of the peak
 label_smoothing: float = 0.0  # targets move towards 0.5 by this much (FACECOM has noisy labels)
 balance: str = "sampler"  # class balance: sampler (WeightedRandomSampler), pos_weight or none
 distortion_augment: float = 0.3  # probability of an on-the-fly FACECOM distortion per training image

@@ -69,6 +69,7 @@ lr: float = 0.002  # peak learning rate of the neck and head
 backbone_lr_scale: float = 0.3  # learning-rate multiplier of the pretrained backbone
 weight_decay: float = 0.05  # AdamW weight decay
 warmup_epochs: float = 1.0  # linear warm-up length in epochs (fractions allowed)
+min_lr_ratio: float = 0.01  # final learning rate of the cosine schedule, as a share of the peak
 label_smoothing: float = 0.1  # cross-entropy label smoothing
 distortion_augment: float = 0.3  # probability of an on-the-fly FACECOM distortion per clean training image
 crop_scale: tuple[float, float] = (0.6, 1.0)  # area range of the random resized crop

@@ -84,6 +84,7 @@ def test_train_recognition_learns(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         data_root=str(root), output_dir=str(tmp_path / "run"), pretrained="offline", image_size=48, epochs=10,
         batch_size=32, samples_per_epoch=512, embedding_dim=64, backbone_lr_scale=1.0, val_fraction=0.3,
         embedding_source="neck", flip_tta=False, patience=None, device="cpu", progress=False, seed=0,
+        max_identities=None,
     )
     untrained, trained, seconds = _train_both(rec_mod, rec_mod.train_recognition, config, monkeypatch)
 

@@ -121,6 +121,17 @@ def test_parameters_declare_exactly_the_config_fields(stem: str) -> None:
     assert declared - extras == fields, (
         f"{stem}: parameters not in {cls.__name__}: {sorted(declared - extras - fields)}; "
         f"fields not declared: {sorted(fields - declared)}")
+    # ... with the config's defaults, so a preset (the differences from the notebook) means the same to
+    # papermill, the runner and `facecom train-*`
+    defaults = run.notebook_defaults(NOTEBOOK_DIR / f"{stem}.ipynb")
+    for f in dataclasses.fields(cls):
+        if not f.init or f.name in ("data_root", "output_dir", "run_dir") or f.default is dataclasses.MISSING and (
+                f.default_factory is dataclasses.MISSING):
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        got = defaults[f.name]
+        same = got == default or (isinstance(default, tuple) and list(default) == list(got))
+        assert same, f"{stem}: {f.name} defaults to {got!r} in the notebook but {default!r} in {cls.__name__}"
 
 
 @pytest.mark.parametrize("path", _committed(), ids=lambda p: p.name)
