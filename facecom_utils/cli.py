@@ -201,7 +201,7 @@ def _show_data_warnings(command: str) -> None:
 
 
 def _plain(value: Any) -> Any:
-    from facecom_utils.notebook import to_jsonable
+    from facecom_utils.rundir import to_jsonable
 
     return to_jsonable(value)
 

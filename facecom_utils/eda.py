@@ -36,7 +36,7 @@ from facecom_utils.data import (
     scan_task_a,
     scan_task_b,
 )
-from facecom_utils.notebook import to_jsonable
+from facecom_utils.rundir import to_jsonable
 
 __all__ = [
     "EDAConfig",

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
-import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,10 +35,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Subset
 
-from .cache import CACHE_MODES, BatchAugment, CachedImageDataset, apply_speedups, cached_dataset, resolve_cache_mode
+from .cache import BatchAugment, CachedImageDataset, apply_speedups, cached_dataset, resolve_cache_mode
 from .data import DISTORTION_TYPES, BadImageError, OnError, drop_unreadable, find_task_dir, scan_task_a
 from .datasets import ImageDataset, build_sampler, build_transforms, make_loader, person_grouped_split
 from .config import RunConfig
+from .rundir import RunDir, provenance
 from .demo import resolve_data_root
 from .distributed import distributed_info
 from .evaluation import binary_metrics, choose_threshold, expected_calibration_error, reliability_curve
@@ -402,7 +401,7 @@ def _split_tables(cfg: GenderConfig, root: Path) -> tuple[pd.DataFrame, pd.DataF
     return fit_df, fold_df, report_df, report_name
 
 
-def _flat_metrics(run: GenderRun, n: dict[str, int], data_root: Path) -> dict[str, Any]:
+def _flat_metrics(run: GenderRun, n: dict[str, int]) -> dict[str, Any]:
     """The dict for ``metrics.json``: reported metrics at top level, everything traceable."""
     out: dict[str, Any] = dict(run.test_metrics or {})
     out.update(
@@ -415,24 +414,9 @@ def _flat_metrics(run: GenderRun, n: dict[str, int], data_root: Path) -> dict[st
         stopped_early=run.stopped_early,
         train_seconds=run.train_seconds,
         train_images_per_second=run.train_images_per_second,
-        data_root=str(data_root),
-        params=dataclasses.asdict(run.config),
         **{f"n_{k}": v for k, v in n.items()},
     )
     return to_plain(out)
-
-
-def _json_safe(obj: Any) -> Any:
-    """NaN/inf -> None, tensors -> lists, for strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, torch.Tensor):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def train_gender(config: GenderConfig) -> GenderRun:
@@ -544,9 +528,8 @@ def train_gender(config: GenderConfig) -> GenderRun:
     n = {"train_images": len(fit_df), "val_fold_images": len(fold_df), "report_images": len(report_df),
          "train_persons": fit_df["person"].nunique(), "val_fold_persons": fold_df["person"].nunique(),
          "report_persons": report_df["person"].nunique()}
-    run.metrics = _flat_metrics(run, n, root)
+    run.metrics = _flat_metrics(run, n)
     if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        run.metrics_path = out_dir / "metrics.json"
-        run.metrics_path.write_text(json.dumps(_json_safe(run.metrics), indent=2))
+        run.metrics_path = RunDir(out_dir).write_metrics(run.metrics, cfg, root)
+    run.metrics.update(provenance(cfg, root))  # what metrics.json holds beside the numbers
     return run

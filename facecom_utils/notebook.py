@@ -14,17 +14,16 @@ Importing this module also keeps tqdm's "IProgress not found" warning out of the
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+
+from facecom_utils.rundir import RunDir, to_jsonable  # noqa: F401  (to_jsonable: re-exported)
 
 __all__ = [
     "default_output_dir",
@@ -122,43 +121,14 @@ def build_config(cls: type, namespace: Mapping[str, Any], **fixed: Any) -> Any:
     return cls(**kwargs)
 
 
-def to_jsonable(value: Any) -> Any:
-    """Convert numpy/pandas/Path values (recursively) into plain JSON types; NaN becomes ``None``."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return to_jsonable(dataclasses.asdict(value))
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, (pd.Series, pd.Index)):
-        return to_jsonable(value.tolist())
-    if isinstance(value, pd.DataFrame):
-        return to_jsonable(value.to_dict(orient="records"))
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return to_jsonable(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    if hasattr(value, "item") and callable(value.item):  # 0-d tensors
-        try:
-            return to_jsonable(value.item())
-        except (TypeError, ValueError):
-            pass
-    return str(value)
-
-
 def write_metrics(
     output_dir: str | Path,
     metrics: Mapping[str, Any],
     parameters: Mapping[str, Any] | Any | None = None,
     data_root: str | Path | None = None,
 ) -> Path:
-    """Write ``<output_dir>/metrics.json``: the metrics, the parameters used and the data provenance.
+    """Write ``<output_dir>/metrics.json`` through the run directory (:meth:`facecom_utils.rundir.RunDir.write_metrics`):
+    the metrics, the parameters used and the data provenance.
 
     Args:
         output_dir: created if missing.
@@ -169,21 +139,7 @@ def write_metrics(
     Returns:
         Path of the written file.
     """
-    payload = dict(to_jsonable(metrics))
-    if parameters is not None:
-        payload["parameters"] = to_jsonable(parameters)
-    if data_root is not None:
-        from facecom_utils.demo import is_demo_root
-
-        payload["data_root"] = str(data_root)
-        payload["synthetic"] = bool(is_demo_root(data_root))
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "metrics.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, allow_nan=False) + "\n")
-    tmp.replace(path)
-    return path
+    return RunDir(output_dir).write_metrics(metrics, parameters, data_root)
 
 
 def side_by_side(

@@ -59,7 +59,6 @@ ImageNet features, no face training) and :func:`dlib_embeddings` / :func:`dlib_b
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 import warnings
@@ -78,10 +77,11 @@ from torch.utils.data import Dataset, DistributedSampler
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
-from .cache import CACHE_MODES, BatchAugment, apply_speedups, cached_dataset, resolve_cache_mode
+from .cache import BatchAugment, apply_speedups, cached_dataset, resolve_cache_mode
 from .data import DISTORTION_TYPES, OnError, central_crop, drop_unreadable, load_image, scan_task_b
 from .datasets import IMAGENET_MEAN, IMAGENET_STD, DistributedWeightedSampler, TorchSeededDistortion, make_loader
 from .config import RunConfig
+from .rundir import FOLD_ROLE, REPORT_ROLE, RunDir, to_jsonable
 from .demo import resolve_data_root
 from .distributed import distributed_info
 from .heads import build_head
@@ -98,8 +98,6 @@ from .verification import choose_match_threshold, evaluate_protocol, score_table
 
 __all__ = [
     "EMBEDDING_SOURCES",
-    "FOLD_ROLE",
-    "REPORT_ROLE",
     "METRIC_KEYS",
     "RecognitionConfig",
     "RecognitionModel",
@@ -117,17 +115,11 @@ __all__ = [
     "load_recognition_model",
     "protocol_inputs",
     "protocol_metrics",
-    "save_embeddings",
     "split_identities",
     "train_recognition",
 ]
 
 EMBEDDING_SOURCES = ("neck", "pooled", "auto")
-# A run's saved embeddings are keyed by their *role*, never by the text that labels the reported split
-# (``metrics["reported_split"]``: "val" or "holdout (0.2 of Task_B/train identities)"): the validation
-# fold that chose the checkpoint and the threshold, and the reported split.
-FOLD_ROLE = "fold"
-REPORT_ROLE = "report"
 
 # The metrics.json keys the issue asks for (each also exists prefixed "strict_").
 METRIC_KEYS = (
@@ -635,84 +627,18 @@ def protocol_inputs(table: pd.DataFrame, emb: np.ndarray) -> dict[str, Any]:
     }
 
 
-def save_embeddings(out_dir: str | Path, name: str, table: pd.DataFrame, emb: np.ndarray) -> tuple[Path, Path]:
-    """Writes ``<out_dir>/<name>.npz`` (``embeddings``, ``path``) and ``<out_dir>/<name>.csv``.
-
-    Args:
-        out_dir: Folder (created).
-        name: File stem: the embeddings' role, :data:`FOLD_ROLE` or :data:`REPORT_ROLE`.
-        table: One row per embedding (``path``, ``identity``, ``distortion``, ``source``, ...).
-        emb: [N, D] embeddings.
+def load_embeddings(run_dir: str | Path, role: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """A Task B run's saved embeddings of one role (:data:`~facecom_utils.rundir.FOLD_ROLE` or
+    :data:`~facecom_utils.rundir.REPORT_ROLE`, a run's ``metrics["reported_role"]``); see
+    :meth:`facecom_utils.rundir.RunDir.load_embeddings`.
 
     Returns:
-        ``(npz path, csv path)``.
+        ``(table, embeddings)``.
     """
-    if len(table) != len(emb):
-        raise ValueError(f"table has {len(table)} rows but there are {len(emb)} embeddings")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    npz, csv = out / f"{name}.npz", out / f"{name}.csv"
-    paths = np.asarray(table["path"].astype(str).tolist(), dtype=np.str_)
-    np.savez_compressed(npz, embeddings=np.asarray(emb, dtype=np.float32), path=paths)
-    table.to_csv(csv, index=False)
-    return npz, csv
-
-
-def _has_embeddings(folder: Path, name: str) -> bool:
-    return (folder / "embeddings" / f"{name}.npz").is_file() or (folder / f"{name}.npz").is_file()
-
-
-def load_embeddings(run_dir: str | Path, name: str) -> tuple[pd.DataFrame, np.ndarray]:
-    """Reads what :func:`save_embeddings` wrote.
-
-    Args:
-        run_dir: A training run's ``output_dir`` (its ``embeddings/`` folder is used) or the
-            embeddings folder itself.
-        name: The role, :data:`FOLD_ROLE` or :data:`REPORT_ROLE` (a run's ``metrics["reported_role"]``).
-            Runs written before the roles were named saved the reported split as ``"val"``; asking
-            for ``"report"`` finds those too.
-
-    Returns:
-        ``(table, embeddings)``; ``distortion``/``source`` hold None (not NaN) for clean images.
-
-    Raises:
-        FileNotFoundError: Names the files expected.
-    """
-    folder = Path(run_dir)
-    if name == REPORT_ROLE and not _has_embeddings(folder, name) and _has_embeddings(folder, "val"):
-        name = "val"
-    if (folder / "embeddings" / f"{name}.npz").is_file():
-        folder = folder / "embeddings"
-    npz, csv = folder / f"{name}.npz", folder / f"{name}.csv"
-    if not (npz.is_file() and csv.is_file()):
-        raise FileNotFoundError(f"{folder}: expected {name}.npz and {name}.csv written by save_embeddings "
-                                f"(a train_recognition output_dir holds them under embeddings/)")
-    with np.load(npz, allow_pickle=False) as data:
-        emb = data["embeddings"]
-        paths = data["path"]
-    table = pd.read_csv(csv, dtype={"identity": str}, keep_default_na=True)
-    for col in ("distortion", "source"):
-        if col in table:
-            table[col] = pd.Series([v if isinstance(v, str) else None for v in table[col]], dtype=object)
-    if len(table) != len(emb) or list(table["path"].astype(str)) != [str(p) for p in paths]:
-        raise ValueError(f"{csv} and {npz} disagree (rows or paths differ)")
-    return table, emb
+    return RunDir(run_dir).load_embeddings(role)
 
 
 # ----------------------------------------------------------------------------- protocol
-
-
-def _nan_to_none(obj: Any) -> Any:
-    """JSON-safe copy: NaN/inf -> None, numpy -> python."""
-    if isinstance(obj, Mapping):
-        return {str(k): _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_nan_to_none(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def choose_thresholds(table: pd.DataFrame, emb: np.ndarray, method: str = "kfold", seed: int = 0) -> dict[str, Any]:
@@ -983,11 +909,12 @@ def train_recognition(config: RecognitionConfig) -> RecognitionRun:
     thresholds = choose_thresholds(fold_table, fold_emb, method=config.threshold_method, seed=config.seed)
     fold_metrics = protocol_metrics(fold_table, fold_emb, thresholds["threshold"], thresholds["strict_threshold"],
                                     seed=config.seed)
-    save_embeddings(out_dir / "embeddings", FOLD_ROLE, fold_table, fold_emb)
+    run_dir = RunDir(out_dir)
+    run_dir.save_embeddings(FOLD_ROLE, fold_table, fold_emb)
     if report_table is not None:
         report_emb, speed = extract_embeddings(model, report_table["path"].tolist(), source=source,
                                                return_speed=True, **final_kw)
-        save_embeddings(out_dir / "embeddings", REPORT_ROLE, report_table, report_emb)
+        run_dir.save_embeddings(REPORT_ROLE, report_table, report_emb)
         metrics = protocol_metrics(report_table, report_emb, thresholds["threshold"], thresholds["strict_threshold"],
                                    seed=config.seed)
         metrics["reported_split"] = reported_split
@@ -1019,14 +946,12 @@ def train_recognition(config: RecognitionConfig) -> RecognitionRun:
     payload = load_checkpoint(checkpoint_path)
     payload.update(
         threshold=thresholds["threshold"], strict_threshold=thresholds["strict_threshold"],
-        embedding_source=source, fold_metrics=_nan_to_none(_scalar_view(fold_metrics)),
-        metrics=_nan_to_none(_scalar_view(metrics)),
+        embedding_source=source, fold_metrics=to_jsonable(_scalar_view(fold_metrics)),
+        metrics=to_jsonable(_scalar_view(metrics)),
     )
     save_checkpoint(checkpoint_path, payload)
-    result.history.to_csv(out_dir / "history.csv", index=False)
-    (out_dir / "metrics.json").write_text(json.dumps(
-        _nan_to_none({**metrics, "params": dataclasses.asdict(config), "fold_metrics": _scalar_view(fold_metrics)}),
-        indent=2))
+    run_dir.write_history(result.history)
+    run_dir.write_metrics({**metrics, "fold_metrics": _scalar_view(fold_metrics)}, config, data_root)
     return RecognitionRun(
         model=model, config=config, history=result.history, identities=list(train_ids),
         fold_identities=list(fold_ids), threshold=thresholds["threshold"],

@@ -558,13 +558,9 @@ def _lookup(metrics: Mapping[str, Any] | None, dotted: str) -> Any:
 
 
 def _read_metrics(output_dir: Path) -> dict[str, Any] | None:
-    path = output_dir / "metrics.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
+    from facecom_utils.rundir import RunDir
+
+    return RunDir(output_dir).read_metrics()
 
 
 def _log(message: str) -> None:
@@ -758,7 +754,9 @@ def write_index(run: RunResult) -> Path:
         },
         "notebooks": [dataclasses.asdict(r) for r in run.notebooks],
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    from facecom_utils.rundir import write_json
+
+    write_json(run_dir / "summary.json", summary)
 
     rows = []
     for r in run.notebooks:

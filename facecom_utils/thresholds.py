@@ -12,7 +12,6 @@ writes to ``metrics.json`` (:func:`threshold_metrics`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -82,22 +81,20 @@ def load_recognition_run(run_dir: str | Path) -> RecognitionRunFiles:
     Raises:
         FileNotFoundError: naming the folder and what it should hold (run notebook 03 first).
     """
-    from facecom_utils.recognition import FOLD_ROLE, REPORT_ROLE, load_embeddings
+    from facecom_utils.rundir import FOLD_ROLE, REPORT_ROLE, RunDir
 
     folder = Path(run_dir).expanduser().resolve()
-    metrics_path = folder / "metrics.json"
-    if not metrics_path.is_file():
+    outputs = RunDir(folder)
+    metrics = outputs.read_metrics()
+    if metrics is None:
         raise FileNotFoundError(
             f"{folder}: no metrics.json; expected the output_dir of a finished notebook 03 run "
             "(metrics.json + embeddings/fold.npz); run 03_arcface_recognition first"
         )
-    metrics = json.loads(metrics_path.read_text())
-    fold = load_embeddings(folder, FOLD_ROLE)
-    role = metrics.get("reported_role") or REPORT_ROLE  # runs before the roles were named: "val"/"fold" files
-    try:
-        report = load_embeddings(folder, role) if role != FOLD_ROLE else fold
-    except FileNotFoundError:
-        role, report = FOLD_ROLE, fold
+    fold = outputs.load_embeddings(FOLD_ROLE)
+    role = metrics.get("reported_role") or REPORT_ROLE
+    report = outputs.load_embeddings(role) if role != FOLD_ROLE and outputs.has_embeddings(role) else fold
+    role = role if report is not fold else FOLD_ROLE
     threshold = float(metrics["threshold"])
     strict = metrics.get("strict_threshold")
     return RecognitionRunFiles(

@@ -160,12 +160,11 @@ plt.show()
 
 # %% [markdown]
 # ## Summary
-# The headline numbers, as written to `metrics.json` (with the parameters used).
+# The headline numbers, as the training run wrote them to `<output_dir>/metrics.json` (with the parameters used
+# and the data it ran on).
 
 # %%
-metrics = {k: v for k, v in run.metrics.items() if k not in ("params", "reliability")}
-metrics_path = notebook.write_metrics(config.output_dir, metrics, config, data_root=data_root)
-notebook.metrics_table(metrics, keys=[
+notebook.metrics_table(run.metrics, keys=[
     "report_split", "accuracy", "balanced_accuracy", "f1_macro", "precision_female", "recall_female",
     "f1_female", "roc_auc", "average_precision", "brier", "threshold", "balanced_accuracy_at_0.5",
     "train_seconds", "train_images_per_second", "best_epoch",

@@ -161,12 +161,11 @@ plt.show()
 
 # %% [markdown]
 # ## Summary
-# The headline numbers, as written to `metrics.json` (with the parameters used).
+# The headline numbers, as the training run wrote them to `<output_dir>/metrics.json` (with the parameters used
+# and the data it ran on).
 
 # %%
-metrics = {k: v for k, v in run.metrics.items() if k not in ("params",)}
-metrics_path = notebook.write_metrics(config.output_dir, metrics, config, data_root=data_root)
-notebook.metrics_table(metrics, keys=[
+notebook.metrics_table(run.metrics, keys=[
     "reported_split", "top1", "top5", "strict_top1", "roc_auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3",
     "match_accuracy", "match_f1_macro", "threshold", "strict_threshold", "train_seconds",
     "embed_images_per_second", "best_epoch",

@@ -33,7 +33,7 @@ def test_train_gender_end_to_end_on_demo(demo_root, tmp_path, one_thread):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert REPORT_KEYS <= set(metrics)
     assert set(metrics["per_distortion"]) == set(DISTORTION_TYPES)
-    assert metrics["report_split"] == "val" and metrics["params"]["epochs"] == 2
+    assert metrics["report_split"] == "val" and metrics["parameters"]["epochs"] == 2
     assert len(run.history) == 2 and {"train_loss", "val_roc_auc", "val_balanced_accuracy"} <= set(run.history.columns)
     n_val = len(scan_task_a(demo_root, splits=("val",)))
     assert len(run.probabilities) == n_val and {"path", "label", "prob", "pred"} <= set(run.probabilities.columns)

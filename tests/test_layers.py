@@ -18,7 +18,7 @@ PACKAGE = REPO_ROOT / "facecom_utils"
 LAYERS: dict[str, tuple[str, ...]] = {
     "data": ("data", "distortions", "demo", "datasets", "cache", "distributed", "face"),
     "models": ("models", "heads"),
-    "training": ("training", "config"),
+    "training": ("training", "config", "rundir"),
     "evaluation": ("evaluation", "verification"),
     "tasks": ("gender", "recognition"),
     "reporting": ("plots", "eda", "thresholds", "notebook", "run", "cli", "bench", "launch", "nbval_kernel",

@@ -126,7 +126,7 @@ def test_train_recognition_arcface_writes_checkpoint_embeddings_metrics(arcface_
     for key in ("train_seconds", "embed_images_per_second", "best_epoch"):
         assert key in run.metrics
     saved = json.loads((out / "metrics.json").read_text())
-    assert saved["top1"] == pytest.approx(run.metrics["top1"]) and saved["params"]["head"] == "arcface"
+    assert saved["top1"] == pytest.approx(run.metrics["top1"]) and saved["parameters"]["head"] == "arcface"
     assert set(run.identities).isdisjoint(run.fold_identities)
 
     assert run.metrics["reported_split"] == "val" and run.metrics["reported_role"] == "report"
