@@ -21,9 +21,22 @@ name, no distortion label, no randomness, so a later per-probe selector can run 
 - ``lowlight``: low light is a multiplicative darkening. A gain that brings a high luminance
   percentile up to a target (never below 1) undoes it; a well-exposed image is left unchanged.
 
-Measured on FACECOM's own pairs (``scripts/measure_restorations.py``): see the table at
-:data:`MEASURED`. ``sunny`` glare (a saturated white centre) destroys the pixels; no classical
-filter here recovers it.
+Measured on FACECOM's own pairs (``scripts/measure_restorations.py --identities 30 --tune``:
+30 training identities, 69 clean images, 483 distorted copies, 69 per type). Mean PSNR gain in
+dB on the type each filter is for, at the shipped defaults, and clean cost as the mean / min
+PSNR of restore(clean) to clean over the 69 clean images (60 = unchanged)::
+
+    restoration  type      base dB  gain dB  clean mean/min dB
+    denoise      noisy     16.5     +5.0     56.1 / 42.2
+    derain       rainy     19.0     +5.3     60.0 / 60.0   (40 pairs; misses ~10% light rain)
+    deblur       blurred   27.5     +1.7     23.6 / 20.5
+    dehaze       foggy     11.9     +2.6     56.7 / 18.8
+    lowlight     lowlight   9.9     +18.2    60.0 / 60.0
+    (any)        sunny      7.1     +2.0 with dehaze, which also fires on the washed-out image
+
+``resized`` (34.7 dB already) gains from nothing here (deblur -6.9 dB). Deblur has no blur
+gate: it sharpens, and rings on, whatever it is given. ``sunny`` glare saturates the face
+centre to white; those pixels are gone and no classical filter here recovers them.
 
 Example:
     >>> import numpy as np
@@ -141,7 +154,7 @@ def derain(image: np.ndarray, size: int = 7, threshold: float = 8.0, weight: flo
     return _to_uint8(np.where(hit[..., None], med, x) / (1.0 - weight))
 
 
-def deblur(image: np.ndarray, sigma: float = 2.0, iterations: int = 8) -> np.ndarray:
+def deblur(image: np.ndarray, sigma: float = 2.0, iterations: int = 16) -> np.ndarray:
     """Richardson-Lucy deconvolution with a Gaussian PSF, per channel.
 
     Args:
@@ -161,7 +174,7 @@ def deblur(image: np.ndarray, sigma: float = 2.0, iterations: int = 8) -> np.nda
     return _to_uint8((estimate - 1e-3) * 255.0)
 
 
-def dehaze(image: np.ndarray, low: float = 1.0, high: float = 99.0, white: float = 240.0,
+def dehaze(image: np.ndarray, low: float = 1.0, high: float = 99.0, white: float = 230.0,
            min_black: float = 24.0) -> np.ndarray:
     """Undo a blend toward grey haze with a luminance percentile stretch.
 
