@@ -47,6 +47,7 @@ __all__ = [
     "pair_grid",
     "message_figure",
     "per_distortion_bars",
+    "tensor_grid",
     "reliability_diagram",
     "roc_pr_curves",
     "similarity_histograms",
@@ -332,6 +333,50 @@ def image_grid(
             continue
         ax.imshow(_load_rgb(paths[k], image_size))
         ax.set_xlabel(titles[k] if titles is not None else Path(paths[k]).name, fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def tensor_grid(
+    images: Any,
+    titles: Sequence[str] | None = None,
+    ncols: int = 8,
+    title: str = "Training images as the model sees them",
+    mean: Sequence[float] = (0.485, 0.456, 0.406),
+    std: Sequence[float] = (0.229, 0.224, 0.225),
+) -> Figure:
+    """A grid of image tensors ``[N, 3, H, W]`` (e.g. an augmented training batch), un-normalised.
+
+    Args:
+        images: A tensor or array ``[N, 3, H, W]``, normalised with ``mean``/``std`` (uint8 or [0, 1]
+            floats are shown as they are when ``mean``/``std`` are None).
+        titles: One caption per image (e.g. the label).
+        ncols: Images per row.
+        title: Figure title.
+        mean: Per-channel mean the images were normalised with (None: not normalised).
+        std: Per-channel standard deviation.
+    """
+    array = np.asarray(images.detach().cpu().float() if hasattr(images, "detach") else images, dtype=np.float32)
+    if array.ndim != 4 or array.shape[1] != 3:
+        raise ValueError(f"expected images of shape [N, 3, H, W], got {array.shape}")
+    if mean is not None and std is not None:
+        array = array * np.asarray(std, np.float32)[:, None, None] + np.asarray(mean, np.float32)[:, None, None]
+    elif array.max() > 1.5:
+        array = array / 255.0
+    array = np.clip(array.transpose(0, 2, 3, 1), 0.0, 1.0)
+    n = len(array)
+    if n == 0:
+        return message_figure(title, "no images")
+    ncols = max(1, min(ncols, n))
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.8 * nrows), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < n:
+            ax.imshow(array[k])
+            if titles is not None and k < len(titles):
+                ax.set_title(str(titles[k]), fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -129,3 +129,19 @@ def test_plots_never_show(monkeypatch: pytest.MonkeyPatch, image_paths: list[Pat
     plots.training_curves(pd.DataFrame({"epoch": [1], "train_loss": [1.0]}))
     plots.similarity_histograms([0.9], [0.1])
     plots.image_grid(image_paths[:2])
+
+
+def test_tensor_grid_undoes_the_normalisation() -> None:
+    import torch
+
+    from facecom_utils.plots import tensor_grid
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    grey = torch.full((3, 3, 8, 8), 0.5)
+    normalised = (grey - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    fig = tensor_grid(normalised, ["a", "b", "c"], ncols=2)
+    shown = fig.axes[0].images[0].get_array()
+    assert np.allclose(np.asarray(shown), 0.5, atol=1e-6) and len(fig.axes) == 4
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["a", "b", "c"]
+    with pytest.raises(ValueError, match=r"\[N, 3, H, W\]"):
+        tensor_grid(torch.zeros(2, 8, 8))
