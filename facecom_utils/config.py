@@ -19,10 +19,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
+
 from .cache import CACHE_MODES
-from .training import TrainConfig
+from .training import TrainConfig, seed_everything, select_device
 
 __all__ = ["RunConfig", "AMP_MODES"]
 
@@ -126,6 +129,12 @@ class RunConfig:
         if self.data_root is not None:
             self.data_root = str(self.data_root)
         self.output_dir = str(self.output_dir) if self.output_dir not in (None, "") else self.default_output_dir
+
+    def start_run(self) -> torch.device:
+        """What every run does first: seed everything, create ``output_dir``, pick the device."""
+        seed_everything(self.seed)
+        Path(self.output_dir).mkdir(parents=True, exist_ok=True)
+        return select_device(self.device)
 
     def train_config(self, **task: Any) -> TrainConfig:
         """The training loop's settings from the shared fields; ``task`` adds or overrides the rest

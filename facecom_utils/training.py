@@ -39,7 +39,7 @@ import os
 import random
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,7 @@ __all__ = [
     "move_to_device",
     "resolve_amp_dtype",
     "save_checkpoint",
+    "preserved_random_state",
     "seed_everything",
     "select_device",
     "to_plain",
@@ -75,6 +76,22 @@ EvaluateFn = Callable[[nn.Module], Mapping[str, Any]]
 
 
 # ----------------------------------------------------------------------------- basics
+
+
+@contextlib.contextmanager
+def preserved_random_state() -> Iterator[None]:
+    """Run a block (e.g. drawing a batch to look at) without moving Python's, numpy's or torch's random
+    state: what follows draws exactly what it would have drawn without the block."""
+    py, np_state, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(np_state)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 def seed_everything(seed: int) -> None:

@@ -104,19 +104,63 @@ import matplotlib.pyplot as plt
 from IPython.display import display
 
 from facecom_utils import notebook, plots, thresholds
-from facecom_utils.recognition import RecognitionConfig, load_embeddings, train_recognition
+from facecom_utils import recognition as rec
+from facecom_utils.recognition import RecognitionConfig, load_embeddings
 
 data_root, output_dir = notebook.notebook_paths(data_root, output_dir, "03_arcface_recognition")
 config = notebook.build_config(RecognitionConfig, globals(), data_root=str(data_root), output_dir=str(output_dir))
 notebook.data_banner(data_root)
 
 # %% [markdown]
-# ## 1. Training
+# ## 1. Splits
+# Identity-disjoint: the training identities, the validation fold that chooses the checkpoint and the
+# threshold, and the reported split (`Task_B/val`, or identities held out of `Task_B/train` when there is none).
+# These cells run the stages of `rec.train_recognition` (what `facecom train-recognition` runs) in the same order.
+
+# %%
+device = config.start_run()
+splits = rec.recognition_splits(config)
+display(splits.table())
+
+# %% [markdown]
+# ## 2. Model and data pipeline
+# The embedder with its margin head; the sampler's expected share of draws per kind of image (identities in
+# proportion to their clean photos, capped at `clean_cap`; `clean_fraction` of the draws on clean photos, which
+# get on-the-fly distortions; `distortion_weights` among the real distorted ones).
+
+# %%
+model = rec.build_recognition_model(config, len(splits.train_identities))
+pipeline = rec.recognition_pipeline(config, splits, device)
+display(pipeline.draw_shares(splits.train).round(3))
+
+# %% [markdown]
+# A training batch as the model sees it (augmentation included), titled with the identity.
+
+# %%
+images, labels = pipeline.augmented_batch(16)
+plots.tensor_grid(images, [splits.train_identities[int(i)][:14] for i in labels])
+plt.show()
+
+# %% [markdown]
+# ## 3. Training
 # One row per epoch: the fold's main and strict top-1 choose the checkpoint.
 
 # %%
-run = train_recognition(config)
-display(run.history.round(4))
+result = rec.fit_recognition(config, splits, pipeline, model, device)
+display(result.history.round(4))
+
+# %%
+plots.training_curves(result.history, title="Task B training curves (validation fold)",
+                      metrics=["val_top1", "val_strict_top1", "val_selection_score"])
+plt.show()
+
+# %% [markdown]
+# ## 4. Threshold on the fold, protocol on the reported split
+# Embeddings of the fold and the reported split (with the `tta_crops` views), the match thresholds chosen on
+# the fold, the protocol on the reported split; everything written to `output_dir`.
+
+# %%
+run = rec.report_recognition(config, splits, model, result, device)
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -124,13 +168,8 @@ for key in ("reported_split", "n_train_identities", "n_train_images", "n_fold_id
             "n_identities", "n_gallery", "n_probes", "strict_n_probes", "strict_n_excluded"):
     print(f"{key:20} {run.metrics[key]}")
 
-# %%
-plots.training_curves(run.history, title="Task B training curves (validation fold)",
-                      metrics=["val_top1", "val_strict_top1", "val_selection_score"])
-plt.show()
-
 # %% [markdown]
-# ## 2. Results: main and strict protocol
+# ## 5. Results: main and strict protocol
 # Threshold chosen on the validation fold and applied unchanged; the oracle threshold (tuned on this split) is for reference only.
 
 # %%
@@ -149,7 +188,7 @@ plots.per_distortion_bars(run.metrics["per_distortion"], metric="top1",
 plt.show()
 
 # %% [markdown]
-# ## 3. Genuine vs impostor scores on the reported split
+# ## 6. Genuine vs impostor scores on the reported split
 # (Notebook 04 analyses the threshold in depth.)
 
 # %%

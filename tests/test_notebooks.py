@@ -82,7 +82,7 @@ def check_structure(path: Path) -> None:
     assert params.get("output_dir") == "None"
     assert "data_root" in params or "run_dir" in params
     sources = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
-    writes = ("write_metrics(", "train_gender(", "train_recognition(")  # the training runs write through RunDir
+    writes = ("write_metrics(", "train_gender(", "report_gender(", "report_recognition(")  # runs write through RunDir
     assert any(w in sources for w in writes), "every notebook writes <output_dir>/metrics.json"
     assert "data_banner(" in sources, "every notebook shows which data it ran on"
     for k, cell in enumerate(nb.cells):

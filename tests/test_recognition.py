@@ -285,3 +285,40 @@ def test_holdout_is_reported_when_there_is_no_val_split(demo_root: Path, tmp_pat
     assert math.isfinite(again["strict_top1"]) and math.isfinite(again["roc_auc"])
     assert again["strict_top1"] == pytest.approx(run.metrics["strict_top1"])
     assert again["roc_auc"] == pytest.approx(run.metrics["roc_auc"])  # the same two views
+
+
+def test_the_stages_as_notebook_03_runs_them_give_the_cli_run(arcface_run: rec.RecognitionRun, demo_root: Path,
+                                                              tmp_path: Path) -> None:
+    """Splits, model, pipeline (with a batch drawn to look at), fit, report: the same numbers as train_recognition."""
+    config = _config(demo_root, tmp_path / "stages", epochs=2, head="arcface")
+    device = config.start_run()
+    splits = rec.recognition_splits(config)
+    table = splits.table()
+    assert table["identities"].sum() == len(set(splits.train["identity"]) | set(splits.fold["identity"])
+                                              | set(splits.report["identity"]))
+    assert set(splits.train_identities).isdisjoint(splits.fold_identities)
+    assert set(splits.report["identity"]).isdisjoint(set(splits.train_identities) | set(splits.fold_identities))
+    model = rec.build_recognition_model(config, len(splits.train_identities))
+    pipeline = rec.recognition_pipeline(config, splits, device)
+    shares = pipeline.draw_shares(splits.train)
+    assert shares["share of draws"].sum() == pytest.approx(1.0) and shares.loc["clean", "share of draws"] == pytest.approx(
+        config.clean_fraction)
+    images, labels = pipeline.augmented_batch(4)
+    assert images.shape == (4, 3, config.image_size, config.image_size) and labels.shape == (4,)
+    result = rec.fit_recognition(config, splits, pipeline, model, device)
+    run = rec.report_recognition(config, splits, model, result, device)
+    for key in ("top1", "strict_top1", "threshold", "roc_auc", "fold_top1"):
+        assert run.metrics[key] == pytest.approx(arcface_run.metrics[key], abs=1e-6), key
+
+
+def test_preserved_random_state_leaves_every_generator_where_it_was() -> None:
+    import random
+
+    from facecom_utils.training import preserved_random_state, seed_everything
+
+    seed_everything(3)
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    seed_everything(3)
+    with preserved_random_state():
+        random.random(), np.random.rand(5), torch.rand(7)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
