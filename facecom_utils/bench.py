@@ -58,13 +58,8 @@ from .datasets import (
 )
 from .heads import build_head
 from .models import FaceEmbedder, GenderClassifier
-from .recognition import (
-    RecognitionModel,
-    _FaceImages,
-    build_recognition_transforms,
-    extract_embeddings,
-    identity_sample_weights,
-)
+from .recognition import RecognitionModel, build_recognition_transforms, extract_embeddings, identity_sample_weights
+from .recognition.embedding import _FaceImages
 from .training import TrainConfig, fit, seed_everything, select_device
 from .verification import identity_scores, per_pair_loop_scores
 

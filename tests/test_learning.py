@@ -86,7 +86,7 @@ def test_train_recognition_learns(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         embedding_source="neck", flip_tta=False, patience=None, device="cpu", progress=False, seed=0,
         max_identities=None,
     )
-    untrained, trained, seconds = _train_both(rec_mod, rec_mod.train_recognition, config, monkeypatch)
+    untrained, trained, seconds = _train_both(rec_mod.pipeline, rec_mod.train_recognition, config, monkeypatch)
 
     assert untrained.fold_identities == trained.fold_identities
     assert untrained.history["train_loss"].tolist() == [0.0] and len(trained.history) == 10

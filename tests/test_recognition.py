@@ -218,7 +218,7 @@ def test_resume_continues_an_interrupted_run(
     class Interrupt(Exception):
         pass
 
-    real_fit = rec.fit
+    real_fit = rec.pipeline.fit
 
     def interrupted_fit(*args: object, **kwargs: object) -> object:
         def stop(epoch: int, row: dict) -> None:
@@ -227,11 +227,11 @@ def test_resume_continues_an_interrupted_run(
         return real_fit(*args, **{**kwargs, "on_epoch_end": stop})
 
     config = _config(demo_root, tmp_path, epochs=2, head="arcface")  # the fixture's settings
-    monkeypatch.setattr(rec, "fit", interrupted_fit)
+    monkeypatch.setattr(rec.pipeline, "fit", interrupted_fit)
     with pytest.raises(Interrupt):
         train_recognition(config)
     assert (tmp_path / "checkpoints" / "last.pt").is_file()
-    monkeypatch.setattr(rec, "fit", real_fit)
+    monkeypatch.setattr(rec.pipeline, "fit", real_fit)
     resumed = train_recognition(config)
     assert len(resumed.history) == 2
     np.testing.assert_allclose(resumed.history["train_loss"], arcface_run.history["train_loss"], rtol=1e-5)
