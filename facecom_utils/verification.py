@@ -49,6 +49,7 @@ __all__ = [
     "evaluate_protocol",
     "far_key",
     "genuine_impostor_scores",
+    "identity_macro_top1",
     "identity_scores",
     "kfold_threshold",
     "match_metrics",
@@ -57,6 +58,7 @@ __all__ = [
     "roc_auc",
     "roc_points",
     "score_table",
+    "strict_score_table",
     "tar_at_far",
     "threshold_at_far",
     "topk_accuracy",
@@ -396,9 +398,46 @@ def topk_accuracy(
         raise ValueError("true_idx must index columns of scores; drop probes without a gallery identity first")
     if t.size == 0:
         return {int(k): float("nan") for k in ks}
-    genuine = s[np.arange(t.size), t]
-    rank = (s >= genuine[:, None]).sum(axis=1) - 1  # identities other than the true one scoring >= it
+    rank = _ranks(s, t)
     return {int(k): float(np.mean(rank < k)) for k in ks}
+
+
+def _ranks(scores: np.ndarray, true_idx: np.ndarray) -> np.ndarray:
+    """How many other identities score at least as high as each probe's true one (0: a top-1 hit;
+    ties count against the probe)."""
+    genuine = scores[np.arange(true_idx.size), true_idx]
+    return (scores >= genuine[:, None]).sum(axis=1) - 1
+
+
+def identity_macro_top1(table: ScoreTable, probe_identity: Sequence[Any] | np.ndarray) -> float:
+    """Top-1 of the evaluable probes averaged per identity first, then over identities.
+
+    One identity with many photos (FACECOM's training split has one with 236) would otherwise decide
+    the top-1 of any probe set holding it. NaN when no probe can be evaluated.
+    """
+    rows = np.flatnonzero(table.valid)
+    if rows.size == 0:
+        return float("nan")
+    hit = (_ranks(table.scores[rows], table.true_idx[rows]) < 1).astype(np.float64)
+    _, group = np.unique(np.asarray([str(v) for v in np.asarray(probe_identity)[rows].tolist()]), return_inverse=True)
+    return float(np.mean(np.bincount(group, weights=hit) / np.bincount(group)))
+
+
+def strict_score_table(
+    probe_emb: Any,
+    probe_identity: Sequence[Any] | np.ndarray,
+    gallery_emb: Any,
+    gallery_identity: Sequence[Any] | np.ndarray,
+    probe_source_idx: Sequence[int] | np.ndarray,
+    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+) -> ScoreTable:
+    """The strict variant's :class:`ScoreTable`: each probe's own clean source image is removed from the
+    gallery, so it can only be matched through another photo of its person; probes whose source is
+    unknown (``-1``) are left out (``true_idx = -1``), as are those with no other photo."""
+    source = np.asarray(probe_source_idx, dtype=np.int64).reshape(-1)
+    table = score_table(probe_emb, probe_identity, gallery_emb, gallery_identity, exclude=source, chunk_size=chunk_size)
+    table.true_idx[source < 0] = -1  # unknown source: cannot guarantee strictness, leave out
+    return table
 
 
 def genuine_impostor_scores(scores: np.ndarray, true_idx: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -859,10 +898,10 @@ def evaluate_protocol(
     out["n_gallery"] = int(gallery_ids.size)
     out["n_identities"] = len(main.identities)
 
-    strict = score_table(probe_emb, probe_identity, gallery_emb, gallery_ids, exclude=source, chunk_size=chunk_size)
-    strict.true_idx[source < 0] = -1  # unknown source: cannot guarantee strictness, leave out
+    strict = strict_score_table(probe_emb, probe_identity, gallery_emb, gallery_ids, source, chunk_size=chunk_size)
     t_strict = threshold if strict_threshold is None else strict_threshold
     strict_block = _protocol_block(strict, distortion, t_strict, seed, fars)
     strict_block["n_excluded"] = int((~strict.valid).sum())
+    strict_block["top1_identity_macro"] = identity_macro_top1(strict, probe_identity)
     out.update({f"strict_{k}": v for k, v in strict_block.items()})
     return out

@@ -490,3 +490,22 @@ def test_evaluate_protocol_rejects_probe_identity_missing_from_gallery() -> None
     data["probe_identity"] = np.array(["A", "A", "B", "B", "C", "D"])
     with pytest.raises(ValueError, match="no image in the gallery"):
         evaluate_protocol(**data, threshold=0.5)
+
+
+def test_strict_table_and_identity_macro_top1_against_a_hand_count() -> None:
+    """Identity a: 3 probes, b: 1 probe; the strict table drops each probe's source, unknown sources leave."""
+    from facecom_utils.verification import identity_macro_top1, strict_score_table
+
+    gallery = np.array([[1, 0], [1, 0], [0, 1]], dtype=np.float32)  # a, a, b
+    probes = np.array([[1, 0], [0.6, 0.8], [1, 0], [0, 1]], dtype=np.float32)
+    probe_ids, gallery_ids = ["a", "a", "a", "b"], ["a", "a", "b"]
+    strict = strict_score_table(probes, probe_ids, gallery, gallery_ids, np.array([0, 1, -1, 2]))
+    # probe 0 keeps a's image 1 (hit); probe 1 keeps image 0 (0.6 < b's 0.8: miss); probe 2 unknown source;
+    # probe 3's identity b has no other image
+    assert strict.true_idx.tolist() == [0, 0, -1, -1]
+    assert identity_macro_top1(strict, probe_ids) == pytest.approx(0.5)
+    main = score_table(probes, probe_ids, gallery, gallery_ids)
+    # main: a's probes 1/1, 0/1 (0.6 vs b 0.8), 1/1 -> 2/3; b 1/1 -> macro (2/3 + 1) / 2
+    assert identity_macro_top1(main, probe_ids) == pytest.approx((2 / 3 + 1) / 2)
+    empty = strict.subset(np.zeros(4, dtype=bool))
+    assert np.isnan(identity_macro_top1(empty, []))

@@ -13,7 +13,14 @@ import pandas as pd
 
 from ..data import OnError, drop_unreadable, scan_task_b
 from ..demo import resolve_data_root
-from ..verification import choose_match_threshold, evaluate_protocol, score_table
+from ..verification import (
+    choose_match_threshold,
+    evaluate_protocol,
+    identity_macro_top1,
+    score_table,
+    strict_score_table,
+    topk_accuracy,
+)
 from .model import load_recognition_model
 from .sampling import _subsample_identities
 from .embedding import embedding_table, extract_embeddings, protocol_inputs
@@ -37,9 +44,8 @@ def choose_thresholds(table: pd.DataFrame, emb: np.ndarray, method: str = "kfold
     args = protocol_inputs(table, emb)
     main = score_table(args["probe_emb"], args["probe_identity"], args["gallery_emb"], args["gallery_identity"])
     details = choose_match_threshold(main, method=method, seed=seed)
-    strict = score_table(args["probe_emb"], args["probe_identity"], args["gallery_emb"], args["gallery_identity"],
-                         exclude=args["probe_source_idx"])
-    strict.true_idx[args["probe_source_idx"] < 0] = -1
+    strict = strict_score_table(args["probe_emb"], args["probe_identity"], args["gallery_emb"],
+                                args["gallery_identity"], args["probe_source_idx"])
     try:
         strict_details = choose_match_threshold(strict, method=method, seed=seed)
     except ValueError:  # no identity with two or more clean images in the fold
@@ -79,7 +85,6 @@ def protocol_metrics(
     raw = evaluate_protocol(**protocol_inputs(table, emb), threshold=threshold, seed=seed,
                             strict_threshold=strict_threshold)
     out = dict(raw)
-    out["strict_top1_identity_macro"] = _quick_scores(table, emb)["strict_top1_macro"]
     for prefix in ("", "strict_"):
         per = raw[f"{prefix}per_distortion"]
         out[f"{prefix}per_distortion_metrics"] = per
@@ -90,27 +95,22 @@ def _quick_scores(table: pd.DataFrame, emb: np.ndarray) -> dict[str, float]:
     """Model-choice scores of an embedded fold.
 
     ``top1`` / ``strict_top1``: main and strict top-1 over probes; ``strict_top1_macro``: the strict
-    top-1 averaged per identity first (FACECOM has one identity with 236 photos, which would
-    otherwise decide the strict score of any fold holding it); ``selection_score``: the mean of
-    ``top1`` and ``strict_top1_macro`` (``top1`` alone when the fold has no strict probe).
+    top-1 averaged per identity first (:func:`~facecom_utils.verification.identity_macro_top1`);
+    ``selection_score``: the mean of ``top1`` and ``strict_top1_macro`` (``top1`` alone when the fold
+    has no strict probe).
     """
     args = protocol_inputs(table, emb)
-    out: dict[str, float] = {}
-    for prefix, exclude in (("", None), ("strict_", args["probe_source_idx"])):
-        st = score_table(args["probe_emb"], args["probe_identity"], args["gallery_emb"], args["gallery_identity"],
-                         exclude=exclude)
-        if exclude is not None:
-            st.true_idx[exclude < 0] = -1
-        rows = np.flatnonzero(st.valid)
-        genuine = st.scores[rows, st.true_idx[rows]]
-        hit = (st.scores[rows] >= genuine[:, None]).sum(axis=1) == 1  # ties count against the probe
-        out[f"{prefix}top1"] = float(hit.mean()) if rows.size else math.nan
-        if prefix:
-            per_identity = pd.Series(hit).groupby(np.asarray(args["probe_identity"])[rows]).mean()
-            out["strict_top1_macro"] = float(per_identity.mean()) if rows.size else math.nan
+    gallery = (args["gallery_emb"], args["gallery_identity"])
+    main = score_table(args["probe_emb"], args["probe_identity"], *gallery)
+    strict = strict_score_table(args["probe_emb"], args["probe_identity"], *gallery, args["probe_source_idx"])
+    out = {}
+    for prefix, st in (("", main), ("strict_", strict)):
+        out[f"{prefix}top1"] = topk_accuracy(st.scores[st.valid], st.true_idx[st.valid], ks=(1,))[1]
+    out["strict_top1_macro"] = identity_macro_top1(strict, args["probe_identity"])
     macro = out["strict_top1_macro"]
     out["selection_score"] = out["top1"] if math.isnan(macro) else 0.5 * (out["top1"] + macro)
     return out
+
 
 def _scalar_view(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The metrics without the bulky nested per-distortion detail (for checkpoints)."""
