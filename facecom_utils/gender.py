@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import Subset
+from torch.utils.data import DataLoader, Sampler, Subset
 
 from .cache import BatchAugment, CachedImageDataset, apply_speedups, cached_dataset, resolve_cache_mode
 from .data import DISTORTION_TYPES, BadImageError, OnError, drop_unreadable, find_task_dir, scan_task_a
@@ -501,11 +501,11 @@ class GenderPipeline:
     splits: GenderSplits
     device: torch.device
     cache_mode: str
-    train_loader: Any
-    fold_loader: Any
-    recal_loader: Any
+    train_loader: DataLoader
+    fold_loader: DataLoader
+    recal_loader: DataLoader
     augment: nn.Module | None
-    sampler: Any
+    sampler: Sampler[int] | None
     sample_weights: np.ndarray
     y_train: np.ndarray
     y_fold: np.ndarray
@@ -521,16 +521,16 @@ class GenderPipeline:
         Returns:
             ``(images float32 [n, 3, S, S] on the CPU, label names)``.
         """
-        dataset = self.train_loader.dataset
+        dataset: Any = self.train_loader.dataset
         cuda = [] if self.device.type != "cuda" else [
             self.device.index if self.device.index is not None else torch.cuda.current_device()]
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(seed)
             if self.sampler is not None:
                 epoch = getattr(self.sampler, "epoch", 0)
-                self.sampler.set_epoch(0)
+                self.sampler.set_epoch(0)  # type: ignore[attr-defined]
                 order = list(self.sampler)
-                self.sampler.set_epoch(epoch)
+                self.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
             else:
                 order = torch.randperm(len(dataset)).tolist()
             items = [dataset[i] for i in order[:n]]
@@ -541,7 +541,7 @@ class GenderPipeline:
 
     def sampler_table(self, batch_size: int | None = None) -> pd.DataFrame:
         """Per class: images, draw weight per image, expected share of draws and draws per batch."""
-        batch_size = batch_size or self.train_loader.batch_size
+        batch_size = batch_size or int(self.train_loader.batch_size or 1)
         w = np.asarray(self.sample_weights, dtype=np.float64)
         rows = {}
         for name in ("female", "male"):

@@ -147,3 +147,22 @@ def test_person_grouped_fold_on_facecom():
     share = (df["label"] == "female").mean()
     assert abs((val["label"] == "female").mean() - share) < 0.05
     assert 0.12 < len(val) / len(df) < 0.18
+
+
+def test_the_stages_as_notebook_02_calls_them_give_train_gender_s_numbers(demo_root, tmp_path, one_thread):
+    """Splits, pipeline, a display batch, fit, report: the same run as one train_gender call."""
+    from facecom_utils.gender import fit_gender, report_gender
+
+    cfg = _stage_config(demo_root, tmp_path, epochs=1, evaluate_distortions=False, output_dir=str(tmp_path / "a"))
+    whole = train_gender(cfg)
+    cfg = _stage_config(demo_root, tmp_path, epochs=1, evaluate_distortions=False, output_dir=str(tmp_path / "b"))
+    splits = gender_splits(cfg)
+    pipeline = gender_pipeline(cfg, splits)
+    pipeline.augmented_batch(8)
+    pipeline.sampler_table()
+    staged = report_gender(cfg, pipeline, fit_gender(cfg, pipeline))
+    assert staged.threshold == pytest.approx(whole.threshold)
+    np.testing.assert_allclose(staged.probabilities["prob"], whole.probabilities["prob"], atol=1e-6)
+    for key in ("balanced_accuracy", "roc_auc", "n_train_images", "n_val_fold_images", "n_report_persons"):
+        assert staged.metrics[key] == pytest.approx(whole.metrics[key]), key
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["threshold"] == pytest.approx(whole.threshold)
