@@ -1,19 +1,23 @@
 """Task A pipeline: gender classification, trained and evaluated honestly.
 
-One call, :func:`train_gender`, does what notebook 02 and the CLI need:
+Four public stages, which notebook 02 calls one per cell and :func:`train_gender` composes in one
+call (the CLI and torchrun):
 
-1. scan ``<data_root>/Task_A/train``; carve a validation fold from it, stratified by label,
-   grouped by person (nobody on both sides) and seeded. That fold alone drives early stopping,
-   the choice of checkpoint and the decision threshold;
-2. fine-tune a :class:`~facecom_utils.models.GenderClassifier` with the shared engine
-   (:func:`~facecom_utils.training.fit`): class-balanced sampling (or ``pos_weight``), FACECOM
-   distortion augmentation, cosine schedule with warm-up, AMP on CUDA, best/last checkpoints;
-3. choose the threshold on the fold (balanced accuracy by default), store it in ``best.pt``,
-   and apply it unchanged to the reported split (``Task_A/val``; when the data root has none,
-   e.g. ``../shared/facecom``, an identity-disjoint part of ``train`` is held out for it and
-   the metrics say so). Metrics at 0.5 are reported beside; so are calibration (Brier score,
-   reliability curve) and robustness (balanced accuracy after each of the seven FACECOM
-   distortions, applied seeded to the reported images).
+1. :func:`gender_splits` scans ``<data_root>/Task_A/train`` and carves a validation fold from it,
+   stratified by label, grouped by person (nobody on both sides) and seeded. That fold alone
+   drives early stopping, the choice of checkpoint and the decision threshold;
+2. :func:`gender_pipeline` builds the data as the model gets it: decoded-image cache with
+   on-device batch augmentation, or per-image files; class-balanced sampling (or ``pos_weight``)
+   and FACECOM distortion augmentation;
+3. :func:`fit_gender` fine-tunes a :class:`~facecom_utils.models.GenderClassifier` with the shared
+   engine (:func:`~facecom_utils.training.fit`): cosine schedule with warm-up, AMP on CUDA,
+   best/last checkpoints, the threshold chosen on the fold after every epoch;
+4. :func:`report_gender` takes the best epoch's fold threshold (balanced accuracy by default),
+   stores it in ``best.pt`` and applies it unchanged to the reported split (``Task_A/val``; when
+   the data root has none, e.g. ``../shared/facecom``, an identity-disjoint part of ``train`` is
+   held out for it and the metrics say so). Metrics at 0.5 are reported beside; so are
+   calibration (Brier score, reliability curve) and robustness (balanced accuracy after each of
+   the seven FACECOM distortions, applied seeded to the reported images).
 
 Positive class = ``"female"`` (the minority): ``class_to_idx = {"male": 0, "female": 1}``.
 """
@@ -33,11 +37,18 @@ import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import Subset
+from torch.utils.data import DataLoader, Sampler, Subset
 
 from .cache import BatchAugment, CachedImageDataset, apply_speedups, cached_dataset, resolve_cache_mode
 from .data import DISTORTION_TYPES, BadImageError, OnError, drop_unreadable, find_task_dir, scan_task_a
-from .datasets import ImageDataset, build_sampler, build_transforms, make_loader, person_grouped_split
+from .datasets import (
+    ImageDataset,
+    balanced_sample_weights,
+    build_sampler,
+    build_transforms,
+    make_loader,
+    person_grouped_split,
+)
 from .config import RunConfig
 from .rundir import RunDir, provenance
 from .demo import resolve_data_root
@@ -45,6 +56,7 @@ from .distributed import distributed_info
 from .evaluation import binary_metrics, choose_threshold, expected_calibration_error, reliability_curve
 from .models import GenderClassifier, recalibrate_batchnorm
 from .training import (
+    FitResult,
     fit,
     load_checkpoint,
     save_checkpoint,
@@ -56,12 +68,20 @@ from .training import (
 __all__ = [
     "CLASS_TO_IDX",
     "GenderConfig",
+    "GenderFit",
+    "GenderPipeline",
     "GenderRun",
+    "GenderSplits",
     "evaluate_gender",
     "evaluate_gender_model",
+    "fit_gender",
+    "fold_threshold",
+    "gender_pipeline",
+    "gender_splits",
     "load_gender_model",
     "predict_gender",
     "predict_proba",
+    "report_gender",
     "train_gender",
 ]
 
@@ -373,7 +393,10 @@ def evaluate_gender(
     return metrics
 
 
-# ----------------------------------------------------------------------------- training
+# ----------------------------------------------------------------------------- training: the stages
+#
+# train_gender = gender_splits -> gender_pipeline -> fit_gender -> report_gender. Notebook 02 calls
+# the four stages one per cell (and shows what each produced); the CLI and torchrun call train_gender.
 
 
 def _subsample_people(df: pd.DataFrame, max_images: int, seed: int) -> pd.DataFrame:
@@ -384,21 +407,252 @@ def _subsample_people(df: pd.DataFrame, max_images: int, seed: int) -> pd.DataFr
     return keep
 
 
-def _split_tables(cfg: GenderConfig, root: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, str]:
-    """``(fit part, validation fold, reported table, reported split name)``."""
+@dataclass
+class GenderSplits:
+    """Stage 1: who is trained on, who chooses, who is reported (persons never on two sides).
+
+    Attributes:
+        train: ``scan_task_a`` rows of the training part.
+        fold: Rows of the validation fold (early stopping, checkpoint, threshold).
+        report: Rows of the reported split (never used for any choice).
+        report_split: Its name: ``config.report_split`` or ``"heldout_from_train"``.
+        data_root: The resolved data root.
+    """
+
+    train: pd.DataFrame
+    fold: pd.DataFrame
+    report: pd.DataFrame
+    report_split: str
+    data_root: Path
+
+    def parts(self) -> dict[str, pd.DataFrame]:
+        """``{"train": ..., "val_fold": ..., "report": ...}``, in that order."""
+        return {"train": self.train, "val_fold": self.fold, "report": self.report}
+
+    def table(self) -> pd.DataFrame:
+        """Images, persons, female and male images per part (index: train, val_fold, report)."""
+        rows = {name: {"images": len(df), "persons": df["person"].nunique(),
+                       "female": int((df["label"] == "female").sum()), "male": int((df["label"] == "male").sum())}
+                for name, df in self.parts().items()}
+        table = pd.DataFrame.from_dict(rows, orient="index")
+        table.index.name = "part"
+        return table.rename(index={"report": f"report ({self.report_split})"})
+
+    def counts(self) -> dict[str, int]:
+        """``n_<part>_images`` and ``n_<part>_persons`` (as in ``metrics.json``; report = the reported split)."""
+        parts = self.parts()
+        return {**{f"n_{name}_images": len(df) for name, df in parts.items()},
+                **{f"n_{name}_persons": int(df["person"].nunique()) for name, df in parts.items()}}
+
+
+def gender_splits(config: GenderConfig) -> GenderSplits:
+    """Stage 1: scans ``Task_A`` and carves the validation fold (and, without a report split, a held-out part).
+
+    The fold is person-grouped, stratified by label and seeded (``config.seed``); when
+    ``<data_root>/Task_A/<report_split>`` is missing, an identity-disjoint ``holdout_fraction`` of
+    ``train`` is held out for reporting (seed + 1) and a warning says so. ``max_train_images``
+    subsamples the training persons before the fold is carved.
+
+    Raises:
+        ValueError: The training part or the fold lacks one of the classes.
+    """
+    cfg = config
+    root = resolve_data_root(cfg.data_root)
     train_df = scan_task_a(root, splits=("train",))
     if (find_task_dir(root, "Task_A") / cfg.report_split).is_dir():
         report_df, report_name = scan_task_a(root, splits=(cfg.report_split,)), cfg.report_split
     else:
         warnings.warn(f"{root}: no Task_A/{cfg.report_split}; reporting on an identity-disjoint "
                       f"{cfg.holdout_fraction:.0%} of Task_A/train held out from training ({HOLDOUT_SPLIT!r})",
-                      stacklevel=3)
+                      stacklevel=2)
         train_df, report_df = person_grouped_split(train_df, cfg.holdout_fraction, seed=cfg.seed + 1)
         report_name = HOLDOUT_SPLIT
     if cfg.max_train_images is not None:
         train_df = _subsample_people(train_df, cfg.max_train_images, cfg.seed)
     fit_df, fold_df = person_grouped_split(train_df, cfg.val_fraction, seed=cfg.seed)
-    return fit_df, fold_df, report_df, report_name
+    y_fit, y_fold = _labels(fit_df), _labels(fold_df)
+    if len(np.unique(y_fit)) < 2 or len(np.unique(y_fold)) < 2:
+        raise ValueError(f"{root}: the training part and the validation fold each need both classes "
+                         f"(train: {np.bincount(y_fit, minlength=2).tolist()}, fold: {np.bincount(y_fold, minlength=2).tolist()} "
+                         "male/female images); add images or lower val_fraction")
+    return GenderSplits(fit_df, fold_df, report_df, report_name, root)
+
+
+@dataclass
+class GenderPipeline:
+    """Stage 2: the data as the model gets it.
+
+    Attributes:
+        splits: The splits it was built from.
+        device: Where training runs.
+        cache_mode: ``"off"`` (PIL decoding and augmentation per image in the loader) or the cache's
+            mode (decoded once; the batch is augmented on the device by ``augment``).
+        train_loader: Augmented, class-balanced (``balance="sampler"``) training stream.
+        fold_loader: Ordered, clean validation fold.
+        recal_loader: Clean training images for batch-norm recalibration (up to 8 eval batches).
+        augment: The on-device :class:`~facecom_utils.cache.BatchAugment` with the cache, else None.
+        sampler: The training sampler (None: plain shuffling).
+        sample_weights: Per-image draw weight of the training part (1 each without the sampler).
+        y_train: Labels of the training part (0 male, 1 female).
+        y_fold: Labels of the fold.
+        recalibrate: Whether batch-norm statistics are recomputed before every evaluation.
+    """
+
+    splits: GenderSplits
+    device: torch.device
+    cache_mode: str
+    train_loader: DataLoader
+    fold_loader: DataLoader
+    recal_loader: DataLoader
+    augment: nn.Module | None
+    sampler: Sampler[int] | None
+    sample_weights: np.ndarray
+    y_train: np.ndarray
+    y_fold: np.ndarray
+    recalibrate: bool
+
+    def augmented_batch(self, n: int = 16, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
+        """``n`` training images as the model sees them (drawn, distorted, augmented, normalised).
+
+        The images are the first ``n`` draws of the sampler's first epoch; the augmentation is drawn
+        from torch's generator under ``seed`` inside ``torch.random.fork_rng``, so calling this
+        changes no generator state and no later training number.
+
+        Returns:
+            ``(images float32 [n, 3, S, S] on the CPU, label names)``.
+        """
+        dataset: Any = self.train_loader.dataset
+        cuda = [] if self.device.type != "cuda" else [
+            self.device.index if self.device.index is not None else torch.cuda.current_device()]
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(seed)
+            if self.sampler is not None:
+                epoch = getattr(self.sampler, "epoch", 0)
+                self.sampler.set_epoch(0)  # type: ignore[attr-defined]
+                order = list(self.sampler)
+                self.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+            else:
+                order = torch.randperm(len(dataset)).tolist()
+            items = [dataset[i] for i in order[:n]]
+            x = torch.stack([image for image, _ in items]).to(self.device)
+            if self.augment is not None:
+                x = self.augment(x)
+        return x.float().contiguous().cpu(), [IDX_TO_CLASS[int(label)] for _, label in items]
+
+    def sampler_table(self, batch_size: int | None = None) -> pd.DataFrame:
+        """Per class: images, draw weight per image, expected share of draws and draws per batch."""
+        batch_size = batch_size or int(self.train_loader.batch_size or 1)
+        w = np.asarray(self.sample_weights, dtype=np.float64)
+        rows = {}
+        for name in ("female", "male"):
+            mask = self.y_train == CLASS_TO_IDX[name]
+            share = float(w[mask].sum() / w.sum())
+            rows[name] = {"images": int(mask.sum()), "weight_per_image": float(w[mask].mean()),
+                          "expected_share_of_draws": share, "expected_per_batch": share * batch_size}
+        table = pd.DataFrame.from_dict(rows, orient="index")
+        table.index.name = "class"
+        return table
+
+
+def gender_pipeline(config: GenderConfig, splits: GenderSplits, device: str | torch.device | None = None) -> GenderPipeline:
+    """Stage 2: datasets, sampler and loaders; the one place that chooses between cache and files.
+
+    With the cache (``config.cache`` not resolving to ``"off"``), images are decoded once, the
+    FACECOM distortions are pre-rendered (``distortion_variants``) and the training batch is
+    augmented on the device; without it, every image is decoded, distorted and augmented in the
+    loader. Builds no model and draws from no global generator.
+    """
+    cfg = config
+    device = select_device(cfg.device if device is None else device)
+    fit_df, fold_df = splits.train, splits.fold
+    y_fit, y_fold = _labels(fit_df), _labels(fold_df)
+    pin = device.type == "cuda"
+    augment = None
+    recal_idx = np.random.default_rng(cfg.seed).permutation(len(fit_df))[: 8 * cfg.eval_batch_size]
+    cache_mode = resolve_cache_mode(cfg.cache, cfg.cache_dir)
+    if cache_mode != "off":
+        cache_kw = dict(mode=cfg.cache, cache_dir=cfg.cache_dir, progress=cfg.progress and distributed_info()[0] == 0)
+        train_ds = cached_dataset(fit_df["path"], y_fit, cfg.image_size, distortion_p=cfg.distortion_augment,
+                                  variants=cfg.distortion_variants, seed=cfg.seed, **cache_kw)
+        fold_ds = cached_dataset(fold_df["path"], y_fold, cfg.image_size, normalize=True, **cache_kw)
+        recal_ds = CachedImageDataset(train_ds.cache, y_fit, normalize=True)  # == the eval transform
+        augment = BatchAugment(cfg.image_size, channels_last=cfg.channels_last).to(device)
+    else:
+        load_size = None if cfg.image_size >= 224 else int(round(cfg.image_size * 1.25))
+        train_ds = ImageDataset(fit_df["path"], y_fit, build_transforms(cfg.image_size, True, cfg.distortion_augment),
+                                load_size=load_size)
+        eval_tf = build_transforms(cfg.image_size, train=False)
+        fold_ds = ImageDataset(fold_df["path"], y_fold, eval_tf)
+        recal_ds = ImageDataset(fit_df["path"], y_fit, eval_tf)
+    sampler = build_sampler(y_fit, cfg.balance, seed=cfg.seed)
+    weights = balanced_sample_weights(y_fit).numpy() if cfg.balance == "sampler" else np.ones(len(y_fit))
+    return GenderPipeline(
+        splits=splits, device=device, cache_mode=cache_mode,
+        train_loader=make_loader(train_ds, cfg.batch_size, True, sampler, cfg.num_workers, pin),
+        fold_loader=make_loader(fold_ds, cfg.eval_batch_size, False, num_workers=cfg.num_workers, pin_memory=pin),
+        recal_loader=make_loader(Subset(recal_ds, recal_idx.tolist()), cfg.eval_batch_size, False,
+                                 num_workers=cfg.num_workers, pin_memory=pin),
+        augment=augment, sampler=sampler, sample_weights=weights, y_train=y_fit, y_fold=y_fold,
+        recalibrate=cfg.bn_recalibrate if isinstance(cfg.bn_recalibrate, bool) else cfg.pretrained is None,
+    )
+
+
+@dataclass
+class GenderFit:
+    """Stage 3's outcome: the model (best epoch, eval mode) and ``training.fit``'s result."""
+
+    model: nn.Module
+    result: FitResult
+
+    @property
+    def history(self) -> pd.DataFrame:
+        """One row per epoch (``train_loss``, ``val_<metric>`` of the fold, ``lr``, ...)."""
+        return self.result.history
+
+
+def fit_gender(config: GenderConfig, pipeline: GenderPipeline) -> GenderFit:
+    """Stage 3: seeds, builds the classifier and trains it with :func:`~facecom_utils.training.fit`.
+
+    Loss: binary cross-entropy on (label-smoothed) targets, ``pos_weight`` = n_male/n_female with
+    ``balance="pos_weight"``; the cached path augments each batch on the device first. After every
+    epoch the fold is predicted (batch norm recalibrated first when ``pipeline.recalibrate``), the
+    threshold chosen on it (``threshold_criterion``) and its metrics at that threshold returned, so
+    ``best_metrics["threshold"]`` is the best epoch's. Checkpoints go to ``<output_dir>/checkpoints``.
+    """
+    cfg, p = config, pipeline
+    seed_everything(cfg.seed)
+    model = apply_speedups(GenderClassifier(cfg.backbone, cfg.pretrained, cfg.dropout, cfg.image_size),
+                           cfg.channels_last, cfg.compile)
+    n_pos = int(p.y_train.sum())
+    pos_weight = (torch.tensor((len(p.y_train) - n_pos) / max(n_pos, 1), device=p.device)
+                  if cfg.balance == "pos_weight" else None)
+    smooth = cfg.label_smoothing
+
+    def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        if p.augment is not None:
+            x = p.augment(x)
+        target = y.float() * (1 - smooth) + 0.5 * smooth
+        return F.binary_cross_entropy_with_logits(m(x).float(), target, pos_weight=pos_weight)
+
+    def evaluate_fn(m: nn.Module) -> dict[str, Any]:
+        if p.recalibrate:
+            recalibrate_batchnorm(m, p.recal_loader, p.device)
+            m.eval()
+        prob = _predict_loader(m, p.fold_loader, p.device, cfg.tta)
+        threshold = choose_threshold(p.y_fold, prob, cfg.threshold_criterion)
+        metrics = binary_metrics(p.y_fold, prob, threshold)
+        metrics["loss"] = float(F.binary_cross_entropy(torch.as_tensor(prob), torch.tensor(p.y_fold, dtype=torch.float64)))
+        return metrics
+
+    train_config = cfg.train_config(optimizer=cfg.optimizer, monitor=cfg.monitor, device=str(p.device),
+                                    mode="min" if cfg.monitor in ("loss", "brier", "train_loss") else "max")
+    extra_state = {"task": "gender", "config": dataclasses.asdict(cfg), "class_to_idx": CLASS_TO_IDX,
+                   "report_split": p.splits.report_split}
+    result = fit(model, p.train_loader, loss_fn, evaluate_fn, train_config, Path(cfg.output_dir) / "checkpoints",
+                 extra_state)
+    model.eval()
+    return GenderFit(model, result)
 
 
 def _flat_metrics(run: GenderRun, n: dict[str, int]) -> dict[str, Any]:
@@ -414,108 +668,43 @@ def _flat_metrics(run: GenderRun, n: dict[str, int]) -> dict[str, Any]:
         stopped_early=run.stopped_early,
         train_seconds=run.train_seconds,
         train_images_per_second=run.train_images_per_second,
-        **{f"n_{k}": v for k, v in n.items()},
+        **n,
     )
     return to_plain(out)
 
 
-def train_gender(config: GenderConfig) -> GenderRun:
-    """Trains and evaluates a gender classifier (see the module docstring for the protocol).
+def fold_threshold(fitted: GenderFit) -> float:
+    """Stage 4a: the threshold chosen on the fold at the best epoch, stored in ``best.pt`` (rank 0).
 
-    Writes ``<output_dir>/checkpoints/{best,last}.pt`` (best.pt carries the fold-chosen
-    ``threshold``) and ``<output_dir>/metrics.json``. Re-running with the same output folder
-    resumes an interrupted run (``resume=True``).
-
-    Args:
-        config: The run's parameters.
-
-    Returns:
-        A :class:`GenderRun`.
+    ``best.pt`` then carries ``threshold`` and ``val_metrics`` beside the weights, so
+    :func:`evaluate_gender` and :func:`predict_gender` apply it unchanged.
     """
-    cfg = config
-    rank, _ = distributed_info()
-    out_dir = Path(cfg.output_dir)
-    root = resolve_data_root(cfg.data_root)
-    fit_df, fold_df, report_df, report_name = _split_tables(cfg, root)
-    y_fit, y_fold = _labels(fit_df), _labels(fold_df)
-    if len(np.unique(y_fit)) < 2 or len(np.unique(y_fold)) < 2:
-        raise ValueError(f"{root}: the training part and the validation fold each need both classes "
-                         f"(train: {np.bincount(y_fit, minlength=2).tolist()}, fold: {np.bincount(y_fold, minlength=2).tolist()} "
-                         "male/female images); add images or lower val_fraction")
-
-    seed_everything(cfg.seed)
-    device = select_device(cfg.device)
-    model = apply_speedups(GenderClassifier(cfg.backbone, cfg.pretrained, cfg.dropout, cfg.image_size),
-                           cfg.channels_last, cfg.compile)
-    pin = device.type == "cuda"
-
-    # Data: augmented, class-balanced training stream; ordered, clean fold for evaluation. With the
-    # cache, images are decoded once and the training batch is augmented on the device (loss_fn).
-    augment = None
-    recal_idx = np.random.default_rng(cfg.seed).permutation(len(fit_df))[: 8 * cfg.eval_batch_size]
-    if resolve_cache_mode(cfg.cache, cfg.cache_dir) != "off":
-        cache_kw = dict(mode=cfg.cache, cache_dir=cfg.cache_dir, progress=cfg.progress and rank == 0)
-        train_ds = cached_dataset(fit_df["path"], y_fit, cfg.image_size, distortion_p=cfg.distortion_augment,
-                                  variants=cfg.distortion_variants, seed=cfg.seed, **cache_kw)
-        fold_ds = cached_dataset(fold_df["path"], y_fold, cfg.image_size, normalize=True, **cache_kw)
-        recal_ds = CachedImageDataset(train_ds.cache, y_fit, normalize=True)  # == the eval transform
-        augment = BatchAugment(cfg.image_size, channels_last=cfg.channels_last).to(device)
-    else:
-        load_size = None if cfg.image_size >= 224 else int(round(cfg.image_size * 1.25))
-        train_ds = ImageDataset(fit_df["path"], y_fit, build_transforms(cfg.image_size, True, cfg.distortion_augment),
-                                load_size=load_size)
-        eval_tf = build_transforms(cfg.image_size, train=False)
-        fold_ds = ImageDataset(fold_df["path"], y_fold, eval_tf)
-        recal_ds = ImageDataset(fit_df["path"], y_fit, eval_tf)
-    sampler = build_sampler(y_fit, cfg.balance, seed=cfg.seed)
-    train_loader = make_loader(train_ds, cfg.batch_size, True, sampler, cfg.num_workers, pin)
-    fold_loader = make_loader(fold_ds, cfg.eval_batch_size, False, num_workers=cfg.num_workers, pin_memory=pin)
-    recalibrate = cfg.bn_recalibrate if isinstance(cfg.bn_recalibrate, bool) else cfg.pretrained is None
-    recal_loader = make_loader(Subset(recal_ds, recal_idx.tolist()), cfg.eval_batch_size, False,
-                               num_workers=cfg.num_workers, pin_memory=pin)
-
-    n_pos = int(y_fit.sum())
-    pos_weight = torch.tensor((len(y_fit) - n_pos) / max(n_pos, 1), device=device) if cfg.balance == "pos_weight" else None
-    smooth = cfg.label_smoothing
-
-    def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x, y = batch
-        if augment is not None:
-            x = augment(x)
-        target = y.float() * (1 - smooth) + 0.5 * smooth
-        return F.binary_cross_entropy_with_logits(m(x).float(), target, pos_weight=pos_weight)
-
-    def evaluate_fn(m: nn.Module) -> dict[str, Any]:
-        if recalibrate:
-            recalibrate_batchnorm(m, recal_loader, device)
-            m.eval()
-        prob = _predict_loader(m, fold_loader, device, cfg.tta)
-        threshold = choose_threshold(y_fold, prob, cfg.threshold_criterion)
-        metrics = binary_metrics(y_fold, prob, threshold)
-        metrics["loss"] = float(F.binary_cross_entropy(torch.as_tensor(prob), torch.tensor(y_fold, dtype=torch.float64)))
-        return metrics
-
-    train_config = cfg.train_config(optimizer=cfg.optimizer, monitor=cfg.monitor, device=str(device),
-                                    mode="min" if cfg.monitor in ("loss", "brier", "train_loss") else "max")
-    extra_state = {"task": "gender", "config": dataclasses.asdict(cfg), "class_to_idx": CLASS_TO_IDX,
-                   "report_split": report_name}
-    result = fit(model, train_loader, loss_fn, evaluate_fn, train_config, out_dir / "checkpoints", extra_state)
-    model.eval()
-
-    # The threshold was chosen on the fold at the best epoch; store it beside the weights.
+    result = fitted.result
     threshold = float(result.best_metrics.get("threshold", 0.5))
-    if rank == 0 and result.best_path is not None:
+    if distributed_info()[0] == 0 and result.best_path is not None:
         payload = load_checkpoint(result.best_path)
         payload.update(threshold=threshold, val_metrics=result.best_metrics)
         save_checkpoint(result.best_path, payload)
+    return threshold
 
-    fold_prob = _predict_loader(model, fold_loader, device, cfg.tta)
-    fold_table = fold_df[["path", "label", "person"]].assign(
+
+def report_gender(config: GenderConfig, pipeline: GenderPipeline, fitted: GenderFit) -> GenderRun:
+    """Stage 4: fold threshold (:func:`fold_threshold`), evaluation on the reported split, ``metrics.json``.
+
+    The reported split is predicted once clean and (``evaluate_distortions``) once per FACECOM
+    distortion, at the fold's threshold; rank 0 alone evaluates and writes
+    ``<output_dir>/metrics.json`` through :class:`~facecom_utils.rundir.RunDir`.
+    """
+    cfg, splits, result, model = config, pipeline.splits, fitted.result, fitted.model
+    rank = distributed_info()[0]
+    threshold = fold_threshold(fitted)
+    fold_prob = _predict_loader(model, pipeline.fold_loader, pipeline.device, cfg.tta)
+    fold_table = splits.fold[["path", "label", "person"]].assign(
         prob=fold_prob, pred=np.where(fold_prob >= threshold, "female", "male"))
     test_metrics, table = None, None
     if rank == 0:
         test_metrics, table = evaluate_gender_model(
-            model, report_df, threshold, cfg.image_size, cfg.eval_batch_size, device,
+            model, splits.report, threshold, cfg.image_size, cfg.eval_batch_size, pipeline.device,
             cfg.evaluate_distortions, cfg.seed, cfg.tta, cfg.num_workers,
         )
     run = GenderRun(
@@ -523,13 +712,30 @@ def train_gender(config: GenderConfig) -> GenderRun:
         val_metrics=dict(result.best_metrics), test_metrics=test_metrics, probabilities=table,
         fold_probabilities=fold_table, checkpoint_path=result.best_path, train_seconds=result.train_seconds,
         train_images_per_second=result.images_per_second, best_epoch=result.best_epoch,
-        stopped_early=result.stopped_early, report_split=report_name,
+        stopped_early=result.stopped_early, report_split=splits.report_split,
     )
-    n = {"train_images": len(fit_df), "val_fold_images": len(fold_df), "report_images": len(report_df),
-         "train_persons": fit_df["person"].nunique(), "val_fold_persons": fold_df["person"].nunique(),
-         "report_persons": report_df["person"].nunique()}
-    run.metrics = _flat_metrics(run, n)
+    run.metrics = _flat_metrics(run, splits.counts())
     if rank == 0:
-        run.metrics_path = RunDir(out_dir).write_metrics(run.metrics, cfg, root)
-    run.metrics.update(provenance(cfg, root))  # what metrics.json holds beside the numbers
+        run.metrics_path = RunDir(cfg.output_dir).write_metrics(run.metrics, cfg, splits.data_root)
+    run.metrics.update(provenance(cfg, splits.data_root))  # what metrics.json holds beside the numbers
     return run
+
+
+def train_gender(config: GenderConfig) -> GenderRun:
+    """Trains and evaluates a gender classifier: the four stages in one call (the CLI, torchrun).
+
+    :func:`gender_splits` -> :func:`gender_pipeline` -> :func:`fit_gender` -> :func:`report_gender`
+    (see the module docstring for the protocol). Writes ``<output_dir>/checkpoints/{best,last}.pt``
+    (best.pt carries the fold-chosen ``threshold``) and ``<output_dir>/metrics.json``. Re-running
+    with the same output folder resumes an interrupted run (``resume=True``).
+
+    Args:
+        config: The run's parameters.
+
+    Returns:
+        A :class:`GenderRun`.
+    """
+    splits = gender_splits(config)
+    pipeline = gender_pipeline(config, splits)
+    fitted = fit_gender(config, pipeline)
+    return report_gender(config, pipeline, fitted)

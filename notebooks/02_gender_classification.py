@@ -27,9 +27,12 @@
 # root has no `val`, e.g. the FACECOM training split alone, an identity-disjoint part of `train` is held out
 # instead and the metrics say so). Metrics at the naive threshold 0.5 are shown beside. Calibration:
 # reliability curve, Brier score and ECE. Robustness: the same metrics after each of the seven FACECOM
-# distortions applied (seeded) to the reported images. Training: `facecom_utils.gender.train_gender`
-# (class-balanced sampling, FACECOM distortion augmentation, AdamW with cosine schedule, AMP on CUDA,
-# batch-norm statistics recomputed before evaluation). Everything lands in `<output_dir>/metrics.json`.
+# distortions applied (seeded) to the reported images. The run is shown stage by stage, one cell each, with
+# the stages of `facecom_utils.gender` (`train_gender` runs the same four in one call, for the CLI and
+# torchrun): the splits (`gender_splits`), the data pipeline (`gender_pipeline`: class-balanced sampling,
+# FACECOM distortion augmentation), training (`fit_gender`: AdamW with cosine schedule, AMP on CUDA,
+# batch-norm statistics recomputed before evaluation) and the fold threshold with the report
+# (`report_gender`). Everything lands in `<output_dir>/metrics.json`.
 
 # %% tags=["parameters"]
 from typing import Optional, Union
@@ -85,19 +88,59 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from facecom_utils import notebook, plots
-from facecom_utils.gender import GenderConfig, train_gender
+from facecom_utils import gender, notebook, plots
+from facecom_utils.gender import GenderConfig
 
 data_root, output_dir = notebook.notebook_paths(data_root, output_dir, "02_gender_classification")
 config = notebook.build_config(GenderConfig, globals(), data_root=str(data_root), output_dir=str(output_dir))
 notebook.data_banner(data_root)
 
 # %% [markdown]
-# ## 1. Training
-# One row per epoch; the fold metrics decide the checkpoint and the threshold.
+# ## 1. Splits
+# The training part, the validation fold carved from `Task_A/train` (it alone chooses the checkpoint and the
+# threshold) and the reported split; grouped by person, so nobody is in two of them.
 
 # %%
-run = train_gender(config)
+splits = gender.gender_splits(config)
+display(splits.table())
+
+# %% [markdown]
+# ## 2. Data pipeline
+# The first draws of the training stream as the model sees them: class-balanced, with FACECOM distortions,
+# cropped, flipped, colour-jittered and normalised (with the cache, images are decoded once and each batch is
+# augmented on the device; without it, per image in the loader).
+
+# %%
+pipeline = gender.gender_pipeline(config, splits)
+images, labels = pipeline.augmented_batch(16)
+plots.tensor_grid(images, labels, title=f"Augmented training images (cache: {pipeline.cache_mode})")
+plt.show()
+
+# %% [markdown]
+# Class balance: each training image's draw weight and the share of female draws it gives per batch (with
+# `balance="sampler"`, half; otherwise the class's own share, and `pos_weight` weighs the loss instead).
+
+# %%
+display(pipeline.sampler_table().round(4))
+
+# %% [markdown]
+# ## 3. Training
+# The fold metrics after each epoch (the threshold is re-chosen on the fold every epoch).
+
+# %%
+fitted = gender.fit_gender(config, pipeline)
+plots.training_curves(fitted.history, title="Task A training curves (validation fold)",
+                      metrics=["val_balanced_accuracy", "val_roc_auc", "val_recall_female"])
+plt.show()
+
+# %% [markdown]
+# ## 4. Threshold and report
+# The best epoch (by the fold's `monitor`) gives the checkpoint and its fold threshold, stored in `best.pt` and
+# applied unchanged to the reported split; `metrics.json` is written. One row per epoch:
+
+# %%
+# train_gender(config) runs these same four stages in one call (the CLI and torchrun use it)
+run = gender.report_gender(config, pipeline, fitted)
 display(run.history.round(4))
 
 # %%
@@ -106,13 +149,8 @@ for key in ("report_split", "n_train_images", "n_val_fold_images", "n_report_ima
             "n_train_persons", "n_val_fold_persons", "n_report_persons"):
     print(f"{key:18} {run.metrics[key]}")
 
-# %%
-plots.training_curves(run.history, title="Task A training curves (validation fold)",
-                      metrics=["val_balanced_accuracy", "val_roc_auc", "val_recall_female"])
-plt.show()
-
 # %% [markdown]
-# ## 2. Results on the reported split
+# ## 5. Results on the reported split
 # The threshold was chosen on the validation fold; the naive 0.5 is shown beside it for comparison.
 
 # %%
@@ -134,7 +172,7 @@ plots.roc_pr_curves(y_true, run.probabilities["prob"], threshold=run.threshold,
 plt.show()
 
 # %% [markdown]
-# ## 3. Calibration
+# ## 6. Calibration
 
 # %%
 plots.reliability_diagram(pd.DataFrame(run.metrics["reliability"]), ece=run.metrics["ece"],
@@ -142,7 +180,7 @@ plots.reliability_diagram(pd.DataFrame(run.metrics["reliability"]), ece=run.metr
 plt.show()
 
 # %% [markdown]
-# ## 4. Robustness per distortion type
+# ## 7. Robustness per distortion type
 # Balanced accuracy after each FACECOM distortion (seeded) applied to the reported images, against the clean images (line).
 
 # %%
@@ -152,7 +190,7 @@ plots.per_distortion_bars(run.metrics.get("per_distortion", {}), metric="balance
 plt.show()
 
 # %% [markdown]
-# ## 5. The most confident mistakes
+# ## 8. The most confident mistakes
 
 # %%
 notebook.plot_worst_errors(run.probabilities, n=8)

@@ -10,7 +10,15 @@ import torch
 
 from facecom_utils.data import DISTORTION_TYPES, scan_task_a
 from facecom_utils.datasets import person_grouped_split
-from facecom_utils.gender import GenderConfig, evaluate_gender, predict_gender, train_gender
+from facecom_utils.datasets import IMAGENET_MEAN, IMAGENET_STD
+from facecom_utils.gender import (
+    GenderConfig,
+    evaluate_gender,
+    gender_pipeline,
+    gender_splits,
+    predict_gender,
+    train_gender,
+)
 
 from conftest import FACECOM_ROOT, requires_facecom
 
@@ -18,6 +26,66 @@ REPORT_KEYS = {"accuracy", "balanced_accuracy", "f1_macro", "precision_female", 
                "roc_auc", "threshold", "confusion_matrix", "per_distortion", "brier", "reliability",
                "balanced_accuracy_at_0.5", "recall_female_at_0.5", "train_seconds", "train_images_per_second"}
 
+
+def _stage_config(demo_root, tmp_path, **kw) -> GenderConfig:
+    base = dict(data_root=str(demo_root), output_dir=str(tmp_path / "run"), image_size=32, batch_size=8,
+                eval_batch_size=16, val_fraction=0.3, device="cpu", progress=False, pretrained=None)
+    return GenderConfig(**{**base, **kw})
+
+
+def test_gender_splits_table_adds_up_and_nobody_is_on_two_sides(demo_root, tmp_path):
+    splits = gender_splits(_stage_config(demo_root, tmp_path))
+    table = splits.table()
+    assert list(table.index) == ["train", "val_fold", "report (val)"] and splits.report_split == "val"
+    assert (table["female"] + table["male"] == table["images"]).all()
+    assert table.loc[["train", "val_fold"], "images"].sum() == len(scan_task_a(demo_root, splits=("train",)))
+    assert table.loc["report (val)", "images"] == len(scan_task_a(demo_root, splits=("val",)))
+    people = [set(df["person"]) for df in splits.parts().values()]
+    assert all(people) and not (people[0] & people[1] or people[0] & people[2] or people[1] & people[2])
+    assert list(table["persons"]) == [len(p) for p in people]
+    counts = splits.counts()
+    assert counts["n_train_images"] == table.loc["train", "images"] and counts["n_report_persons"] == len(people[2])
+
+
+@pytest.mark.parametrize("cache", ["memory", "off"])
+def test_gender_pipeline_augmented_batch_is_normalised_and_leaves_rng_alone(demo_root, tmp_path, cache):
+    cfg = _stage_config(demo_root, tmp_path, cache=cache)
+    pipeline = gender_pipeline(cfg, gender_splits(cfg))
+    assert (pipeline.augment is None) == (cache == "off") and (pipeline.cache_mode == "off") == (cache == "off")
+    state = torch.get_rng_state()
+    images, labels = pipeline.augmented_batch(6, seed=1)
+    assert torch.equal(state, torch.get_rng_state()), "the display batch must not move torch's generator"
+    assert images.shape == (6, 3, 32, 32) and images.dtype == torch.float32 and labels
+    assert set(labels) <= {"female", "male"} and len(labels) == 6
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    raw = images * std + mean  # undone normalisation: back in [0, 1]
+    assert raw.min() >= -1e-3 and raw.max() <= 1 + 1e-3 and images.min() < 0
+    again, labels_again = pipeline.augmented_batch(6, seed=1)
+    assert torch.allclose(images, again) and labels == labels_again
+
+
+@pytest.mark.parametrize("balance", ["sampler", "none"])
+def test_gender_pipeline_sampler_weights_halve_the_draws(demo_root, tmp_path, balance):
+    cfg = _stage_config(demo_root, tmp_path, balance=balance, cache="off")
+    pipeline = gender_pipeline(cfg, gender_splits(cfg))
+    table = pipeline.sampler_table()
+    y = pipeline.y_train
+    assert table.loc["female", "images"] == y.sum() and table.loc["male", "images"] == len(y) - y.sum()
+    assert table["expected_share_of_draws"].sum() == pytest.approx(1.0)
+    assert table["expected_per_batch"].sum() == pytest.approx(cfg.batch_size)
+    if balance == "sampler":
+        assert table["expected_share_of_draws"].tolist() == pytest.approx([0.5, 0.5])
+        weights = table["weight_per_image"] * table["images"]
+        assert weights["female"] == pytest.approx(weights["male"])
+        drawn = []
+        for epoch in range(50):  # what the sampler actually draws, epoch after epoch
+            pipeline.sampler.set_epoch(epoch)
+            drawn.extend(y[list(pipeline.sampler)])
+        assert abs(np.mean(drawn) - 0.5) < 0.06, np.mean(drawn)
+    else:
+        assert pipeline.sampler is None
+        assert table.loc["female", "expected_share_of_draws"] == pytest.approx(y.mean())
 
 
 def test_train_gender_end_to_end_on_demo(demo_root, tmp_path, one_thread):
@@ -79,3 +147,22 @@ def test_person_grouped_fold_on_facecom():
     share = (df["label"] == "female").mean()
     assert abs((val["label"] == "female").mean() - share) < 0.05
     assert 0.12 < len(val) / len(df) < 0.18
+
+
+def test_the_stages_as_notebook_02_calls_them_give_train_gender_s_numbers(demo_root, tmp_path, one_thread):
+    """Splits, pipeline, a display batch, fit, report: the same run as one train_gender call."""
+    from facecom_utils.gender import fit_gender, report_gender
+
+    cfg = _stage_config(demo_root, tmp_path, epochs=1, evaluate_distortions=False, output_dir=str(tmp_path / "a"))
+    whole = train_gender(cfg)
+    cfg = _stage_config(demo_root, tmp_path, epochs=1, evaluate_distortions=False, output_dir=str(tmp_path / "b"))
+    splits = gender_splits(cfg)
+    pipeline = gender_pipeline(cfg, splits)
+    pipeline.augmented_batch(8)
+    pipeline.sampler_table()
+    staged = report_gender(cfg, pipeline, fit_gender(cfg, pipeline))
+    assert staged.threshold == pytest.approx(whole.threshold)
+    np.testing.assert_allclose(staged.probabilities["prob"], whole.probabilities["prob"], atol=1e-6)
+    for key in ("balanced_accuracy", "roc_auc", "n_train_images", "n_val_fold_images", "n_report_persons"):
+        assert staged.metrics[key] == pytest.approx(whole.metrics[key]), key
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["threshold"] == pytest.approx(whole.threshold)
