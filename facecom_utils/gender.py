@@ -59,6 +59,7 @@ from .training import (
     FitResult,
     fit,
     load_checkpoint,
+    preserved_random_state,
     save_checkpoint,
     seed_everything,
     select_device,
@@ -515,16 +516,14 @@ class GenderPipeline:
         """``n`` training images as the model sees them (drawn, distorted, augmented, normalised).
 
         The images are the first ``n`` draws of the sampler's first epoch; the augmentation is drawn
-        from torch's generator under ``seed`` inside ``torch.random.fork_rng``, so calling this
-        changes no generator state and no later training number.
+        from torch's generator under ``seed`` inside :func:`~facecom_utils.training.preserved_random_state`,
+        so calling this changes no generator state and no later training number.
 
         Returns:
             ``(images float32 [n, 3, S, S] on the CPU, label names)``.
         """
         dataset: Any = self.train_loader.dataset
-        cuda = [] if self.device.type != "cuda" else [
-            self.device.index if self.device.index is not None else torch.cuda.current_device()]
-        with torch.random.fork_rng(devices=cuda):
+        with preserved_random_state():
             torch.manual_seed(seed)
             if self.sampler is not None:
                 epoch = getattr(self.sampler, "epoch", 0)

@@ -136,10 +136,10 @@ plt.show()
 # %% [markdown]
 # ## 4. Threshold and report
 # The best epoch (by the fold's `monitor`) gives the checkpoint and its fold threshold, stored in `best.pt` and
-# applied unchanged to the reported split; `metrics.json` is written. One row per epoch:
+# applied unchanged to the reported split; `metrics.json` is written. `gender.train_gender(config)` runs these
+# same four stages in one call (the command line and torchrun use it). One row per epoch:
 
 # %%
-# train_gender(config) runs these same four stages in one call (the CLI and torchrun use it)
 run = gender.report_gender(config, pipeline, fitted)
 display(run.history.round(4))
 

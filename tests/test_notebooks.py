@@ -158,7 +158,7 @@ def test_a_jupyterlab_save_is_put_back_by_the_sync_step(tmp_path: Path) -> None:
     nb = _load(ipynb)
     checked = next(c for c in nb.cells if c.cell_type == "code" and CHECK in c.source)
     kept = [dict(o) for o in checked.outputs]
-    edited = next(c for c in nb.cells if c.cell_type == "code" and "train_gender(config)" in c.source)
+    edited = next(c for c in nb.cells if c.cell_type == "code" and "display(run.history.round(4))" in c.source)
     edited.source = edited.source.replace("display(run.history.round(4))", "display(run.history.round(3))")
     for n, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
         cell.execution_count = n + 1
