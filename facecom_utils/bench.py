@@ -54,12 +54,12 @@ from .datasets import (
     build_sampler,
     build_transforms,
     make_loader,
-    person_grouped_split,
 )
 from .heads import build_head
 from .models import FaceEmbedder, GenderClassifier
 from .recognition import RecognitionModel, build_recognition_transforms, extract_embeddings, identity_sample_weights
 from .recognition.embedding import _FaceImages
+from .splits import person_grouped_split
 from .training import TrainConfig, fit, seed_everything, select_device
 from .verification import identity_scores, per_pair_loop_scores
 

@@ -396,7 +396,7 @@ def cmd_make_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    from facecom_utils.data import split_by_identity
+    from facecom_utils.splits import split_by_identity
 
     src = Path(args.src_root).expanduser()
     if not src.is_dir():

@@ -12,7 +12,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
@@ -32,7 +31,6 @@ __all__ = [
     "build_sampler",
     "build_transforms",
     "make_loader",
-    "person_grouped_split",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -170,49 +168,6 @@ class ImageDataset(Dataset):
 # ----------------------------------------------------------------------------- folds
 
 
-def person_grouped_split(
-    df: pd.DataFrame,
-    val_fraction: float = 0.15,
-    seed: int = 0,
-    label_col: str = "label",
-    group_col: str = "person",
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Carves a validation fold from a table: stratified by label, grouped by person, seeded.
-
-    Each person gets the majority label of their images; within each label, a seeded random
-    ``val_fraction`` of the persons (at least one, never all, when the label has two or more
-    persons) go to validation with all their images. Nobody is on both sides.
-
-    Args:
-        df: One row per image with ``label_col`` and ``group_col``.
-        val_fraction: Fraction of each label's persons in the validation fold, in (0, 1).
-        seed: Seed of the draw.
-        label_col: Stratification column.
-        group_col: Grouping column (the person).
-
-    Returns:
-        ``(train_df, val_df)``, each with a fresh index and the original row order.
-    """
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    for col in (label_col, group_col):
-        if col not in df.columns:
-            raise ValueError(f"the table has no column {col!r}; columns: {list(df.columns)}")
-    person_label = (
-        df.groupby(group_col)[label_col].agg(lambda s: s.value_counts().sort_index().idxmax()).sort_index()
-    )
-    rng = np.random.default_rng(seed)
-    val_people: list[str] = []
-    for label in sorted(person_label.unique()):
-        people = person_label.index[person_label == label].to_numpy()
-        n_val = int(round(val_fraction * len(people)))
-        if len(people) >= 2:
-            n_val = min(max(n_val, 1), len(people) - 1)
-        val_people += list(rng.permutation(people)[:n_val])
-    in_val = df[group_col].isin(set(val_people))
-    return df[~in_val].reset_index(drop=True), df[in_val].reset_index(drop=True)
-
-
 # ----------------------------------------------------------------------------- samplers
 
 
@@ -221,8 +176,6 @@ def balanced_sample_weights(labels: Sequence[int] | np.ndarray) -> torch.Tensor:
     y = np.asarray(labels)
     _, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
     return torch.as_tensor(1.0 / counts[inverse], dtype=torch.double)
-
-
 
 
 class DistributedWeightedSampler(Sampler[int]):

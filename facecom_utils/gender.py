@@ -47,9 +47,9 @@ from .datasets import (
     build_sampler,
     build_transforms,
     make_loader,
-    person_grouped_split,
 )
 from .config import RunConfig
+from .splits import person_grouped_split
 from .rundir import RunDir, provenance
 from .demo import resolve_data_root
 from .distributed import distributed_info

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import FACECOM_ROOT, requires_facecom
+from facecom_utils.splits import split_by_identity
 from facecom_utils.data import (
     central_crop,
     DISTORTION_TYPES,
@@ -30,7 +31,6 @@ from facecom_utils.data import (
     scan_task_a,
     scan_task_b,
     screen_images,
-    split_by_identity,
     summarize,
 )
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from facecom_utils.data import DISTORTION_TYPES, scan_task_a
-from facecom_utils.datasets import person_grouped_split
+from facecom_utils.splits import person_grouped_split
 from facecom_utils.datasets import IMAGENET_MEAN, IMAGENET_STD
 from facecom_utils.gender import (
     GenderConfig,

@@ -16,7 +16,7 @@ from conftest import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "facecom_utils"
 LAYERS: dict[str, tuple[str, ...]] = {
-    "data": ("data", "distortions", "restoration", "demo", "datasets", "cache", "distributed", "face"),
+    "data": ("data", "distortions", "restoration", "demo", "datasets", "cache", "distributed", "face", "splits"),
     "models": ("models", "heads"),
     "training": ("training", "config", "rundir"),
     "evaluation": ("evaluation", "verification"),

@@ -10,7 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from facecom_utils.datasets import DistributedWeightedSampler, balanced_sample_weights, person_grouped_split
+from facecom_utils.datasets import DistributedWeightedSampler, balanced_sample_weights
+from facecom_utils.splits import person_grouped_split
 from facecom_utils.training import (
     TrainConfig,
     build_optimizer,

@@ -60,7 +60,8 @@ from __future__ import annotations
 
 from .config import EMBEDDING_SOURCES, METRIC_KEYS, RecognitionConfig
 from .model import RecognitionModel, load_recognition_model, build_recognition_model
-from .sampling import split_identities, identity_sample_weights
+from .sampling import identity_sample_weights
+from ..splits import split_identities
 from .embedding import build_recognition_transforms, extract_embeddings, embedding_table, protocol_inputs, load_embeddings
 from .protocol import choose_thresholds, protocol_metrics, evaluate_recognition
 from .baselines import imagenet_baseline, dlib_embeddings, dlib_baseline

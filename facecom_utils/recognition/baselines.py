@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..splits import subsample_identities
 from ..data import load_image, scan_task_b
 from ..demo import resolve_data_root
 from ..models import create_backbone
-from .sampling import _subsample_identities
 from .embedding import embedding_table, extract_embeddings
 from .protocol import _threshold_table, choose_thresholds, protocol_metrics
 
@@ -31,7 +31,7 @@ def _baseline_metrics(
 ) -> dict[str, Any]:
     root = resolve_data_root(None if data_root is None else str(data_root))
     table = scan_task_b(root, splits=(split,))
-    table = embedding_table(_subsample_identities(table, max_identities, seed))
+    table = embedding_table(subsample_identities(table, max_identities, seed))
     t0 = time.perf_counter()
     emb = embed(table["path"].tolist())
     speed = len(table) / max(time.perf_counter() - t0, 1e-9)
@@ -45,6 +45,7 @@ def _baseline_metrics(
     metrics.update(embed_images_per_second=speed, split=split, threshold_split=threshold_split or split,
                    threshold_details=thresholds["details"])
     return metrics
+
 
 def imagenet_baseline(
     data_root: str | Path | None = None,
@@ -91,6 +92,7 @@ def imagenet_baseline(
 
     return _baseline_metrics(embed, data_root, split, threshold_split, threshold_identities, seed, max_identities)
 
+
 def _dlib_models() -> tuple[Any, Any, Any]:
     """dlib's HOG face detector, 5-point shape predictor and ResNet face descriptor."""
     import importlib.util
@@ -112,6 +114,7 @@ def _dlib_models() -> tuple[Any, Any, Any]:
             raise FileNotFoundError(f"{f}: dlib model file missing; reinstall face-recognition-models")
     return (dlib.get_frontal_face_detector(), dlib.shape_predictor(str(predictor)),
             dlib.face_recognition_model_v1(str(descriptor)))
+
 
 def dlib_embeddings(
     paths: Sequence[str | Path],
@@ -157,6 +160,7 @@ def dlib_embeddings(
         out[i] = np.asarray(net.compute_face_descriptor(chip, num_jitters), dtype=np.float32)
     out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
     return (out, detected) if return_detected else out
+
 
 def dlib_baseline(
     data_root: str | Path | None = None,

@@ -20,6 +20,7 @@ METRIC_KEYS = (
     "match_accuracy", "match_f1_macro", "threshold", "per_distortion",
 )
 
+
 @dataclass
 class RecognitionConfig(RunConfig):
     """Everything that defines a Task B training run (saved in every checkpoint): the shared

@@ -20,12 +20,12 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
+from ..splits import clean_counts
 from ..data import central_crop, load_image
 from ..datasets import IMAGENET_MEAN, IMAGENET_STD, TorchSeededDistortion, make_loader
 from ..rundir import RunDir
 from ..models import FaceEmbedder
 from ..training import select_device
-from .sampling import _clean_counts
 
 __all__ = ["build_recognition_transforms", "extract_embeddings", "embedding_table", "protocol_inputs", "load_embeddings"]
 
@@ -41,6 +41,7 @@ class _CentralCrop:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.fraction})"
+
 
 def build_recognition_transforms(
     image_size: int,
@@ -81,6 +82,7 @@ def build_recognition_transforms(
     steps.append(T.RandomGrayscale(p=0.1))
     return T.Compose([*steps, *normalize])
 
+
 class _FaceImages(Dataset):
     """``dataset[i] -> (image tensor, label)``; clean and distorted rows may use different transforms."""
 
@@ -106,6 +108,7 @@ class _FaceImages(Dataset):
         transform = self.clean_transform if self.clean[index] else self.transform
         return transform(image), self.labels[index]
 
+
 def _embed_batch(model: nn.Module, x: torch.Tensor, source: str) -> dict[str, torch.Tensor]:
     """Unnormalised outputs of one batch: ``{"neck": ..., "pooled": ...}`` as asked."""
     embedder = getattr(model, "embedder", model)
@@ -119,6 +122,7 @@ def _embed_batch(model: nn.Module, x: torch.Tensor, source: str) -> dict[str, to
     else:  # any module mapping images to features, e.g. a bare backbone
         out["pooled" if source == "auto" else source] = embedder(x).float()
     return out
+
 
 @torch.no_grad()
 def _extract(
@@ -154,6 +158,7 @@ def _extract(
     model.train(was_training)
     result = {k: np.concatenate(v) if v else np.zeros((0, 1), np.float32) for k, v in chunks.items()}
     return result, len(paths) / max(seconds, 1e-9)
+
 
 def extract_embeddings(
     model: nn.Module,
@@ -206,6 +211,7 @@ def extract_embeddings(
 
 EMBEDDING_COLUMNS = ("path", "identity", "distortion", "source")
 
+
 def embedding_table(table: pd.DataFrame) -> pd.DataFrame:
     """The rows to embed for the protocol: gallery (clean) first, then probes (distorted).
 
@@ -215,7 +221,7 @@ def embedding_table(table: pd.DataFrame) -> pd.DataFrame:
         DataFrame with ``path``, ``identity``, ``distortion``, ``source`` and ``role``
         (``"gallery"``/``"probe"``), fresh index.
     """
-    counts = _clean_counts(table)
+    counts = clean_counts(table)
     no_gallery = sorted(counts.index[counts == 0])
     if no_gallery:
         warnings.warn(f"{len(no_gallery)} identities have no clean image and are left out of the protocol: "
@@ -225,6 +231,7 @@ def embedding_table(table: pd.DataFrame) -> pd.DataFrame:
     probes = table[table["distortion"].notna()]
     out = pd.concat([gallery.assign(role="gallery"), probes.assign(role="probe")], ignore_index=True)
     return out[[*EMBEDDING_COLUMNS, "role"]].reset_index(drop=True)
+
 
 def protocol_inputs(table: pd.DataFrame, emb: np.ndarray) -> dict[str, Any]:
     """The keyword arguments of :func:`~facecom_utils.verification.evaluate_protocol` for a table.
@@ -251,6 +258,7 @@ def protocol_inputs(table: pd.DataFrame, emb: np.ndarray) -> dict[str, Any]:
         "gallery_emb": emb[is_gallery],
         "gallery_identity": gallery["identity"].to_numpy(),
     }
+
 
 def load_embeddings(run_dir: str | Path, role: str) -> tuple[pd.DataFrame, np.ndarray]:
     """A Task B run's saved embeddings of one role (:data:`~facecom_utils.rundir.FOLD_ROLE` or

@@ -42,6 +42,7 @@ class RecognitionModel(nn.Module):
         emb, norms = self.embedder(x, return_norm=True)
         return self.head(emb, labels, norms)
 
+
 def _build_model(model_config: Mapping[str, Any], pretrained: str | None) -> RecognitionModel:
     head_cfg = dict(model_config["head"])
     embedder = FaceEmbedder(
@@ -54,6 +55,7 @@ def _build_model(model_config: Mapping[str, Any], pretrained: str | None) -> Rec
     head = build_head(head_cfg["name"], int(model_config["embedding_dim"]), int(head_cfg["num_classes"]),
                       **head_cfg.get("kwargs", {}))
     return RecognitionModel(embedder, head, head_cfg)
+
 
 def load_recognition_model(
     checkpoint_path: str | Path, device: str | torch.device = "cpu"
@@ -80,6 +82,7 @@ def load_recognition_model(
     model.to(select_device(device)).eval()
     return model, payload
 
+
 def _head_config(config: RecognitionConfig, num_classes: int) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     if config.margin is not None:
@@ -87,6 +90,7 @@ def _head_config(config: RecognitionConfig, num_classes: int) -> dict[str, Any]:
     if config.scale is not None:
         kwargs["s"] = float(config.scale)
     return {"name": config.head.lower(), "num_classes": int(num_classes), "kwargs": kwargs}
+
 
 def build_recognition_model(config: RecognitionConfig, num_classes: int) -> RecognitionModel:
     """The embedder (backbone + neck) with its margin head over ``num_classes`` training identities."""

@@ -22,10 +22,11 @@ from ..datasets import DistributedWeightedSampler, make_loader
 from ..rundir import FOLD_ROLE, REPORT_ROLE, RunDir, to_jsonable
 from ..demo import resolve_data_root
 from ..distributed import distributed_info
+from ..splits import split_identities, subsample_identities
 from ..training import FitResult, fit, load_checkpoint, preserved_random_state, save_checkpoint
 from .config import RecognitionConfig
 from .model import RecognitionModel, build_recognition_model
-from .sampling import _subsample_identities, identity_sample_weights, split_identities
+from .sampling import identity_sample_weights
 from .embedding import _FaceImages, _extract, build_recognition_transforms, embedding_table, extract_embeddings
 from .protocol import _quick_scores, _scalar_view, choose_thresholds, protocol_metrics
 
@@ -67,6 +68,7 @@ class RecognitionRun:
     output_dir: Path
     fit_result: FitResult | None = field(default=None, repr=False)
 
+
 @dataclass
 class RecognitionSplits:
     """Stage 1: who is trained on, who chooses the checkpoint and threshold, who is reported.
@@ -105,6 +107,7 @@ class RecognitionSplits:
                          "distorted images": int((~clean).sum())})
         return pd.DataFrame(rows).set_index("part")
 
+
 def recognition_splits(config: RecognitionConfig) -> RecognitionSplits:
     """Scan ``Task_B`` and split it by identity: training, validation fold, reported split.
 
@@ -114,7 +117,7 @@ def recognition_splits(config: RecognitionConfig) -> RecognitionSplits:
     """
     data_root = resolve_data_root(config.data_root)
     scanned = scan_task_b(data_root)
-    train_all = _subsample_identities(scanned[scanned["split"] == "train"].reset_index(drop=True),
+    train_all = subsample_identities(scanned[scanned["split"] == "train"].reset_index(drop=True),
                                       config.max_identities, config.seed)
     if train_all.empty:
         raise ValueError(f"{data_root}: Task_B/train holds no image")
@@ -139,6 +142,7 @@ def recognition_splits(config: RecognitionConfig) -> RecognitionSplits:
         train_identities=list(train_ids), fold_identities=list(fold_ids), holdout_identities=list(held),
         reported_split=reported_split, reported_role=REPORT_ROLE if report is not None else FOLD_ROLE,
     )
+
 
 @dataclass
 class RecognitionPipeline:
@@ -181,6 +185,7 @@ class RecognitionPipeline:
         return pd.DataFrame({"images": images, "share of images": images / len(train),
                              "share of draws": shares}).fillna(0.0).sort_values("share of draws", ascending=False)
 
+
 def recognition_pipeline(config: RecognitionConfig, splits: RecognitionSplits, device: torch.device) -> RecognitionPipeline:
     """Stage 2: the training loader, its sampler and the augmentation, from one augmentation spec."""
     class_of = {identity: i for i, identity in enumerate(splits.train_identities)}
@@ -220,9 +225,11 @@ def recognition_pipeline(config: RecognitionConfig, splits: RecognitionSplits, d
     return RecognitionPipeline(loader, None if weights is None else torch.as_tensor(weights), batch_augment,
                                fold_dataset, labels, device)
 
+
 def _embed_kw(config: RecognitionConfig, device: torch.device) -> dict[str, Any]:
     return dict(image_size=config.image_size, batch_size=config.batch_size, device=device,
                 flip_tta=config.flip_tta, face_crop=config.face_crop, num_workers=config.num_workers)
+
 
 def fit_recognition(config: RecognitionConfig, splits: RecognitionSplits, pipeline: RecognitionPipeline,
                     model: RecognitionModel, device: torch.device) -> FitResult:
@@ -251,6 +258,7 @@ def fit_recognition(config: RecognitionConfig, splits: RecognitionSplits, pipeli
                  extra_state=extra_state)
     model.eval()
     return result
+
 
 def report_recognition(config: RecognitionConfig, splits: RecognitionSplits, model: RecognitionModel,
                        result: FitResult, device: torch.device) -> RecognitionRun:
@@ -298,6 +306,7 @@ def report_recognition(config: RecognitionConfig, splits: RecognitionSplits, mod
         embedding_source=source, fold_metrics=fold_metrics, metrics=metrics, checkpoint_path=out.best_checkpoint,
         output_dir=Path(config.output_dir), fit_result=result,
     )
+
 
 def train_recognition(config: RecognitionConfig) -> RecognitionRun:
     """Trains the face embedder on ``Task_B/train`` and evaluates it: the five stages in order.

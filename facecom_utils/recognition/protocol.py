@@ -13,6 +13,7 @@ import pandas as pd
 
 from ..data import OnError, drop_unreadable, scan_task_b
 from ..demo import resolve_data_root
+from ..splits import subsample_identities
 from ..verification import (
     choose_match_threshold,
     evaluate_protocol,
@@ -22,7 +23,6 @@ from ..verification import (
     topk_accuracy,
 )
 from .model import load_recognition_model
-from .sampling import _subsample_identities
 from .embedding import embedding_table, extract_embeddings, protocol_inputs
 
 __all__ = ["choose_thresholds", "protocol_metrics", "evaluate_recognition"]
@@ -56,6 +56,7 @@ def choose_thresholds(table: pd.DataFrame, emb: np.ndarray, method: str = "kfold
         "details": details,
         "strict_details": strict_details,
     }
+
 
 def protocol_metrics(
     table: pd.DataFrame,
@@ -91,6 +92,7 @@ def protocol_metrics(
         out[f"{prefix}per_distortion"] = {kind: m["top1"] for kind, m in per.items()}
     return out
 
+
 def _quick_scores(table: pd.DataFrame, emb: np.ndarray) -> dict[str, float]:
     """Model-choice scores of an embedded fold.
 
@@ -115,6 +117,7 @@ def _quick_scores(table: pd.DataFrame, emb: np.ndarray) -> dict[str, float]:
 def _scalar_view(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The metrics without the bulky nested per-distortion detail (for checkpoints)."""
     return {k: v for k, v in metrics.items() if not k.endswith("per_distortion_metrics")}
+
 
 def evaluate_recognition(
     checkpoint_path: str | Path,
@@ -182,7 +185,8 @@ def evaluate_recognition(
                    skipped=skipped)
     return metrics
 
+
 def _threshold_table(data_root: Path, split: str, identities: int, seed: int) -> pd.DataFrame:
     """A seeded subsample of a split's identities, for choosing a baseline's threshold elsewhere."""
     table = scan_task_b(data_root, splits=(split,))
-    return embedding_table(_subsample_identities(table, identities, seed))
+    return embedding_table(subsample_identities(table, identities, seed))
