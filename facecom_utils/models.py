@@ -32,7 +32,7 @@ from a loader when that is not enough (training from scratch).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -455,6 +455,17 @@ class FaceEmbedder(nn.Module):
             "pretrained": None if pretrained is None else str(pretrained),
         }
 
+    def features(self, x: torch.Tensor, sources: Sequence[str] = ("neck",)) -> dict[str, torch.Tensor]:
+        """The unnormalised outputs asked for: ``"pooled"`` (the backbone's pooled features) and/or
+        ``"neck"`` (the embedding before L2 normalisation); the backbone runs once."""
+        pooled = self.backbone(x)
+        out: dict[str, torch.Tensor] = {}
+        if "pooled" in sources:
+            out["pooled"] = pooled
+        if "neck" in sources:
+            out["neck"] = self.neck(self.dropout(pooled))
+        return out
+
     def forward(self, x: torch.Tensor, return_norm: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Embeds images.
 
@@ -465,7 +476,7 @@ class FaceEmbedder(nn.Module):
         Returns:
             Unit-norm embeddings [B, D], or ``(embeddings, norms)``.
         """
-        z = self.neck(self.dropout(self.backbone(x)))
+        z = self.features(x)["neck"]
         norm = z.float().norm(dim=1).clamp_min(1e-12)
         emb = z / norm.unsqueeze(1).to(z.dtype)
         return (emb, norm) if return_norm else emb

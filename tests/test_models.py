@@ -155,3 +155,17 @@ def test_backbone_reports_the_width_it_returns(name: str) -> None:
     with torch.no_grad():
         out = backbone(torch.randn(2, 3, 64, 64))
     assert out.shape == (2, width)
+
+
+def test_face_embedder_features_are_what_forward_normalises(one_thread) -> None:
+    """One forward rule: forward() is the L2-normalised "neck" of features(); "pooled" is the backbone's."""
+    from facecom_utils.models import FaceEmbedder
+
+    torch.manual_seed(0)
+    model = FaceEmbedder("resnet10t", None, 16, image_size=32).eval()
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        feats = model.features(x, ("pooled", "neck"))
+        emb = model(x)
+        assert torch.allclose(emb, torch.nn.functional.normalize(feats["neck"], dim=1), atol=1e-6)
+        assert torch.allclose(feats["pooled"], model.backbone(x))

@@ -112,16 +112,10 @@ class _FaceImages(Dataset):
 def _embed_batch(model: nn.Module, x: torch.Tensor, source: str) -> dict[str, torch.Tensor]:
     """Unnormalised outputs of one batch: ``{"neck": ..., "pooled": ...}`` as asked."""
     embedder = getattr(model, "embedder", model)
-    out: dict[str, torch.Tensor] = {}
     if isinstance(embedder, FaceEmbedder):
-        pooled = embedder.backbone(x)
-        if source in ("pooled", "auto"):
-            out["pooled"] = pooled.float()
-        if source in ("neck", "auto"):
-            out["neck"] = embedder.neck(embedder.dropout(pooled)).float()
-    else:  # any module mapping images to features, e.g. a bare backbone
-        out["pooled" if source == "auto" else source] = embedder(x).float()
-    return out
+        wanted = ("pooled", "neck") if source == "auto" else (source,)
+        return {k: v.float() for k, v in embedder.features(x, wanted).items()}
+    return {"pooled" if source == "auto" else source: embedder(x).float()}  # any images -> features module
 
 
 @torch.no_grad()
