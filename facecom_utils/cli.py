@@ -126,7 +126,7 @@ def gallery_images(folder: str | Path) -> tuple[list[Path], list[str]]:
 
 def _checkpoint(path: str | Path, task: str, command: str) -> dict[str, Any]:
     """Load a checkpoint and check it belongs to ``task``; errors are one line."""
-    from facecom_utils.training import load_checkpoint
+    from facecom_utils.checkpoints import load_checkpoint
 
     p = Path(path).expanduser()
     if not p.is_file():

@@ -48,6 +48,7 @@ from .datasets import (
     build_transforms,
     make_loader,
 )
+from .checkpoints import load_checkpoint, save_checkpoint, to_plain
 from .config import RunConfig
 from .splits import person_grouped_split
 from .rundir import RunDir, provenance
@@ -58,12 +59,9 @@ from .models import GenderClassifier, recalibrate_batchnorm
 from .training import (
     FitResult,
     fit,
-    load_checkpoint,
     preserved_random_state,
-    save_checkpoint,
     seed_everything,
     select_device,
-    to_plain,
 )
 
 __all__ = [

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from facecom_utils.training import load_checkpoint
+from facecom_utils.checkpoints import load_checkpoint
 
 TINY = {"backbone": "efficientnet_lite0", "pretrained": None, "image_size": 32, "batch_size": 4, "epochs": 1,
         "device": "cpu", "amp": "none", "progress": False, "seed": 0}

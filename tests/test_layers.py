@@ -18,7 +18,7 @@ PACKAGE = REPO_ROOT / "facecom_utils"
 LAYERS: dict[str, tuple[str, ...]] = {
     "data": ("data", "distortions", "restoration", "demo", "datasets", "cache", "distributed", "face", "splits"),
     "models": ("models", "heads"),
-    "training": ("training", "config", "rundir"),
+    "training": ("checkpoints", "training", "config", "rundir"),
     "evaluation": ("evaluation", "verification"),
     "tasks": ("gender", "recognition"),
     "reporting": ("plots", "eda", "thresholds", "notebook", "run", "cli", "bench", "launch", "nbval_kernel",

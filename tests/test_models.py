@@ -20,7 +20,8 @@ from facecom_utils.models import (
     offline_efficientnet_lite0,
     recalibrate_batchnorm,
 )
-from facecom_utils.training import TrainConfig, fit, save_checkpoint
+from facecom_utils.checkpoints import save_checkpoint
+from facecom_utils.training import TrainConfig, fit
 
 
 

@@ -12,7 +12,8 @@ import torch.nn as nn
 from ..cache import apply_speedups
 from ..heads import build_head
 from ..models import FaceEmbedder
-from ..training import load_checkpoint, select_device
+from ..checkpoints import load_checkpoint
+from ..training import select_device
 from .config import RecognitionConfig
 
 __all__ = ["RecognitionModel", "load_recognition_model", "build_recognition_model"]

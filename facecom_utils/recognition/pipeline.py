@@ -23,7 +23,8 @@ from ..rundir import FOLD_ROLE, REPORT_ROLE, RunDir, to_jsonable
 from ..demo import resolve_data_root
 from ..distributed import distributed_info
 from ..splits import split_identities, subsample_identities
-from ..training import FitResult, fit, load_checkpoint, preserved_random_state, save_checkpoint
+from ..checkpoints import load_checkpoint, save_checkpoint
+from ..training import FitResult, fit, preserved_random_state
 from .config import RecognitionConfig
 from .model import RecognitionModel, build_recognition_model
 from .sampling import identity_sample_weights
