@@ -38,10 +38,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import datetime as _dt
 import html
-import json
 import os
 import sys
 import time
@@ -51,6 +49,9 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_client.manager import AsyncKernelManager
+
+from facecom_utils.report_index import HEADLINE_METRICS, NotebookResult, RunResult, write_index
+from facecom_utils.rundir import RunDir
 
 __all__ = [
     "NOTEBOOKS",
@@ -95,43 +96,6 @@ NOTEBOOKS: dict[str, str] = {
 DEPENDENCIES: dict[str, str] = {"04_threshold_analysis": "03_arcface_recognition"}
 """Notebook -> the notebook whose output folder it reads (its ``run_dir``)."""
 
-HEADLINE_METRICS: dict[str, tuple[str, ...]] = {
-    "01_eda": (
-        "task_a_images",
-        "task_b_images",
-        "task_a_male_per_female.train",
-        "leakage.task_b_identity_overlap",
-        "leakage.cross_split_duplicates",
-        "leakage.cross_identity_duplicates",
-    ),
-    "02_gender_classification": (
-        "balanced_accuracy",
-        "recall_female",
-        "f1_macro",
-        "roc_auc",
-        "threshold",
-        "train_seconds",
-    ),
-    "03_arcface_recognition": (
-        "top1",
-        "top5",
-        "strict_top1",
-        "roc_auc",
-        "eer",
-        "tar_at_far_1e-3",
-        "match_f1_macro",
-        "train_seconds",
-    ),
-    "04_threshold_analysis": (
-        "recommended_threshold",
-        "far_at_recommended",
-        "tar_at_recommended",
-        "match_f1_macro",
-        "threshold_fold_std",
-    ),
-}
-"""Metrics shown on the index page, per notebook (dotted keys reach into nested dicts)."""
-
 # Environment of the kernels: figures inline even when the runner has MPLBACKEND=Agg, no progress
 # bars in the rendered reports, no debugger warning on stderr.
 KERNEL_ENV: dict[str, str] = {
@@ -148,44 +112,6 @@ KERNEL_START_FAILURES = ("Kernel died before replying to kernel_info", "Address 
 
 class RunError(RuntimeError):
     """A bad runner argument (unknown notebook, unknown parameter, unreadable preset)."""
-
-
-@dataclasses.dataclass
-class NotebookResult:
-    """What happened to one notebook of a run."""
-
-    name: str
-    status: str  # "ok" | "failed" | "skipped"
-    seconds: float = 0.0
-    output_dir: str | None = None
-    notebook: str | None = None
-    html: str | None = None
-    nocode_html: str | None = None
-    parameters: dict[str, Any] = dataclasses.field(default_factory=dict)
-    metrics: dict[str, Any] | None = None
-    error: str | None = None
-    failed_cell: int | None = None
-
-
-@dataclasses.dataclass
-class RunResult:
-    """A whole run: where it went and what each notebook did."""
-
-    name: str
-    run_dir: str
-    data_root: str
-    synthetic: bool
-    notebooks: list[NotebookResult]
-    index: str | None = None
-    summary: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return all(r.status == "ok" for r in self.notebooks)
-
-    @property
-    def failures(self) -> list[NotebookResult]:
-        return [r for r in self.notebooks if r.status != "ok"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -548,21 +474,6 @@ def render_html(notebook_path: str | Path, html_path: str | Path, nocode_html_pa
 # --------------------------------------------------------------------------------------------------
 
 
-def _lookup(metrics: Mapping[str, Any] | None, dotted: str) -> Any:
-    value: Any = metrics
-    for part in dotted.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return None
-        value = value[part]
-    return value
-
-
-def _read_metrics(output_dir: Path) -> dict[str, Any] | None:
-    from facecom_utils.rundir import RunDir
-
-    return RunDir(output_dir).read_metrics()
-
-
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -598,236 +509,117 @@ def run_reports(
         The :class:`RunResult` (check ``.ok``); failures never raise, bad arguments raise :class:`RunError`.
     """
     say = (lambda _m: None) if quiet else _log
-    parameters = {k: dict(v) if isinstance(v, dict) else v for k, v in (parameters or {}).items()}
     stems = resolve_notebooks(notebooks)
     notebook_dir = Path(notebook_dir)
-    declared_all = {
-        stem: notebook_parameters(notebook_dir / f"{stem}.ipynb")
-        for stem in NOTEBOOKS.values()
-        if (notebook_dir / f"{stem}.ipynb").is_file() or stem in stems
-    }
-    # output_dir belongs to the runner (presets written for plain papermill carry one: ignored);
-    # a data_root of a preset (top level first, then a notebook section) is the run's data root.
+    declared = {stem: notebook_parameters(notebook_dir / f"{stem}.ipynb") for stem in NOTEBOOKS.values()
+                if (notebook_dir / f"{stem}.ipynb").is_file() or stem in stems}
+    routed, preset_root = _split_runner_parameters(parameters or {}, declared, say)
+    root, synthetic = _resolve_run_root(data_root if data_root not in (None, "") else preset_root, say)
+    name = name or _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run = RunResult(name=name, run_dir=str((Path(reports_dir) / name).resolve()), data_root=str(root),
+                    synthetic=synthetic, notebooks=[])
+    Path(run.run_dir).mkdir(parents=True, exist_ok=True)
+    say(f"run: {run.run_dir}")
+    for stem in stems:
+        params = _notebook_parameters(stem, run, routed, declared)
+        if params is None:  # the notebook whose output it reads did not finish
+            needs = DEPENDENCIES[stem]
+            run.notebooks.append(NotebookResult(name=stem, status="skipped", output_dir=str(Path(run.run_dir) / stem),
+                                                error=f"{stem}.ipynb: skipped because {needs} did not finish (its run_dir)"))
+            say(f"[{stem}] skipped: {needs} failed")
+            continue
+        run.notebooks.append(_execute(stem, params, run, notebook_dir, cell_timeout, html, log_output, say))
+        write_index(run)  # after every notebook, so a run killed midway still has one
+    write_index(run)
+    say(f"index: {run.index}")
+    return run
+
+
+def _split_runner_parameters(
+    parameters: Mapping[str, Any], declared: Mapping[str, Mapping[str, Any]], say: Any
+) -> tuple[dict[str, dict[str, Any]], Path | None]:
+    """Each notebook's parameters, and the data root a preset names (the runner owns ``output_dir``
+    and ``data_root``: a preset's ``output_dir`` is ignored, its ``data_root`` becomes the run's)."""
+    parameters = {k: dict(v) if isinstance(v, dict) else v for k, v in parameters.items()}
     roots: list[Any] = []
-    for scope in [parameters, *(v for k, v in parameters.items() if isinstance(v, dict))]:
+    for scope in [parameters, *(v for v in parameters.values() if isinstance(v, dict))]:
         if scope.pop("output_dir", None) is not None:
             say("note: output_dir from the parameters is ignored; each notebook writes to reports/<run>/NN_name/")
         value = scope.pop("data_root", None)
         if value not in (None, ""):
             roots.append(value)
-    if data_root is None and roots:
-        data_root = _existing_path(roots[0])
-        if len({str(r) for r in roots}) > 1:
-            say(f"note: several data_root values in the parameters; using {data_root}")
-    routed = _route_parameters(parameters, declared_all)
+    root = _existing_path(roots[0]) if roots else None
+    if len({str(r) for r in roots}) > 1:
+        say(f"note: several data_root values in the parameters; using {root}")
+    return _route_parameters(parameters, declared), root
 
-    if data_root is None or str(data_root) == "":
+
+def _resolve_run_root(data_root: str | Path | None, say: Any) -> tuple[Path, bool]:
+    """``(data root, synthetic)``: the one given, else FACECOM in the repository, else the demo."""
+    if data_root in (None, ""):
         root, synthetic = default_data_root()
         if synthetic:
             say(f"data: no FACECOM images in {REPO_ROOT / 'Task_A'} and {REPO_ROOT / 'Task_B'}; "
                 f"using the SYNTHETIC demo dataset at {root} (results say nothing about real accuracy)")
         else:
             say(f"data: FACECOM found in the repository: {root}")
-    else:
-        root = Path(data_root).expanduser().resolve()
-        if not root.is_dir():
-            raise RunError(f"data root {root}: folder not found (expected a folder holding Task_A/ and Task_B/)")
-        from facecom_utils.demo import is_demo_root
+        return root, synthetic
+    root = Path(data_root).expanduser().resolve()
+    if not root.is_dir():
+        raise RunError(f"data root {root}: folder not found (expected a folder holding Task_A/ and Task_B/)")
+    from facecom_utils.demo import is_demo_root
 
-        synthetic = bool(is_demo_root(root))
-        say(f"data: {root}" + (" (SYNTHETIC demo dataset)" if synthetic else ""))
+    synthetic = bool(is_demo_root(root))
+    say(f"data: {root}" + (" (SYNTHETIC demo dataset)" if synthetic else ""))
+    return root, synthetic
 
-    name = name or _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = (Path(reports_dir) / name).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    say(f"run: {run_dir}")
 
-    results: list[NotebookResult] = []
-    outputs: dict[str, Path] = {}
-    status: dict[str, str] = {}
-    for stem in stems:
-        out_dir = run_dir / stem
-        outputs[stem] = out_dir
-        params: dict[str, Any] = {**routed.get(stem, {}), "output_dir": str(out_dir)}
-        if "data_root" in declared_all.get(stem, {"data_root": None}):
-            params["data_root"] = str(root)
-        result = NotebookResult(name=stem, status="skipped", output_dir=str(out_dir), parameters=params)
-        needs = DEPENDENCIES.get(stem)
-        if needs is not None and "run_dir" in declared_all.get(stem, {}):
-            if "run_dir" in routed.get(stem, {}) and routed[stem]["run_dir"] not in (None, ""):
-                params["run_dir"] = str(Path(routed[stem]["run_dir"]).expanduser().resolve())
-            elif needs in status:
-                if status[needs] != "ok":
-                    result.error = f"{stem}.ipynb: skipped because {needs} did not finish (its run_dir)"
-                    say(f"[{stem}] skipped: {needs} failed")
-                    results.append(result)
-                    status[stem] = "skipped"
-                    continue
-                params["run_dir"] = str(outputs[needs])
-            else:
-                params["run_dir"] = str(run_dir / needs)  # an earlier run's 03 folder, reused by name
-        executed = run_dir / f"{stem}.ipynb"
-        say(f"[{stem}] running ...")
-        seconds, error, cell = run_notebook(
-            notebook_dir / f"{stem}.ipynb", executed, params, cell_timeout=cell_timeout,
-            cwd=notebook_dir, log_output=log_output,
-        )
-        result.seconds = round(seconds, 1)
-        result.status = "failed" if error else "ok"
-        result.error, result.failed_cell = error, cell
-        result.metrics = _read_metrics(out_dir)
-        if executed.is_file():
-            result.notebook = executed.name
-            if html:
-                try:
-                    render_html(executed, run_dir / f"{stem}.html", run_dir / f"{stem}.nocode.html")
-                    result.html, result.nocode_html = f"{stem}.html", f"{stem}.nocode.html"
-                except Exception as exc:  # noqa: BLE001 - a report that cannot render must not hide the others
-                    say(f"[{stem}] could not render HTML: {type(exc).__name__}: {exc}")
-        status[stem] = result.status
-        say(f"[{stem}] {'FAILED: ' + error if error else 'ok'} ({seconds:.1f} s)")
-        results.append(result)
-        # write the index after every notebook, so a run killed midway still has one
-        run = RunResult(name=name, run_dir=str(run_dir), data_root=str(root), synthetic=synthetic, notebooks=results)
-        write_index(run)
+def _notebook_parameters(stem: str, run: RunResult, routed: Mapping[str, Mapping[str, Any]],
+                         declared: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
+    """What one notebook gets: its routed parameters, ``output_dir``, ``data_root`` and, for a notebook
+    that reads another's outputs (04 reads 03), ``run_dir``; None when that notebook failed in this run."""
+    params: dict[str, Any] = {**routed.get(stem, {}), "output_dir": str(Path(run.run_dir) / stem)}
+    if "data_root" in declared.get(stem, {"data_root": None}):
+        params["data_root"] = run.data_root
+    needs = DEPENDENCIES.get(stem)
+    if needs is None or "run_dir" not in declared.get(stem, {}):
+        return params
+    if routed.get(stem, {}).get("run_dir") not in (None, ""):
+        params["run_dir"] = str(Path(routed[stem]["run_dir"]).expanduser().resolve())
+        return params
+    earlier = {r.name: r.status for r in run.notebooks}
+    if needs in earlier and earlier[needs] != "ok":
+        return None
+    params["run_dir"] = str(Path(run.run_dir) / needs)  # this run's 03, or an earlier run's of that name
+    return params
 
-    run = RunResult(name=name, run_dir=str(run_dir), data_root=str(root), synthetic=synthetic, notebooks=results)
-    write_index(run)
-    say(f"index: {run.index}")
-    return run
+
+def _execute(stem: str, params: dict[str, Any], run: RunResult, notebook_dir: Path, cell_timeout: float | None,
+             html: bool, log_output: bool, say: Any) -> NotebookResult:
+    """Run one notebook into the run folder and render it; failures are recorded, never raised."""
+    run_dir = Path(run.run_dir)
+    executed = run_dir / f"{stem}.ipynb"
+    say(f"[{stem}] running ...")
+    seconds, error, cell = run_notebook(notebook_dir / f"{stem}.ipynb", executed, params, cell_timeout=cell_timeout,
+                                        cwd=notebook_dir, log_output=log_output)
+    result = NotebookResult(name=stem, status="failed" if error else "ok", seconds=round(seconds, 1),
+                            output_dir=params["output_dir"], parameters=params, error=error, failed_cell=cell,
+                            metrics=RunDir(params["output_dir"]).read_metrics())
+    if executed.is_file():
+        result.notebook = executed.name
+        if html:
+            try:
+                render_html(executed, run_dir / f"{stem}.html", run_dir / f"{stem}.nocode.html")
+                result.html, result.nocode_html = f"{stem}.html", f"{stem}.nocode.html"
+            except Exception as exc:  # noqa: BLE001 - a report that cannot render must not hide the others
+                say(f"[{stem}] could not render HTML: {type(exc).__name__}: {exc}")
+    say(f"[{stem}] {'FAILED: ' + error if error else 'ok'} ({seconds:.1f} s)")
+    return result
 
 
 # --------------------------------------------------------------------------------------------------
 # Index page + summary.json
 # --------------------------------------------------------------------------------------------------
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
-h1{margin-bottom:.2rem} .sub{color:#666;margin-top:0}
-table{border-collapse:collapse;margin:1rem 0;width:100%} th,td{border:1px solid #ddd;padding:.35rem .6rem;text-align:left;vertical-align:top}
-th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums}
-.ok{color:#1a7f37;font-weight:600} .failed{color:#cf222e;font-weight:600} .skipped{color:#9a6700;font-weight:600}
-.banner{background:#fff8c5;border:1px solid #d4a72c;padding:.6rem 1rem;border-radius:6px}
-.error{background:#ffebe9;border:1px solid #cf222e;padding:.4rem .8rem;border-radius:6px;font-family:monospace;white-space:pre-wrap}
-code{background:#f4f4f4;padding:0 .2rem}
-"""
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (dict, list)):
-        return html.escape(json.dumps(value)[:60])
-    return html.escape(str(value))
-
-
-def _scalars(metrics: Mapping[str, Any] | None, prefix: str = "", depth: int = 2) -> dict[str, Any]:
-    """Flatten nested metric dicts to dotted keys, keeping scalars only."""
-    flat: dict[str, Any] = {}
-    for key, value in (metrics or {}).items():
-        if key in ("parameters",):
-            continue
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and depth > 0:
-            flat.update(_scalars(value, name + ".", depth - 1))
-        elif value is None or isinstance(value, (int, float, str, bool)):
-            flat[name] = value
-    return flat
-
-
-def write_index(run: RunResult) -> Path:
-    """Write ``index.html`` and ``summary.json`` into the run folder; returns the index path."""
-    run_dir = Path(run.run_dir)
-    summary = {
-        "run": run.name,
-        "created": _dt.datetime.now().isoformat(timespec="seconds"),
-        "data_root": run.data_root,
-        "synthetic": run.synthetic,
-        "ok": run.ok,
-        "python": sys.executable,
-        "headline": {
-            r.name: {k: _lookup(r.metrics, k) for k in HEADLINE_METRICS.get(r.name, ())} for r in run.notebooks
-        },
-        "notebooks": [dataclasses.asdict(r) for r in run.notebooks],
-    }
-    from facecom_utils.rundir import write_json
-
-    write_json(run_dir / "summary.json", summary)
-
-    rows = []
-    for r in run.notebooks:
-        links = []
-        if r.nocode_html:
-            links.append(f'<a href="{r.nocode_html}">report</a>')
-        if r.html:
-            links.append(f'<a href="{r.html}">with code</a>')
-        if r.notebook:
-            links.append(f'<a href="{r.notebook}">.ipynb</a>')
-        if r.metrics is not None:
-            links.append(f'<a href="{r.name}/metrics.json">metrics.json</a>')
-        title = f'<a href="{r.nocode_html}">{r.name}</a>' if r.nocode_html else r.name
-        headline = "<br>".join(
-            f"{html.escape(k)} = <b>{_fmt(_lookup(r.metrics, k))}</b>"
-            for k in HEADLINE_METRICS.get(r.name, ())
-            if _lookup(r.metrics, k) is not None
-        ) or "–"
-        error = f'<div class="error">{html.escape(r.error)}</div>' if r.error else ""
-        rows.append(
-            f'<tr><td>{title}</td><td class="{r.status}">{r.status.upper()}</td><td class="num">{r.seconds:.1f}</td>'
-            f"<td>{headline}{error}</td><td>{' · '.join(links)}</td></tr>"
-        )
-
-    detail = []
-    for r in run.notebooks:
-        flat = _scalars(r.metrics)
-        if not flat:
-            continue
-        body = "".join(f"<tr><td><code>{html.escape(k)}</code></td><td class='num'>{_fmt(v)}</td></tr>" for k, v in flat.items())
-        params = "".join(
-            f"<tr><td><code>{html.escape(k)}</code></td><td>{_fmt(v)}</td></tr>" for k, v in r.parameters.items()
-        )
-        detail.append(
-            f"<details><summary><b>{r.name}</b>: all metrics and parameters</summary>"
-            f"<table><tr><th>metric</th><th>value</th></tr>{body}</table>"
-            f"<table><tr><th>parameter</th><th>value</th></tr>{params}</table></details>"
-        )
-
-    banner = (
-        '<p class="banner"><b>Synthetic demo data.</b> These reports ran on the generated demo dataset '
-        f"(<code>{html.escape(run.data_root)}</code>), not on FACECOM: they show the pipeline works, "
-        "not how accurate it is.</p>"
-        if run.synthetic
-        else f"<p>Data: <code>{html.escape(run.data_root)}</code></p>"
-    )
-    failed = [r for r in run.notebooks if r.status != "ok"]
-    status = (
-        f'<p class="failed">{len(failed)} of {len(run.notebooks)} notebook(s) did not finish: '
-        + ", ".join(r.name for r in failed) + "</p>"
-        if failed
-        else f'<p class="ok">All {len(run.notebooks)} notebook(s) ran.</p>'
-    )
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>facecom reports: {html.escape(run.name)}</title>
-<style>{_CSS}</style></head><body>
-<h1>facecom reports: {html.escape(run.name)}</h1>
-<p class="sub">{summary["created"]} · <a href="summary.json">summary.json</a></p>
-{banner}
-{status}
-<table><tr><th>notebook</th><th>status</th><th>seconds</th><th>headline metrics</th><th>files</th></tr>
-{''.join(rows)}
-</table>
-{''.join(detail)}
-</body></html>
-"""
-    index = run_dir / "index.html"
-    index.write_text(page, encoding="utf-8")
-    run.index, run.summary = str(index), str(run_dir / "summary.json")
-    return index
-
 
 # --------------------------------------------------------------------------------------------------
 # Command line

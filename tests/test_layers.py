@@ -21,7 +21,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "training": ("checkpoints", "training", "config", "rundir"),
     "evaluation": ("evaluation", "verification"),
     "tasks": ("gender", "recognition"),
-    "reporting": ("plots", "eda", "thresholds", "notebook", "run", "cli", "bench", "launch", "nbval_kernel",
+    "reporting": ("plots", "eda", "thresholds", "notebook", "run", "report_index", "cli", "bench", "launch", "nbval_kernel",
                   "__init__", "__main__"),
 }
 RANK = {module: rank for rank, modules in enumerate(LAYERS.values()) for module in modules}
