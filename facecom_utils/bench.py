@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from .cache import BatchAugment, CachedImageDataset, ImageCache, cached_dataset
 from .data import scan_task_a, scan_task_b
 from .datasets import (
+    AugmentSpec,
     DistributedWeightedSampler,
     ImageDataset,
     build_sampler,
@@ -300,7 +301,7 @@ def bench_epoch_b(rows: pd.DataFrame, cfg: dict[str, Any], device: torch.device,
                         clean_transform=build_recognition_transforms(size, True, distortion_p=p, **augment_kw))
     cached = cached_dataset(rows["path"], y, size, face_crop, "square", distortion_p=p, distort=clean,
                             severity_range=(0.5, 1.3), mode=cache_mode, cache_dir=cache_dir)
-    augment = BatchAugment(size, crop_scale, (0.85, 1.18), 0.5, jitter, jitter, jitter, min(0.5, jitter / 10), 0.1)
+    augment = BatchAugment.from_spec(size, AugmentSpec.recognition(crop_scale, jitter))
     augment = augment.to(device)
     s_naive = s_cached = float("inf")
     for _ in range(repeats):  # interleaved; the fastest of each

@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 
 from .distributed import distributed_info
 from .data import DISTORTION_TYPES, central_crop, load_image
-from .datasets import IMAGENET_MEAN, IMAGENET_STD, TorchSeededDistortion
+from .datasets import IMAGENET_MEAN, IMAGENET_STD, AugmentSpec, TorchSeededDistortion
 
 __all__ = [
     "CACHE_MODES",
@@ -495,14 +495,14 @@ class BatchAugment(nn.Module):
     def __init__(
         self,
         image_size: int | None = None,
-        crop_scale: tuple[float, float] = (0.75, 1.0),
-        ratio: tuple[float, float] = (0.9, 1.1),
-        flip_p: float = 0.5,
-        brightness: float = 0.2,
-        contrast: float = 0.2,
-        saturation: float = 0.2,
-        hue: float = 0.02,
-        grayscale_p: float = 0.05,
+        crop_scale: tuple[float, float] = AugmentSpec.crop_scale,
+        ratio: tuple[float, float] = AugmentSpec.ratio,
+        flip_p: float = AugmentSpec.flip_p,
+        brightness: float = AugmentSpec.brightness,
+        contrast: float = AugmentSpec.contrast,
+        saturation: float = AugmentSpec.saturation,
+        hue: float = AugmentSpec.hue,
+        grayscale_p: float = AugmentSpec.grayscale_p,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         train: bool = True,
@@ -591,6 +591,12 @@ class BatchAugment(nn.Module):
             pick = (torch.rand(b, device=dev) < self.grayscale_p).view(b, 1, 1)
             a, t = torch.where(pick, to_gray @ a, a), torch.where(pick, to_gray @ t, t)
         return a, t
+
+    @classmethod
+    def from_spec(cls, image_size: int | None, spec: AugmentSpec, **kwargs: Any) -> BatchAugment:
+        """The batch version of an :class:`~facecom_utils.datasets.AugmentSpec` (the per-image recipe)."""
+        return cls(image_size, spec.crop_scale, spec.ratio, spec.flip_p, spec.brightness, spec.contrast,
+                   spec.saturation, spec.hue, spec.grayscale_p, **kwargs)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

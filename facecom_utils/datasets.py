@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from .data import DISTORTION_TYPES, load_image
 from .distortions import apply_distortion
 
 __all__ = [
+    "AugmentSpec",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "DistributedWeightedSampler",
@@ -76,6 +78,54 @@ class TorchSeededDistortion:
         return f"{type(self).__name__}(p={self.p}, severity_range={self.severity_range}, kinds={self.kinds})"
 
 
+@dataclass(frozen=True)
+class AugmentSpec:
+    """One augmentation recipe for training images, applied either per image on PIL images
+    (:meth:`pil_steps`, the file data path) or per batch on the device
+    (:meth:`facecom_utils.cache.BatchAugment.from_spec`, the cached data path).
+
+    Attributes:
+        crop_scale: Area range of the random resized crop.
+        ratio: Aspect-ratio range of the crop.
+        flip_p: Probability of a horizontal flip.
+        brightness: Colour-jitter strength of brightness (0: none).
+        contrast: Colour-jitter strength of contrast.
+        saturation: Colour-jitter strength of saturation.
+        hue: Colour-jitter strength of hue.
+        grayscale_p: Probability of converting to greyscale.
+
+    The defaults are Task A's mild recipe (faces are already aligned crops); :meth:`recognition` is
+    Task B's.
+    """
+
+    crop_scale: tuple[float, float] = (0.75, 1.0)
+    ratio: tuple[float, float] = (0.9, 1.1)
+    flip_p: float = 0.5
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    hue: float = 0.02
+    grayscale_p: float = 0.05
+
+    @classmethod
+    def recognition(cls, crop_scale: tuple[float, float] = (0.6, 1.0), color_jitter: float = 0.3) -> AugmentSpec:
+        """Task B's recipe: wider crops, one jitter strength for brightness, contrast and saturation
+        (hue gets a tenth of it), more greyscale."""
+        jitter = float(color_jitter)
+        return cls(tuple(crop_scale), (0.85, 1.18), 0.5, jitter, jitter, jitter, min(0.5, jitter / 10), 0.1)
+
+    def pil_steps(self, image_size: int) -> list[object]:
+        """The recipe as torchvision transforms on a PIL image (before ``ToTensor``)."""
+        steps: list[object] = [
+            T.RandomResizedCrop(image_size, scale=self.crop_scale, ratio=self.ratio, antialias=True),
+            T.RandomHorizontalFlip(self.flip_p),
+        ]
+        if max(self.brightness, self.contrast, self.saturation, self.hue) > 0:
+            steps.append(T.ColorJitter(self.brightness, self.contrast, self.saturation, self.hue))
+        steps.append(T.RandomGrayscale(p=self.grayscale_p))
+        return steps
+
+
 def build_transforms(
     image_size: int,
     train: bool,
@@ -104,12 +154,7 @@ def build_transforms(
     steps: list[object] = []
     if distortion_p > 0:
         steps.append(TorchSeededDistortion(p=distortion_p))
-    steps += [
-        T.RandomResizedCrop(image_size, scale=crop_scale, ratio=(0.9, 1.1), antialias=True),
-        T.RandomHorizontalFlip(),
-        T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
-        T.RandomGrayscale(p=0.05),
-    ]
+    steps += AugmentSpec(crop_scale=tuple(crop_scale)).pil_steps(image_size)
     return T.Compose([*steps, *normalize])
 
 

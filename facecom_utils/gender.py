@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Sampler, Subset
 from .cache import BatchAugment, CachedImageDataset, apply_speedups, cached_dataset, resolve_cache_mode
 from .data import DISTORTION_TYPES, BadImageError, OnError, drop_unreadable, find_task_dir, scan_task_a
 from .datasets import (
+    AugmentSpec,
     ImageDataset,
     balanced_sample_weights,
     build_sampler,
@@ -573,7 +574,7 @@ def gender_pipeline(config: GenderConfig, splits: GenderSplits, device: str | to
                                   variants=cfg.distortion_variants, seed=cfg.seed, **cache_kw)
         fold_ds = cached_dataset(fold_df["path"], y_fold, cfg.image_size, normalize=True, **cache_kw)
         recal_ds = CachedImageDataset(train_ds.cache, y_fit, normalize=True)  # == the eval transform
-        augment = BatchAugment(cfg.image_size, channels_last=cfg.channels_last).to(device)
+        augment = BatchAugment.from_spec(cfg.image_size, AugmentSpec(), channels_last=cfg.channels_last).to(device)
     else:
         load_size = None if cfg.image_size >= 224 else int(round(cfg.image_size * 1.25))
         train_ds = ImageDataset(fit_df["path"], y_fit, build_transforms(cfg.image_size, True, cfg.distortion_augment),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import os
 import pickle
 import shutil
@@ -166,3 +168,26 @@ def test_train_recognition_without_the_cache_keeps_the_contract(demo_root, tmp_p
     run = train_recognition(cfg)
     assert {"top1", "strict_top1", "threshold", "train_seconds"} <= set(run.metrics)
     assert (tmp_path / cache / "checkpoints" / "best.pt").is_file()
+
+
+def test_one_augmentation_spec_for_both_data_paths() -> None:
+    """The per-image transforms and the on-device batch augmentation are built from the same recipe."""
+    import torchvision.transforms as T
+
+    from facecom_utils.datasets import AugmentSpec, build_transforms
+    from facecom_utils.recognition import build_recognition_transforms
+
+    spec = AugmentSpec.recognition((0.6, 1.0), 0.3)
+    assert spec == AugmentSpec((0.6, 1.0), (0.85, 1.18), 0.5, 0.3, 0.3, 0.3, 0.03, 0.1)
+    steps = {type(t): t for t in build_recognition_transforms(32, True, crop_scale=(0.6, 1.0), color_jitter=0.3).transforms}
+    assert steps[T.RandomResizedCrop].scale == (0.6, 1.0) and steps[T.RandomResizedCrop].ratio == (0.85, 1.18)
+    assert steps[T.ColorJitter].hue == (-0.03, 0.03) and steps[T.RandomGrayscale].p == 0.1
+    no_jitter = build_recognition_transforms(32, True, color_jitter=0.0).transforms
+    assert T.ColorJitter not in {type(t) for t in no_jitter}
+    gender = {type(t): t for t in build_transforms(32, True).transforms}
+    assert gender[T.RandomResizedCrop].scale == AugmentSpec().crop_scale and gender[T.RandomGrayscale].p == 0.05
+    batch = BatchAugment.from_spec(32, spec)
+    log_ratio = tuple(math.log(r) for r in spec.ratio)
+    assert (batch.crop_scale, batch.log_ratio, batch.grayscale_p, batch.hue) == (spec.crop_scale, log_ratio, 0.1, 0.03)
+    default = BatchAugment(32)
+    assert (default.crop_scale, default.grayscale_p, default.hue) == (AugmentSpec().crop_scale, 0.05, 0.02)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..splits import clean_counts
 from ..data import central_crop, load_image
-from ..datasets import IMAGENET_MEAN, IMAGENET_STD, TorchSeededDistortion, make_loader
+from ..datasets import AugmentSpec, IMAGENET_MEAN, IMAGENET_STD, TorchSeededDistortion, make_loader
 from ..rundir import RunDir
 from ..models import FaceEmbedder
 from ..training import select_device
@@ -73,13 +73,7 @@ def build_recognition_transforms(
     steps: list[Any] = list(base)
     if distortion_p > 0:
         steps.append(TorchSeededDistortion(p=distortion_p, severity_range=(0.5, 1.3)))
-    steps += [
-        T.RandomResizedCrop(image_size, scale=crop_scale, ratio=(0.85, 1.18), antialias=True),
-        T.RandomHorizontalFlip(),
-    ]
-    if color_jitter > 0:
-        steps.append(T.ColorJitter(color_jitter, color_jitter, color_jitter, min(0.5, color_jitter / 10)))
-    steps.append(T.RandomGrayscale(p=0.1))
+    steps += AugmentSpec.recognition(crop_scale, color_jitter).pil_steps(image_size)
     return T.Compose([*steps, *normalize])
 
 

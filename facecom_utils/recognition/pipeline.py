@@ -18,7 +18,7 @@ from torch.utils.data import DistributedSampler
 
 from ..cache import BatchAugment, cached_dataset, resolve_cache_mode
 from ..data import scan_task_b
-from ..datasets import DistributedWeightedSampler, make_loader
+from ..datasets import AugmentSpec, DistributedWeightedSampler, make_loader
 from ..rundir import FOLD_ROLE, REPORT_ROLE, RunDir, to_jsonable
 from ..demo import resolve_data_root
 from ..distributed import distributed_info
@@ -203,9 +203,8 @@ def recognition_pipeline(config: RecognitionConfig, splits: RecognitionSplits, d
                                  variants=config.distortion_variants, seed=config.seed, **cache_kw)
         fold_dataset = cached_dataset(splits.fold["path"], None, config.image_size, config.face_crop, "square",
                                       normalize=True, **cache_kw)
-        jitter = config.color_jitter
-        batch_augment = BatchAugment(config.image_size, config.crop_scale, (0.85, 1.18), 0.5, jitter, jitter, jitter,
-                                     min(0.5, jitter / 10), 0.1, channels_last=config.channels_last).to(device)
+        spec = AugmentSpec.recognition(config.crop_scale, config.color_jitter)
+        batch_augment = BatchAugment.from_spec(config.image_size, spec, channels_last=config.channels_last).to(device)
     else:
         augment = dict(face_crop=config.face_crop, crop_scale=config.crop_scale, color_jitter=config.color_jitter)
         dataset = _FaceImages(
