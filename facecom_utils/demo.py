@@ -333,7 +333,8 @@ def _draw_nose(f: _FaceFrame, ey: float) -> float:
     ny = cy + tr.nose_len * u * 0.9
     nw = tr.nose_w * u
     d.line([(cx, ey), (cx - 0.3 * nw, ny)], fill=f.shade + (255,), width=max(1, int(0.006 * u)))
-    d.arc((cx - nw, ny - 0.5 * nw, cx + nw, ny + 0.5 * nw), 10, 170, fill=f.shade + (255,), width=max(1, int(0.008 * u)))
+    d.arc((cx - nw, ny - 0.5 * nw, cx + nw, ny + 0.5 * nw), 10, 170, fill=f.shade + (255,),
+          width=max(1, int(0.008 * u)))
     return ny
 
 
@@ -509,6 +510,86 @@ def is_demo_root(path: str | Path) -> bool:
     return (path / DEMO_MARKER).is_file() or (path.parent / DEMO_MARKER).is_file()
 
 
+def _check_demo_args(
+    train_identities: int, val_identities: int, clean_per_identity: int, image_size: int,
+    female_fraction: float, frontal_fraction: float,
+) -> None:
+    """Raise ValueError when a :func:`make_demo_dataset` count, size or fraction is out of range."""
+    if train_identities < 1 or val_identities < 1:
+        raise ValueError("train_identities and val_identities must be >= 1")
+    if clean_per_identity < 1:
+        raise ValueError(f"clean_per_identity must be >= 1, got {clean_per_identity}")
+    if image_size < 16:
+        raise ValueError(f"image_size must be >= 16, got {image_size}")
+    if not 0.0 <= female_fraction <= 1.0 or not 0.0 <= frontal_fraction <= 1.0:
+        raise ValueError("female_fraction and frontal_fraction must be in [0, 1]")
+
+
+def _clear_demo_root(root: Path, overwrite: bool) -> None:
+    """Make ``root`` writable for a new demo: delete an old demo when ``overwrite``, else refuse.
+
+    Raises:
+        FileExistsError: ``root`` is non-empty and not a demo dataset, or a demo and ``overwrite``
+            is False.
+    """
+    if root.exists() and any(root.iterdir()):
+        if not is_demo_root(root):
+            raise FileExistsError(
+                f"{root} exists and is not a synthetic demo dataset (no {DEMO_MARKER}); "
+                "refusing to write into it. Choose an empty or new folder."
+            )
+        if not overwrite:
+            raise FileExistsError(
+                f"{root} already holds a demo dataset; pass overwrite=True to regenerate it "
+                "or use ensure_demo_dataset() to reuse it."
+            )
+        shutil.rmtree(root)
+
+
+def _n_female(count: int, female_fraction: float) -> int:
+    """People with the female cues in a split of ``count``: rounded, at least one of each gender
+    when the fraction allows it and the split has two people or more."""
+    n_female = round(count * female_fraction)
+    if female_fraction > 0 and count >= 2:
+        n_female = max(1, n_female)
+    if female_fraction < 1 and count >= 2:
+        n_female = min(count - 1, n_female)
+    return n_female
+
+
+def _identity_names(number: int, frontal_every: int, clean_per_identity: int) -> tuple[str, list[str]]:
+    """The identity folder name and its clean image stems for person ``number`` (1-based).
+
+    Every ``frontal_every``-th person (0: none) is a single-image ``Demo_NNN_frontal``; the others
+    are ``Demo_Person_NNN`` with ``clean_per_identity`` images ``Demo_Person_NNN_0001`` ...
+    """
+    frontal = frontal_every > 0 and number % frontal_every == 0
+    identity = f"Demo_{number:03d}_frontal" if frontal else f"Demo_Person_{number:03d}"
+    stems = [identity] if frontal else [f"{identity}_{j + 1:04d}" for j in range(clean_per_identity)]
+    return identity, stems
+
+
+def _write_identity(
+    root: Path, split: str, identity: str, stems: list[str], traits: FaceTraits, image_size: int,
+    rng: np.random.Generator,
+) -> None:
+    """Write one person's clean images (Task_B identity folder and Task_A gender folder) and,
+    per clean image, its seven distortions; ``rng`` draws each image, then its distortions."""
+    person_dir = root / "Task_B" / split / identity
+    (person_dir / "distortion").mkdir(parents=True, exist_ok=True)
+    gender_dir = root / "Task_A" / split / ("female" if traits.female else "male")
+    gender_dir.mkdir(parents=True, exist_ok=True)
+    for stem in stems:
+        image = draw_face(traits, image_size, rng)
+        data = _jpeg_bytes(image, CLEAN_JPEG_QUALITY)
+        (person_dir / f"{stem}.jpg").write_bytes(data)
+        (gender_dir / f"{stem}.jpg").write_bytes(data)
+        clean = Image.open(io.BytesIO(data)).convert("RGB")
+        for kind in DISTORTION_TYPES:
+            distorted = apply_distortion(clean, kind, 1.0, rng)
+            distorted.save(person_dir / "distortion" / f"{stem}_{kind}.jpg", quality=DISTORTED_JPEG_QUALITY)
+
+
 def make_demo_dataset(
     root: str | Path,
     seed: int = 0,
@@ -545,27 +626,9 @@ def make_demo_dataset(
         ValueError: A count or size is out of range.
     """
     root = Path(root).expanduser().resolve()
-    if train_identities < 1 or val_identities < 1:
-        raise ValueError("train_identities and val_identities must be >= 1")
-    if clean_per_identity < 1:
-        raise ValueError(f"clean_per_identity must be >= 1, got {clean_per_identity}")
-    if image_size < 16:
-        raise ValueError(f"image_size must be >= 16, got {image_size}")
-    if not 0.0 <= female_fraction <= 1.0 or not 0.0 <= frontal_fraction <= 1.0:
-        raise ValueError("female_fraction and frontal_fraction must be in [0, 1]")
-    if root.exists() and any(root.iterdir()):
-        if not is_demo_root(root):
-            raise FileExistsError(
-                f"{root} exists and is not a synthetic demo dataset (no {DEMO_MARKER}); "
-                "refusing to write into it. Choose an empty or new folder."
-            )
-        if not overwrite:
-            raise FileExistsError(
-                f"{root} already holds a demo dataset; pass overwrite=True to regenerate it "
-                "or use ensure_demo_dataset() to reuse it."
-            )
-        shutil.rmtree(root)
-
+    _check_demo_args(train_identities, val_identities, clean_per_identity, image_size,
+                     female_fraction, frontal_fraction)
+    _clear_demo_root(root, overwrite)
     params = _params(
         seed=seed, train_identities=train_identities, val_identities=val_identities,
         clean_per_identity=clean_per_identity, image_size=image_size,
@@ -573,36 +636,16 @@ def make_demo_dataset(
     )
     root.mkdir(parents=True, exist_ok=True)
     master = np.random.default_rng(seed)
+    frontal_every = round(1 / frontal_fraction) if frontal_fraction > 0 else 0
     number = 0
     for split, count in (("train", train_identities), ("val", val_identities)):
-        n_female = round(count * female_fraction)
-        if female_fraction > 0 and count >= 2:
-            n_female = max(1, n_female)
-        if female_fraction < 1 and count >= 2:
-            n_female = min(count - 1, n_female)
-        females = set(master.permutation(count)[:n_female].tolist())
-        frontal_every = round(1 / frontal_fraction) if frontal_fraction > 0 else 0
+        females = set(master.permutation(count)[:_n_female(count, female_fraction)].tolist())
         for k in range(count):
             number += 1
-            person_rng = np.random.default_rng([seed, number])
-            female = k in females
-            traits = random_traits(person_rng, female)
-            frontal = frontal_every > 0 and number % frontal_every == 0
-            identity = f"Demo_{number:03d}_frontal" if frontal else f"Demo_Person_{number:03d}"
-            stems = [identity] if frontal else [f"{identity}_{j + 1:04d}" for j in range(clean_per_identity)]
-            person_dir = root / "Task_B" / split / identity
-            (person_dir / "distortion").mkdir(parents=True, exist_ok=True)
-            gender_dir = root / "Task_A" / split / ("female" if female else "male")
-            gender_dir.mkdir(parents=True, exist_ok=True)
-            for stem in stems:
-                image = draw_face(traits, image_size, person_rng)
-                data = _jpeg_bytes(image, CLEAN_JPEG_QUALITY)
-                (person_dir / f"{stem}.jpg").write_bytes(data)
-                (gender_dir / f"{stem}.jpg").write_bytes(data)
-                clean = Image.open(io.BytesIO(data)).convert("RGB")
-                for kind in DISTORTION_TYPES:
-                    distorted = apply_distortion(clean, kind, 1.0, person_rng)
-                    distorted.save(person_dir / "distortion" / f"{stem}_{kind}.jpg", quality=DISTORTED_JPEG_QUALITY)
+            person_rng = np.random.default_rng([seed, number])  # one generator per person
+            traits = random_traits(person_rng, k in females)
+            identity, stems = _identity_names(number, frontal_every, clean_per_identity)
+            _write_identity(root, split, identity, stems, traits, image_size, person_rng)
     for split in ("train", "val"):  # empty gender folders still exist, as the layout expects
         for label in ("female", "male"):
             (root / "Task_A" / split / label).mkdir(parents=True, exist_ok=True)
