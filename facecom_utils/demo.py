@@ -203,38 +203,34 @@ def _face_outline(cx: float, cy: float, rx: float, ry: float, jaw: float, n: int
     return points
 
 
-def draw_face(traits: FaceTraits, size: int, rng: np.random.Generator) -> Image.Image:
-    """Draw one image of a person: a new pose, expression, lighting and background.
+@dataclass(frozen=True)
+class _FaceFrame:
+    """Where one face sits on the drawing canvas: everything the part-drawing helpers share.
 
-    The face is drawn on a ``2 * size`` canvas and downsampled (anti-aliasing).
-
-    Args:
-        traits: The person's stable traits.
-        size: Output side in pixels.
-        rng: Random generator for the per-image variation.
-
-    Returns:
-        An RGB ``size x size`` image.
+    ``u`` is the canvas side (traits are fractions of it); ``(cx, cy)`` the face centre;
+    ``fw``/``fh`` the face half-width and half-height in pixels; ``shade`` the darker skin tone.
     """
-    S = 2 * size
-    u = float(S)  # canvas unit: traits are fractions of the canvas
-    layer = Image.new("RGBA", (S, S), (0, 0, 0, 0))
-    d = ImageDraw.Draw(layer)
-    tr = traits
-    cx, cy = 0.5 * u, 0.48 * u
-    fw, fh = tr.face_w * u, tr.face_h * u
-    smile = rng.uniform(-0.3, 1.0)
-    eye_open = rng.uniform(0.65, 1.0)
-    brow_raise = rng.uniform(-0.01, 0.015) * u
-    shade = _mix(tr.skin, (0, 0, 0), 0.18)
-    hair_dark = _mix(tr.hair, (0, 0, 0), 0.25)
 
-    # Shoulders (clothes vary per image) and neck.
-    shirt = tuple(int(v) for v in rng.integers(20, 230, 3))
+    draw: ImageDraw.ImageDraw
+    traits: FaceTraits
+    u: float
+    cx: float
+    cy: float
+    fw: float
+    fh: float
+    shade: Color
+
+
+def _draw_body(f: _FaceFrame, shirt: tuple[int, ...]) -> None:
+    """Shoulders (clothes vary per image) and neck."""
+    d, cx, cy, fw, fh, u = f.draw, f.cx, f.cy, f.fw, f.fh, f.u
     _ellipse(d, cx, 1.08 * u, 0.46 * u, 0.3 * u, fill=shirt + (255,))
-    d.rectangle((cx - 0.32 * fw, cy + 0.6 * fh, cx + 0.32 * fw, cy + 1.35 * fh), fill=shade + (255,))
+    d.rectangle((cx - 0.32 * fw, cy + 0.6 * fh, cx + 0.32 * fw, cy + 1.35 * fh), fill=f.shade + (255,))
 
-    # Long hair falls behind the head and onto the shoulders.
+
+def _draw_back_hair(f: _FaceFrame) -> None:
+    """Hair behind the head: long hair falls onto the shoulders; a bob; a bun."""
+    d, tr, cx, cy, fw, fh = f.draw, f.traits, f.cx, f.cy, f.fw, f.fh
     if tr.hair_style in ("long", "wavy"):
         d.rounded_rectangle(
             (cx - 1.22 * fw, cy - 1.05 * fh, cx + 1.22 * fw, cy + 1.45 * fh),
@@ -253,45 +249,64 @@ def draw_face(traits: FaceTraits, size: int, rng: np.random.Generator) -> Image.
     elif tr.hair_style == "bun":
         _ellipse(d, cx, cy - 1.12 * fh, 0.45 * fw, 0.3 * fh, fill=tr.hair + (255,))
 
-    # Ears, head.
+
+def _draw_head(f: _FaceFrame) -> None:
+    """Ears and the head outline."""
+    d, tr, cx, cy, fw, fh, u = f.draw, f.traits, f.cx, f.cy, f.fw, f.fh, f.u
     for side in (-1, 1):
-        _ellipse(d, cx + side * 0.98 * fw, cy + 0.02 * fh, tr.ear * u * 0.6, tr.ear * u, fill=shade + (255,))
+        _ellipse(d, cx + side * 0.98 * fw, cy + 0.02 * fh, tr.ear * u * 0.6, tr.ear * u, fill=f.shade + (255,))
     d.polygon(_face_outline(cx, cy, fw, fh, tr.jaw), fill=tr.skin + (255,))
 
-    # Hair on top of the head.
+
+def _draw_top_hair(f: _FaceFrame) -> None:
+    """Hair on top of the head (side tufts when bald), down to the hairline, plus the style's detail."""
+    d, tr, cx, cy, fw, fh = f.draw, f.traits, f.cx, f.cy, f.fw, f.fh
     hl = cy - tr.hairline * fh  # hairline height
     box = (cx - 1.06 * fw, cy - 1.1 * fh, cx + 1.06 * fw, cy + 0.9 * fh)
     if tr.hair_style == "bald":
         for side in (-1, 1):
             d.chord((cx + side * 0.9 * fw - 0.18 * fw, cy - 0.35 * fh, cx + side * 0.9 * fw + 0.18 * fw, cy + 0.25 * fh),
                     90 if side < 0 else 270, 270 if side < 0 else 90, fill=tr.hair + (255,))
-    else:
-        d.chord(box, 180, 360, fill=tr.hair + (255,))
-        top = cy - 1.1 * fh
-        # Fill from the crown down to the hairline, keeping the face visible.
-        d.polygon([(cx - 1.04 * fw, cy - 0.1 * fh), (cx - 0.95 * fw, hl), (cx + 0.95 * fw, hl),
-                   (cx + 1.04 * fw, cy - 0.1 * fh), (cx + 1.06 * fw, cy - 0.2 * fh),
-                   (cx + 1.0 * fw, top + 0.3 * fh), (cx - 1.0 * fw, top + 0.3 * fh),
-                   (cx - 1.06 * fw, cy - 0.2 * fh)], fill=tr.hair + (255,))
-        d.polygon(_face_outline(cx, cy, 0.96 * fw, 0.99 * fh, tr.jaw)[5:28], fill=tr.skin + (255,))
-        # Re-draw the forehead below the hairline (the outline above is the lower face).
-        d.chord((cx - 0.93 * fw, hl, cx + 0.93 * fw, cy + 0.5 * fh), 180, 360, fill=tr.skin + (255,))
-        d.rectangle((cx - 0.93 * fw, cy - 0.1 * fh + 0.5 * (hl - cy + 0.1 * fh) + 0.25 * fh, cx + 0.93 * fw, cy + 0.2 * fh),
-                    fill=tr.skin + (255,))
-        if tr.hair_style == "side_part":
-            d.polygon([(cx - 0.95 * fw, hl), (cx + 0.2 * fw, hl - 0.05 * fh), (cx - 0.4 * fw, hl + 0.18 * fh)],
-                      fill=tr.hair + (255,))
-        elif tr.hair_style == "curly":
-            for k in range(9):
-                x = cx + (-0.9 + 0.225 * k) * fw
-                _ellipse(d, x, hl - 0.02 * fh, 0.14 * fw, 0.1 * fh, fill=tr.hair + (255,))
-        elif tr.hair_style == "flat_top":
-            d.rectangle((cx - 0.8 * fw, cy - 1.22 * fh, cx + 0.8 * fw, cy - 0.85 * fh), fill=tr.hair + (255,))
-        elif tr.hair_style in ("long", "wavy", "bob"):
-            d.polygon([(cx - 0.95 * fw, hl), (cx + 0.5 * fw, hl - 0.02 * fh), (cx - 0.1 * fw, hl + 0.22 * fh)],
-                      fill=tr.hair + (255,))
+        return
+    d.chord(box, 180, 360, fill=tr.hair + (255,))
+    top = cy - 1.1 * fh
+    # Fill from the crown down to the hairline, keeping the face visible.
+    d.polygon([(cx - 1.04 * fw, cy - 0.1 * fh), (cx - 0.95 * fw, hl), (cx + 0.95 * fw, hl),
+               (cx + 1.04 * fw, cy - 0.1 * fh), (cx + 1.06 * fw, cy - 0.2 * fh),
+               (cx + 1.0 * fw, top + 0.3 * fh), (cx - 1.0 * fw, top + 0.3 * fh),
+               (cx - 1.06 * fw, cy - 0.2 * fh)], fill=tr.hair + (255,))
+    d.polygon(_face_outline(cx, cy, 0.96 * fw, 0.99 * fh, tr.jaw)[5:28], fill=tr.skin + (255,))
+    # Re-draw the forehead below the hairline (the outline above is the lower face).
+    d.chord((cx - 0.93 * fw, hl, cx + 0.93 * fw, cy + 0.5 * fh), 180, 360, fill=tr.skin + (255,))
+    d.rectangle((cx - 0.93 * fw, cy - 0.1 * fh + 0.5 * (hl - cy + 0.1 * fh) + 0.25 * fh, cx + 0.93 * fw, cy + 0.2 * fh),
+                fill=tr.skin + (255,))
+    if tr.hair_style == "side_part":
+        d.polygon([(cx - 0.95 * fw, hl), (cx + 0.2 * fw, hl - 0.05 * fh), (cx - 0.4 * fw, hl + 0.18 * fh)],
+                  fill=tr.hair + (255,))
+    elif tr.hair_style == "curly":
+        for k in range(9):
+            x = cx + (-0.9 + 0.225 * k) * fw
+            _ellipse(d, x, hl - 0.02 * fh, 0.14 * fw, 0.1 * fh, fill=tr.hair + (255,))
+    elif tr.hair_style == "flat_top":
+        d.rectangle((cx - 0.8 * fw, cy - 1.22 * fh, cx + 0.8 * fw, cy - 0.85 * fh), fill=tr.hair + (255,))
+    elif tr.hair_style in ("long", "wavy", "bob"):
+        d.polygon([(cx - 0.95 * fw, hl), (cx + 0.5 * fw, hl - 0.02 * fh), (cx - 0.1 * fw, hl + 0.22 * fh)],
+                  fill=tr.hair + (255,))
 
-    # Eyes.
+
+def _draw_eyes(f: _FaceFrame, eye_open: float, brow_raise: float) -> tuple[float, float]:
+    """Eyes (white, iris, pupil, lid) and brows.
+
+    Args:
+        f: The face frame.
+        eye_open: How open the eyes are (1 = fully).
+        brow_raise: How far the brows are raised, in pixels.
+
+    Returns:
+        ``(ey, ew)``: the eyes' centre height and half-width in pixels.
+    """
+    d, tr, cx, cy, fh, u = f.draw, f.traits, f.cx, f.cy, f.fh, f.u
+    hair_dark = _mix(tr.hair, (0, 0, 0), 0.25)
     ey = cy - 0.12 * fh + tr.eye_y * u
     ew, eh = tr.eye_w * u, tr.eye_w * tr.eye_h * eye_open * u
     for side in (-1, 1):
@@ -309,16 +324,26 @@ def draw_face(traits: FaceTraits, size: int, rng: np.random.Generator) -> Image.
         arch = tr.brow_arch * 0.5 * bw
         d.line([(ex - bw, by + tilt), (ex, by - arch), (ex + bw, by - tilt)],
                fill=hair_dark + (255,), width=max(1, int(tr.brow_thick * u)), joint="curve")
+    return ey, ew
 
-    # Nose.
+
+def _draw_nose(f: _FaceFrame, ey: float) -> float:
+    """The nose: a ridge line from eye height and an arc at the tip. Returns the tip height ``ny``."""
+    d, tr, cx, cy, u = f.draw, f.traits, f.cx, f.cy, f.u
     ny = cy + tr.nose_len * u * 0.9
     nw = tr.nose_w * u
-    d.line([(cx, ey), (cx - 0.3 * nw, ny)], fill=shade + (255,), width=max(1, int(0.006 * u)))
-    d.arc((cx - nw, ny - 0.5 * nw, cx + nw, ny + 0.5 * nw), 10, 170, fill=shade + (255,), width=max(1, int(0.008 * u)))
+    d.line([(cx, ey), (cx - 0.3 * nw, ny)], fill=f.shade + (255,), width=max(1, int(0.006 * u)))
+    d.arc((cx - nw, ny - 0.5 * nw, cx + nw, ny + 0.5 * nw), 10, 170, fill=f.shade + (255,),
+          width=max(1, int(0.008 * u)))
+    return ny
 
-    # Beard / moustache (male only), drawn before the mouth so the lips stay visible.
-    my = ny + 0.22 * fh
-    mw = tr.mouth_w * u
+
+def _draw_beard(f: _FaceFrame, ny: float, my: float, mw: float) -> None:
+    """Beard / moustache (male only), drawn before the mouth so the lips stay visible.
+
+    ``ny`` is the nose-tip height, ``my`` the mouth height and ``mw`` the mouth half-width (pixels).
+    """
+    d, tr, cx, cy, fw, fh, u = f.draw, f.traits, f.cx, f.cy, f.fw, f.fh, f.u
     if tr.beard in ("full", "stubble"):
         beard_colour = tr.hair if tr.beard == "full" else _mix(tr.skin, tr.hair, 0.45)
         outline = _face_outline(cx, cy, fw, fh, tr.jaw)
@@ -331,7 +356,13 @@ def draw_face(traits: FaceTraits, size: int, rng: np.random.Generator) -> Image.
         d.polygon([(cx - 1.1 * mw, my + 0.01 * u), (cx, my - 0.045 * u), (cx + 1.1 * mw, my + 0.01 * u),
                    (cx, my - 0.015 * u)], fill=tr.hair + (255,))
 
-    # Mouth: a smile lifts the corners; a broad smile opens it and shows teeth.
+
+def _draw_mouth(f: _FaceFrame, smile: float, my: float, mw: float) -> None:
+    """Mouth: a smile lifts the corners; a broad smile opens it and shows teeth. Blush when female.
+
+    ``smile`` is the expression (-0.3 .. 1), ``my`` the mouth height, ``mw`` its half-width (pixels).
+    """
+    d, tr, cx, cy, fw, fh, u = f.draw, f.traits, f.cx, f.cy, f.fw, f.fh, f.u
     curve = smile * 0.025 * u
     lt = tr.lip_thick * u
     upper = [(cx - mw, my - curve), (cx - 0.4 * mw, my - 0.5 * lt), (cx, my - 0.3 * lt),
@@ -348,20 +379,34 @@ def draw_face(traits: FaceTraits, size: int, rng: np.random.Generator) -> Image.
             _ellipse(d, cx + side * 0.55 * fw, cy + 0.18 * fh, 0.13 * fw, 0.07 * fh,
                      fill=_mix(tr.skin, (230, 90, 100), 0.3) + (255,))
 
-    # Glasses.
-    if tr.glasses:
-        gw = max(1, int(0.009 * u))
-        for side in (-1, 1):
-            ex = cx + side * tr.eye_sep * u
-            bbox = (ex - 1.45 * ew, ey - 1.2 * ew, ex + 1.45 * ew, ey + 1.1 * ew)
-            if tr.glasses == "round":
-                d.ellipse(bbox, outline=tr.glasses_colour + (255,), width=gw)
-            else:
-                d.rounded_rectangle(bbox, radius=int(0.3 * ew), outline=tr.glasses_colour + (255,), width=gw)
-        d.line([(cx - tr.eye_sep * u + 1.45 * ew, ey), (cx + tr.eye_sep * u - 1.45 * ew, ey)],
-               fill=tr.glasses_colour + (255,), width=gw)
 
-    # Pose: rotation, scale and shift of the drawn person over a fresh background.
+def _draw_glasses(f: _FaceFrame, ey: float, ew: float) -> None:
+    """Glasses (round or rectangular frames and a bridge) when the person wears them.
+
+    ``ey`` is the eyes' centre height and ``ew`` their half-width (pixels).
+    """
+    d, tr, cx, u = f.draw, f.traits, f.cx, f.u
+    if not tr.glasses:
+        return
+    gw = max(1, int(0.009 * u))
+    for side in (-1, 1):
+        ex = cx + side * tr.eye_sep * u
+        bbox = (ex - 1.45 * ew, ey - 1.2 * ew, ex + 1.45 * ew, ey + 1.1 * ew)
+        if tr.glasses == "round":
+            d.ellipse(bbox, outline=tr.glasses_colour + (255,), width=gw)
+        else:
+            d.rounded_rectangle(bbox, radius=int(0.3 * ew), outline=tr.glasses_colour + (255,), width=gw)
+    d.line([(cx - tr.eye_sep * u + 1.45 * ew, ey), (cx + tr.eye_sep * u - 1.45 * ew, ey)],
+           fill=tr.glasses_colour + (255,), width=gw)
+
+
+def _pose_on_background(layer: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Pose: rotate, scale and shift the drawn person (an RGBA layer) over a fresh background.
+
+    Draws the pose (angle, scale, shift) and then the background from ``rng``, in that order.
+    """
+    S = layer.size[0]
+    u = float(S)
     angle = math.radians(rng.uniform(-8.0, 8.0))
     scale = rng.uniform(0.9, 1.1)
     shift = rng.uniform(-0.05, 0.05, 2) * u
@@ -374,8 +419,11 @@ def draw_face(traits: FaceTraits, size: int, rng: np.random.Generator) -> Image.
     layer = layer.transform((S, S), Image.AFFINE, coeffs, resample=Image.BILINEAR)
     canvas = _background(S, rng)
     canvas.paste(layer, (0, 0), layer)
+    return canvas
 
-    # Lighting: global gain, a side light gradient and a colour tint.
+
+def _downsample_and_light(canvas: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
+    """Downsample to ``size`` and apply lighting: global gain, a side light gradient and a colour tint."""
     img = canvas.resize((size, size), Image.LANCZOS)
     x = np.asarray(img, dtype=np.float32)
     gain = rng.uniform(0.75, 1.15)
@@ -384,6 +432,49 @@ def draw_face(traits: FaceTraits, size: int, rng: np.random.Generator) -> Image.
     tint = rng.normal(0, 0.04, 3).astype(np.float32)
     x = x * gain * (1.0 + side_light * ramp) * (1.0 + tint)
     return Image.fromarray(np.clip(x + 0.5, 0, 255).astype(np.uint8), "RGB")
+
+
+def draw_face(traits: FaceTraits, size: int, rng: np.random.Generator) -> Image.Image:
+    """Draw one image of a person: a new pose, expression, lighting and background.
+
+    The face is drawn on a ``2 * size`` canvas and downsampled (anti-aliasing).
+
+    Args:
+        traits: The person's stable traits.
+        size: Output side in pixels.
+        rng: Random generator for the per-image variation.
+
+    Returns:
+        An RGB ``size x size`` image.
+    """
+    S = 2 * size
+    u = float(S)  # canvas unit: traits are fractions of the canvas
+    layer = Image.new("RGBA", (S, S), (0, 0, 0, 0))
+    tr = traits
+    frame = _FaceFrame(
+        draw=ImageDraw.Draw(layer), traits=tr, u=u, cx=0.5 * u, cy=0.48 * u,
+        fw=tr.face_w * u, fh=tr.face_h * u, shade=_mix(tr.skin, (0, 0, 0), 0.18),
+    )
+    # Per-image expression, then clothes (the order of the draws from rng is part of the data).
+    smile = rng.uniform(-0.3, 1.0)
+    eye_open = rng.uniform(0.65, 1.0)
+    brow_raise = rng.uniform(-0.01, 0.015) * u
+    shirt = tuple(int(v) for v in rng.integers(20, 230, 3))
+
+    _draw_body(frame, shirt)
+    _draw_back_hair(frame)
+    _draw_head(frame)
+    _draw_top_hair(frame)
+    ey, ew = _draw_eyes(frame, eye_open, brow_raise)
+    ny = _draw_nose(frame, ey)
+    my = ny + 0.22 * frame.fh
+    mw = tr.mouth_w * u
+    _draw_beard(frame, ny, my, mw)
+    _draw_mouth(frame, smile, my, mw)
+    _draw_glasses(frame, ey, ew)
+
+    canvas = _pose_on_background(layer, rng)
+    return _downsample_and_light(canvas, size, rng)
 
 
 def _jpeg_bytes(image: Image.Image, quality: int) -> bytes:
@@ -417,6 +508,86 @@ def is_demo_root(path: str | Path) -> bool:
     """
     path = Path(path).expanduser()
     return (path / DEMO_MARKER).is_file() or (path.parent / DEMO_MARKER).is_file()
+
+
+def _check_demo_args(
+    train_identities: int, val_identities: int, clean_per_identity: int, image_size: int,
+    female_fraction: float, frontal_fraction: float,
+) -> None:
+    """Raise ValueError when a :func:`make_demo_dataset` count, size or fraction is out of range."""
+    if train_identities < 1 or val_identities < 1:
+        raise ValueError("train_identities and val_identities must be >= 1")
+    if clean_per_identity < 1:
+        raise ValueError(f"clean_per_identity must be >= 1, got {clean_per_identity}")
+    if image_size < 16:
+        raise ValueError(f"image_size must be >= 16, got {image_size}")
+    if not 0.0 <= female_fraction <= 1.0 or not 0.0 <= frontal_fraction <= 1.0:
+        raise ValueError("female_fraction and frontal_fraction must be in [0, 1]")
+
+
+def _clear_demo_root(root: Path, overwrite: bool) -> None:
+    """Make ``root`` writable for a new demo: delete an old demo when ``overwrite``, else refuse.
+
+    Raises:
+        FileExistsError: ``root`` is non-empty and not a demo dataset, or a demo and ``overwrite``
+            is False.
+    """
+    if root.exists() and any(root.iterdir()):
+        if not is_demo_root(root):
+            raise FileExistsError(
+                f"{root} exists and is not a synthetic demo dataset (no {DEMO_MARKER}); "
+                "refusing to write into it. Choose an empty or new folder."
+            )
+        if not overwrite:
+            raise FileExistsError(
+                f"{root} already holds a demo dataset; pass overwrite=True to regenerate it "
+                "or use ensure_demo_dataset() to reuse it."
+            )
+        shutil.rmtree(root)
+
+
+def _n_female(count: int, female_fraction: float) -> int:
+    """People with the female cues in a split of ``count``: rounded, at least one of each gender
+    when the fraction allows it and the split has two people or more."""
+    n_female = round(count * female_fraction)
+    if female_fraction > 0 and count >= 2:
+        n_female = max(1, n_female)
+    if female_fraction < 1 and count >= 2:
+        n_female = min(count - 1, n_female)
+    return n_female
+
+
+def _identity_names(number: int, frontal_every: int, clean_per_identity: int) -> tuple[str, list[str]]:
+    """The identity folder name and its clean image stems for person ``number`` (1-based).
+
+    Every ``frontal_every``-th person (0: none) is a single-image ``Demo_NNN_frontal``; the others
+    are ``Demo_Person_NNN`` with ``clean_per_identity`` images ``Demo_Person_NNN_0001`` ...
+    """
+    frontal = frontal_every > 0 and number % frontal_every == 0
+    identity = f"Demo_{number:03d}_frontal" if frontal else f"Demo_Person_{number:03d}"
+    stems = [identity] if frontal else [f"{identity}_{j + 1:04d}" for j in range(clean_per_identity)]
+    return identity, stems
+
+
+def _write_identity(
+    root: Path, split: str, identity: str, stems: list[str], traits: FaceTraits, image_size: int,
+    rng: np.random.Generator,
+) -> None:
+    """Write one person's clean images (Task_B identity folder and Task_A gender folder) and,
+    per clean image, its seven distortions; ``rng`` draws each image, then its distortions."""
+    person_dir = root / "Task_B" / split / identity
+    (person_dir / "distortion").mkdir(parents=True, exist_ok=True)
+    gender_dir = root / "Task_A" / split / ("female" if traits.female else "male")
+    gender_dir.mkdir(parents=True, exist_ok=True)
+    for stem in stems:
+        image = draw_face(traits, image_size, rng)
+        data = _jpeg_bytes(image, CLEAN_JPEG_QUALITY)
+        (person_dir / f"{stem}.jpg").write_bytes(data)
+        (gender_dir / f"{stem}.jpg").write_bytes(data)
+        clean = Image.open(io.BytesIO(data)).convert("RGB")
+        for kind in DISTORTION_TYPES:
+            distorted = apply_distortion(clean, kind, 1.0, rng)
+            distorted.save(person_dir / "distortion" / f"{stem}_{kind}.jpg", quality=DISTORTED_JPEG_QUALITY)
 
 
 def make_demo_dataset(
@@ -455,27 +626,9 @@ def make_demo_dataset(
         ValueError: A count or size is out of range.
     """
     root = Path(root).expanduser().resolve()
-    if train_identities < 1 or val_identities < 1:
-        raise ValueError("train_identities and val_identities must be >= 1")
-    if clean_per_identity < 1:
-        raise ValueError(f"clean_per_identity must be >= 1, got {clean_per_identity}")
-    if image_size < 16:
-        raise ValueError(f"image_size must be >= 16, got {image_size}")
-    if not 0.0 <= female_fraction <= 1.0 or not 0.0 <= frontal_fraction <= 1.0:
-        raise ValueError("female_fraction and frontal_fraction must be in [0, 1]")
-    if root.exists() and any(root.iterdir()):
-        if not is_demo_root(root):
-            raise FileExistsError(
-                f"{root} exists and is not a synthetic demo dataset (no {DEMO_MARKER}); "
-                "refusing to write into it. Choose an empty or new folder."
-            )
-        if not overwrite:
-            raise FileExistsError(
-                f"{root} already holds a demo dataset; pass overwrite=True to regenerate it "
-                "or use ensure_demo_dataset() to reuse it."
-            )
-        shutil.rmtree(root)
-
+    _check_demo_args(train_identities, val_identities, clean_per_identity, image_size,
+                     female_fraction, frontal_fraction)
+    _clear_demo_root(root, overwrite)
     params = _params(
         seed=seed, train_identities=train_identities, val_identities=val_identities,
         clean_per_identity=clean_per_identity, image_size=image_size,
@@ -483,36 +636,16 @@ def make_demo_dataset(
     )
     root.mkdir(parents=True, exist_ok=True)
     master = np.random.default_rng(seed)
+    frontal_every = round(1 / frontal_fraction) if frontal_fraction > 0 else 0
     number = 0
     for split, count in (("train", train_identities), ("val", val_identities)):
-        n_female = round(count * female_fraction)
-        if female_fraction > 0 and count >= 2:
-            n_female = max(1, n_female)
-        if female_fraction < 1 and count >= 2:
-            n_female = min(count - 1, n_female)
-        females = set(master.permutation(count)[:n_female].tolist())
-        frontal_every = round(1 / frontal_fraction) if frontal_fraction > 0 else 0
+        females = set(master.permutation(count)[:_n_female(count, female_fraction)].tolist())
         for k in range(count):
             number += 1
-            person_rng = np.random.default_rng([seed, number])
-            female = k in females
-            traits = random_traits(person_rng, female)
-            frontal = frontal_every > 0 and number % frontal_every == 0
-            identity = f"Demo_{number:03d}_frontal" if frontal else f"Demo_Person_{number:03d}"
-            stems = [identity] if frontal else [f"{identity}_{j + 1:04d}" for j in range(clean_per_identity)]
-            person_dir = root / "Task_B" / split / identity
-            (person_dir / "distortion").mkdir(parents=True, exist_ok=True)
-            gender_dir = root / "Task_A" / split / ("female" if female else "male")
-            gender_dir.mkdir(parents=True, exist_ok=True)
-            for stem in stems:
-                image = draw_face(traits, image_size, person_rng)
-                data = _jpeg_bytes(image, CLEAN_JPEG_QUALITY)
-                (person_dir / f"{stem}.jpg").write_bytes(data)
-                (gender_dir / f"{stem}.jpg").write_bytes(data)
-                clean = Image.open(io.BytesIO(data)).convert("RGB")
-                for kind in DISTORTION_TYPES:
-                    distorted = apply_distortion(clean, kind, 1.0, person_rng)
-                    distorted.save(person_dir / "distortion" / f"{stem}_{kind}.jpg", quality=DISTORTED_JPEG_QUALITY)
+            person_rng = np.random.default_rng([seed, number])  # one generator per person
+            traits = random_traits(person_rng, k in females)
+            identity, stems = _identity_names(number, frontal_every, clean_per_identity)
+            _write_identity(root, split, identity, stems, traits, image_size, person_rng)
     for split in ("train", "val"):  # empty gender folders still exist, as the layout expects
         for label in ("female", "male"):
             (root / "Task_A" / split / label).mkdir(parents=True, exist_ok=True)
