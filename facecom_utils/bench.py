@@ -17,8 +17,8 @@ b. **epochs**: one training epoch of Task A and of Task B at the CPU presets
    (:func:`facecom_utils.training.fit`), reference vs cached data path, same model initialisation.
 c. **embedding extraction**: images/s of :func:`facecom_utils.recognition.extract_embeddings`
    (decode included) and the same model fed from the cache.
-d. **scoring**: 3,000 probes x 500 gallery images, :func:`facecom_utils.verification.identity_scores`
-   (vectorised, chunked) against :func:`~facecom_utils.verification.per_pair_loop_scores` (one python
+d. **scoring**: 3,000 probes x 500 gallery images, :func:`facecom_utils.scoring.identity_scores`
+   (vectorised, chunked) against :func:`~facecom_utils.scoring.per_pair_loop_scores` (one python
    step per pair), and against a bare float32 ``probes @ gallery.T`` of the same shape, timed
    alternately with it (``scoring_matmul_ms``, ``scoring_matmul_ratio``: how close the scoring runs
    to the machine's limit). The loop is timed on a subset of the probes and extrapolated linearly
@@ -62,7 +62,7 @@ from .recognition import RecognitionModel, build_recognition_transforms, extract
 from .recognition.embedding import _FaceImages
 from .splits import person_grouped_split
 from .training import TrainConfig, fit, seed_everything, select_device
-from .verification import identity_scores, per_pair_loop_scores
+from .scoring import identity_scores, per_pair_loop_scores
 
 __all__ = ["main", "run_benchmarks"]
 

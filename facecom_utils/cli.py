@@ -345,7 +345,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
     from facecom_utils.recognition import extract_embeddings, load_recognition_model
     from facecom_utils.training import select_device
-    from facecom_utils.verification import identity_scores
+    from facecom_utils.scoring import identity_scores
 
     payload = _checkpoint(args.checkpoint, "recognition", "identify")
     threshold = float(args.threshold if args.threshold is not None else payload.get("threshold", math.nan))

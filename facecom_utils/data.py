@@ -47,6 +47,7 @@ import os
 import re
 import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -635,56 +636,84 @@ def scan_task_b(
     """
     _check_on_error(on_error, ("raise", "skip", "keep"))
     task_dir = find_task_dir(data_root, "Task_B")
-    rows: list[tuple[str, str, str, str | None, str | None]] = []
-    unexpected: list[Path] = []
-    unknown_suffix: list[Path] = []
-    no_clean: list[Path] = []
+    scan = _TaskBScan()
     for split, split_dir in _split_dirs(task_dir, "Task_B", splits):
         identity_dirs, stray_images, others = _entries(split_dir)
-        unexpected += stray_images + others
+        scan.unexpected += stray_images + others
         if not identity_dirs:
             raise FacecomLayoutError(f"{split_dir}: no identity folder. Expected {TASK_B_LAYOUT}")
         for identity_dir in sorted(identity_dirs.values()):
-            identity = identity_dir.name
-            sub_dirs, clean, others = _entries(identity_dir)
-            unexpected += others + [p for key, p in sub_dirs.items() if key != DISTORTION_DIR]
-            distorted: list[Path] = []
-            if DISTORTION_DIR in sub_dirs:
-                deeper, distorted, others = _entries(sub_dirs[DISTORTION_DIR])
-                unexpected += list(deeper.values()) + others
-            if not clean:
-                no_clean.append(identity_dir)
-            rows += [(str(p), split, identity, None, None) for p in clean]
-            by_stem = {p.stem: p for p in clean}
-            by_stem_lower = {p.stem.lower(): p for p in clean}
-            for p in distorted:
-                base, kind, known = _parse_distorted(p.stem)
-                if not known:
-                    unknown_suffix.append(p)
-                src = by_stem.get(base) or by_stem_lower.get(base.lower())
-                rows.append((str(p), split, identity, kind, str(src) if src is not None else None))
-    if unexpected:
-        _warn(f"ignored {len(unexpected)} unexpected entr(y/ies) in {task_dir} (layout {TASK_B_LAYOUT}):"
-              + _list_block(sorted(unexpected)))
-    if unknown_suffix:
-        _warn(f"{len(unknown_suffix)} distorted image(s) with an unknown distortion suffix (known: "
-              f"{', '.join(DISTORTION_TYPES)}); kept with distortion=<suffix>:" + _list_block(unknown_suffix))
-    if no_clean:
-        _warn(f"{len(no_clean)} identity folder(s) hold no clean image; their distorted images are kept with "
-              "source=None, but they cannot serve as gallery identities:" + _list_block(no_clean))
-    no_clean_set = {str(p) for p in no_clean}
-    missing_source = [r[0] for r in rows
-                      if r[3] is not None and r[4] is None and str(Path(r[0]).parent.parent) not in no_clean_set]
-    if missing_source:
-        _warn(f"{len(missing_source)} distorted image(s) whose clean image <stem>.jpg is missing from the identity "
-              "folder; kept with source=None:" + _list_block(missing_source))
-
+            _scan_identity_dir(identity_dir, split, scan)
+    _warn_task_b_findings(task_dir, scan)
+    rows = scan.rows
     bad = _filter_bad([Path(r[0]) for r in rows], on_error, str(task_dir)) if on_error != "keep" else set()
     if bad:
         bad_str = {str(p) for p in bad}
         rows = [r for r in rows if r[0] not in bad_str]
         # a distorted image whose clean image was skipped as unreadable loses its source
         rows = [r if r[4] not in bad_str else (*r[:4], None) for r in rows]
+    return _task_b_frame(rows)
+
+
+_TaskBRow = tuple[str, str, str, str | None, str | None]  # path, split, identity, distortion, source
+
+
+@dataclass
+class _TaskBScan:
+    """What a Task B scan collects: one row per image, and the entries to warn about."""
+
+    rows: list[_TaskBRow] = field(default_factory=list)
+    unexpected: list[Path] = field(default_factory=list)  # entries outside the layout (ignored)
+    unknown_suffix: list[Path] = field(default_factory=list)  # distorted images of no known type
+    no_clean: list[Path] = field(default_factory=list)  # identity folders without a clean image
+
+
+def _scan_identity_dir(identity_dir: Path, split: str, scan: _TaskBScan) -> None:
+    """Adds one identity folder's images to ``scan``; a distorted image's source is the clean image
+    with the same stem (exact first, then ignoring letter case), ``None`` when there is none."""
+    identity = identity_dir.name
+    sub_dirs, clean, others = _entries(identity_dir)
+    scan.unexpected += others + [p for key, p in sub_dirs.items() if key != DISTORTION_DIR]
+    distorted: list[Path] = []
+    if DISTORTION_DIR in sub_dirs:
+        deeper, distorted, others = _entries(sub_dirs[DISTORTION_DIR])
+        scan.unexpected += list(deeper.values()) + others
+    if not clean:
+        scan.no_clean.append(identity_dir)
+    scan.rows += [(str(p), split, identity, None, None) for p in clean]
+    by_stem = {p.stem: p for p in clean}
+    by_stem_lower = {p.stem.lower(): p for p in clean}
+    for p in distorted:
+        base, kind, known = _parse_distorted(p.stem)
+        if not known:
+            scan.unknown_suffix.append(p)
+        src = by_stem.get(base) or by_stem_lower.get(base.lower())
+        scan.rows.append((str(p), split, identity, kind, str(src) if src is not None else None))
+
+
+def _warn_task_b_findings(task_dir: Path, scan: _TaskBScan) -> None:
+    """One :class:`FacecomDataWarning` per kind of finding: unexpected entries, unknown distortion
+    suffixes, identity folders without a clean image, distorted images whose clean image is missing."""
+    if scan.unexpected:
+        _warn(f"ignored {len(scan.unexpected)} unexpected entr(y/ies) in {task_dir} (layout {TASK_B_LAYOUT}):"
+              + _list_block(sorted(scan.unexpected)))
+    if scan.unknown_suffix:
+        _warn(f"{len(scan.unknown_suffix)} distorted image(s) with an unknown distortion suffix (known: "
+              f"{', '.join(DISTORTION_TYPES)}); kept with distortion=<suffix>:" + _list_block(scan.unknown_suffix))
+    if scan.no_clean:
+        _warn(f"{len(scan.no_clean)} identity folder(s) hold no clean image; their distorted images are kept with "
+              "source=None, but they cannot serve as gallery identities:" + _list_block(scan.no_clean))
+    no_clean_set = {str(p) for p in scan.no_clean}
+    missing_source = [r[0] for r in scan.rows
+                      if r[3] is not None and r[4] is None and str(Path(r[0]).parent.parent) not in no_clean_set]
+    if missing_source:
+        _warn(f"{len(missing_source)} distorted image(s) whose clean image <stem>.jpg is missing from the identity "
+              "folder; kept with source=None:" + _list_block(missing_source))
+
+
+def _task_b_frame(rows: list[_TaskBRow]) -> pd.DataFrame:
+    """The Task B table of :func:`scan_task_b`: sorted by split, identity, path; ``distortion`` and
+    ``source`` of object dtype holding ``None`` (never NaN)."""
     columns = ["path", "split", "identity", "distortion", "source"]
     df = pd.DataFrame({c: pd.Series([r[i] for r in rows], dtype=object) for i, c in enumerate(columns)})
     df = df.sort_values(["split", "identity", "path"], kind="stable").reset_index(drop=True)

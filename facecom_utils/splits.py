@@ -251,6 +251,28 @@ def split_by_identity(
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
     src = _abs(src_root)
     dst = _abs(dst_root)
+    task_dirs = _source_task_dirs(src, dst)
+    # a task folder that exists must be well formed (its errors propagate); an absent one is skipped
+    task_b = scan_task_b(src, splits=("train",), on_error=on_error) if task_dirs["Task_B"] else None
+    task_a = scan_task_a(src, splits=("train",), on_error=on_error) if task_dirs["Task_A"] else None
+    identities, a_identity, strata = _stratified_identities(task_a, task_b)
+    if len(identities) < 2:
+        raise ValueError(f"{src}: need at least two identities to split, found {len(identities)}")
+    val_ids = _allocate(strata, val_fraction, np.random.default_rng(seed))
+    _prepare_destination(dst, overwrite)
+    counts = _link_split(dst, task_a, a_identity, task_b, val_ids)
+    record = _split_record(src, seed, val_fraction, strata, counts, identities, val_ids)
+    (dst / _SPLIT_MARKER).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return dst
+
+
+def _source_task_dirs(src: Path, dst: Path) -> dict[str, Path | None]:
+    """``src``'s ``Task_A``/``Task_B`` folders (``None`` when absent), with ``dst`` checked against them.
+
+    Raises:
+        FacecomLayoutError: ``src`` holds neither task.
+        ValueError: ``dst`` is ``src`` or inside one of its Task folders.
+    """
     task_dirs = {task: _find_task_dir_or_none(src, task) for task in ("Task_A", "Task_B")}
     if not any(task_dirs.values()):
         raise FacecomLayoutError(
@@ -261,12 +283,23 @@ def split_by_identity(
         guarded_real = Path(os.path.realpath(guarded))
         if dst_real == guarded_real or (guarded != src and guarded_real in dst_real.parents):
             raise ValueError(f"dst_root {dst} must not be src_root {src} or inside its Task folders")
+    return task_dirs
 
-    # a task folder that exists must be well formed (its errors propagate); an absent one is skipped
-    task_b = scan_task_b(src, splits=("train",), on_error=on_error) if task_dirs["Task_B"] else None
-    task_a = scan_task_a(src, splits=("train",), on_error=on_error) if task_dirs["Task_A"] else None
 
-    # identity of every Task A image: the Task B identity holding the same file name, else from its name
+def _stratified_identities(
+    task_a: pd.DataFrame | None, task_b: pd.DataFrame | None
+) -> tuple[set[str], list[str], dict[tuple[str, str], list[str]]]:
+    """Every identity of the two ``train`` scans, the identity of each Task A image, and the strata.
+
+    A Task A image's identity is the Task B identity holding the same file name, else
+    :func:`person_from_filename`. An identity's gender is the majority of its Task A labels (ties:
+    the first label in sorted order; ``"unknown"`` without Task A images); its clean-image count
+    comes from Task B (from Task A when Task B is absent).
+
+    Returns:
+        ``(identities, a_identity, strata)``: ``a_identity`` in ``task_a`` row order; ``strata`` maps
+        ``(gender, clean_count_bucket)`` to its identities in sorted order.
+    """
     n_clean: Counter[str] = Counter()
     name_to_identity: dict[str, str] = {}
     identities: set[str] = set()
@@ -286,8 +319,6 @@ def split_by_identity(
         identities.update(a_identity)
         if task_b is None:
             n_clean.update(a_identity)
-    if len(identities) < 2:
-        raise ValueError(f"{src}: need at least two identities to split, found {len(identities)}")
 
     def gender(ident: str) -> str:
         votes = gender_votes.get(ident)
@@ -296,9 +327,16 @@ def split_by_identity(
     strata: dict[tuple[str, str], list[str]] = defaultdict(list)
     for ident in sorted(identities):
         strata[(gender(ident), clean_count_bucket(n_clean.get(ident, 0)))].append(ident)
-    val_ids = _allocate(dict(strata), val_fraction, np.random.default_rng(seed))
+    return identities, a_identity, dict(strata)
 
-    # destination
+
+def _prepare_destination(dst: Path, overwrite: bool) -> None:
+    """Creates ``dst``, or empties an earlier :func:`split_by_identity` output there when ``overwrite``.
+
+    Raises:
+        FileExistsError: ``dst`` is not a folder, or is not empty and either ``overwrite`` is False
+            or it holds no split marker (was not written by :func:`split_by_identity`).
+    """
     if dst.exists():
         if not dst.is_dir():
             raise FileExistsError(f"{dst}: exists and is not a folder")
@@ -317,6 +355,20 @@ def split_by_identity(
                 elif target.is_dir():
                     shutil.rmtree(target)  # holds links only; rmtree never follows them
     dst.mkdir(parents=True, exist_ok=True)
+
+
+def _link_split(
+    dst: Path,
+    task_a: pd.DataFrame | None,
+    a_identity: list[str],
+    task_b: pd.DataFrame | None,
+    val_ids: set[str],
+) -> dict[str, dict[str, dict[str, int]]]:
+    """Links every image of the scans into ``dst/<task>/<train|val>/...`` by its identity's side.
+
+    Returns:
+        Per task and split: Task B ``identities``/``clean``/``distorted`` counts, Task A counts per label.
+    """
 
     def split_of(ident: str) -> str:
         return "val" if ident in val_ids else "train"
@@ -337,8 +389,20 @@ def split_by_identity(
             split = split_of(ident)
             _link(path, dst / "Task_A" / split / label / Path(path).name)
             counts["Task_A"][split][label] += 1
+    return counts
 
-    record = {
+
+def _split_record(
+    src: Path,
+    seed: int,
+    val_fraction: float,
+    strata: dict[tuple[str, str], list[str]],
+    counts: dict[str, dict[str, dict[str, int]]],
+    identities: set[str],
+    val_ids: set[str],
+) -> dict[str, Any]:
+    """The content of ``SPLIT.json``: source, seed, fraction, strata, counts and identity lists."""
+    return {
         "created_by": "facecom_utils.data.split_by_identity",
         "source": str(src),
         "source_split": "train",
@@ -353,5 +417,3 @@ def split_by_identity(
         "train_identities": sorted(identities - val_ids),
         "val_identities": sorted(val_ids),
     }
-    (dst / _SPLIT_MARKER).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    return dst

@@ -158,7 +158,7 @@ def score_analysis(table: pd.DataFrame, emb: np.ndarray, strict: bool = False) -
             their identity are dropped, as in the strict protocol).
     """
     from facecom_utils.recognition import protocol_inputs
-    from facecom_utils.verification import score_table
+    from facecom_utils.scoring import score_table
 
     args = protocol_inputs(table, emb)
     exclude = args["probe_source_idx"] if strict else np.full(len(args["probe_emb"]), -1, np.int64)

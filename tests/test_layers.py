@@ -19,7 +19,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "data": ("data", "distortions", "restoration", "demo", "datasets", "cache", "distributed", "face", "splits"),
     "models": ("models", "heads"),
     "training": ("checkpoints", "training", "config", "rundir"),
-    "evaluation": ("evaluation", "verification"),
+    "evaluation": ("evaluation", "scoring", "verification"),
     "tasks": ("gender", "recognition"),
     "reporting": ("plots", "eda", "thresholds", "notebook", "run", "report_index", "cli", "bench", "launch", "nbval_kernel",
                   "__init__", "__main__"),

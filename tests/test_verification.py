@@ -8,25 +8,21 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
+from facecom_utils.scoring import cosine_scores, identity_scores, per_pair_loop_scores, score_table, topk_accuracy
 from facecom_utils.verification import (
     choose_match_threshold,
-    cosine_scores,
     eer,
     eer_threshold,
     evaluate_protocol,
     far_key,
     genuine_impostor_scores,
-    identity_scores,
     kfold_threshold,
     match_metrics,
     match_pairs,
-    per_pair_loop_scores,
     roc_auc,
     roc_points,
-    score_table,
     tar_at_far,
     threshold_at_far,
-    topk_accuracy,
     verification_metrics,
 )
 
@@ -494,7 +490,7 @@ def test_evaluate_protocol_rejects_probe_identity_missing_from_gallery() -> None
 
 def test_strict_table_and_identity_macro_top1_against_a_hand_count() -> None:
     """Identity a: 3 probes, b: 1 probe; the strict table drops each probe's source, unknown sources leave."""
-    from facecom_utils.verification import identity_macro_top1, strict_score_table
+    from facecom_utils.scoring import identity_macro_top1, strict_score_table
 
     gallery = np.array([[1, 0], [1, 0], [0, 1]], dtype=np.float32)  # a, a, b
     probes = np.array([[1, 0], [0.6, 0.8], [1, 0], [0, 1]], dtype=np.float32)

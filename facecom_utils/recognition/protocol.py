@@ -14,14 +14,8 @@ import pandas as pd
 from ..data import OnError, drop_unreadable, scan_task_b
 from ..demo import resolve_data_root
 from ..splits import subsample_identities
-from ..verification import (
-    choose_match_threshold,
-    evaluate_protocol,
-    identity_macro_top1,
-    score_table,
-    strict_score_table,
-    topk_accuracy,
-)
+from ..scoring import identity_macro_top1, score_table, strict_score_table, topk_accuracy
+from ..verification import choose_match_threshold, evaluate_protocol
 from .model import load_recognition_model
 from .embedding import embedding_table, extract_embeddings, protocol_inputs
 
@@ -97,7 +91,7 @@ def _quick_scores(table: pd.DataFrame, emb: np.ndarray) -> dict[str, float]:
     """Model-choice scores of an embedded fold.
 
     ``top1`` / ``strict_top1``: main and strict top-1 over probes; ``strict_top1_macro``: the strict
-    top-1 averaged per identity first (:func:`~facecom_utils.verification.identity_macro_top1`);
+    top-1 averaged per identity first (:func:`~facecom_utils.scoring.identity_macro_top1`);
     ``selection_score``: the mean of ``top1`` and ``strict_top1_macro`` (``top1`` alone when the fold
     has no strict probe).
     """
