@@ -143,6 +143,40 @@ def _scalars(metrics: Mapping[str, Any] | None, prefix: str = "", depth: int = 2
     return flat
 
 
+def _notebook_row(r: NotebookResult) -> str:
+    """One notebook's row of the index table: status, seconds, headline metrics or error, links."""
+    links = []
+    if r.nocode_html:
+        links.append(f'<a href="{r.nocode_html}">report</a>')
+    if r.html:
+        links.append(f'<a href="{r.html}">with code</a>')
+    if r.notebook:
+        links.append(f'<a href="{r.notebook}">.ipynb</a>')
+    if r.metrics is not None:
+        links.append(f'<a href="{r.name}/metrics.json">metrics.json</a>')
+    title = f'<a href="{r.nocode_html}">{r.name}</a>' if r.nocode_html else r.name
+    headline = "<br>".join(
+        f"{html.escape(k)} = <b>{_fmt(_lookup(r.metrics, k))}</b>"
+        for k in HEADLINE_METRICS.get(r.name, ())
+        if _lookup(r.metrics, k) is not None
+    ) or "–"
+    error = f'<div class="error">{html.escape(r.error)}</div>' if r.error else ""
+    return (f'<tr><td>{title}</td><td class="{r.status}">{r.status.upper()}</td><td class="num">{r.seconds:.1f}</td>'
+            f"<td>{headline}{error}</td><td>{' · '.join(links)}</td></tr>")
+
+
+def _notebook_details(r: NotebookResult) -> str:
+    """A collapsed table of every scalar metric and parameter of one notebook ("" without metrics)."""
+    flat = _scalars(r.metrics)
+    if not flat:
+        return ""
+    body = "".join(f"<tr><td><code>{html.escape(k)}</code></td><td class='num'>{_fmt(v)}</td></tr>" for k, v in flat.items())
+    params = "".join(f"<tr><td><code>{html.escape(k)}</code></td><td>{_fmt(v)}</td></tr>" for k, v in r.parameters.items())
+    return (f"<details><summary><b>{r.name}</b>: all metrics and parameters</summary>"
+            f"<table><tr><th>metric</th><th>value</th></tr>{body}</table>"
+            f"<table><tr><th>parameter</th><th>value</th></tr>{params}</table></details>")
+
+
 def write_index(run: RunResult) -> Path:
     """Write ``index.html`` and ``summary.json`` into the run folder; returns the index path."""
     run_dir = Path(run.run_dir)
@@ -160,43 +194,7 @@ def write_index(run: RunResult) -> Path:
     }
     write_json(run_dir / "summary.json", summary)
 
-    rows = []
-    for r in run.notebooks:
-        links = []
-        if r.nocode_html:
-            links.append(f'<a href="{r.nocode_html}">report</a>')
-        if r.html:
-            links.append(f'<a href="{r.html}">with code</a>')
-        if r.notebook:
-            links.append(f'<a href="{r.notebook}">.ipynb</a>')
-        if r.metrics is not None:
-            links.append(f'<a href="{r.name}/metrics.json">metrics.json</a>')
-        title = f'<a href="{r.nocode_html}">{r.name}</a>' if r.nocode_html else r.name
-        headline = "<br>".join(
-            f"{html.escape(k)} = <b>{_fmt(_lookup(r.metrics, k))}</b>"
-            for k in HEADLINE_METRICS.get(r.name, ())
-            if _lookup(r.metrics, k) is not None
-        ) or "–"
-        error = f'<div class="error">{html.escape(r.error)}</div>' if r.error else ""
-        rows.append(
-            f'<tr><td>{title}</td><td class="{r.status}">{r.status.upper()}</td><td class="num">{r.seconds:.1f}</td>'
-            f"<td>{headline}{error}</td><td>{' · '.join(links)}</td></tr>"
-        )
-
-    detail = []
-    for r in run.notebooks:
-        flat = _scalars(r.metrics)
-        if not flat:
-            continue
-        body = "".join(f"<tr><td><code>{html.escape(k)}</code></td><td class='num'>{_fmt(v)}</td></tr>" for k, v in flat.items())
-        params = "".join(
-            f"<tr><td><code>{html.escape(k)}</code></td><td>{_fmt(v)}</td></tr>" for k, v in r.parameters.items()
-        )
-        detail.append(
-            f"<details><summary><b>{r.name}</b>: all metrics and parameters</summary>"
-            f"<table><tr><th>metric</th><th>value</th></tr>{body}</table>"
-            f"<table><tr><th>parameter</th><th>value</th></tr>{params}</table></details>"
-        )
+    rows, detail = [_notebook_row(r) for r in run.notebooks], [_notebook_details(r) for r in run.notebooks]
 
     banner = (
         '<p class="banner"><b>Synthetic demo data.</b> These reports ran on the generated demo dataset '

@@ -403,7 +403,7 @@ def _split_record(
 ) -> dict[str, Any]:
     """The content of ``SPLIT.json``: source, seed, fraction, strata, counts and identity lists."""
     return {
-        "created_by": "facecom_utils.data.split_by_identity",
+        "created_by": "facecom_utils.splits.split_by_identity",
         "source": str(src),
         "source_split": "train",
         "seed": seed,
