@@ -16,8 +16,6 @@ parameters cells.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -146,14 +144,3 @@ class RunConfig:
             seed=self.seed, device=self.device, resume=self.resume, progress=self.progress, max_train_seconds=budget,
         )
         return TrainConfig(**{**shared, **task})
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        """The config's settable fields, in order."""
-        return [f.name for f in dataclasses.fields(cls) if f.init]
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
-        """A config from a mapping that may hold other keys (a notebook's globals, a saved payload)."""
-        return cls(**{k: values[k] for k in cls.field_names() if k in values})
-

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch.distributed as dist
 
-__all__ = ["distributed_info", "is_main_process"]
+__all__ = ["distributed_info"]
 
 
 def distributed_info() -> tuple[int, int]:
@@ -18,7 +18,3 @@ def distributed_info() -> tuple[int, int]:
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
-
-def is_main_process() -> bool:
-    """Rank 0, or no process group: the process that evaluates and writes."""
-    return distributed_info()[0] == 0

@@ -4,7 +4,7 @@
   :func:`resolve_output_dir`, and a banner saying which data it runs on (:func:`data_banner`);
 * its one config dataclass, built from the ``parameters`` cell (:func:`build_config`);
 * ``<output_dir>/metrics.json`` with the parameters and data provenance (:func:`write_metrics`,
-  :func:`to_jsonable`), and the closing summary tables (:func:`metrics_table`, :func:`flatten_metrics`,
+  through :class:`~facecom_utils.rundir.RunDir`), and the closing summary tables (:func:`metrics_table`, :func:`flatten_metrics`,
   :func:`side_by_side`);
 * the most confident mistakes of the Task A classifier (:func:`worst_errors`, :func:`plot_worst_errors`).
 
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from facecom_utils.rundir import RunDir, to_jsonable  # noqa: F401  (to_jsonable: re-exported)
+from facecom_utils.rundir import RunDir
 
 __all__ = [
     "default_output_dir",
@@ -31,7 +31,6 @@ __all__ = [
     "notebook_paths",
     "data_banner",
     "build_config",
-    "to_jsonable",
     "write_metrics",
     "side_by_side",
     "flatten_metrics",

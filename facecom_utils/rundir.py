@@ -26,14 +26,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["FOLD_ROLE", "REPORT_ROLE", "ROLES", "RunDir", "provenance", "to_jsonable", "write_json"]
+__all__ = ["FOLD_ROLE", "REPORT_ROLE", "RunDir", "provenance", "to_jsonable", "write_json"]
 
 # Task B's saved embeddings are keyed by their *role*, never by the text that labels the reported split
 # (``metrics["reported_split"]``: "val" or "holdout (0.2 of Task_B/train identities)"): the validation
 # fold that chose the checkpoint and the threshold, and the reported split.
 FOLD_ROLE = "fold"
 REPORT_ROLE = "report"
-ROLES = (FOLD_ROLE, REPORT_ROLE)
 _LEGACY_REPORT = "val"  # what runs wrote before the roles were named
 
 

@@ -35,10 +35,6 @@ def _notebook(preset: Path) -> Path:
     return REPO_ROOT / "notebooks" / f"{stem}.ipynb"
 
 
-def _is_gpu(values: dict) -> bool:
-    return values.get("device") in ("cuda", "mps") or values.get("amp") not in (None, "none") and "device" in values
-
-
 def shrinking_overrides(preset: Path, data_root: Path, output_dir: Path) -> dict:
     """The overrides that make a preset run in seconds on the demo, checked against the allowed set."""
     values = yaml.safe_load(preset.read_text()) or {}
