@@ -3,9 +3,9 @@
 ::
 
     facecom run [-f PRESET.yml] [-p NAME VALUE] [--name RUN] [--notebooks 01,02] [--data-root DIR]
-    facecom evaluate-gender CHECKPOINT DATA_ROOT [--split val] [--json] [--out FILE] [--strict]
+    facecom evaluate-gender CHECKPOINT|RUN_DIR DATA_ROOT [--split val] [--json] [--out FILE] [--strict]
     facecom evaluate-recognition CHECKPOINT DATA_ROOT [--split val] [--json] [--out FILE] [--strict]
-    facecom predict-gender CHECKPOINT IMAGES... [--out CSV] [--strict]
+    facecom predict-gender CHECKPOINT|RUN_DIR IMAGES... [--out CSV] [--strict]
     facecom identify CHECKPOINT --gallery DIR PROBES... [--out CSV] [--strict]
     facecom make-demo ROOT [--seed 0] [--train-identities 60] [--val-identities 20] [--image-size 112]
     facecom split SRC_ROOT DST_ROOT [--val-fraction 0.2] [--seed 0] [--overwrite]
@@ -14,6 +14,12 @@
 
 ``train-*`` train from a notebook preset in one process, or in every process under
 ``torchrun --nproc_per_node=N $(which facecom) train-gender ...`` (see :mod:`facecom_utils.launch`).
+
+A Task A **run directory** (the ``output_dir`` of notebook 02) in place of ``best.pt`` runs the
+run's headline track (``headline_track`` in its metrics.json; with the face-model tracks, dlib's
+descriptor behind the restoration selector, and the glare head for the ``fused`` track) at its
+out-of-fold threshold; ``evaluate-gender`` then also scores the real distorted copies of
+``Task_B/<split>``. ``best.pt`` alone runs the FACECOM-only CNN.
 
 ``evaluate-*`` apply the protocol and the threshold stored in the checkpoint (chosen on the training
 run's validation fold) to ``DATA_ROOT/Task_A/<split>`` or ``DATA_ROOT/Task_B/<split>`` -- the same
@@ -271,9 +277,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def _is_run_dir(path: str | Path) -> bool:
+    return Path(path).expanduser().is_dir()
+
+
 def cmd_evaluate_gender(args: argparse.Namespace) -> int:
     from facecom_utils.gender import evaluate_gender
 
+    if _is_run_dir(args.checkpoint):  # a run directory: its headline track (face-model tracks included)
+        from facecom_utils.data import drop_unreadable, scan_task_a
+        from facecom_utils.gender_face import evaluate_with_run
+
+        root = _data_root(args.data_root, "Task_A", args.split)
+        _, skipped = drop_unreadable(scan_task_a(root, splits=(args.split,), on_error="keep"),
+                                     "raise" if args.strict else "skip")
+        if skipped:
+            raise CliError(f"{root}: {len(skipped)} unreadable image(s) in Task_A/{args.split} "
+                           f"(first: {next(iter(skipped))}); the run-directory evaluation needs every image")
+        try:
+            metrics = evaluate_with_run(args.checkpoint, root, split=args.split, device=args.device)
+        except FileNotFoundError as err:
+            raise CliError(str(err)) from None
+        metrics.update(n_skipped=0, skipped={})
+        _emit_metrics(metrics, args.json, args.out)
+        return _finish(args, 0, metrics["n_images"])
     _checkpoint(args.checkpoint, "gender", "evaluate-gender")
     root = _data_root(args.data_root, "Task_A", args.split)
     metrics = evaluate_gender(args.checkpoint, root, split=args.split, distortions=not args.no_distortions,
@@ -303,13 +330,27 @@ def cmd_evaluate_recognition(args: argparse.Namespace) -> int:
 def cmd_predict_gender(args: argparse.Namespace) -> int:
     from facecom_utils.gender import predict_gender
 
-    payload = _checkpoint(args.checkpoint, "gender", "predict-gender")
-    threshold = float(args.threshold if args.threshold is not None else payload.get("threshold", 0.5))
+    run_dir = _is_run_dir(args.checkpoint)
+    if run_dir:  # a run directory: its headline track
+        from facecom_utils.gender_face import load_run_tracks, predict_with_run
+
+        try:
+            load_run_tracks(args.checkpoint)
+        except FileNotFoundError as err:
+            raise CliError(str(err)) from None
+        threshold = float("nan")
+    else:
+        payload = _checkpoint(args.checkpoint, "gender", "predict-gender")
+        threshold = float(args.threshold if args.threshold is not None else payload.get("threshold", 0.5))
     paths = collect_images(args.images)
     bad = _screen(paths, args)
     good = [p for p in paths if str(p) not in bad]
     probs: dict[str, float] = {}
-    if good:
+    if good and run_dir:
+        table, threshold, _ = predict_with_run(args.checkpoint, good, device=args.device)
+        threshold = float(args.threshold) if args.threshold is not None else threshold
+        probs = dict(zip(table["path"], table["prob"]))
+    elif good:
         table = predict_gender(args.checkpoint, good, threshold=threshold, batch_size=args.batch_size,
                                device=args.device)
         probs = dict(zip(table["path"], table["prob"]))
@@ -456,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
                cmd_evaluate_recognition)
 
     p = sub.add_parser("predict-gender", help="predict gender for images; CSV path,prediction,score,decision,error")
-    p.add_argument("checkpoint", help="best.pt of a gender run")
+    p.add_argument("checkpoint", help="best.pt of a gender run (its CNN), or the run directory (its headline track)")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--out", default=None, help="CSV file (default: stdout)")
     p.add_argument("--threshold", type=float, default=None, help="override the checkpoint's threshold on P(female)")

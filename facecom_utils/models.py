@@ -36,6 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -48,6 +49,7 @@ __all__ = [
     "IMAGENET_STD",
     "OFFLINE_BACKBONES",
     "FaceEmbedder",
+    "pooled_features",
     "GenderClassifier",
     "WeightsUnavailableError",
     "create_backbone",
@@ -480,3 +482,46 @@ class FaceEmbedder(nn.Module):
         norm = z.float().norm(dim=1).clamp_min(1e-12)
         emb = z / norm.unsqueeze(1).to(z.dtype)
         return (emb, norm) if return_norm else emb
+
+
+def pooled_features(
+    paths: Sequence[str | os.PathLike[str]],
+    backbone: str = "efficientnet_lite0",
+    pretrained: str | None = "offline",
+    image_size: int = 224,
+    flip: bool = True,
+    batch_size: int = 64,
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """A frozen ImageNet backbone's pooled features of whole images, L2-normalised ``[N, F]``.
+
+    The whole frame is resized to ``image_size`` (no crop) and normalised with ImageNet statistics;
+    with ``flip`` the features of the image and its mirror are averaged. Cached by file content in
+    ``cache_dir`` (:func:`~facecom_utils.feature_cache.cached_features`) when given.
+    """
+    from .data import load_image
+    from .feature_cache import cached_features
+
+    model, _ = create_backbone(backbone, pretrained=pretrained, image_size=image_size)
+    model.eval()
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+    def compute(files: list[str]) -> np.ndarray:
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(files), batch_size):
+                x = torch.stack([torch.from_numpy(np.asarray(load_image(f).resize((image_size, image_size)),
+                                                             dtype=np.uint8).copy()).permute(2, 0, 1)
+                                 for f in files[i:i + batch_size]]).float().div(255).sub(mean).div(std)
+                f = model(x)
+                if flip:
+                    f = (f + model(x.flip(3))) / 2
+                out.append(f.numpy())
+        return np.concatenate(out)
+
+    name = f"pooled_{backbone}_{pretrained}_{image_size}_{int(flip)}.npz".replace("/", "_")
+    file = Path(cache_dir) / name if cache_dir is not None else None
+    feats = cached_features(paths, compute, file, batch=512, progress=progress, desc="frame features")
+    return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)

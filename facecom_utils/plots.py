@@ -41,6 +41,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
 __all__ = [
+    "track_bars",
     "confusion_matrix_plot",
     "det_curve",
     "fold_thresholds_plot",
@@ -567,3 +568,32 @@ def fold_thresholds_plot(
     fig.tight_layout()
     return fig
 
+
+
+def track_bars(per_track: Mapping[str, Mapping[str, float]], metric: str = "balanced accuracy",
+               title: str | None = None, bar: float | None = None) -> Figure:
+    """Grouped bars: one metric per distortion type (x) for several tracks (one colour each).
+
+    Args:
+        per_track: Track name -> {type: value}.
+        metric: y-axis label.
+        title: Figure title.
+        bar: A target drawn as a dashed horizontal line (e.g. 0.80).
+    """
+    kinds = sorted({k for values in per_track.values() for k in values})
+    if not kinds:
+        return message_figure(title or f"{metric} per distortion", "no per-distortion results in this run")
+    xs = np.arange(len(kinds))
+    width = 0.8 / max(len(per_track), 1)
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(kinds) + 2), 4))
+    for i, (name, values) in enumerate(per_track.items()):
+        ax.bar(xs - 0.4 + width * (i + 0.5), [values.get(k, np.nan) for k in kinds], width, label=name)
+    if bar is not None:
+        ax.axhline(bar, ls="--", color="black", lw=1, label=f"target {bar:g}")
+    ax.set_xticks(xs, kinds)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(metric)
+    ax.set_title(title or f"{metric} per distortion type")
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return fig

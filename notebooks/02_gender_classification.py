@@ -71,6 +71,13 @@ bn_recalibrate: Union[bool, str] = "auto"  # recompute batch-norm statistics bef
 tta: bool = True  # average the logits of the image and its mirror image at prediction time
 evaluate_distortions: bool = True  # robustness pass over the seven distortion types
 eval_batch_size: int = 64  # batch size for prediction
+# face-trained knowledge (dlib's descriptor: outside face data, reported as its own tracks)
+face_model: Union[bool, str] = "auto"  # add the face-model tracks: True, False, or auto (when dlib is installed)
+face_copies: Optional[int] = 2  # real distorted copies per training image (Task_B) besides its sunny one; None: all 7
+face_cv_folds: int = 5  # person-grouped folds of the face tracks' CV and out-of-fold thresholds
+face_cv_repeats: int = 1  # repeats of that CV (0: no CV estimate)
+face_workers: Optional[int] = None  # processes computing descriptors; None: up to 4, one per core
+headline_track: str = "auto"  # track on top of metrics.json: auto (fused when the face tracks ran), facecom_only, face_model_restored, fused
 # machine
 device: str = "auto"  # auto, cpu, cuda or mps
 amp: str = "auto"  # mixed precision: auto (float16 on CUDA), bf16 or none
@@ -88,7 +95,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from facecom_utils import gender, notebook, plots
+from facecom_utils import gender, gender_face, notebook, plots
 from facecom_utils.gender import GenderConfig
 
 data_root, output_dir = notebook.notebook_paths(data_root, output_dir, "02_gender_classification")
@@ -197,13 +204,69 @@ notebook.plot_worst_errors(run.probabilities, n=8)
 plt.show()
 
 # %% [markdown]
+# ## 9. Face-trained knowledge: tracks beside the FACECOM-only CNN
+# **Outside face data.** dlib's 128-d face descriptor (`face-recognition-models`) was trained by its author on
+# about 3 million faces of ~7,500 people from public face datasets; its named identities look like LFW's, and
+# FACECOM's named people may be among them. Results that use it are therefore reported as their **own tracks**,
+# beside the FACECOM-only CNN above:
+#
+# - `facecom_only`: the CNN of sections 1-8 (threshold from its validation fold);
+# - `face_model_restored`: a per-image **restoration selector** (a distortion estimator on ~30 pixel statistics,
+#   fitted on the training images and their types; at prediction it reads pixels only, never a file name)
+#   picks denoise / de-rain / dehaze / low-light gain or nothing; dlib's front end detects the face, places
+#   5 landmarks and aligns it (fallback box when none is found); a class-balanced logistic regression on the
+#   descriptor, trained on the clean training images and up to `face_copies` of their **real** distorted copies;
+# - `fused`: the same, except that images the selector calls *sunny* (glare wipes out the face the descriptor
+#   reads) are routed to a logistic regression on whole-frame ImageNet features (hair and outline remain).
+#
+# Both face thresholds are chosen on **out-of-fold** probabilities over all training persons (every person
+# predicted by a head that never saw them), never on the reported split. Robustness is measured on FACECOM's
+# real distorted copies (Task B's `distortion/` folders: same person, same label) for every track.
+
+# %%
+tracks = gender_face.run_gender_tracks(config, splits, run)
+
+# %% [markdown]
+# **Estimate on unseen people.** Repeated person-grouped K-fold CV of the training persons; in each fold the
+# selector, the heads and their thresholds are fitted on the fold's training part only. Mean, SD and
+# mean - 1 SD (the bar counts as met when mean - 1 SD clears it).
+
+# %%
+if tracks is not None and len(tracks.cv):
+    display(tracks.cv_summary().round(3))
+
+# %% [markdown]
+# **The threshold that travels**: out-of-fold over all training images, with a person-bootstrap 95% interval of
+# the balanced accuracy and female recall it gives; and the selector on the reported split (share of images
+# whose type it estimated right, and whose restoration it chose right, per type).
+
+# %%
+if tracks is not None:
+    display(pd.DataFrame({"threshold": [tracks.model.face.threshold],
+                          "oof balanced accuracy": [tracks.model.oof["oof"]["balanced_accuracy"]],
+                          "95% interval": [tracks.model.oof["balanced_accuracy_ci"]],
+                          "oof female recall": [tracks.model.oof["oof"]["recall_female"]],
+                          "95% interval ": [tracks.model.oof["recall_female_ci"]]}).round(3))
+    display(tracks.selector.round(3))
+
+# %% [markdown]
+# **All tracks on the reported split**: clean images (threshold as stated) and each real distortion type.
+
+# %%
+if tracks is not None:
+    display(tracks.side_by_side().round(3))
+    plots.track_bars({name: m["per_distortion"] for name, m in tracks.tracks.items()}, bar=0.80,
+                     title=f"Task A balanced accuracy on real distorted copies ({run.report_split})")
+    plt.show()
+
+# %% [markdown]
 # ## Summary
-# The headline numbers, as the training run wrote them to `<output_dir>/metrics.json` (with the parameters used
-# and the data it ran on).
+# The headline numbers, as the run wrote them to `<output_dir>/metrics.json` (with the parameters used and the
+# data it ran on): the headline track (`headline_track`) on top, every track under `tracks.<name>`.
 
 # %%
 notebook.metrics_table(run.metrics, keys=[
-    "report_split", "accuracy", "balanced_accuracy", "f1_macro", "precision_female", "recall_female",
+    "headline_track", "report_split", "accuracy", "balanced_accuracy", "f1_macro", "precision_female", "recall_female",
     "f1_female", "roc_auc", "average_precision", "brier", "threshold", "balanced_accuracy_at_0.5",
     "train_seconds", "train_images_per_second", "best_epoch",
 ])

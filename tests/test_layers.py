@@ -16,11 +16,12 @@ from conftest import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "facecom_utils"
 LAYERS: dict[str, tuple[str, ...]] = {
-    "data": ("data", "distortions", "restoration", "demo", "datasets", "cache", "distributed", "face", "splits"),
-    "models": ("models", "heads"),
+    "data": ("data", "distortions", "restoration", "demo", "datasets", "cache", "distributed", "face", "splits",
+             "feature_cache", "quality"),
+    "models": ("models", "heads", "face_model"),
     "training": ("checkpoints", "training", "config", "rundir"),
     "evaluation": ("evaluation", "scoring", "verification"),
-    "tasks": ("gender", "recognition"),
+    "tasks": ("gender", "gender_face", "recognition"),
     "reporting": ("plots", "eda", "thresholds", "notebook", "run", "report_index", "cli", "bench", "launch", "nbval_kernel",
                   "__init__", "__main__"),
 }

@@ -1,0 +1,216 @@
+"""The face-trained model: dlib's 128-d ResNet face descriptor behind the face front end.
+
+Outside face knowledge: dlib's descriptor (``face-recognition-models``) was trained by its author
+on about 3 million faces of about 7,500 people from public face datasets (its named identities
+look like LFW's), which may include people who are also in FACECOM. Every result that uses it is
+reported as its own track (``face_model``, ``face_model_restored``, ``fused``), apart from the
+FACECOM-only one.
+
+One image goes through:
+
+1. a restoration (:mod:`facecom_utils.restoration`), chosen per image by the caller -- in this
+   project from the pixels alone, by :class:`~facecom_utils.quality.DistortionEstimator`;
+2. the face front end (:func:`facecom_utils.face.detect_faces`: HOG detector, 5 landmarks, the
+   measured fallback box when no face is found);
+3. :func:`facecom_utils.face.align_face` to dlib's 150 px chip (padding 0.25), and the descriptor.
+
+:class:`DescriptorStore` caches descriptors on disk by **file content** (SHA-1 of the bytes) and
+restoration, so a Task A image and the identical Task B clean image are described once, a
+changed file is described again, and an interrupted run resumes where it stopped (the store is
+saved atomically every ``save_every`` new descriptors). dlib holds the GIL: ``workers > 1``
+runs worker processes. About 9 images/s per quiet core (the descriptor network is ~90% of it).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .data import load_image
+from .feature_cache import file_digest
+from .face import DEFAULT_FALLBACK, align_face, detect_faces, _model_file
+from .restoration import RESTORATIONS, restore
+
+__all__ = ["DESCRIPTOR_DIM", "DescriptorStore", "Descriptions", "describe_image", "file_digest"]
+
+DESCRIPTOR_DIM = 128
+_STORE_VERSION = 1
+
+
+@functools.lru_cache(maxsize=None)
+def _descriptor_net() -> Any:
+    try:
+        import dlib
+    except ImportError as err:
+        raise ImportError("the face model needs dlib: pip install dlib-bin face-recognition-models") from err
+    return dlib.face_recognition_model_v1(str(_model_file("dlib_face_recognition_resnet_model_v1.dat")))
+
+
+def describe_image(image: np.ndarray, restoration: str = "identity", upsample: int = 1) -> tuple[np.ndarray, bool, float]:
+    """One image's descriptor after ``restoration``: ``(float32 [128], detected, detector score)``.
+
+    Args:
+        image: uint8 RGB ``[H, W, 3]``.
+        restoration: A name of :data:`~facecom_utils.restoration.RESTORATIONS`.
+        upsample: HOG detector upsampling passes.
+    """
+    restored = restore(np.ascontiguousarray(image, dtype=np.uint8), restoration)
+    record = detect_faces(restored, upsample=upsample, fallback=DEFAULT_FALLBACK)
+    chip = np.ascontiguousarray(align_face(restored, record.landmarks, size=150, padding=0.25))
+    desc = np.asarray(_descriptor_net().compute_face_descriptor(chip), dtype=np.float32)
+    return desc, bool(record.detected), float(record.score)
+
+
+def _describe_path(job: tuple[str, str], upsample: int) -> tuple[np.ndarray, bool, float]:
+    path, restoration = job
+    return describe_image(np.asarray(load_image(path), dtype=np.uint8), restoration, upsample)
+
+
+@dataclass(frozen=True)
+class Descriptions:
+    """Descriptors of a list of images, in order.
+
+    Attributes:
+        descriptors: float32 ``[N, 128]`` (raw dlib descriptors; :meth:`normalised` for cosine).
+        detected: bool ``[N]``: the detector found a face (else the fallback box was used).
+        score: float64 ``[N]``: the detector's score (NaN when not detected).
+        restoration: The restoration applied to each image ``[N]``.
+    """
+
+    descriptors: np.ndarray
+    detected: np.ndarray
+    score: np.ndarray
+    restoration: np.ndarray
+
+    def normalised(self) -> np.ndarray:
+        """The descriptors scaled to unit length ``[N, 128]``."""
+        d = self.descriptors
+        return d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+
+
+class DescriptorStore:
+    """Descriptors cached on disk by file content and restoration; computed when missing.
+
+    Args:
+        folder: Where the store's ``.npz`` files live (one per restoration and settings).
+        upsample: HOG detector upsampling passes (part of the key).
+        workers: Worker processes for missing descriptors (1: in this process).
+        save_every: Save the store after this many new descriptors (resumable runs).
+        progress: Show a progress bar while describing.
+    """
+
+    def __init__(self, folder: str | Path, upsample: int = 1, workers: int = 1, save_every: int = 1000,
+                 progress: bool = False) -> None:
+        self.folder = Path(folder)
+        self.upsample = int(upsample)
+        self.workers = max(1, int(workers))
+        self.save_every = max(1, int(save_every))
+        self.progress = progress
+        self._tables: dict[str, dict[str, tuple[np.ndarray, bool, float]]] = {}
+
+    def _file(self, restoration: str) -> Path:
+        settings = json.dumps([_STORE_VERSION, restoration, self.upsample, list(DEFAULT_FALLBACK.box)])
+        return self.folder / f"dlib_{restoration}_{hashlib.sha256(settings.encode()).hexdigest()[:12]}.npz"
+
+    def _table(self, restoration: str) -> dict[str, tuple[np.ndarray, bool, float]]:
+        if restoration not in self._tables:
+            table: dict[str, tuple[np.ndarray, bool, float]] = {}
+            try:
+                with np.load(self._file(restoration)) as z:
+                    for k, d, det, s in zip(z["keys"], z["descriptors"], z["detected"], z["score"]):
+                        table[str(k)] = (d, bool(det), float(s))
+            except (OSError, ValueError, KeyError):
+                pass
+            self._tables[restoration] = table
+        return self._tables[restoration]
+
+    def _save(self, restoration: str) -> None:
+        table = self._table(restoration)
+        file = self._file(restoration)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+        keys = list(table)
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, keys=np.array(keys, dtype="U40"),
+                         descriptors=np.array([table[k][0] for k in keys], np.float32).reshape(-1, DESCRIPTOR_DIM),
+                         detected=np.array([table[k][1] for k in keys], bool),
+                         score=np.array([table[k][2] for k in keys], np.float64))
+            os.replace(tmp, file)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def describe(self, paths: Sequence[str | Path], restorations: Sequence[str] | str = "identity") -> Descriptions:
+        """The descriptors of ``paths``, each after its restoration (one name for all, or one per path).
+
+        Raises:
+            KeyError: An unknown restoration name.
+            FileNotFoundError: A missing file (named).
+        """
+        paths = [str(p) for p in paths]
+        names = [restorations] * len(paths) if isinstance(restorations, str) else [str(r) for r in restorations]
+        if len(names) != len(paths):
+            raise ValueError(f"{len(paths)} paths but {len(names)} restorations")
+        for name in set(names):
+            if name not in RESTORATIONS:
+                raise KeyError(f"unknown restoration {name!r}; expected one of {', '.join(RESTORATIONS)}")
+        for p in paths:
+            if not Path(p).is_file():
+                raise FileNotFoundError(f"{p}: image file not found")
+        keys = [file_digest(p) for p in paths]
+        todo: dict[tuple[str, str], str] = {}
+        for p, k, name in zip(paths, keys, names):
+            if k not in self._table(name):
+                todo.setdefault((k, name), p)
+        if todo:
+            self._compute(todo)
+        rows = [self._table(name)[k] for k, name in zip(keys, names)]
+        return Descriptions(np.array([r[0] for r in rows], np.float32).reshape(-1, DESCRIPTOR_DIM),
+                            np.array([r[1] for r in rows], bool), np.array([r[2] for r in rows], np.float64),
+                            np.array(names, dtype=object))
+
+    def _compute(self, todo: dict[tuple[str, str], str]) -> None:
+        items = list(todo.items())
+        jobs = [(path, name) for (_, name), path in items]
+        one = functools.partial(_describe_path, upsample=self.upsample)
+        bar = tqdm(total=len(jobs), desc="face descriptors", leave=False, disable=not self.progress)
+        dirty: set[str] = set()
+        since = 0
+
+        def take(item: tuple[tuple[str, str], str], result: tuple[np.ndarray, bool, float]) -> None:
+            nonlocal since
+            (key, name), _ = item
+            self._table(name)[key] = result
+            dirty.add(name)
+            since += 1
+            bar.update(1)
+            if since >= self.save_every:
+                for n in dirty:
+                    self._save(n)
+                dirty.clear()
+                since = 0
+
+        try:
+            if self.workers <= 1 or len(jobs) < 16:
+                for item, job in zip(items, jobs):
+                    take(item, one(job))
+            else:
+                with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                    for item, result in zip(items, pool.map(one, jobs, chunksize=8)):
+                        take(item, result)
+        finally:
+            for n in dirty:
+                self._save(n)
+            bar.close()

@@ -1,0 +1,334 @@
+"""The face-model tracks: distortion estimator (the restoration selector), descriptor store, Task A head and CV.
+
+No network: dlib's model files ship in face-recognition-models; the photo is scikit-image's astronaut.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from facecom_utils.distortions import DISTORTION_TYPES, apply_distortion
+from facecom_utils.face_model import Descriptions
+from facecom_utils.gender_face import (
+    FaceHeadRecipe,
+    GenderFaceModel,
+    cross_validate,
+    fit_gender_face,
+    fit_linear,
+    grouped_folds,
+    oof_linear,
+    score_rows,
+    summarise_folds,
+    threshold_from_oof,
+    with_distorted_copies,
+)
+from facecom_utils.quality import KINDS, RESTORATION_FOR, DistortionEstimator, quality_feature_matrix, quality_features
+
+
+def _astronaut_face(size: int = 112) -> Image.Image:
+    skimage_data = pytest.importorskip("skimage.data")
+    return Image.fromarray(skimage_data.astronaut()[20:220, 120:320]).resize((size, size))
+
+
+@pytest.fixture(scope="module")
+def distorted_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], list[str]]:
+    """Crops of the astronaut, each clean and under every FACECOM distortion (seeded): paths, kinds."""
+    folder = tmp_path_factory.mktemp("kinds")
+    base = np.asarray(_astronaut_face(160))
+    paths, kinds = [], []
+    for i in range(10):
+        y, x = (i * 7) % 40, (i * 11) % 40
+        crop = Image.fromarray(base[y:y + 120, x:x + 120]).resize((112, 112))
+        for kind in KINDS:
+            image = crop if kind == "clean" else apply_distortion(crop, kind, rng=100 * i + len(kind))
+            path = folder / f"img{i:02d}_{kind}.png"
+            image.save(path)
+            paths.append(str(path))
+            kinds.append(kind)
+    return paths, kinds
+
+
+# ----------------------------------------------------------------------------- the estimator
+
+
+def test_quality_features_fixed_length_and_finite() -> None:
+    rng = np.random.default_rng(0)
+    a = quality_features(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    b = quality_features(np.zeros((64, 64, 3), np.uint8))
+    assert a.shape == b.shape and a.dtype == np.float32 and np.isfinite(a).all() and np.isfinite(b).all()
+    with pytest.raises(ValueError, match="RGB"):
+        quality_features(np.zeros((8, 8), np.uint8))
+
+
+def test_estimator_tells_the_restorable_types_apart(distorted_files) -> None:
+    paths, kinds = distorted_files
+    X = quality_feature_matrix(paths)
+    images = np.array([int(Path(p).name[3:5]) for p in paths])
+    train, test = images < 7, images >= 7  # unseen crops
+    est = DistortionEstimator.fit(X[train], np.asarray(kinds)[train])
+    chosen = np.asarray(est.restorations(X[test]))
+    wanted = np.array([RESTORATION_FOR.get(k, "identity") for k in np.asarray(kinds)[test]])
+    assert (chosen == wanted).mean() >= 0.85
+    for kind in ("noisy", "lowlight"):  # the large-gain restorations are never missed here
+        rows = np.asarray(kinds)[test] == kind
+        assert (chosen[rows] == RESTORATION_FOR[kind]).all()
+    probs = est.probabilities(X[test])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_estimator_round_trips_through_weights_only_load(tmp_path, distorted_files) -> None:
+    paths, kinds = distorted_files
+    X = quality_feature_matrix(paths)
+    est = DistortionEstimator.fit(X, kinds)
+    torch.save(est.state_dict(), tmp_path / "est.pt")
+    back = DistortionEstimator.from_state_dict(torch.load(tmp_path / "est.pt", weights_only=True))
+    np.testing.assert_allclose(back.probabilities(X), est.probabilities(X), rtol=1e-6)
+    assert back.classes == est.classes
+
+
+def test_selector_never_reads_file_names(tmp_path, distorted_files) -> None:
+    """Permute the probes' distortion suffixes (same pixels, other names): identical choices."""
+    paths, kinds = distorted_files
+    est = DistortionEstimator.fit(quality_feature_matrix(paths), kinds)
+    rng = np.random.default_rng(0)
+    renamed = []
+    for i, p in enumerate(paths):
+        fake = rng.choice(KINDS)
+        target = tmp_path / f"probe{i:03d}_{fake}{Path(p).suffix}"
+        shutil.copy(p, target)
+        renamed.append(str(target))
+    assert est.restorations(quality_feature_matrix(renamed)) == est.restorations(quality_feature_matrix(paths))
+
+
+def test_quality_cache_is_keyed_by_content(tmp_path, distorted_files) -> None:
+    paths, _ = distorted_files
+    first = quality_feature_matrix(paths[:4], cache_dir=tmp_path)
+    copy = tmp_path / "copy.png"
+    shutil.copy(paths[0], copy)
+    again = quality_feature_matrix([str(copy), *paths[1:4]], cache_dir=tmp_path)
+    np.testing.assert_array_equal(first, again)
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(copy)  # changed content: new features
+    assert not np.array_equal(quality_feature_matrix([str(copy)], cache_dir=tmp_path)[0], first[0])
+
+
+# ----------------------------------------------------------------------------- the descriptor store
+
+
+@pytest.fixture(scope="module")
+def astronaut_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    pytest.importorskip("dlib")
+    path = tmp_path_factory.mktemp("astro") / "astronaut.png"
+    _astronaut_face(224).save(path)
+    return str(path)
+
+
+def test_store_describes_once_and_keys_by_content(tmp_path, astronaut_file, monkeypatch) -> None:
+    import facecom_utils.face_model as fm
+
+    store = fm.DescriptorStore(tmp_path / "store")
+    first = store.describe([astronaut_file], "identity")
+    assert first.detected.all() and first.descriptors.shape == (1, 128)
+    np.testing.assert_allclose(np.linalg.norm(first.normalised(), axis=1), 1.0, rtol=1e-5)
+    calls = []
+    monkeypatch.setattr(fm, "_describe_path", lambda job, upsample: calls.append(job) or (_ for _ in ()).throw(
+        AssertionError("recomputed")))
+    copy = tmp_path / "renamed.png"
+    shutil.copy(astronaut_file, copy)
+    again = fm.DescriptorStore(tmp_path / "store").describe([str(copy)], "identity")  # a new store reads the disk
+    np.testing.assert_array_equal(again.descriptors, first.descriptors)
+    assert calls == []
+    with pytest.raises(KeyError, match="unknown restoration"):
+        store.describe([astronaut_file], "sharpen")
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        store.describe([str(tmp_path / "missing.png")])
+
+
+def test_restored_noisy_face_is_closer_to_its_clean_self(tmp_path, astronaut_file) -> None:
+    import facecom_utils.face_model as fm
+
+    noisy = tmp_path / "noisy.png"
+    apply_distortion(Image.open(astronaut_file), "noisy", rng=0).save(noisy)
+    store = fm.DescriptorStore(tmp_path / "store")
+    clean = store.describe([astronaut_file]).normalised()[0]
+    raw = store.describe([str(noisy)], "identity").normalised()[0]
+    fixed = store.describe([str(noisy)], "denoise").normalised()[0]
+    assert fixed @ clean > raw @ clean
+
+
+# ----------------------------------------------------------------------------- Task A head and CV
+
+
+class FakeStore:
+    """Descriptors from a table (path -> vector); records which paths it was asked for."""
+
+    def __init__(self, vectors: dict[str, np.ndarray]) -> None:
+        self.vectors = vectors
+        self.asked: list[list[str]] = []
+
+    def describe(self, paths, restorations="identity") -> Descriptions:
+        self.asked.append(list(paths))
+        X = np.stack([self.vectors[p] for p in paths]).astype(np.float32)
+        n = len(paths)
+        return Descriptions(X, np.ones(n, bool), np.ones(n), np.array(["identity"] * n, dtype=object))
+
+
+def _toy_rows(n_people: int = 40, per: int = 3, seed: int = 0, noise: float = 0.6) -> tuple[pd.DataFrame, FakeStore]:
+    """Persons with a gender; descriptor = gender direction + a person offset + noise; one blurred copy each."""
+    rng = np.random.default_rng(seed)
+    rows, vectors = [], {}
+    for p in range(n_people):
+        female = p % 4 == 0  # 1 in 4: imbalanced like FACECOM
+        offset = rng.normal(0, noise, 8)
+        for i in range(per):
+            for kind in ("clean", "blurred"):
+                path = f"/toy/p{p:03d}_{i}_{kind}.jpg"
+                v = offset + rng.normal(0, 0.3, 8)
+                v[0] += 1.0 if female else -1.0
+                vectors[path] = v
+                rows.append({"path": path, "label": "female" if female else "male", "person": f"p{p:03d}",
+                             "kind": kind, "image": f"/toy/p{p:03d}_{i}_clean.jpg"})
+    return pd.DataFrame(rows), FakeStore(vectors)
+
+
+def test_grouped_folds_never_put_a_person_on_both_sides() -> None:
+    rows, _ = _toy_rows()
+    persons, y = rows["person"].to_numpy(), (rows["label"] == "female").to_numpy().astype(int)
+    folds = grouped_folds(persons, y, k=4, repeats=3, seed=0)
+    assert len(folds) == 12
+    for r in range(3):
+        seen = np.concatenate([te for _, te in folds[4 * r:4 * r + 4]])
+        assert sorted(seen) == list(range(len(rows)))  # each row tested once per repeat
+    for tr, te in folds:
+        assert not set(persons[tr]) & set(persons[te])
+        assert y[te].sum() > 0  # stratified: women in every test part
+
+
+def _toy_matrix(noise: float = 0.6):
+    rows, store = _toy_rows(noise=noise)
+    X = np.stack([store.vectors[p] for p in rows["path"]])
+    X = X / np.linalg.norm(X, axis=1, keepdims=True)
+    return rows, store, X, (rows["label"] == "female").to_numpy().astype(int), rows["person"].to_numpy()
+
+
+def test_every_out_of_fold_prediction_comes_from_a_head_that_never_saw_the_person(monkeypatch) -> None:
+    import facecom_utils.gender_face as gf
+
+    rows, _, X, y, persons = _toy_matrix()
+    seen: list[set[str]] = []
+    real_fit = gf.fit_linear
+
+    def spy(Xtr, ytr, weight=None, C=1.0, seed=0):
+        # identify the training rows by their (unique) feature vectors
+        seen.append({persons[int(np.flatnonzero((X == row).all(axis=1))[0])] for row in Xtr})
+        return real_fit(Xtr, ytr, weight, C, seed)
+
+    monkeypatch.setattr(gf, "fit_linear", spy)
+    prob = oof_linear(X, y, persons, k=4, repeats=2, seed=0)
+    assert prob.shape == (2, len(rows)) and not np.isnan(prob).any()
+    assert len(seen) == 8
+    # each repeat: the 4 heads' training persons are exactly "everyone but the test part"
+    everyone = set(persons)
+    for r in range(2):
+        tested = [everyone - s for s in seen[4 * r:4 * r + 4]]
+        assert set().union(*tested) == everyone and sum(len(t) for t in tested) == len(everyone)
+    # and the prediction of a person changes when that person is moved into training (it was unseen)
+    full = real_fit(X, y)
+    assert not np.allclose(full.probabilities(X), prob[0])
+
+
+def test_threshold_from_oof_on_a_problem_with_a_known_answer() -> None:
+    """Separable toy data: the out-of-fold threshold separates perfectly and sits between the classes."""
+    rows, _, X, y, persons = _toy_matrix(noise=0.05)
+    prob = oof_linear(X, y, persons, C=10.0, k=4)
+    out = threshold_from_oof(y, prob, persons, n_boot=200)
+    assert out["oof"]["balanced_accuracy"] == 1.0
+    assert prob[0, y == 0].max() < out["threshold"] <= prob[0, y == 1].min()
+    assert out["recall_female_ci"] == [1.0, 1.0]
+    # a known optimum: scores 0.1..0.9 with positives from 0.6 up -> threshold between 0.5 and 0.6
+    p = np.array([[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]])
+    t = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1])
+    got = threshold_from_oof(t, p, np.arange(9).astype(str), n_boot=0)
+    assert 0.5 < got["threshold"] <= 0.6 and np.isnan(got["recall_female_ci"]).all()
+
+
+def test_heads_are_class_balanced_and_load_weights_only(tmp_path) -> None:
+    rows, store, X, y, persons = _toy_matrix()
+    model = fit_gender_face(rows, FaceHeadRecipe(store, restore=False, k=4))
+    prob = model.face.probabilities(X)
+    assert prob[y == 1].mean() > 0.5 > prob[y == 0].mean()  # balanced despite 1:3
+    assert 0 < model.face.threshold < 1 and model.oof["oof"]["n"] == int((rows["kind"] == "clean").sum())
+    torch.save(model.state_dict(), tmp_path / "head.pt")
+    back = GenderFaceModel.from_state_dict(torch.load(tmp_path / "head.pt", weights_only=True))
+    np.testing.assert_allclose(back.face.probabilities(X), prob)
+    assert back.face.threshold == model.face.threshold
+    # the margin is >= 0 exactly where the probability clears the threshold
+    np.testing.assert_array_equal(model.face.margin(X) >= 0, prob >= model.face.threshold)
+
+
+def test_cross_validate_scores_each_type() -> None:
+    rows, store = _toy_rows(noise=0.3)
+    folds = cross_validate(rows, FaceHeadRecipe(store, restore=False, k=3), k=4, repeats=2)
+    assert len(folds) == 8 and {"balanced_accuracy", "recall_female", "bal_acc_blurred"} <= set(folds.columns)
+    assert folds["balanced_accuracy"].mean() >= 0.85 and folds["threshold"].between(0, 1).all()
+    stats = summarise_folds(folds)
+    mean, sd = folds["balanced_accuracy"].mean(), folds["balanced_accuracy"].std()
+    assert stats.loc[("face", "balanced_accuracy"), "mean_minus_sd"] == pytest.approx(mean - sd)
+
+
+def test_score_rows_per_type() -> None:
+    rows = pd.DataFrame({"label": ["female", "male", "female", "male"], "kind": ["clean", "clean", "noisy", "noisy"]})
+    m = score_rows(rows, np.array([0.9, 0.1, 0.2, 0.1]), 0.5)
+    assert m["balanced_accuracy"] == 1.0 and m["per_distortion"] == {"noisy": 0.5}
+    assert m["worst_distortion"] == "noisy"
+
+
+def test_with_distorted_copies_matches_task_b_by_file_name(demo_root) -> None:
+    from facecom_utils.data import scan_task_a
+
+    a = scan_task_a(demo_root, splits=("train",))
+    rows = with_distorted_copies(a, demo_root, "train")
+    copies = rows[rows["kind"] != "clean"]
+    assert len(copies) > 0 and set(copies["kind"]) <= set(DISTORTION_TYPES)
+    by_image = a.set_index("path")
+    for _, r in copies.iterrows():
+        assert r["label"] == by_image.loc[r["image"], "label"] and r["person"] == by_image.loc[r["image"], "person"]
+        assert Path(r["path"]).stem.startswith(Path(r["image"]).stem)
+    assert (rows["kind"] == "clean").sum() == len(a)
+
+
+def test_fused_track_routes_glare_images_to_the_glare_head_with_one_threshold() -> None:
+    from facecom_utils.gender_face import LinearHead
+
+    rows, store, X, y, persons = _toy_matrix()
+    kinds = np.where(np.arange(len(rows)) % 3 == 0, "sunny", "clean")
+
+    class Estimator:  # calls every third image sunny, from its "pixels" (here: the row order)
+        def predict(self, q):
+            return kinds[q[:, 0].astype(int)]
+
+        def restorations(self, q):
+            return ["identity"] * len(q)
+
+    class Recipe(FaceHeadRecipe):
+        def quality(self, rows_):
+            return np.arange(len(rows_), dtype=float)[:, None]
+
+        def frames(self, rows_):
+            return -X[rows_.index.to_numpy()]  # another view of the same rows
+
+    recipe = Recipe(store, restore=True)
+    face = LinearHead(np.ones(8), 0.0, threshold=0.7)
+    glare = LinearHead(np.ones(8) * 2, 0.5, threshold=0.3)
+    model = GenderFaceModel(Estimator(), face, glare)
+    out = model.scores(rows, recipe)
+    sunny = kinds == "sunny"
+    np.testing.assert_array_equal(out["routed_to_glare"], sunny)
+    np.testing.assert_allclose(out["fused"][~sunny], out["face"][~sunny])
+    np.testing.assert_array_equal(out["fused"][sunny] >= face.threshold - 1e-12, glare.margin(-X[sunny]) >= 0)
