@@ -28,6 +28,8 @@ from .training import TrainConfig, seed_everything, select_device
 __all__ = ["RunConfig", "AMP_MODES"]
 
 AMP_MODES = ("auto", "fp16", "bf16", "none")
+#: Tracks a run can put at the top of metrics.json (Task A has no ``face_model`` track).
+HEADLINE_TRACKS = ("auto", "facecom_only", "face_model", "face_model_restored", "fused")
 
 
 @dataclass
@@ -72,6 +74,11 @@ class RunConfig:
         compile: ``torch.compile`` the model's forward.
         resume: Continue from ``<output_dir>/checkpoints/last.pt`` when it exists.
         progress: tqdm progress bars.
+        face_model: Add the face-model tracks (dlib's descriptor, trained on outside face data,
+            reported apart): True, False or ``"auto"`` (when dlib is installed).
+        face_workers: Processes that compute face descriptors (None: up to 4, one per core).
+        headline_track: The track written at the top of ``metrics.json``: ``"auto"`` (``fused``
+            when the face tracks ran, else ``facecom_only``) or a track name.
     """
 
     default_output_dir: ClassVar[str] = "reports/run"
@@ -105,8 +112,15 @@ class RunConfig:
     compile: bool = False
     resume: bool = False
     progress: bool = False
+    face_model: bool | str = "auto"
+    face_workers: int | None = None
+    headline_track: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.face_model not in (True, False, "auto"):
+            raise ValueError(f"face_model must be True, False or 'auto', got {self.face_model!r}")
+        if self.headline_track not in HEADLINE_TRACKS:
+            raise ValueError(f"headline_track must be one of {HEADLINE_TRACKS}, got {self.headline_track!r}")
         if str(self.cache).lower() not in CACHE_MODES:
             raise ValueError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
         if self.pretrained in ("", "none", "None"):

@@ -42,10 +42,17 @@ from .feature_cache import file_digest
 from .face import DEFAULT_FALLBACK, align_face, detect_faces, _model_file
 from .restoration import RESTORATIONS, restore
 
-__all__ = ["DESCRIPTOR_DIM", "DescriptorStore", "Descriptions", "describe_image", "file_digest"]
+__all__ = ["DESCRIPTOR_DIM", "DescriptorStore", "Descriptions", "describe_image", "face_model_available", "file_digest"]
 
 DESCRIPTOR_DIM = 128
 _STORE_VERSION = 1
+
+
+def face_model_available() -> bool:
+    """Whether dlib and face-recognition-models are installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("dlib") is not None and importlib.util.find_spec("face_recognition_models") is not None
 
 
 @functools.lru_cache(maxsize=None)

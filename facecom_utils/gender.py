@@ -111,16 +111,11 @@ class GenderConfig(RunConfig):
         evaluate_distortions: Also report balanced accuracy under each of the 7 distortions.
         eval_batch_size: Batch size for prediction.
         max_train_images: Subsample the training split (by person) for quick runs; None: all.
-        face_model: Add the face-model tracks (dlib's descriptor, trained on outside face data;
-            :mod:`facecom_utils.gender_face`): True, False or ``"auto"`` (when dlib is installed).
         face_copies: Real distorted copies per training image (from ``Task_B``), besides its sunny
             copy (always kept: it trains the glare head), that train the face head and measure
             robustness in CV; None: all seven.
         face_cv_folds: Person-grouped folds of the face tracks' CV and out-of-fold thresholds.
         face_cv_repeats: Repeats of that CV (0: no CV estimate).
-        face_workers: Processes that compute descriptors (None: up to 4, one per core).
-        headline_track: The track at the top of metrics.json: ``"auto"`` (``fused`` when the face
-            tracks ran, else ``facecom_only``) or a track name.
 
     ``label_smoothing`` moves the targets to ``y * (1 - ls) + ls / 2`` (FACECOM has noisy labels).
     """
@@ -138,23 +133,18 @@ class GenderConfig(RunConfig):
     evaluate_distortions: bool = True
     eval_batch_size: int = 64
     max_train_images: int | None = None
-    face_model: bool | str = "auto"
     face_copies: int | None = 2
     face_cv_folds: int = 5
     face_cv_repeats: int = 1
-    face_workers: int | None = None
-    headline_track: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.face_model not in (True, False, "auto"):
-            raise ValueError(f"face_model must be True, False or 'auto', got {self.face_model!r}")
         if self.face_cv_folds < 2 or self.face_cv_repeats < 0:
             raise ValueError(f"face_cv_folds must be >= 2 and face_cv_repeats >= 0, got "
                              f"{self.face_cv_folds}, {self.face_cv_repeats}")
-        if self.headline_track not in ("auto", "facecom_only", "face_model_restored", "fused"):
-            raise ValueError("headline_track must be auto, facecom_only, face_model_restored or fused, "
-                             f"got {self.headline_track!r}")
+        if self.headline_track == "face_model":
+            raise ValueError("Task A has no face_model track (its face head always runs behind the restoration "
+                             "selector): use face_model_restored")
         if self.balance not in ("sampler", "pos_weight", "none"):
             raise ValueError(f"balance must be 'sampler', 'pos_weight' or 'none', got {self.balance!r}")
 

@@ -38,6 +38,7 @@ import pandas as pd
 
 from .data import find_task_dir, scan_task_b
 from .evaluation import binary_metrics, choose_threshold
+from .face_model import face_model_available
 from .quality import RESTORATION_FOR, DistortionEstimator, quality_feature_matrix
 
 __all__ = [
@@ -435,13 +436,6 @@ TRACKS: tuple[str, ...] = ("facecom_only", "face_model_restored", "fused")
 TRACK_KEYS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "f1_macro", "precision_female", "recall_female",
                                "recall_male", "f1_female", "roc_auc", "average_precision", "brier",
                                "confusion_matrix", "threshold", "n", "n_positive")
-
-
-def face_model_available() -> bool:
-    """Whether dlib and face-recognition-models' model files are installed."""
-    import importlib.util
-
-    return importlib.util.find_spec("dlib") is not None and importlib.util.find_spec("face_recognition_models") is not None
 
 
 def sample_copies(rows: pd.DataFrame, copies: int | None, seed: int,

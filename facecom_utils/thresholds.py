@@ -95,8 +95,11 @@ def load_recognition_run(run_dir: str | Path) -> RecognitionRunFiles:
     role = metrics.get("reported_role") or REPORT_ROLE
     report = outputs.load_embeddings(role) if role != FOLD_ROLE and outputs.has_embeddings(role) else fold
     role = role if report is not fold else FOLD_ROLE
-    threshold = float(metrics["threshold"])
-    strict = metrics.get("strict_threshold")
+    # the saved embeddings are the FACECOM-only embedder's: take its thresholds (the headline on
+    # top of metrics.json may be a fused track with thresholds of its own)
+    own = (metrics.get("tracks") or {}).get("facecom_only", metrics)
+    threshold = float(own["threshold"])
+    strict = own.get("strict_threshold")
     return RecognitionRunFiles(
         run_dir=folder,
         metrics=metrics,

@@ -87,6 +87,10 @@ embedding_source: str = "auto"  # neck (the embedding), pooled (backbone feature
 flip_tta: bool = False  # average each embedding with that of the mirrored image (FACECOM presets: True)
 tta_crops: list[float] = []  # extra central-crop views concatenated into the embeddings, e.g. [0.85]
 threshold_method: str = "kfold"  # how the fold chooses the match threshold: kfold, accuracy or far
+# face-trained knowledge (dlib's descriptor: outside face data, reported as its own tracks)
+face_model: Union[bool, str] = "auto"  # add the face-model tracks: True, False, or auto (when dlib is installed)
+face_workers: Optional[int] = None  # processes computing descriptors; None: up to 4, one per core
+headline_track: str = "auto"  # track on top of metrics.json: auto (fused when the face tracks ran), facecom_only, face_model, face_model_restored, fused
 # machine
 device: str = "auto"  # auto, cpu, cuda or mps
 amp: Union[str, bool] = "auto"  # mixed precision: auto (float16 on CUDA only), bf16 or none
@@ -101,10 +105,12 @@ progress: bool = False  # tqdm progress bars (turn on in JupyterLab)
 
 # %%
 import matplotlib.pyplot as plt
+import pandas as pd
 from IPython.display import display
 
 from facecom_utils import notebook, plots, thresholds
 from facecom_utils import recognition as rec
+from facecom_utils.recognition import face_tracks
 from facecom_utils.recognition import RecognitionConfig, load_embeddings
 
 data_root, output_dir = notebook.notebook_paths(data_root, output_dir, "03_arcface_recognition")
@@ -199,13 +205,44 @@ plots.similarity_histograms(genuine, impostor, threshold=run.threshold,
 plt.show()
 
 # %% [markdown]
+# ## 7. Face-trained knowledge: four tracks, one protocol
+# **Outside face data.** dlib's 128-d face descriptor (`face-recognition-models`) was trained by its author on
+# about 3 million faces of ~7,500 people from public face datasets; its named identities look like LFW's, and
+# FACECOM's named people may be among them. Its tracks are reported **apart** from the FACECOM-only one:
+#
+# - `facecom_only`: the embedder trained above;
+# - `face_model`: dlib's descriptor of the face front end's aligned crop (HOG detector, 5 landmarks, the measured
+#   fallback box when no face is found);
+# - `face_model_restored`: the same after the restoration a distortion estimator picks **from each image's
+#   pixels** (fitted on the training images and their types; it never reads a file name): denoise, de-rain,
+#   dehaze, low-light gain or nothing;
+# - `fused` (the headline): per probe, w · cos(face model, restored) + (1 − w) · cos(FACECOM embedder), with one
+#   weight per *estimated* type, chosen on the validation fold and applied unchanged here.
+#
+# Every track's thresholds come from the validation fold, as the FACECOM-only track's do.
+
+# %%
+tracks = face_tracks.run_recognition_tracks(config, splits, run)
+if tracks is not None:
+    display(pd.Series(tracks.weights, name="face-model weight per estimated type (chosen on the fold)").to_frame().T)
+    display(tracks.selector.round(3))
+
+# %%
+if tracks is not None:
+    display(tracks.side_by_side().round(3))
+    for key, name in (("per_distortion", "main"), ("strict_per_distortion", "strict")):
+        plots.track_bars({t: m[key] for t, m in tracks.tracks.items()}, metric="top-1",
+                         title=f"Task B {name} top-1 per distortion type, every track ({run.metrics['reported_split']})")
+        plt.show()
+
+# %% [markdown]
 # ## Summary
-# The headline numbers, as the training run wrote them to `<output_dir>/metrics.json` (with the parameters used
-# and the data it ran on).
+# The headline numbers, as the run wrote them to `<output_dir>/metrics.json` (with the parameters used and the
+# data it ran on): the headline track (`headline_track`) on top, every track under `tracks.<name>`.
 
 # %%
 notebook.metrics_table(run.metrics, keys=[
-    "reported_split", "top1", "top5", "strict_top1", "roc_auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3",
+    "headline_track", "reported_split", "top1", "top5", "strict_top1", "roc_auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3",
     "match_accuracy", "match_f1_macro", "threshold", "strict_threshold", "train_seconds",
     "embed_images_per_second", "best_epoch",
 ])

@@ -20,7 +20,8 @@
 # looks at the match threshold from every side: genuine vs impostor cosine histograms, overall and per
 # distortion type; ROC and DET curves; precision, recall and F1 against the threshold; how the threshold
 # chosen by k-fold cross-validation moves across folds; the hardest false matches and misses as image pairs;
-# and a recommended operating threshold with the false accept rate it implies.
+# and a recommended operating threshold with the false accept rate it implies. It analyses the run's saved
+# embeddings, i.e. the **FACECOM-only** track (`tracks.facecom_only` in notebook 03's metrics.json).
 #
 # **Protocol.** The same as notebook 03: gallery = every clean image of the evaluated identities, probes =
 # every distorted image; identity score = max cosine over the identity's gallery images; genuine scores =

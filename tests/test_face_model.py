@@ -332,3 +332,87 @@ def test_fused_track_routes_glare_images_to_the_glare_head_with_one_threshold() 
     np.testing.assert_array_equal(out["routed_to_glare"], sunny)
     np.testing.assert_allclose(out["fused"][~sunny], out["face"][~sunny])
     np.testing.assert_array_equal(out["fused"][sunny] >= face.threshold - 1e-12, glare.margin(-X[sunny]) >= 0)
+
+
+def test_predict_and_evaluate_gender_run_the_headline_track_of_a_run_directory(tmp_path, astronaut_file,
+                                                                                  monkeypatch) -> None:
+    """A run directory's face_tracks.pt (weights_only) drives `facecom predict-gender RUN_DIR`."""
+    import csv
+
+    from facecom_utils import cli
+    from facecom_utils.face_model import DescriptorStore
+    from facecom_utils.gender_face import LinearHead, load_run_tracks
+
+    monkeypatch.setenv("FACECOM_CACHE_DIR", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    model = GenderFaceModel(None, LinearHead(rng.normal(0, 3, 128), 0.1, threshold=0.45))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    torch.save({"task": "gender", "headline": "face_model_restored", "model": model.state_dict(),
+                "cnn_threshold": 0.5}, run_dir / "face_tracks.pt")
+    headline, loaded, _ = load_run_tracks(run_dir)
+    assert headline == "face_model_restored" and loaded.face.threshold == 0.45
+    images = tmp_path / "images"
+    images.mkdir()
+    flipped = images / "b.png"
+    shutil.copy(astronaut_file, images / "a.png")
+    Image.open(astronaut_file).transpose(Image.FLIP_LEFT_RIGHT).save(flipped)
+    out = tmp_path / "pred.csv"
+    assert cli.main(["predict-gender", str(run_dir), str(images), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out)))
+    paths = [r["path"] for r in rows]
+    want = model.face.probabilities(DescriptorStore(tmp_path / "cache" / "face_model").describe(paths).normalised())
+    np.testing.assert_allclose([float(r["score"]) for r in rows], want, atol=1e-6)
+    assert [r["prediction"] for r in rows] == ["female" if p >= 0.45 else "male" for p in want]
+    assert cli.main(["predict-gender", str(images), str(images)]) == 2  # a folder that is not a run directory
+
+
+# ----------------------------------------------------------------------------- Task B fusion
+
+
+def test_fused_embeddings_score_the_weighted_cosines() -> None:
+    from facecom_utils.recognition.face_tracks import fuse_embeddings
+
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(6, 4))
+    c = rng.normal(size=(6, 5))
+    f /= np.linalg.norm(f, axis=1, keepdims=True)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    gallery = np.array([True, True, True, False, False, False])
+    w = np.array([0.9, 0.9, 0.9, 0.0, 0.3, 1.0])  # gallery rows ignore their weight
+    e = fuse_embeddings(f, c, w, gallery)
+    got = e[~gallery] @ e[gallery].T
+    want = w[~gallery, None] * (f[~gallery] @ f[gallery].T) + (1 - w[~gallery, None]) * (c[~gallery] @ c[gallery].T)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_fusion_weights_follow_the_recogniser_that_knows_each_type() -> None:
+    """Type A probes: only the face model finds the identity; type B: only the FACECOM model."""
+    from facecom_utils.recognition.face_tracks import choose_fusion_weights
+
+    rng = np.random.default_rng(1)
+    n_id = 12
+    base_f, base_c = rng.normal(size=(n_id, 16)), rng.normal(size=(n_id, 16))
+    rows, F, Cm = [], [], []
+    for i in range(n_id):
+        for g in range(2):
+            rows.append({"path": f"/g/{i}_{g}.jpg", "identity": f"id{i}", "distortion": None, "source": None})
+            F.append(base_f[i] + 0.1 * rng.normal(size=16))
+            Cm.append(base_c[i] + 0.1 * rng.normal(size=16))
+        for kind in ("kindA", "kindB"):
+            rows.append({"path": f"/p/{i}_{kind}.jpg", "identity": f"id{i}", "distortion": kind,
+                         "source": f"/g/{i}_0.jpg"})
+            good, bad = (F, Cm) if kind == "kindA" else (Cm, F)
+            good.append((base_f if kind == "kindA" else base_c)[i] + 0.1 * rng.normal(size=16))
+            bad.append(rng.normal(size=16) * 3)  # this recogniser sees noise for this type
+    table = pd.DataFrame(rows)
+    table = pd.concat([table[table["distortion"].isna()], table[table["distortion"].notna()]], ignore_index=True)
+    order = [int(i) for i in pd.Series(range(len(rows)))[
+        [r["distortion"] is None for r in rows]].tolist() + pd.Series(range(len(rows)))[
+        [r["distortion"] is not None for r in rows]].tolist()]
+    F, Cm = np.asarray(F)[order], np.asarray(Cm)[order]
+    F /= np.linalg.norm(F, axis=1, keepdims=True)
+    Cm /= np.linalg.norm(Cm, axis=1, keepdims=True)
+    kinds = table["distortion"].fillna("clean").to_numpy()
+    weights = choose_fusion_weights(table, F, Cm, kinds)
+    assert weights["kindA"] >= 0.6 and weights["kindB"] <= 0.4

@@ -1,0 +1,201 @@
+"""Task B with face-trained knowledge: dlib's descriptor beside the FACECOM embedder, fused per probe.
+
+Outside face data: dlib's descriptor was trained on public face datasets whose named identities
+look like LFW's, which may include people in FACECOM (see :mod:`facecom_utils.face_model`), so these
+tracks are reported apart from the FACECOM-only one. Four tracks, one protocol:
+
+- ``facecom_only``: the run's own embeddings (notebook 03's model);
+- ``face_model``: dlib's descriptor of the face front end's aligned crop (no restoration);
+- ``face_model_restored``: the same after the restoration the distortion estimator
+  (:class:`~facecom_utils.quality.DistortionEstimator`, fitted on the run's training images) picks
+  from each image's pixels;
+- ``fused``: per probe, score = w * cos(face model, restored) + (1 - w) * cos(FACECOM embedder),
+  with one weight per **estimated** type (the estimator's output is the quality signal), chosen on
+  the run's validation fold (mean of main and strict top-1) and applied unchanged to the reported
+  split. Glare (sunny) keeps a low weight: dlib finds no face there, the FACECOM model still does.
+
+Every track's thresholds are chosen on the fold, as the FACECOM-only track's are.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..quality import RESTORATION_FOR, DistortionEstimator, quality_feature_matrix
+from .protocol import choose_thresholds, protocol_metrics
+
+__all__ = ["TRACKS", "RecognitionTracks", "choose_fusion_weights", "fuse_embeddings", "recognition_tracks",
+           "run_recognition_tracks"]
+
+TRACKS: tuple[str, ...] = ("facecom_only", "face_model", "face_model_restored", "fused")
+#: The face model's weight is searched on this grid, per estimated type.
+WEIGHT_GRID: tuple[float, ...] = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
+
+
+def fuse_embeddings(face: np.ndarray, facecom: np.ndarray, weight: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+    """Embeddings whose dot product is ``w * cos_face + (1 - w) * cos_facecom`` for each probe.
+
+    Args:
+        face, facecom: L2-normalised ``[N, D1]`` and ``[N, D2]`` embeddings of the same rows.
+        weight: ``[N]`` the face model's weight of each row (ignored for gallery rows).
+        gallery: ``[N]`` True for gallery (clean) rows, which keep both parts unscaled.
+    """
+    w = np.where(gallery, 1.0, np.asarray(weight, np.float64))[:, None]
+    v = np.where(gallery, 1.0, 1.0 - np.asarray(weight, np.float64))[:, None]
+    return np.concatenate([w * face, v * facecom], axis=1).astype(np.float32)
+
+
+def _mean_top1(table: pd.DataFrame, emb: np.ndarray) -> float:
+    m = protocol_metrics(table, emb, threshold=0.5, seed=0)
+    values = [m["top1"], m["strict_top1"]]
+    return float(np.nanmean(values))
+
+
+def choose_fusion_weights(table: pd.DataFrame, face: np.ndarray, facecom: np.ndarray, kinds: np.ndarray,
+                          grid: tuple[float, ...] = WEIGHT_GRID) -> dict[str, float]:
+    """The face model's weight per estimated type, each maximising mean(main, strict) top-1 of that type's probes.
+
+    Call it on the validation fold only; ties keep the lower weight (the FACECOM model's side).
+    """
+    gallery = table["distortion"].isna().to_numpy()
+    weights = {}
+    for kind in sorted(set(kinds[~gallery])):
+        rows = gallery | (kinds == kind)
+        sub = table[rows].reset_index(drop=True)
+        best, best_w = -np.inf, 0.0
+        for w in grid:
+            value = _mean_top1(sub, fuse_embeddings(face[rows], facecom[rows], np.full(rows.sum(), w), gallery[rows]))
+            if value > best + 1e-9:
+                best, best_w = value, float(w)
+        weights[str(kind)] = best_w
+    return weights
+
+
+@dataclass
+class RecognitionTracks:
+    """Stage 5 of notebook 03: the face-model tracks beside the FACECOM-only embedder.
+
+    Attributes:
+        estimator: The restoration selector / quality signal.
+        weights: The face model's fusion weight per estimated type (chosen on the fold).
+        tracks: ``{track: protocol metrics on the reported split}``.
+        headline: The track at the top of metrics.json.
+        selector: Per true type: share of probes whose type / restoration the estimator got right.
+    """
+
+    estimator: DistortionEstimator
+    weights: dict[str, float]
+    tracks: dict[str, dict[str, Any]]
+    headline: str
+    selector: pd.DataFrame
+
+    def side_by_side(self) -> pd.DataFrame:
+        """Tracks as columns; main and strict top-1 overall and per type as rows."""
+        cols = {}
+        for name, m in self.tracks.items():
+            col = {"main top-1": m["top1"], "strict top-1": m["strict_top1"]}
+            col.update({f"main {t}": v for t, v in m["per_distortion"].items()})
+            col.update({f"strict {t}": v for t, v in m["strict_per_distortion"].items()})
+            cols[name + (" (headline)" if name == self.headline else "")] = col
+        return pd.DataFrame(cols)
+
+
+def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
+    """Stage 5: scores every track on the reported split; choices (weights, thresholds) on the fold.
+
+    Reads the run's saved embeddings of its validation fold and reported split, computes dlib
+    descriptors of the same images (cached by file content), fits the distortion estimator on up
+    to 4,000 of the run's training images, and writes ``face_tracks.pt`` (estimator, weights;
+    loadable with ``weights_only=True``) and ``metrics.json`` with ``tracks`` and the headline on top.
+    """
+    import torch
+
+    from ..cache import default_cache_dir
+    from ..face_model import DescriptorStore
+    from ..rundir import FOLD_ROLE, REPORT_ROLE, RunDir
+
+    cfg = config
+    rundir = RunDir(run.output_dir)
+    cache = (Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()) / "face_model"
+    workers = cfg.face_workers or max(1, min(4, os.cpu_count() or 1))
+    store = DescriptorStore(cache, workers=workers, progress=cfg.progress)
+    train = splits.train.sample(n=min(4000, len(splits.train)), random_state=cfg.seed)
+    estimator = DistortionEstimator.fit(quality_feature_matrix(train["path"], workers=workers, cache_dir=cache),
+                                        train["distortion"].fillna("clean").tolist(), seed=cfg.seed)
+    roles = {FOLD_ROLE: rundir.load_embeddings(FOLD_ROLE)}
+    reported = run.metrics.get("reported_role", REPORT_ROLE)
+    if reported == FOLD_ROLE:
+        warnings.warn("the run reports its validation fold: the fusion weights are chosen on the reported "
+                      "images themselves (optimistic)", stacklevel=2)
+    roles.setdefault(reported, rundir.load_embeddings(reported))
+    data = {}
+    for role, (table, emb) in roles.items():
+        q = quality_feature_matrix(table["path"], workers=workers, cache_dir=cache)
+        data[role] = {"table": table, "kinds": estimator.predict(q),
+                      "facecom": emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12),
+                      "face_model": store.describe(table["path"].tolist()).normalised(),
+                      "face_model_restored": store.describe(table["path"].tolist(),
+                                                            estimator.restorations(q)).normalised()}
+    fold = data[FOLD_ROLE]
+    weights = choose_fusion_weights(fold["table"], fold["face_model_restored"], fold["facecom"], fold["kinds"])
+
+    def embeddings(d: dict[str, Any], track: str) -> np.ndarray:
+        if track == "facecom_only":
+            return d["facecom"]
+        if track == "fused":
+            w = np.array([weights.get(str(k), 0.0) for k in d["kinds"]])
+            return fuse_embeddings(d["face_model_restored"], d["facecom"], w, d["table"]["distortion"].isna().to_numpy())
+        return d[track]
+
+    rep = data[reported]
+    tracks = {}
+    for track in TRACKS:
+        thresholds = choose_thresholds(fold["table"], embeddings(fold, track), seed=cfg.seed)
+        m = protocol_metrics(rep["table"], embeddings(rep, track), thresholds["threshold"],
+                             thresholds["strict_threshold"], seed=cfg.seed)
+        m["threshold_source"] = "validation fold"
+        if track != "facecom_only":
+            m["outside_face_data"] = True
+        tracks[track] = m
+    headline = "fused" if cfg.headline_track == "auto" else cfg.headline_track
+    probes = rep["table"]["distortion"].notna().to_numpy()
+    kinds = rep["table"]["distortion"].to_numpy()[probes]
+    chosen = np.array(estimator.restorations(quality_feature_matrix(rep["table"]["path"][probes], cache_dir=cache)))
+    selector = pd.DataFrame({"type": kinds, "estimated type correct": rep["kinds"][probes] == kinds,
+                             "right restoration": chosen == np.array([RESTORATION_FOR.get(k, "identity") for k in kinds])
+                             }).groupby("type").mean()
+    out = RecognitionTracks(estimator, weights, tracks, headline, selector)
+    tmp = rundir.path / ".face_tracks.pt.tmp"
+    torch.save({"task": "recognition", "headline": headline, "estimator": estimator.state_dict(),
+                "weights": {k: float(v) for k, v in weights.items()}}, tmp)
+    os.replace(tmp, rundir.path / "face_tracks.pt")
+    metrics = {k: v for k, v in run.metrics.items() if k not in ("parameters", "data_root", "synthetic")}
+    metrics["tracks"] = tracks
+    metrics["headline_track"] = headline
+    metrics["fusion_weights"] = weights
+    metrics.update({k: v for k, v in tracks[headline].items() if k not in ("threshold_source", "outside_face_data")})
+    rundir.write_metrics(metrics, cfg, splits.data_root)
+    run.metrics.update(metrics)
+    return out
+
+
+def run_recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks | None:
+    """:func:`recognition_tracks` when ``config.face_model`` asks for it and dlib is installed, else None."""
+    from ..face_model import face_model_available
+
+    if config.face_model is False:
+        print("face-model tracks off (face_model=False): metrics.json holds the FACECOM-only embedder alone")
+        return None
+    if not face_model_available():
+        if config.face_model is True:
+            raise ImportError("face_model=True needs dlib and its models: pip install dlib-bin face-recognition-models")
+        print("face-model tracks skipped: dlib / face-recognition-models not installed (face_model='auto')")
+        return None
+    return recognition_tracks(config, splits, run)
