@@ -231,8 +231,7 @@ def _dlib_models(detector: str) -> tuple[Any, Any]:
     try:
         import dlib
     except ImportError as err:
-        raise ImportError("the face front end needs dlib: pip install dlib-bin face-recognition-models "
-                          "(or the project's [baselines] extra)") from err
+        raise ImportError("the face front end needs dlib: pip install dlib-bin face-recognition-models") from err
     if detector == "hog":
         det = dlib.get_frontal_face_detector()
     else:

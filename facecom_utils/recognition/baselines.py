@@ -100,8 +100,7 @@ def _dlib_models() -> tuple[Any, Any, Any]:
     try:
         import dlib
     except ImportError as err:
-        raise ImportError("dlib_embeddings needs dlib: pip install dlib-bin face-recognition-models "
-                          "(or the project's [baselines] extra)") from err
+        raise ImportError("dlib_embeddings needs dlib: pip install dlib-bin face-recognition-models") from err
     spec = importlib.util.find_spec("face_recognition_models")  # its __init__ needs pkg_resources: locate only
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("dlib_embeddings needs the model files of face-recognition-models: "
