@@ -4,9 +4,9 @@
 
     facecom run [-f PRESET.yml] [-p NAME VALUE] [--name RUN] [--notebooks 01,02] [--data-root DIR]
     facecom evaluate-gender CHECKPOINT|RUN_DIR DATA_ROOT [--split val] [--json] [--out FILE] [--strict]
-    facecom evaluate-recognition CHECKPOINT DATA_ROOT [--split val] [--json] [--out FILE] [--strict]
+    facecom evaluate-recognition CHECKPOINT|RUN_DIR DATA_ROOT [--split val] [--json] [--out FILE] [--strict]
     facecom predict-gender CHECKPOINT|RUN_DIR IMAGES... [--out CSV] [--strict]
-    facecom identify CHECKPOINT --gallery DIR PROBES... [--out CSV] [--strict]
+    facecom identify CHECKPOINT|RUN_DIR --gallery DIR PROBES... [--out CSV] [--strict]
     facecom make-demo ROOT [--seed 0] [--train-identities 60] [--val-identities 20] [--image-size 112]
     facecom split SRC_ROOT DST_ROOT [--val-fraction 0.2] [--seed 0] [--overwrite]
     facecom train-gender -f PRESET.yml [-p NAME VALUE] [--data-root DIR] [--output-dir DIR] [--json]
@@ -19,7 +19,10 @@ A Task A **run directory** (the ``output_dir`` of notebook 02) in place of ``bes
 run's headline track (``headline_track`` in its metrics.json; with the face-model tracks, dlib's
 descriptor behind the restoration selector, and the glare head for the ``fused`` track) at its
 out-of-fold threshold; ``evaluate-gender`` then also scores the real distorted copies of
-``Task_B/<split>``. ``best.pt`` alone runs the FACECOM-only CNN.
+``Task_B/<split>``. ``best.pt`` alone runs the FACECOM-only CNN. Likewise a Task B run directory
+(notebook 03) makes ``identify`` and ``evaluate-recognition`` run its headline track (``fused``:
+the FACECOM embedder and dlib's restored descriptor, weighted per probe by its estimated type) with
+the thresholds its validation fold chose; ``best.pt`` alone runs the FACECOM-only embedder.
 
 ``evaluate-*`` apply the protocol and the threshold stored in the checkpoint (chosen on the training
 run's validation fold) to ``DATA_ROOT/Task_A/<split>`` or ``DATA_ROOT/Task_B/<split>`` -- the same
@@ -316,6 +319,26 @@ def cmd_evaluate_gender(args: argparse.Namespace) -> int:
 def cmd_evaluate_recognition(args: argparse.Namespace) -> int:
     from facecom_utils.recognition import evaluate_recognition
 
+    if _is_run_dir(args.checkpoint):  # a run directory: its headline track (the fused one included)
+        from facecom_utils.data import drop_unreadable, scan_task_b
+        from facecom_utils.recognition.face_tracks import evaluate_run
+
+        root = _data_root(args.data_root, "Task_B", args.split)
+        _, skipped = drop_unreadable(scan_task_b(root, splits=(args.split,), on_error="keep"),
+                                     "raise" if args.strict else "skip")
+        if skipped:
+            raise CliError(f"{root}: {len(skipped)} unreadable image(s) in Task_B/{args.split} "
+                           f"(first: {next(iter(skipped))}); the run-directory evaluation needs every image")
+        if not (Path(args.checkpoint) / "checkpoints" / "best.pt").is_file():
+            raise CliError(f"{args.checkpoint}: not a Task B run directory (no checkpoints/best.pt)")
+        metrics = evaluate_run(args.checkpoint, root, split=args.split, device=args.device,
+                               batch_size=args.batch_size, seed=0 if args.seed is None else args.seed)
+        if not args.json:
+            for key in ("per_distortion_metrics", "strict_per_distortion_metrics", "threshold_details"):
+                metrics.pop(key, None)
+        metrics.update(n_skipped=0, skipped={})
+        _emit_metrics(metrics, args.json, args.out)
+        return _finish(args, 0, metrics["n_images"])
     _checkpoint(args.checkpoint, "recognition", "evaluate-recognition")
     root = _data_root(args.data_root, "Task_B", args.split)
     metrics = evaluate_recognition(args.checkpoint, root, split=args.split, batch_size=args.batch_size,
@@ -388,6 +411,8 @@ def cmd_identify(args: argparse.Namespace) -> int:
     from facecom_utils.training import select_device
     from facecom_utils.scoring import identity_scores
 
+    if _is_run_dir(args.checkpoint):
+        return _identify_with_run(args)
     payload = _checkpoint(args.checkpoint, "recognition", "identify")
     threshold = float(args.threshold if args.threshold is not None else payload.get("threshold", math.nan))
     if math.isnan(threshold):
@@ -417,6 +442,42 @@ def cmd_identify(args: argparse.Namespace) -> int:
             "score": f"{best[str(p)][1]:.6f}",
             "decision": "match" if best[str(p)][1] >= threshold else "no_match",
             "error": "",
+        }
+        for p in probes
+    ]
+    _write_rows(rows, args.out)
+    detail = f"; {len(bad_gallery)} of them in the gallery" if bad_gallery else ""
+    detail += f"; identities with no readable gallery image: {', '.join(lost)}" if lost else ""
+    return _finish(args, len(bad) + len(bad_gallery), len(probes) + len(gallery) + len(bad_gallery), detail)
+
+
+def _identify_with_run(args: argparse.Namespace) -> int:
+    """``identify RUN_DIR``: the run's headline track (see :func:`facecom_utils.recognition.face_tracks.run_embeddings`)."""
+    import numpy as np
+
+    from facecom_utils.recognition.face_tracks import run_embeddings
+    from facecom_utils.scoring import identity_scores
+
+    if not (Path(args.checkpoint) / "checkpoints" / "best.pt").is_file():
+        raise CliError(f"{args.checkpoint}: not a Task B run directory (no checkpoints/best.pt)")
+    probes = collect_images(args.probes)
+    gallery, identities, bad_gallery, lost = _readable_gallery(args)
+    bad = _screen(probes, args)
+    good = [p for p in probes if str(p) not in bad]
+    best: dict[str, tuple[str, float]] = {}
+    threshold = math.nan
+    if good:
+        paths = [str(p) for p in gallery] + [str(p) for p in good]
+        is_gallery = np.arange(len(paths)) < len(gallery)
+        emb, (threshold, _), _ = run_embeddings(args.checkpoint, paths, is_gallery, args.device, args.batch_size)
+        scores, columns = identity_scores(emb[~is_gallery], emb[is_gallery], np.asarray(identities))
+        top = np.argmax(scores, axis=1)
+        best = {str(p): (str(columns[top[k]]), float(scores[k, top[k]])) for k, p in enumerate(good)}
+    threshold = float(args.threshold) if args.threshold is not None else threshold
+    rows = [
+        _error_row(p, bad[str(p)]) if str(p) in bad else {
+            "path": str(p), "prediction": best[str(p)][0], "score": f"{best[str(p)][1]:.6f}",
+            "decision": "match" if best[str(p)][1] >= threshold else "no_match", "error": "",
         }
         for p in probes
     ]

@@ -723,3 +723,23 @@ def plot_image_pairs(pairs: pd.DataFrame, title: str, max_pairs: int = 6, size: 
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def face_detection_rates(task_b: pd.DataFrame, sample: int | None = 200, seed: int = 0,
+                         workers: int | None = None) -> pd.DataFrame:
+    """Share of images where the face front end's detector finds a face, per type (clean first).
+
+    dlib's HOG detector at upsample 1 (:func:`facecom_utils.face.face_records`, cached) on up to
+    ``sample`` seeded images per type; the others get the fallback box. Without dlib, an empty table.
+    """
+    import os
+
+    from .face import detection_rates, face_records
+    from .face_model import face_model_available
+
+    if not face_model_available():
+        return pd.DataFrame(columns=["n", "detected", "median_score"])
+    table = task_b.assign(_type=task_b["distortion"].fillna("clean"))
+    picked = _sample_groups(table, ["_type"], sample, seed).drop(columns="_type")
+    records = face_records(picked["path"].tolist(), workers=workers or max(1, min(4, os.cpu_count() or 1)))
+    return detection_rates(picked.reset_index(drop=True), records)

@@ -236,3 +236,14 @@ def test_notebooks_02_03_04_run_on_the_tiny_demo(demo_root: Path, tmp_path: Path
         assert key in analysis, key
     for stem in ("02_gender_classification", "03_arcface_recognition", "04_threshold_analysis"):
         assert (tmp_path / "tiny" / f"{stem}.nocode.html").is_file()
+    # the run directory's headline track, re-run from disk, gives the notebook's numbers
+    from facecom_utils.gender_face import evaluate_with_run
+    from facecom_utils.recognition.face_tracks import evaluate_run
+
+    rec_dir = tmp_path / "tiny" / "03_arcface_recognition"
+    again = evaluate_run(rec_dir, demo_root, split="val", device="cpu", seed=recognition["parameters"]["seed"])
+    assert again["track"] == recognition.get("headline_track", "facecom_only")
+    for key in ("top1", "strict_top1", "roc_auc"):
+        assert again[key] == pytest.approx(recognition[key], abs=1e-6), key
+    gender_again = evaluate_with_run(tmp_path / "tiny" / "02_gender_classification", demo_root, split="val")
+    assert gender_again["balanced_accuracy"] == pytest.approx(gender["balanced_accuracy"], abs=1e-6)

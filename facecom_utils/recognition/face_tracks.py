@@ -31,8 +31,8 @@ import pandas as pd
 from ..quality import RESTORATION_FOR, DistortionEstimator, quality_feature_matrix
 from .protocol import choose_thresholds, protocol_metrics
 
-__all__ = ["TRACKS", "RecognitionTracks", "choose_fusion_weights", "fuse_embeddings", "recognition_tracks",
-           "run_recognition_tracks"]
+__all__ = ["TRACKS", "RecognitionTracks", "choose_fusion_weights", "evaluate_run", "fuse_embeddings",
+           "recognition_tracks", "run_embeddings", "run_recognition_tracks"]
 
 TRACKS: tuple[str, ...] = ("facecom_only", "face_model", "face_model_restored", "fused")
 #: The face model's weight is searched on this grid, per estimated type.
@@ -155,9 +155,10 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
         return d[track]
 
     rep = data[reported]
-    tracks = {}
+    tracks, chosen_thresholds = {}, {}
     for track in TRACKS:
         thresholds = choose_thresholds(fold["table"], embeddings(fold, track), seed=cfg.seed)
+        chosen_thresholds[track] = [float(thresholds["threshold"]), float(thresholds["strict_threshold"])]
         m = protocol_metrics(rep["table"], embeddings(rep, track), thresholds["threshold"],
                              thresholds["strict_threshold"], seed=cfg.seed)
         m["threshold_source"] = "validation fold"
@@ -174,7 +175,7 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
     out = RecognitionTracks(estimator, weights, tracks, headline, selector)
     tmp = rundir.path / ".face_tracks.pt.tmp"
     torch.save({"task": "recognition", "headline": headline, "estimator": estimator.state_dict(),
-                "weights": {k: float(v) for k, v in weights.items()}}, tmp)
+                "weights": {k: float(v) for k, v in weights.items()}, "thresholds": chosen_thresholds}, tmp)
     os.replace(tmp, rundir.path / "face_tracks.pt")
     metrics = {k: v for k, v in run.metrics.items() if k not in ("parameters", "data_root", "synthetic")}
     metrics["tracks"] = tracks
@@ -199,3 +200,65 @@ def run_recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTra
         print("face-model tracks skipped: dlib / face-recognition-models not installed (face_model='auto')")
         return None
     return recognition_tracks(config, splits, run)
+
+
+# ----------------------------------------------------------------------------- a run directory's headline track
+
+
+def run_embeddings(run_dir: str | Path, paths: list[str], gallery: np.ndarray, device: str = "auto",
+                   batch_size: int = 64, cache_dir: str | Path | None = None) -> tuple[np.ndarray, list[float], str]:
+    """Embeddings of images by a notebook-03 run's headline track: ``(emb, [threshold, strict], track)``.
+
+    ``gallery`` marks the gallery (clean) images: a probe's fusion weight comes from its estimated
+    type, a gallery image keeps both parts. Without ``face_tracks.pt`` the FACECOM-only model runs.
+    """
+    import torch
+
+    from ..cache import default_cache_dir
+    from ..checkpoints import load_checkpoint
+    from ..face_model import DescriptorStore
+    from ..rundir import RunDir
+    from .embedding import extract_embeddings
+    from .model import load_recognition_model
+
+    rundir = RunDir(run_dir)
+    model, payload = load_recognition_model(rundir.best_checkpoint, device)
+    cfg = payload.get("config", {})
+    facecom = extract_embeddings(
+        model, paths, image_size=int(cfg.get("image_size", 112)), batch_size=batch_size, device=device,
+        flip_tta=bool(cfg.get("flip_tta", True)), face_crop=float(cfg.get("face_crop", 1.0)),
+        source=str(payload.get("embedding_source", "neck")), tta_crops=tuple(cfg.get("tta_crops") or ()))
+    facecom = facecom / np.maximum(np.linalg.norm(facecom, axis=1, keepdims=True), 1e-12)
+    file = rundir.path / "face_tracks.pt"
+    if not file.is_file():
+        own = load_checkpoint(rundir.best_checkpoint)
+        return facecom, [float(own["threshold"]), float(own.get("strict_threshold", own["threshold"]))], "facecom_only"
+    tracks = torch.load(file, map_location="cpu", weights_only=True)
+    headline = str(tracks["headline"])
+    if headline == "facecom_only":
+        return facecom, list(tracks["thresholds"][headline]), headline
+    estimator = DistortionEstimator.from_state_dict(tracks["estimator"])
+    cache = (Path(cache_dir) if cache_dir else default_cache_dir()) / "face_model"
+    workers = max(1, min(4, os.cpu_count() or 1))
+    q = quality_feature_matrix(paths, workers=workers, cache_dir=cache)
+    store = DescriptorStore(cache, workers=workers)
+    restored = headline in ("face_model_restored", "fused")
+    face = store.describe(paths, estimator.restorations(q) if restored else "identity").normalised()
+    if headline != "fused":
+        return face, list(tracks["thresholds"][headline]), headline
+    w = np.array([float(tracks["weights"].get(str(k), 0.0)) for k in estimator.predict(q)])
+    return fuse_embeddings(face, facecom, w, np.asarray(gallery, bool)), list(tracks["thresholds"][headline]), headline
+
+
+def evaluate_run(run_dir: str | Path, data_root: str | Path, split: str = "val", device: str = "auto",
+                 batch_size: int = 64, seed: int = 0) -> dict[str, Any]:
+    """The Task B protocol (main and strict) of a run's headline track on ``Task_B/<split>``, thresholds from its fold."""
+    from ..data import scan_task_b
+    from .embedding import embedding_table
+
+    table = embedding_table(scan_task_b(data_root, splits=(split,)))
+    emb, (threshold, strict), track = run_embeddings(run_dir, table["path"].tolist(),
+                                                     table["distortion"].isna().to_numpy(), device, batch_size)
+    metrics = protocol_metrics(table, emb, threshold, strict, seed=seed)
+    metrics.update(track=track, split=split, n_images=len(table), run_dir=str(run_dir))
+    return metrics
