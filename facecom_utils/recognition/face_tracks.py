@@ -138,7 +138,7 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
     data = {}
     for role, (table, emb) in roles.items():
         q = quality_feature_matrix(table["path"], workers=workers, cache_dir=cache)
-        data[role] = {"table": table, "kinds": estimator.predict(q),
+        data[role] = {"table": table, "kinds": estimator.predict(q), "facecom_raw": emb,
                       "facecom": emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12),
                       "face_model": store.describe(table["path"].tolist()).normalised(),
                       "face_model_restored": store.describe(table["path"].tolist(),
@@ -147,8 +147,8 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
     weights = choose_fusion_weights(fold["table"], fold["face_model_restored"], fold["facecom"], fold["kinds"])
 
     def embeddings(d: dict[str, Any], track: str) -> np.ndarray:
-        if track == "facecom_only":
-            return d["facecom"]
+        if track == "facecom_only":  # as saved: its thresholds were chosen on these very scores
+            return d["facecom_raw"]
         if track == "fused":
             w = np.array([weights.get(str(k), 0.0) for k in d["kinds"]])
             return fuse_embeddings(d["face_model_restored"], d["facecom"], w, d["table"]["distortion"].isna().to_numpy())
@@ -157,7 +157,11 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
     rep = data[reported]
     tracks, chosen_thresholds = {}, {}
     for track in TRACKS:
-        thresholds = choose_thresholds(fold["table"], embeddings(fold, track), seed=cfg.seed)
+        if track == "facecom_only":  # the run's own thresholds (chosen on the same fold by its threshold_method)
+            thresholds = {"threshold": run.threshold, "strict_threshold": run.strict_threshold}
+        else:
+            thresholds = choose_thresholds(fold["table"], embeddings(fold, track), method=cfg.threshold_method,
+                                           seed=cfg.seed)
         chosen_thresholds[track] = [float(thresholds["threshold"]), float(thresholds["strict_threshold"])]
         m = protocol_metrics(rep["table"], embeddings(rep, track), thresholds["threshold"],
                              thresholds["strict_threshold"], seed=cfg.seed)
@@ -228,7 +232,6 @@ def run_embeddings(run_dir: str | Path, paths: list[str], gallery: np.ndarray, d
         model, paths, image_size=int(cfg.get("image_size", 112)), batch_size=batch_size, device=device,
         flip_tta=bool(cfg.get("flip_tta", True)), face_crop=float(cfg.get("face_crop", 1.0)),
         source=str(payload.get("embedding_source", "neck")), tta_crops=tuple(cfg.get("tta_crops") or ()))
-    facecom = facecom / np.maximum(np.linalg.norm(facecom, axis=1, keepdims=True), 1e-12)
     file = rundir.path / "face_tracks.pt"
     if not file.is_file():
         own = load_checkpoint(rundir.best_checkpoint)
@@ -237,6 +240,7 @@ def run_embeddings(run_dir: str | Path, paths: list[str], gallery: np.ndarray, d
     headline = str(tracks["headline"])
     if headline == "facecom_only":
         return facecom, list(tracks["thresholds"][headline]), headline
+    facecom = facecom / np.maximum(np.linalg.norm(facecom, axis=1, keepdims=True), 1e-12)
     estimator = DistortionEstimator.from_state_dict(tracks["estimator"])
     cache = (Path(cache_dir) if cache_dir else default_cache_dir()) / "face_model"
     workers = max(1, min(4, os.cpu_count() or 1))
