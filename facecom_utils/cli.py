@@ -284,19 +284,30 @@ def _is_run_dir(path: str | Path) -> bool:
     return Path(path).expanduser().is_dir()
 
 
+def _readable_split(args: argparse.Namespace, task: str) -> Path:
+    """The data root of a run-directory evaluation, once every image of ``<task>/<split>`` is readable.
+
+    The face-model tracks score whole tables (clean images with their copies), so an unreadable image
+    stops the evaluation with a one-line error (under ``--strict`` the screening itself raises).
+    """
+    from facecom_utils.data import drop_unreadable, scan_task_a, scan_task_b
+
+    root = _data_root(args.data_root, task, args.split)
+    scan = scan_task_a if task == "Task_A" else scan_task_b
+    _, skipped = drop_unreadable(scan(root, splits=(args.split,), on_error="keep"), "raise" if args.strict else "skip")
+    if skipped:
+        raise CliError(f"{root}: {len(skipped)} unreadable image(s) in {task}/{args.split} "
+                       f"(first: {next(iter(skipped))}); the run-directory evaluation needs every image")
+    return root
+
+
 def cmd_evaluate_gender(args: argparse.Namespace) -> int:
     from facecom_utils.gender import evaluate_gender
 
     if _is_run_dir(args.checkpoint):  # a run directory: its headline track (face-model tracks included)
-        from facecom_utils.data import drop_unreadable, scan_task_a
         from facecom_utils.gender_face import evaluate_with_run
 
-        root = _data_root(args.data_root, "Task_A", args.split)
-        _, skipped = drop_unreadable(scan_task_a(root, splits=(args.split,), on_error="keep"),
-                                     "raise" if args.strict else "skip")
-        if skipped:
-            raise CliError(f"{root}: {len(skipped)} unreadable image(s) in Task_A/{args.split} "
-                           f"(first: {next(iter(skipped))}); the run-directory evaluation needs every image")
+        root = _readable_split(args, "Task_A")
         try:
             metrics = evaluate_with_run(args.checkpoint, root, split=args.split, device=args.device)
         except FileNotFoundError as err:
@@ -320,15 +331,9 @@ def cmd_evaluate_recognition(args: argparse.Namespace) -> int:
     from facecom_utils.recognition import evaluate_recognition
 
     if _is_run_dir(args.checkpoint):  # a run directory: its headline track (the fused one included)
-        from facecom_utils.data import drop_unreadable, scan_task_b
         from facecom_utils.recognition.face_tracks import evaluate_run
 
-        root = _data_root(args.data_root, "Task_B", args.split)
-        _, skipped = drop_unreadable(scan_task_b(root, splits=(args.split,), on_error="keep"),
-                                     "raise" if args.strict else "skip")
-        if skipped:
-            raise CliError(f"{root}: {len(skipped)} unreadable image(s) in Task_B/{args.split} "
-                           f"(first: {next(iter(skipped))}); the run-directory evaluation needs every image")
+        root = _readable_split(args, "Task_B")
         if not (Path(args.checkpoint) / "checkpoints" / "best.pt").is_file():
             raise CliError(f"{args.checkpoint}: not a Task B run directory (no checkpoints/best.pt)")
         metrics = evaluate_run(args.checkpoint, root, split=args.split, device=args.device,

@@ -42,7 +42,8 @@ from .feature_cache import file_digest
 from .face import DEFAULT_FALLBACK, align_face, detect_faces, _model_file
 from .restoration import RESTORATIONS, restore
 
-__all__ = ["DESCRIPTOR_DIM", "DescriptorStore", "Descriptions", "describe_image", "face_model_available", "file_digest"]
+__all__ = ["DESCRIPTOR_DIM", "DescriptorStore", "Descriptions", "describe_image", "face_model_available", "face_tracks_wanted",
+           "file_digest"]
 
 DESCRIPTOR_DIM = 128
 _STORE_VERSION = 1
@@ -53,6 +54,25 @@ def face_model_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("dlib") is not None and importlib.util.find_spec("face_recognition_models") is not None
+
+
+def face_tracks_wanted(face_model: bool | str, alone: str) -> bool:
+    """Whether a run adds the face-model tracks: ``face_model`` True / ``"auto"`` and dlib installed.
+
+    Prints why not (``alone``: what metrics.json then holds).
+
+    Raises:
+        ImportError: ``face_model=True`` without dlib / face-recognition-models.
+    """
+    if face_model is False:
+        print(f"face-model tracks off (face_model=False): metrics.json holds {alone} alone")
+        return False
+    if not face_model_available():
+        if face_model is True:
+            raise ImportError("face_model=True needs dlib and its models: pip install dlib-bin face-recognition-models")
+        print("face-model tracks skipped: dlib / face-recognition-models not installed (face_model='auto')")
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=None)

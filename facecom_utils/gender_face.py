@@ -38,7 +38,7 @@ import pandas as pd
 
 from .data import find_task_dir, scan_task_b
 from .evaluation import binary_metrics, choose_threshold
-from .face_model import face_model_available
+from .face_model import face_tracks_wanted
 from .quality import RESTORATION_FOR, DistortionEstimator, quality_feature_matrix
 
 __all__ = [
@@ -56,7 +56,6 @@ __all__ = [
     "with_distorted_copies",
     "GenderTracks",
     "TRACKS",
-    "face_model_available",
     "gender_tracks",
     "run_gender_tracks",
     "load_run_tracks",
@@ -552,11 +551,11 @@ def gender_tracks(config: Any, splits: Any, run: Any) -> GenderTracks:
     headline = "fused" if cfg.headline_track == "auto" else cfg.headline_track
     if headline not in tracks:
         raise ValueError(f"headline_track must be 'auto' or one of {list(tracks)}, got {cfg.headline_track!r}")
-    chosen = np.asarray(model.estimator.restorations(recipe.quality(report_rows)))
+    q = recipe.quality(report_rows)
+    chosen = np.asarray(model.estimator.restorations(q))
     wanted = np.array([RESTORATION_FOR.get(k, "identity") for k in report_rows["kind"]])
     selector = (pd.DataFrame({"type": report_rows["kind"], "right restoration": chosen == wanted,
-                              "estimated type correct": model.estimator.predict(recipe.quality(report_rows))
-                              == report_rows["kind"].to_numpy()})
+                              "estimated type correct": model.estimator.predict(q) == report_rows["kind"].to_numpy()})
                 .groupby("type").mean())
     out = GenderTracks(train_rows, report_rows, model, cv, predictions, tracks, headline, selector)
     _write_tracks(RunDir(cfg.output_dir), run, out, cfg, root)
@@ -597,13 +596,7 @@ def run_gender_tracks(config: Any, splits: Any, run: Any) -> GenderTracks | None
     Raises:
         ImportError: ``face_model=True`` without dlib / face-recognition-models.
     """
-    if config.face_model is False:
-        print("face-model tracks off (face_model=False): metrics.json holds the FACECOM-only CNN alone")
-        return None
-    if not face_model_available():
-        if config.face_model is True:
-            raise ImportError("face_model=True needs dlib and its models: pip install dlib-bin face-recognition-models")
-        print("face-model tracks skipped: dlib / face-recognition-models not installed (face_model='auto')")
+    if not face_tracks_wanted(config.face_model, "the FACECOM-only CNN"):
         return None
     persons = pd.concat([splits.train, splits.fold])
     if usable_folds(persons["person"].to_numpy(), _labels(persons), 2) < 2:

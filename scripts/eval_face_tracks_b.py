@@ -26,21 +26,8 @@ from facecom_utils.data import scan_task_b
 from facecom_utils.face_model import DescriptorStore
 from facecom_utils.quality import DistortionEstimator, quality_feature_matrix
 from facecom_utils.recognition.embedding import load_embeddings
+from facecom_utils.recognition.face_tracks import choose_fusion_weights, fuse_embeddings
 from facecom_utils.recognition.protocol import protocol_metrics
-
-WEIGHTS = np.round(np.linspace(0, 1, 11), 2)
-
-
-def fuse(face: np.ndarray, facecom: np.ndarray, w_probe: np.ndarray, gallery: np.ndarray) -> np.ndarray:
-    """Embeddings whose cosine is proportional to w * cos_face + (1 - w) * cos_facecom per probe."""
-    out = np.zeros((len(face), face.shape[1] + facecom.shape[1]), np.float32)
-    w = np.where(gallery, 0.5, w_probe)
-    a = np.where(gallery, 1.0, w)[:, None]
-    b = np.where(gallery, 1.0, 1.0 - w)[:, None]
-    out[:, :face.shape[1]] = a * face
-    out[:, face.shape[1]:] = b * facecom
-    return out
-
 
 def top1s(table: pd.DataFrame, emb: np.ndarray) -> dict:
     m = protocol_metrics(table, emb, threshold=0.5, seed=0)
@@ -72,27 +59,15 @@ def main() -> None:
                           face=store.describe(table["path"].tolist()).normalised(),
                           restored=store.describe(table["path"].tolist(), est.restorations(q)).normalised(),
                           kinds=kinds, gallery=table["distortion"].isna().to_numpy())
-    # per estimated type, the weight of the (restored) face model, chosen on the fold role
+    # per estimated type, the weight of the (restored) face model, chosen on the fold role only
     fold = data["fold"]
-    weights = {}
-    for kind in sorted(set(fold["kinds"][~fold["gallery"]])):
-        best, best_w = -1.0, 0.0
-        for w in WEIGHTS:
-            w_probe = np.where(fold["kinds"] == kind, w, 0.0)
-            probes = fold["gallery"] | (fold["kinds"] == kind)
-            table = fold["table"][probes].reset_index(drop=True)
-            emb = fuse(fold["restored"], fold["facecom"], w_probe, fold["gallery"])[probes]
-            m = top1s(table, emb)
-            value = (m["top1"] + m["strict_top1"]) / 2
-            if value > best + 1e-9:
-                best, best_w = value, float(w)
-        weights[kind] = best_w
-        print(f"fold: estimated {kind}: face-model weight {best_w} (mean top-1 {best:.3f})", flush=True)
+    weights = choose_fusion_weights(fold["table"], fold["restored"], fold["facecom"], fold["kinds"])
+    print(f"fold-chosen face-model weights per estimated type: {weights}", flush=True)
     results = {}
     for role, d in data.items():
         w_probe = np.array([weights.get(k, 0.0) for k in d["kinds"]])
         tracks = {"facecom_only": d["facecom"], "face_model": d["face"], "face_model_restored": d["restored"],
-                  "fused": fuse(d["restored"], d["facecom"], w_probe, d["gallery"])}
+                  "fused": fuse_embeddings(d["restored"], d["facecom"], w_probe, d["gallery"])}
         results[role] = {name: top1s(d["table"], emb) for name, emb in tracks.items()}
         for name, m in results[role].items():
             print(f"{role:6} {name:20} top1 {m['top1']:.4f} strict {m['strict_top1']:.4f} | "

@@ -138,7 +138,7 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
     data = {}
     for role, (table, emb) in roles.items():
         q = quality_feature_matrix(table["path"], workers=workers, cache_dir=cache)
-        data[role] = {"table": table, "kinds": estimator.predict(q), "facecom_raw": emb,
+        data[role] = {"table": table, "kinds": estimator.predict(q), "quality": q, "facecom_raw": emb,
                       "facecom": emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12),
                       "face_model": store.describe(table["path"].tolist()).normalised(),
                       "face_model_restored": store.describe(table["path"].tolist(),
@@ -172,7 +172,7 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
     headline = "fused" if cfg.headline_track == "auto" else cfg.headline_track
     probes = rep["table"]["distortion"].notna().to_numpy()
     kinds = rep["table"]["distortion"].to_numpy()[probes]
-    chosen = np.array(estimator.restorations(quality_feature_matrix(rep["table"]["path"][probes], cache_dir=cache)))
+    chosen = np.array(estimator.restorations(rep["quality"][probes]))
     selector = pd.DataFrame({"type": kinds, "estimated type correct": rep["kinds"][probes] == kinds,
                              "right restoration": chosen == np.array([RESTORATION_FOR.get(k, "identity") for k in kinds])
                              }).groupby("type").mean()
@@ -193,15 +193,9 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
 
 def run_recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks | None:
     """:func:`recognition_tracks` when ``config.face_model`` asks for it and dlib is installed, else None."""
-    from ..face_model import face_model_available
+    from ..face_model import face_tracks_wanted
 
-    if config.face_model is False:
-        print("face-model tracks off (face_model=False): metrics.json holds the FACECOM-only embedder alone")
-        return None
-    if not face_model_available():
-        if config.face_model is True:
-            raise ImportError("face_model=True needs dlib and its models: pip install dlib-bin face-recognition-models")
-        print("face-model tracks skipped: dlib / face-recognition-models not installed (face_model='auto')")
+    if not face_tracks_wanted(config.face_model, "the FACECOM-only embedder"):
         return None
     return recognition_tracks(config, splits, run)
 
