@@ -597,3 +597,32 @@ def track_bars(per_track: Mapping[str, Mapping[str, float]], metric: str = "bala
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     return fig
+
+
+def failure_triplets(failures: pd.DataFrame, title: str = "Task B failures", image_size: int | None = 112,
+                     max_rows: int = 28) -> Figure:
+    """Rows of (probe, the wrongly chosen identity's best photo, the true identity's best photo).
+
+    Args:
+        failures: :func:`~facecom_utils.recognition.errors.worst_failures` (or
+            :func:`~facecom_utils.recognition.errors.identification_failures`) rows.
+        title: Figure title; image_size: square size of each image; max_rows: at most this many rows.
+    """
+    if len(failures) == 0:
+        return message_figure(title, "no failure: every probe's own identity scored highest")
+    rows = failures.head(max_rows)
+    fig, axes = plt.subplots(len(rows), 3, figsize=(6.6, 2.3 * len(rows) + 0.5), squeeze=False)
+    for r, (_, f) in enumerate(rows.iterrows()):
+        protocol = f"{f['protocol']} · " if "protocol" in f else ""
+        cells = ((f["probe"], f"{protocol}{f['type']} probe\n{str(f['identity'])[:22]}"),
+                 (f["wrong_image"], f"chosen: {str(f['predicted'])[:22]}\nscore {f['score_wrong']:.3f}"),
+                 (f["true_image"], f"true identity's best\nscore {f['score_true']:.3f}"))
+        for c, (path, caption) in enumerate(cells):
+            ax = axes[r, c]
+            ax.imshow(_load_rgb(path, image_size))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlabel(caption, fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

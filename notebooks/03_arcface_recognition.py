@@ -205,7 +205,7 @@ plots.similarity_histograms(genuine, impostor, threshold=run.threshold,
 plt.show()
 
 # %% [markdown]
-# ## 7. Face-trained knowledge: four tracks, one protocol
+# ## 7. Face-trained knowledge and copy evidence: five tracks, one protocol
 # **Outside face data.** dlib's 128-d face descriptor (`face-recognition-models`) was trained by its author on
 # about 3 million faces of ~7,500 people from public face datasets; its named identities look like LFW's, and
 # FACECOM's named people may be among them. Its tracks are reported **apart** from the FACECOM-only one:
@@ -216,15 +216,20 @@ plt.show()
 # - `face_model_restored`: the same after the restoration a distortion estimator picks **from each image's
 #   pixels** (fitted on the training images and their types; it never reads a file name): denoise, de-rain,
 #   dehaze, low-light gain or nothing;
-# - `fused` (the headline): per probe, w · cos(face model, restored) + (1 − w) · cos(FACECOM embedder), with one
-#   weight per *estimated* type, chosen on the validation fold and applied unchanged here.
+# - `pixel_copies`: a training-free pixel copy detector (no face data): the correlation of two images' 32 × 32
+#   gradient thumbnails. Every FACECOM probe is a distorted copy of one clean photo; in the **main** protocol that
+#   photo is in the gallery, so this track's near-perfect main top-1 and poor strict top-1 show what each protocol
+#   measures: main = find the probe's own photo, strict = recognise the person in another photo;
+# - `fused` (the headline): per probe, w · cos(face model, restored) + (1 − w) · cos(FACECOM embedder)
+#   + γ · copy similarity, with one (w, γ) per *estimated* type, chosen on the validation fold (mean of main and
+#   strict top-1) and applied unchanged here.
 #
 # Every track's thresholds come from the validation fold, as the FACECOM-only track's do.
 
 # %%
 tracks = face_tracks.run_recognition_tracks(config, splits, run)
 if tracks is not None:
-    display(pd.Series(tracks.weights, name="face-model weight per estimated type (chosen on the fold)").to_frame().T)
+    display(tracks.fusion.table().rename_axis("chosen on the fold, per estimated type"))
     display(tracks.selector.round(3))
 
 # %%
@@ -234,6 +239,19 @@ if tracks is not None:
         plots.track_bars({t: m[key] for t, m in tracks.tracks.items()}, metric="top-1",
                          title=f"Task B {name} top-1 per distortion type, every track ({run.metrics['reported_split']})")
         plt.show()
+
+# %% [markdown]
+# ### Error gallery
+# The headline track's worst failures per type, main and strict: each probe beside the photo of the identity it
+# was taken for and the best-scoring photo of its true identity (in the strict protocol the probe's own clean
+# source is not in the gallery). Worst = the largest gap between the wrong and the true identity's score.
+
+# %%
+if tracks is not None:
+    errors = tracks.failures(per_type=2)
+    display(errors[["protocol", "type", "identity", "predicted", "score_wrong", "score_true", "margin"]].round(3))
+    plots.failure_triplets(errors, title=f"Task B error gallery, {tracks.headline} track ({run.metrics['reported_split']})")
+    plt.show()
 
 # %% [markdown]
 # ## Summary

@@ -388,7 +388,7 @@ def test_fused_embeddings_score_the_weighted_cosines() -> None:
 
 def test_fusion_weights_follow_the_recogniser_that_knows_each_type() -> None:
     """Type A probes: only the face model finds the identity; type B: only the FACECOM model."""
-    from facecom_utils.recognition.face_tracks import choose_fusion_weights
+    from facecom_utils.recognition.face_tracks import choose_fusion
 
     rng = np.random.default_rng(1)
     n_id = 12
@@ -414,5 +414,133 @@ def test_fusion_weights_follow_the_recogniser_that_knows_each_type() -> None:
     F /= np.linalg.norm(F, axis=1, keepdims=True)
     Cm /= np.linalg.norm(Cm, axis=1, keepdims=True)
     kinds = table["distortion"].fillna("clean").to_numpy()
-    weights = choose_fusion_weights(table, F, Cm, kinds)
-    assert weights["kindA"] >= 0.6 and weights["kindB"] <= 0.4
+    fusion = choose_fusion(table, F, Cm, kinds)
+    assert fusion.weights["kindA"] >= 0.6 and fusion.weights["kindB"] <= 0.4
+    assert fusion.gammas == {}
+
+    # copy evidence: kindB probes are exact copies of their source's copy descriptor (so main top-1 needs
+    # gamma > 0 there; strict cannot use it), kindA copy descriptors are pure noise (gamma stays 0)
+    gallery = table["distortion"].isna().to_numpy()
+    copies = rng.normal(size=(len(table), 64))
+    source_row = {p: i for i, p in enumerate(table["path"])}
+    for i in np.flatnonzero(~gallery & (kinds == "kindB")):
+        copies[i] = copies[source_row[table["source"].iloc[i]]]
+    copies /= np.linalg.norm(copies, axis=1, keepdims=True)
+    Cm_bad = Cm.copy()
+    Cm_bad[kinds == "kindB"] = rng.normal(size=((kinds == "kindB").sum(), 16))  # nobody knows kindB's person
+    Cm_bad /= np.linalg.norm(Cm_bad, axis=1, keepdims=True)
+    with_copies = choose_fusion(table, F, Cm_bad, kinds, copies)
+    assert with_copies.gammas["kindA"] == 0.0 and with_copies.gammas["kindB"] > 0.0
+    main = face_tracks_quick(table, with_copies.embed(F, Cm_bad, kinds, gallery, copies), kinds, "kindB")
+    without = face_tracks_quick(table, choose_fusion(table, F, Cm_bad, kinds).embed(F, Cm_bad, kinds, gallery), kinds,
+                                "kindB")
+    assert main == 1.0 and without < 0.5
+
+
+def face_tracks_quick(table: pd.DataFrame, emb: np.ndarray, kinds: np.ndarray, kind: str) -> float:
+    """Main top-1 of one type's probes."""
+    from facecom_utils.recognition.protocol import _quick_scores
+
+    rows = table["distortion"].isna().to_numpy() | (kinds == kind)
+    return _quick_scores(table[rows].reset_index(drop=True), emb[rows])["top1"]
+
+
+def test_fused_embeddings_add_the_weighted_copy_similarity() -> None:
+    from facecom_utils.recognition.face_tracks import fuse_embeddings
+
+    rng = np.random.default_rng(2)
+    f, c, k = (rng.normal(size=(5, d)) for d in (4, 3, 6))
+    for m in (f, c, k):
+        m /= np.linalg.norm(m, axis=1, keepdims=True)
+    gallery = np.array([True, True, False, False, False])
+    w, gamma = np.array([0, 0, 0.2, 0.5, 1.0]), np.array([9, 9, 0.0, 0.5, 1.0])
+    e = fuse_embeddings(f, c, w, gallery, k, gamma)
+    p, g = ~gallery, gallery
+    want = (w[p, None] * (f[p] @ f[g].T) + (1 - w[p, None]) * (c[p] @ c[g].T) + gamma[p, None] * (k[p] @ k[g].T))
+    np.testing.assert_allclose(e[p] @ e[g].T, want, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- the pixel copy detector
+
+
+def test_copy_detector_finds_each_distorted_copy_of_its_source_photo() -> None:
+    """Real photos (scikit-image ships them offline): every distorted copy of the astronaut scores its
+    source far above other photos (a shifted crop of the same photo included), and unrelated photos
+    are no copies of each other."""
+    from skimage import data as skdata
+    from skimage.transform import resize
+
+    from facecom_utils.recognition.copies import copy_descriptor
+
+    photos = {name: getattr(skdata, name)() for name in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")}
+    photos = {k: (resize(v, (224, 224), anti_aliasing=True) * 255).astype(np.uint8) for k, v in photos.items()}
+    photos["astronaut_shifted"] = np.roll(photos["astronaut"], 24, axis=1)  # the same person, another framing
+    gallery = {k: copy_descriptor(v) for k, v in photos.items()}
+    names = list(gallery)
+    G = np.stack([gallery[k] for k in names])
+    np.testing.assert_allclose(np.linalg.norm(G, axis=1), 1.0, atol=1e-5)
+    for kind in DISTORTION_TYPES:  # the project's FACECOM-like distortions, at FACECOM's severity
+        img = np.asarray(apply_distortion(Image.fromarray(photos["astronaut"]), kind, rng=1))
+        sims = G @ copy_descriptor(img)
+        assert names[int(np.argmax(sims))] == "astronaut", (kind, dict(zip(names, sims.round(3))))
+        others = np.delete(sims, names.index("astronaut"))
+        assert sims[names.index("astronaut")] - others.max() > 0.5, (kind, dict(zip(names, sims.round(3))))
+    unrelated = G @ G.T - np.eye(len(G))
+    assert np.abs(unrelated[:5, :5]).max() < 0.3
+
+
+def test_copy_descriptors_are_cached_by_content(tmp_path: Path) -> None:
+    from facecom_utils.recognition import copies
+
+    rng = np.random.default_rng(3)
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"im{i}.png"
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    first = copies.copy_descriptors(paths, cache_dir=tmp_path / "cache")
+    np.testing.assert_allclose(first[1], copies.copy_descriptor(paths[1]), atol=1e-6)
+    (tmp_path / "renamed.png").write_bytes(paths[0].read_bytes())
+    calls = []
+    real = copies._describe
+    copies._describe = lambda files, size=32: calls.append(list(files)) or real(files, size)
+    try:
+        again = copies.copy_descriptors([tmp_path / "renamed.png", *paths], cache_dir=tmp_path / "cache")
+    finally:
+        copies._describe = real
+    assert calls == []  # same contents: nothing recomputed
+    np.testing.assert_allclose(again[0], first[0])
+
+
+# ----------------------------------------------------------------------------- the Task B error gallery
+
+
+def test_error_gallery_names_the_wrong_and_the_true_identity_photos() -> None:
+    from facecom_utils.recognition.errors import identification_failures, worst_failures
+
+    e = np.eye(6)
+    rows = [("g/a0", "A", None, None, e[0]), ("g/a1", "A", None, None, e[1]), ("g/b0", "B", None, None, e[2]),
+            ("g/c0", "C", None, None, e[3]),
+            # p1 looks like B: a main (and strict) failure, wrong photo b0, true photo a0/a1 (0.1 each: first wins)
+            ("p/1", "A", "noisy", "g/a0", 0.9 * e[2] + 0.1 * e[0] + 0.1 * e[1]),
+            # p2 is its source a0 plus a bit of C: right in main; strict (a0 removed) sees a1 at 0 < C at 0.3
+            ("p/2", "A", "sunny", "g/a0", e[0] + 0.3 * e[3]),
+            # p3 is B's only photo: right in main, left out of strict (no other photo of B)
+            ("p/3", "B", "sunny", "g/b0", e[2] + 0.5 * e[3]),
+            # p4: a tie between its own identity and C counts against it (as in top-1)
+            ("p/4", "C", "noisy", "g/c0", 0.5 * e[3] + 0.5 * e[2])]
+    table = pd.DataFrame([r[:4] for r in rows], columns=["path", "identity", "distortion", "source"])
+    emb = np.stack([r[4] for r in rows]).astype(np.float32)
+    main = identification_failures(table, emb).set_index("probe")
+    assert sorted(main.index) == ["p/1", "p/4"]
+    assert main.loc["p/1", ["predicted", "wrong_image", "true_image"]].tolist() == ["B", "g/b0", "g/a0"]
+    np.testing.assert_allclose(main.loc["p/1", ["score_wrong", "score_true", "margin"]].astype(float), [0.9, 0.1, 0.8],
+                               atol=1e-6)
+    assert main.loc["p/4", "predicted"] == "B" and main.loc["p/4", "margin"] == 0.0
+    strict = identification_failures(table, emb, strict=True).set_index("probe")
+    assert sorted(strict.index) == ["p/1", "p/2"]  # p3 left out, p4's source (c0) is C's only photo: left out
+    assert strict.loc["p/2", ["predicted", "wrong_image", "true_image"]].tolist() == ["C", "g/c0", "g/a1"]
+    assert strict.loc["p/1", "true_image"] == "g/a1"  # a0 is p1's own source: not in the strict gallery
+    worst = worst_failures(table, emb, per_type=1)
+    assert worst[["protocol", "type", "probe"]].values.tolist() == [
+        ["main", "noisy", "p/1"], ["strict", "noisy", "p/1"], ["strict", "sunny", "p/2"]]

@@ -243,6 +243,12 @@ def test_notebooks_02_03_04_run_on_the_tiny_demo(demo_root: Path, tmp_path: Path
     rec_dir = tmp_path / "tiny" / "03_arcface_recognition"
     again = evaluate_run(rec_dir, demo_root, split="val", device="cpu", seed=recognition["parameters"]["seed"])
     assert again["track"] == recognition.get("headline_track", "facecom_only")
+    if "tracks" in recognition:  # dlib installed: every track, the copy detector's included, and the copy weights
+        from facecom_utils.recognition.face_tracks import TRACKS
+
+        assert set(recognition["tracks"]) == set(TRACKS)
+        assert set(recognition["fusion_copy_weights"]) == set(recognition["fusion_weights"])
+        assert recognition["tracks"]["pixel_copies"]["outside_face_data"] is False
     for key in ("top1", "strict_top1", "roc_auc"):
         assert again[key] == pytest.approx(recognition[key], abs=1e-6), key
     gender_again = evaluate_with_run(tmp_path / "tiny" / "02_gender_classification", demo_root, split="val")

@@ -2,17 +2,21 @@
 
 Outside face data: dlib's descriptor was trained on public face datasets whose named identities
 look like LFW's, which may include people in FACECOM (see :mod:`facecom_utils.face_model`), so these
-tracks are reported apart from the FACECOM-only one. Four tracks, one protocol:
+tracks are reported apart from the FACECOM-only one. Five tracks, one protocol:
 
 - ``facecom_only``: the run's own embeddings (notebook 03's model);
 - ``face_model``: dlib's descriptor of the face front end's aligned crop (no restoration);
 - ``face_model_restored``: the same after the restoration the distortion estimator
   (:class:`~facecom_utils.quality.DistortionEstimator`, fitted on the run's training images) picks
   from each image's pixels;
-- ``fused``: per probe, score = w * cos(face model, restored) + (1 - w) * cos(FACECOM embedder),
-  with one weight per **estimated** type (the estimator's output is the quality signal), chosen on
-  the run's validation fold (mean of main and strict top-1) and applied unchanged to the reported
-  split. Glare (sunny) keeps a low weight: dlib finds no face there, the FACECOM model still does.
+- ``pixel_copies``: the training-free pixel copy detector alone
+  (:mod:`~facecom_utils.recognition.copies`; no face data): it shows that the main protocol
+  measures finding a probe's own source photo, the strict protocol recognising the person;
+- ``fused``: per probe, score = w * cos(face model, restored) + (1 - w) * cos(FACECOM embedder)
+  + gamma * copy similarity, with one (w, gamma) per **estimated** type (the estimator's output is
+  the quality signal), chosen on the run's validation fold (mean of main and strict top-1) and
+  applied unchanged to the reported split. Glare (sunny) keeps a low w: dlib finds no face there,
+  the FACECOM model still does.
 
 Every track's thresholds are chosen on the fold, as the FACECOM-only track's are.
 """
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,53 +33,102 @@ import numpy as np
 import pandas as pd
 
 from ..quality import RESTORATION_FOR, DistortionEstimator, quality_feature_matrix
-from .protocol import choose_thresholds, protocol_metrics
+from .copies import copy_descriptors
+from .protocol import _quick_scores, choose_thresholds, protocol_metrics
 
-__all__ = ["TRACKS", "RecognitionTracks", "choose_fusion_weights", "evaluate_run", "fuse_embeddings",
+__all__ = ["TRACKS", "Fusion", "RecognitionTracks", "choose_fusion", "evaluate_run", "fuse_embeddings",
            "recognition_tracks", "run_embeddings", "run_recognition_tracks"]
 
-TRACKS: tuple[str, ...] = ("facecom_only", "face_model", "face_model_restored", "fused")
+TRACKS: tuple[str, ...] = ("facecom_only", "face_model", "face_model_restored", "pixel_copies", "fused")
+#: Tracks that read dlib's descriptor (trained on outside face data).
+OUTSIDE_FACE_DATA: tuple[str, ...] = ("face_model", "face_model_restored", "fused")
 #: The face model's weight is searched on this grid, per estimated type.
 WEIGHT_GRID: tuple[float, ...] = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
+#: The copy similarity's weight is searched on this grid, per estimated type.
+GAMMA_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
 
 
-def fuse_embeddings(face: np.ndarray, facecom: np.ndarray, weight: np.ndarray, gallery: np.ndarray) -> np.ndarray:
-    """Embeddings whose dot product is ``w * cos_face + (1 - w) * cos_facecom`` for each probe.
+def fuse_embeddings(face: np.ndarray, facecom: np.ndarray, weight: np.ndarray, gallery: np.ndarray,
+                    copies: np.ndarray | None = None, gamma: np.ndarray | None = None) -> np.ndarray:
+    """Embeddings whose dot product is ``w * cos_face + (1 - w) * cos_facecom (+ gamma * copy)`` per probe.
 
     Args:
         face, facecom: L2-normalised ``[N, D1]`` and ``[N, D2]`` embeddings of the same rows.
         weight: ``[N]`` the face model's weight of each row (ignored for gallery rows).
-        gallery: ``[N]`` True for gallery (clean) rows, which keep both parts unscaled.
+        gallery: ``[N]`` True for gallery (clean) rows, which keep every part unscaled.
+        copies, gamma: Optional ``[N, D3]`` copy descriptors (:func:`~.copies.copy_descriptors`) and
+            ``[N]`` their weight per probe row.
     """
+    gallery = np.asarray(gallery, bool)
     w = np.where(gallery, 1.0, np.asarray(weight, np.float64))[:, None]
     v = np.where(gallery, 1.0, 1.0 - np.asarray(weight, np.float64))[:, None]
-    return np.concatenate([w * face, v * facecom], axis=1).astype(np.float32)
+    parts = [w * face, v * facecom]
+    if copies is not None:
+        g = np.where(gallery, 1.0, np.zeros(len(gallery)) if gamma is None else np.asarray(gamma, np.float64))[:, None]
+        parts.append(g * copies)
+    return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+@dataclass
+class Fusion:
+    """The fused track's per-type choices: the face model's weight and the copy similarity's weight.
+
+    Attributes:
+        weights: ``{estimated type: w}``; gammas: ``{estimated type: gamma}`` (empty: no copy term).
+        Types not in the table get 0 (the FACECOM model alone).
+    """
+
+    weights: dict[str, float]
+    gammas: dict[str, float] = field(default_factory=dict)
+
+    def per_probe(self, kinds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(w, gamma)`` of each row from its estimated type."""
+        return (np.array([self.weights.get(str(k), 0.0) for k in kinds], np.float64),
+                np.array([self.gammas.get(str(k), 0.0) for k in kinds], np.float64))
+
+    def embed(self, face: np.ndarray, facecom: np.ndarray, kinds: np.ndarray, gallery: np.ndarray,
+              copies: np.ndarray | None = None) -> np.ndarray:
+        """The fused embeddings of rows (see :func:`fuse_embeddings`)."""
+        w, g = self.per_probe(kinds)
+        return fuse_embeddings(face, facecom, w, gallery, copies if self.gammas else None, g)
+
+    def table(self) -> pd.DataFrame:
+        """One row per estimated type: ``face-model weight``, ``copy weight``."""
+        return pd.DataFrame({"face-model weight": self.weights,
+                             "copy weight": {k: self.gammas.get(k, 0.0) for k in self.weights}}).T
 
 
 def _mean_top1(table: pd.DataFrame, emb: np.ndarray) -> float:
-    m = protocol_metrics(table, emb, threshold=0.5, seed=0)
-    values = [m["top1"], m["strict_top1"]]
-    return float(np.nanmean(values))
+    m = _quick_scores(table, emb)
+    return float(np.nanmean([m["top1"], m["strict_top1"]]))
 
 
-def choose_fusion_weights(table: pd.DataFrame, face: np.ndarray, facecom: np.ndarray, kinds: np.ndarray,
-                          grid: tuple[float, ...] = WEIGHT_GRID) -> dict[str, float]:
-    """The face model's weight per estimated type, each maximising mean(main, strict) top-1 of that type's probes.
+def choose_fusion(table: pd.DataFrame, face: np.ndarray, facecom: np.ndarray, kinds: np.ndarray,
+                  copies: np.ndarray | None = None, grid: tuple[float, ...] = WEIGHT_GRID,
+                  gamma_grid: tuple[float, ...] = GAMMA_GRID) -> Fusion:
+    """The face model's weight (and the copy weight, with ``copies``) per estimated type.
 
-    Call it on the validation fold only; ties keep the lower weight (the FACECOM model's side).
+    Each type's pair maximises mean(main, strict) top-1 of that type's probes. Call it on the
+    validation fold only; ties keep the lower copy weight, then the lower face weight (the FACECOM
+    model's side).
     """
     gallery = table["distortion"].isna().to_numpy()
-    weights = {}
+    weights, gammas = {}, {}
     for kind in sorted(set(kinds[~gallery])):
         rows = gallery | (kinds == kind)
         sub = table[rows].reset_index(drop=True)
-        best, best_w = -np.inf, 0.0
-        for w in grid:
-            value = _mean_top1(sub, fuse_embeddings(face[rows], facecom[rows], np.full(rows.sum(), w), gallery[rows]))
-            if value > best + 1e-9:
-                best, best_w = value, float(w)
+        best, best_w, best_g = -np.inf, 0.0, 0.0
+        for g in (gamma_grid if copies is not None else (0.0,)):
+            for w in grid:
+                emb = fuse_embeddings(face[rows], facecom[rows], np.full(rows.sum(), w), gallery[rows],
+                                      None if copies is None else copies[rows], np.full(rows.sum(), g))
+                value = _mean_top1(sub, emb)
+                if value > best + 1e-9:
+                    best, best_w, best_g = value, float(w), float(g)
         weights[str(kind)] = best_w
-    return weights
+        if copies is not None:
+            gammas[str(kind)] = best_g
+    return Fusion(weights, gammas)
 
 
 @dataclass
@@ -84,17 +137,26 @@ class RecognitionTracks:
 
     Attributes:
         estimator: The restoration selector / quality signal.
-        weights: The face model's fusion weight per estimated type (chosen on the fold).
+        fusion: The fused track's weights per estimated type (chosen on the fold).
         tracks: ``{track: protocol metrics on the reported split}``.
         headline: The track at the top of metrics.json.
         selector: Per true type: share of probes whose type / restoration the estimator got right.
+        table, embeddings: The reported split's rows and each track's embeddings of them.
     """
 
     estimator: DistortionEstimator
-    weights: dict[str, float]
+    fusion: Fusion
     tracks: dict[str, dict[str, Any]]
     headline: str
     selector: pd.DataFrame
+    table: pd.DataFrame | None = None
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def failures(self, per_type: int = 2, track: str | None = None) -> pd.DataFrame:
+        """The error gallery: the worst main and strict failures per type of a track (the headline by default)."""
+        from .errors import worst_failures
+
+        return worst_failures(self.table, self.embeddings[track or self.headline], per_type=per_type)
 
     def side_by_side(self) -> pd.DataFrame:
         """Tracks as columns; main and strict top-1 overall and per type as rows."""
@@ -111,9 +173,10 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
     """Stage 5: scores every track on the reported split; choices (weights, thresholds) on the fold.
 
     Reads the run's saved embeddings of its validation fold and reported split, computes dlib
-    descriptors of the same images (cached by file content), fits the distortion estimator on up
-    to 4,000 of the run's training images, and writes ``face_tracks.pt`` (estimator, weights;
-    loadable with ``weights_only=True``) and ``metrics.json`` with ``tracks`` and the headline on top.
+    descriptors and copy descriptors of the same images (cached by file content), fits the
+    distortion estimator on up to 4,000 of the run's training images, and writes
+    ``face_tracks.pt`` (estimator, fusion weights, thresholds; loadable with ``weights_only=True``)
+    and ``metrics.json`` with ``tracks`` and the headline on top.
     """
     import torch
 
@@ -141,17 +204,19 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
         data[role] = {"table": table, "kinds": estimator.predict(q), "quality": q, "facecom_raw": emb,
                       "facecom": emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12),
                       "face_model": store.describe(table["path"].tolist()).normalised(),
+                      "pixel_copies": copy_descriptors(table["path"].tolist(), workers=workers, cache_dir=cache),
                       "face_model_restored": store.describe(table["path"].tolist(),
                                                             estimator.restorations(q)).normalised()}
     fold = data[FOLD_ROLE]
-    weights = choose_fusion_weights(fold["table"], fold["face_model_restored"], fold["facecom"], fold["kinds"])
+    fusion = choose_fusion(fold["table"], fold["face_model_restored"], fold["facecom"], fold["kinds"],
+                           fold["pixel_copies"])
 
     def embeddings(d: dict[str, Any], track: str) -> np.ndarray:
         if track == "facecom_only":  # as saved: its thresholds were chosen on these very scores
             return d["facecom_raw"]
         if track == "fused":
-            w = np.array([weights.get(str(k), 0.0) for k in d["kinds"]])
-            return fuse_embeddings(d["face_model_restored"], d["facecom"], w, d["table"]["distortion"].isna().to_numpy())
+            return fusion.embed(d["face_model_restored"], d["facecom"], d["kinds"],
+                                d["table"]["distortion"].isna().to_numpy(), d["pixel_copies"])
         return d[track]
 
     rep = data[reported]
@@ -166,8 +231,7 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
         m = protocol_metrics(rep["table"], embeddings(rep, track), thresholds["threshold"],
                              thresholds["strict_threshold"], seed=cfg.seed)
         m["threshold_source"] = "validation fold"
-        if track != "facecom_only":
-            m["outside_face_data"] = True
+        m["outside_face_data"] = track in OUTSIDE_FACE_DATA
         tracks[track] = m
     headline = "fused" if cfg.headline_track == "auto" else cfg.headline_track
     probes = rep["table"]["distortion"].notna().to_numpy()
@@ -176,15 +240,18 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
     selector = pd.DataFrame({"type": kinds, "estimated type correct": rep["kinds"][probes] == kinds,
                              "right restoration": chosen == np.array([RESTORATION_FOR.get(k, "identity") for k in kinds])
                              }).groupby("type").mean()
-    out = RecognitionTracks(estimator, weights, tracks, headline, selector)
+    out = RecognitionTracks(estimator, fusion, tracks, headline, selector, rep["table"],
+                            {track: embeddings(rep, track) for track in TRACKS})
     tmp = rundir.path / ".face_tracks.pt.tmp"
     torch.save({"task": "recognition", "headline": headline, "estimator": estimator.state_dict(),
-                "weights": {k: float(v) for k, v in weights.items()}, "thresholds": chosen_thresholds}, tmp)
+                "weights": {k: float(v) for k, v in fusion.weights.items()},
+                "gammas": {k: float(v) for k, v in fusion.gammas.items()}, "thresholds": chosen_thresholds}, tmp)
     os.replace(tmp, rundir.path / "face_tracks.pt")
     metrics = {k: v for k, v in run.metrics.items() if k not in ("parameters", "data_root", "synthetic")}
     metrics["tracks"] = tracks
     metrics["headline_track"] = headline
-    metrics["fusion_weights"] = weights
+    metrics["fusion_weights"] = fusion.weights
+    metrics["fusion_copy_weights"] = fusion.gammas
     metrics.update({k: v for k, v in tracks[headline].items() if k not in ("threshold_source", "outside_face_data")})
     rundir.write_metrics(metrics, cfg, splits.data_root)
     run.metrics.update(metrics)
@@ -244,8 +311,11 @@ def run_embeddings(run_dir: str | Path, paths: list[str], gallery: np.ndarray, d
     face = store.describe(paths, estimator.restorations(q) if restored else "identity").normalised()
     if headline != "fused":
         return face, list(tracks["thresholds"][headline]), headline
-    w = np.array([float(tracks["weights"].get(str(k), 0.0)) for k in estimator.predict(q)])
-    return fuse_embeddings(face, facecom, w, np.asarray(gallery, bool)), list(tracks["thresholds"][headline]), headline
+    fusion = Fusion({k: float(v) for k, v in tracks["weights"].items()},
+                    {k: float(v) for k, v in tracks.get("gammas", {}).items()})
+    copies = copy_descriptors(paths, workers=workers, cache_dir=cache) if fusion.gammas else None
+    emb = fusion.embed(face, facecom, estimator.predict(q), np.asarray(gallery, bool), copies)
+    return emb, list(tracks["thresholds"][headline]), headline
 
 
 def evaluate_run(run_dir: str | Path, data_root: str | Path, split: str = "val", device: str = "auto",
