@@ -138,6 +138,9 @@ def summarise(metrics: list[dict], notebook: str = "03") -> pd.DataFrame:
             values = _fold_values(notebook, t)
             for key, v in values.items():
                 rows.setdefault((track, key), {})[f"fold{i}"] = v
+        for kind, r in (m.get("selector") or {}).items():  # the restoration selector, per true type
+            for key, v in r.items():
+                rows.setdefault(("selector", f"{key} {kind}"), {})[f"fold{i}"] = v
     table = pd.DataFrame(rows).T.astype(float)
     folds = [c for c in table.columns if c.startswith("fold")]
     table["mean"] = table[folds].mean(axis=1)

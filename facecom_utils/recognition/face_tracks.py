@@ -140,7 +140,8 @@ class RecognitionTracks:
         fusion: The fused track's weights per estimated type (chosen on the fold).
         tracks: ``{track: protocol metrics on the reported split}``.
         headline: The track at the top of metrics.json.
-        selector: Per true type: share of probes whose type / restoration the estimator got right.
+        selector: Per true type: share of probes whose type / restoration the estimator got right,
+            and share where dlib's detector finds a face before and after the chosen restoration.
         table, embeddings: The reported split's rows and each track's embeddings of them.
     """
 
@@ -201,12 +202,14 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
     data = {}
     for role, (table, emb) in roles.items():
         q = quality_feature_matrix(table["path"], workers=workers, cache_dir=cache)
+        plain = store.describe(table["path"].tolist())
+        restored = store.describe(table["path"].tolist(), estimator.restorations(q))
         data[role] = {"table": table, "kinds": estimator.predict(q), "quality": q, "facecom_raw": emb,
                       "facecom": emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12),
-                      "face_model": store.describe(table["path"].tolist()).normalised(),
+                      "detected": plain.detected, "detected_restored": restored.detected,
+                      "face_model": plain.normalised(),
                       "pixel_copies": copy_descriptors(table["path"].tolist(), workers=workers, cache_dir=cache),
-                      "face_model_restored": store.describe(table["path"].tolist(),
-                                                            estimator.restorations(q)).normalised()}
+                      "face_model_restored": restored.normalised()}
     fold = data[FOLD_ROLE]
     fusion = choose_fusion(fold["table"], fold["face_model_restored"], fold["facecom"], fold["kinds"],
                            fold["pixel_copies"])
@@ -238,7 +241,9 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
     kinds = rep["table"]["distortion"].to_numpy()[probes]
     chosen = np.array(estimator.restorations(rep["quality"][probes]))
     selector = pd.DataFrame({"type": kinds, "estimated type correct": rep["kinds"][probes] == kinds,
-                             "right restoration": chosen == np.array([RESTORATION_FOR.get(k, "identity") for k in kinds])
+                             "right restoration": chosen == np.array([RESTORATION_FOR.get(k, "identity") for k in kinds]),
+                             "face found": rep["detected"][probes],
+                             "face found after restoration": rep["detected_restored"][probes],
                              }).groupby("type").mean()
     out = RecognitionTracks(estimator, fusion, tracks, headline, selector, rep["table"],
                             {track: embeddings(rep, track) for track in TRACKS})
@@ -252,6 +257,7 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
     metrics["headline_track"] = headline
     metrics["fusion_weights"] = fusion.weights
     metrics["fusion_copy_weights"] = fusion.gammas
+    metrics["selector"] = {t: {k: float(v) for k, v in r.items()} for t, r in selector.to_dict(orient="index").items()}
     metrics.update({k: v for k, v in tracks[headline].items() if k not in ("threshold_source", "outside_face_data")})
     rundir.write_metrics(metrics, cfg, splits.data_root)
     run.metrics.update(metrics)
