@@ -174,7 +174,11 @@ def main() -> None:
     table = summarise(metrics, args.notebook)
     (out / "summary.json").write_text(json.dumps(
         {f"{t}/{k}": v for (t, k), v in table.round(4).to_dict(orient="index").items()}, indent=1))
-    (out / "summary.md").write_text(table.round(3).to_markdown())
+    try:
+        text = table.round(3).to_markdown()
+    except ImportError:  # tabulate is optional
+        text = table.round(3).to_string()
+    (out / "summary.md").write_text(text)
     with pd.option_context("display.width", 200, "display.max_rows", 200):
         print(table.round(3))
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
