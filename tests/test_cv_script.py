@@ -1,0 +1,61 @@
+"""scripts/cv_notebooks.py: the fold data roots it links are person-disjoint and cover everyone once."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("cv_notebooks", ROOT / "scripts" / "cv_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["cv_notebooks"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _layout(root: Path) -> dict[str, str]:
+    """Task A and Task B of 12 people (4 female), two clean photos each, one distorted copy each."""
+    rng = np.random.default_rng(0)
+    labels = {}
+    for i in range(12):
+        person, label = f"Person_{i:02d}", "female" if i % 3 == 0 else "male"
+        labels[person] = label
+        for k in (1, 2):
+            name = f"{person}_{k:04d}.jpg"
+            img = Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+            for path in (root / "Task_A" / "train" / label / name, root / "Task_B" / "train" / person / name):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                img.save(path)
+            copy = root / "Task_B" / "train" / person / "distortion" / f"{person}_{k:04d}_noisy.jpg"
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            img.save(copy)
+    return labels
+
+
+def test_fold_roots_are_person_disjoint_and_cover_everyone(tmp_path: Path) -> None:
+    cv = _script()
+    labels = _layout(tmp_path / "data")
+    for notebook in ("02", "03"):
+        roots = cv.make_fold_roots(tmp_path / "data", tmp_path / f"out{notebook}", notebook, 3, 0)
+        assert len(roots) == 3
+        held = []
+        for root in roots:
+            train = {p.name for p in (root / "Task_B" / "train").iterdir()}
+            val = {p.name for p in (root / "Task_B" / "val").iterdir()}
+            assert train.isdisjoint(val) and train | val == set(labels)
+            assert (root / "Task_B" / "val" / sorted(val)[0] / "distortion").is_dir()  # copies travel with the person
+            held.append(val)
+            if notebook == "02":  # Task A follows the same people, labels kept; both genders in every val part
+                for split, people in (("train", train), ("val", val)):
+                    files = list((root / "Task_A" / split).glob("*/*.jpg"))
+                    assert {f.name.rsplit("_", 1)[0] for f in files} == people
+                    assert all(f.parent.name == labels[f.name.rsplit("_", 1)[0]] for f in files)
+                assert {labels[p] for p in val} == {"female", "male"}
+        assert sorted(p for part in held for p in part) == sorted(labels)  # each person held out exactly once
