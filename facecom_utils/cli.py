@@ -21,8 +21,9 @@ descriptor behind the restoration selector, and the glare head for the ``fused``
 out-of-fold threshold; ``evaluate-gender`` then also scores the real distorted copies of
 ``Task_B/<split>``. ``best.pt`` alone runs the FACECOM-only CNN. Likewise a Task B run directory
 (notebook 03) makes ``identify`` and ``evaluate-recognition`` run its headline track (``fused``:
-the FACECOM embedder and dlib's restored descriptor, weighted per probe by its estimated type) with
-the thresholds its validation fold chose; ``best.pt`` alone runs the FACECOM-only embedder.
+the FACECOM embedder, dlib's restored descriptor and the pixel copy similarity, weighted per probe by
+its estimated type) with the thresholds its validation fold chose; ``best.pt`` alone runs the
+FACECOM-only embedder.
 
 ``evaluate-*`` apply the protocol and the threshold stored in the checkpoint (chosen on the training
 run's validation fold) to ``DATA_ROOT/Task_A/<split>`` or ``DATA_ROOT/Task_B/<split>`` -- the same
@@ -334,8 +335,7 @@ def cmd_evaluate_recognition(args: argparse.Namespace) -> int:
         from facecom_utils.recognition.face_tracks import evaluate_run
 
         root = _readable_split(args, "Task_B")
-        if not (Path(args.checkpoint) / "checkpoints" / "best.pt").is_file():
-            raise CliError(f"{args.checkpoint}: not a Task B run directory (no checkpoints/best.pt)")
+        _task_b_run_dir(args.checkpoint)
         metrics = evaluate_run(args.checkpoint, root, split=args.split, device=args.device,
                                batch_size=args.batch_size, seed=0 if args.seed is None else args.seed)
         if not args.json:
@@ -456,6 +456,11 @@ def cmd_identify(args: argparse.Namespace) -> int:
     return _finish(args, len(bad) + len(bad_gallery), len(probes) + len(gallery) + len(bad_gallery), detail)
 
 
+def _task_b_run_dir(path: str | Path) -> None:
+    if not (Path(path) / "checkpoints" / "best.pt").is_file():
+        raise CliError(f"{path}: not a Task B run directory (no checkpoints/best.pt)")
+
+
 def _identify_with_run(args: argparse.Namespace) -> int:
     """``identify RUN_DIR``: the run's headline track (see :func:`facecom_utils.recognition.face_tracks.run_embeddings`)."""
     import numpy as np
@@ -463,8 +468,7 @@ def _identify_with_run(args: argparse.Namespace) -> int:
     from facecom_utils.recognition.face_tracks import run_embeddings
     from facecom_utils.scoring import identity_scores
 
-    if not (Path(args.checkpoint) / "checkpoints" / "best.pt").is_file():
-        raise CliError(f"{args.checkpoint}: not a Task B run directory (no checkpoints/best.pt)")
+    _task_b_run_dir(args.checkpoint)
     probes = collect_images(args.probes)
     gallery, identities, bad_gallery, lost = _readable_gallery(args)
     bad = _screen(probes, args)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -181,7 +180,6 @@ def main() -> None:
     (out / "summary.md").write_text(text)
     with pd.option_context("display.width", 200, "display.max_rows", 200):
         print(table.round(3))
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # The FACECOM training split sits beside the checkout (../shared/facecom); users' machines lack it.
 FACECOM_ROOT = REPO_ROOT.parent / "shared" / "facecom"
 
+def noise_images(folder: Path, n: int, size: tuple[int, int] = (40, 40), seed: int = 0,
+                 prefix: str = "im") -> list[Path]:
+    """``n`` seeded random RGB PNGs ``folder/<prefix><k>.png`` of ``size`` (height, width)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(n):
+        path = folder / f"{prefix}{k}.png"
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
 requires_facecom = pytest.mark.skipif(
     not (FACECOM_ROOT / "Task_B" / "train").is_dir(),
     reason=f"real FACECOM training split not found at {FACECOM_ROOT}",

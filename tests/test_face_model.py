@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import noise_images
 from facecom_utils.distortions import DISTORTION_TYPES, apply_distortion
 from facecom_utils.face_model import Descriptions
 from facecom_utils.gender_face import (
@@ -431,6 +432,10 @@ def test_fusion_weights_follow_the_recogniser_that_knows_each_type() -> None:
     Cm_bad /= np.linalg.norm(Cm_bad, axis=1, keepdims=True)
     with_copies = choose_fusion(table, F, Cm_bad, kinds, copies)
     assert with_copies.gammas["kindA"] == 0.0 and with_copies.gammas["kindB"] > 0.0
+    from facecom_utils.recognition.face_tracks import Fusion
+
+    assert Fusion.from_state_dict(with_copies.state_dict()) == with_copies  # what face_tracks.pt keeps
+    assert Fusion.from_state_dict({"weights": fusion.weights}).gammas == {}  # a file from before the copy term
     main = face_tracks_quick(table, with_copies.embed(F, Cm_bad, kinds, gallery, copies), kinds, "kindB")
     without = face_tracks_quick(table, choose_fusion(table, F, Cm_bad, kinds).embed(F, Cm_bad, kinds, gallery), kinds,
                                 "kindB")
@@ -492,12 +497,7 @@ def test_copy_detector_finds_each_distorted_copy_of_its_source_photo() -> None:
 def test_copy_descriptors_are_cached_by_content(tmp_path: Path) -> None:
     from facecom_utils.recognition import copies
 
-    rng = np.random.default_rng(3)
-    paths = []
-    for i in range(3):
-        p = tmp_path / f"im{i}.png"
-        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(p)
-        paths.append(p)
+    paths = noise_images(tmp_path, 3, seed=3)
     first = copies.copy_descriptors(paths, cache_dir=tmp_path / "cache")
     np.testing.assert_allclose(first[1], copies.copy_descriptor(paths[1]), atol=1e-6)
     (tmp_path / "renamed.png").write_bytes(paths[0].read_bytes())

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
-from PIL import Image
 
+from conftest import noise_images
 from facecom_utils import plots
 from facecom_utils.evaluation import reliability_curve
 
@@ -25,13 +25,7 @@ def _close_figures() -> Iterator[None]:
 
 @pytest.fixture()
 def image_paths(tmp_path: Path) -> list[Path]:
-    rng = np.random.default_rng(0)
-    paths = []
-    for k in range(5):
-        path = tmp_path / f"face_{k}.png"
-        Image.fromarray(rng.integers(0, 255, (40, 32, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
-    return paths
+    return noise_images(tmp_path, 5, size=(40, 32), prefix="face_")
 
 
 def _check_figure(fig: Figure, tmp_path: Path, name: str) -> None:

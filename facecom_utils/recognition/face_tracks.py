@@ -92,6 +92,17 @@ class Fusion:
         w, g = self.per_probe(kinds)
         return fuse_embeddings(face, facecom, w, gallery, copies if self.gammas else None, g)
 
+    def state_dict(self) -> dict[str, dict[str, float]]:
+        """Plain floats (part of ``face_tracks.pt``, read with ``weights_only=True``)."""
+        return {"weights": {k: float(v) for k, v in self.weights.items()},
+                "gammas": {k: float(v) for k, v in self.gammas.items()}}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "Fusion":
+        """Also reads files written before the copy term (no ``gammas``: none)."""
+        return cls({k: float(v) for k, v in state["weights"].items()},
+                   {k: float(v) for k, v in state.get("gammas", {}).items()})
+
     def table(self) -> pd.DataFrame:
         """One row per estimated type: ``face-model weight``, ``copy weight``."""
         return pd.DataFrame({"face-model weight": self.weights,
@@ -202,9 +213,11 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
     data = {}
     for role, (table, emb) in roles.items():
         q = quality_feature_matrix(table["path"], workers=workers, cache_dir=cache)
+        restorations = estimator.restorations(q)
         plain = store.describe(table["path"].tolist())
-        restored = store.describe(table["path"].tolist(), estimator.restorations(q))
-        data[role] = {"table": table, "kinds": estimator.predict(q), "quality": q, "facecom_raw": emb,
+        restored = store.describe(table["path"].tolist(), restorations)
+        data[role] = {"table": table, "kinds": estimator.predict(q), "restorations": np.asarray(restorations),
+                      "facecom_raw": emb,
                       "facecom": emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12),
                       "detected": plain.detected, "detected_restored": restored.detected,
                       "face_model": plain.normalised(),
@@ -223,6 +236,7 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
         return d[track]
 
     rep = data[reported]
+    reported_embeddings = {track: embeddings(rep, track) for track in TRACKS}
     tracks, chosen_thresholds = {}, {}
     for track in TRACKS:
         if track == "facecom_only":  # the run's own thresholds (chosen on the same fold by its threshold_method)
@@ -231,7 +245,7 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
             thresholds = choose_thresholds(fold["table"], embeddings(fold, track), method=cfg.threshold_method,
                                            seed=cfg.seed)
         chosen_thresholds[track] = [float(thresholds["threshold"]), float(thresholds["strict_threshold"])]
-        m = protocol_metrics(rep["table"], embeddings(rep, track), thresholds["threshold"],
+        m = protocol_metrics(rep["table"], reported_embeddings[track], thresholds["threshold"],
                              thresholds["strict_threshold"], seed=cfg.seed)
         m["threshold_source"] = "validation fold"
         m["outside_face_data"] = track in OUTSIDE_FACE_DATA
@@ -239,18 +253,16 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
     headline = "fused" if cfg.headline_track == "auto" else cfg.headline_track
     probes = rep["table"]["distortion"].notna().to_numpy()
     kinds = rep["table"]["distortion"].to_numpy()[probes]
-    chosen = np.array(estimator.restorations(rep["quality"][probes]))
+    chosen = rep["restorations"][probes]
     selector = pd.DataFrame({"type": kinds, "estimated type correct": rep["kinds"][probes] == kinds,
                              "right restoration": chosen == np.array([RESTORATION_FOR.get(k, "identity") for k in kinds]),
                              "face found": rep["detected"][probes],
                              "face found after restoration": rep["detected_restored"][probes],
                              }).groupby("type").mean()
-    out = RecognitionTracks(estimator, fusion, tracks, headline, selector, rep["table"],
-                            {track: embeddings(rep, track) for track in TRACKS})
+    out = RecognitionTracks(estimator, fusion, tracks, headline, selector, rep["table"], reported_embeddings)
     tmp = rundir.path / ".face_tracks.pt.tmp"
     torch.save({"task": "recognition", "headline": headline, "estimator": estimator.state_dict(),
-                "weights": {k: float(v) for k, v in fusion.weights.items()},
-                "gammas": {k: float(v) for k, v in fusion.gammas.items()}, "thresholds": chosen_thresholds}, tmp)
+                **fusion.state_dict(), "thresholds": chosen_thresholds}, tmp)
     os.replace(tmp, rundir.path / "face_tracks.pt")
     metrics = {k: v for k, v in run.metrics.items() if k not in ("parameters", "data_root", "synthetic")}
     metrics["tracks"] = tracks
@@ -317,8 +329,7 @@ def run_embeddings(run_dir: str | Path, paths: list[str], gallery: np.ndarray, d
     face = store.describe(paths, estimator.restorations(q) if restored else "identity").normalised()
     if headline != "fused":
         return face, list(tracks["thresholds"][headline]), headline
-    fusion = Fusion({k: float(v) for k, v in tracks["weights"].items()},
-                    {k: float(v) for k, v in tracks.get("gammas", {}).items()})
+    fusion = Fusion.from_state_dict(tracks)
     copies = copy_descriptors(paths, workers=workers, cache_dir=cache) if fusion.gammas else None
     emb = fusion.embed(face, facecom, estimator.predict(q), np.asarray(gallery, bool), copies)
     return emb, list(tracks["thresholds"][headline]), headline
