@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from .data import load_image
 from .feature_cache import file_digest
 from .face import DEFAULT_FALLBACK, align_face, detect_faces, _model_file
-from .restoration import RESTORATIONS, restore
+from .restoration import RESTORATION_VERSIONS, RESTORATIONS, restore
 
 __all__ = ["DESCRIPTOR_DIM", "DescriptorStore", "Descriptions", "describe_image", "face_model_available", "face_tracks_wanted",
            "file_digest"]
@@ -147,8 +147,12 @@ class DescriptorStore:
         self._tables: dict[str, dict[str, tuple[np.ndarray, bool, float]]] = {}
 
     def _file(self, restoration: str) -> Path:
-        settings = json.dumps([_STORE_VERSION, restoration, self.upsample, list(DEFAULT_FALLBACK.box)])
-        return self.folder / f"dlib_{restoration}_{hashlib.sha256(settings.encode()).hexdigest()[:12]}.npz"
+        settings: list[Any] = [_STORE_VERSION, restoration, self.upsample, list(DEFAULT_FALLBACK.box)]
+        version = RESTORATION_VERSIONS.get(restoration, 1)
+        if version > 1:  # stores of restorations at version 1 keep their names (and their cached work)
+            settings.append(version)
+        digest = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:12]
+        return self.folder / f"dlib_{restoration}_{digest}.npz"
 
     def _table(self, restoration: str) -> dict[str, tuple[np.ndarray, bool, float]]:
         if restoration not in self._tables:

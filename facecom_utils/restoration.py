@@ -6,9 +6,12 @@ name, no distortion label, no randomness, so a later per-probe selector can run 
 :func:`restore_candidates` and pick one from the image alone.
 
 - ``identity``: the image unchanged.
-- ``denoise``: a switching median filter for FACECOM's salt-and-pepper noise. Pixels that differ
-  from their local median by more than a threshold are impulses and take the median; all other
-  pixels are kept, so a clean image is almost untouched.
+- ``denoise``: FACECOM's noise is dense (about 30 % of pixels off by more than 20 grey levels).
+  A gate counts pixels that stand out from their 3 x 3 median: above 8 % the whole image gets a
+  3 x 3 then a 5 x 5 median; below it only impulses (pixels far from their local median) take
+  the median, so a clean image is almost untouched. (Version 2: version 1 switched impulses
+  only; on 120 noisy training copies the gated median lifts dlib's face detection 0.86 -> 0.96
+  and its top-1 match to the clean source 0.83 -> 0.98.)
 - ``derain``: rain streaks are thin bright slanted lines. A grey opening with a short horizontal
   line removes bright structures narrower than it; pixels that lose more than a threshold take
   the opened value (again a switch, so a clean image is almost untouched).
@@ -54,6 +57,7 @@ from scipy import ndimage
 
 __all__ = [
     "RESTORATIONS",
+    "RESTORATION_VERSIONS",
     "RestorationFn",
     "deblur",
     "dehaze",
@@ -107,22 +111,35 @@ def identity(image: np.ndarray) -> np.ndarray:
     return np.array(image, copy=True)
 
 
-def denoise(image: np.ndarray, size: int = 3, threshold: float = 60.0) -> np.ndarray:
-    """Switching median filter against salt-and-pepper noise.
+def denoise(image: np.ndarray, size: int = 3, threshold: float = 60.0, dense_level: float = 20.0,
+            dense_share: float = 0.08, dense_size: int = 5) -> np.ndarray:
+    """Median filtering for FACECOM's noise, gated by how much of the image is noise.
 
-    A pixel is an impulse when any channel differs from that channel's ``size x size`` median by
-    more than ``threshold``; impulses take the median, other pixels are kept.
+    FACECOM's ``noisy`` copies carry dense grey noise (about 30 % of pixels off by more than 20
+    levels, the three channels moving together) with impulses on top. When more than
+    ``dense_share`` of the pixels' luminance differs from its 3 x 3 median by more than
+    ``dense_level``, the image is dense noise: it gets a 3 x 3 then a ``dense_size`` x
+    ``dense_size`` median on every pixel. Otherwise only impulses are switched: a pixel whose
+    channel differs from that channel's ``size x size`` median by more than ``threshold`` takes
+    the median, all other pixels are kept, so a clean image (at most ~4 % such pixels on
+    FACECOM's training split) is almost untouched.
 
     Args:
         image: uint8 RGB array ``(H, W, 3)``.
-        size: Side of the median window (odd).
-        threshold: Grey levels a channel must differ from its median to count as noise.
+        size: Side of the switching median window (odd).
+        threshold: Grey levels a channel must differ from its median to count as an impulse.
+        dense_level, dense_share: The gate: luminance deviation and share of pixels above it.
+        dense_size: Side of the second median for dense noise.
 
     Returns:
         The denoised uint8 RGB array.
     """
     x = _check(image)
     med = ndimage.median_filter(x, size=(size, size, 1), mode="reflect")
+    luma = _luma(x)
+    if float((np.abs(luma - ndimage.median_filter(luma, size=3, mode="reflect")) > dense_level).mean()) > dense_share:
+        return _to_uint8(ndimage.median_filter(ndimage.median_filter(x, size=(3, 3, 1), mode="reflect"),
+                                               size=(dense_size, dense_size, 1), mode="reflect"))
     hit = (np.abs(x - med) > threshold).any(axis=2, keepdims=True)
     return _to_uint8(np.where(hit, med, x))
 
@@ -222,6 +239,9 @@ def lowlight(image: np.ndarray, percentile: float = 99.0, target: float = 235.0,
         return _to_uint8(x)
     return _to_uint8(x * (target / max(bright, 1.0)))
 
+
+#: Bumped when a restoration's output changes, so caches of its results are recomputed (1 if absent).
+RESTORATION_VERSIONS: dict[str, int] = {"denoise": 2}
 
 RESTORATIONS: dict[str, RestorationFn] = {
     "identity": identity,

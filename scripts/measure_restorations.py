@@ -35,7 +35,9 @@ from facecom_utils.restoration import RESTORATIONS, deblur, dehaze, denoise, der
 # A few settings per restoration, scored on the type each is for ("--tune").
 TUNING: dict[str, tuple[str, dict[str, Callable[[np.ndarray], np.ndarray]]]] = {
     "denoise": ("noisy", {
-        f"size={s} thr={t}": partial(denoise, size=s, threshold=t) for s in (3, 5) for t in (30, 45, 60)
+        **{f"impulses only, size={s} thr={t}": partial(denoise, size=s, threshold=t, dense_share=1.0)
+           for s in (3, 5) for t in (30, 60)},
+        **{f"gated, dense median {d}": partial(denoise, dense_size=d) for d in (3, 5, 7)},
     }),
     "derain": ("rainy", {
         f"size={s} weight={w} min={m}": partial(derain, size=s, weight=w, min_streaks=m)
