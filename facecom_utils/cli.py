@@ -21,8 +21,8 @@ descriptor behind the restoration selector, and the glare head for the ``fused``
 out-of-fold threshold; ``evaluate-gender`` then also scores the real distorted copies of
 ``Task_B/<split>``. ``best.pt`` alone runs the FACECOM-only CNN. Likewise a Task B run directory
 (notebook 03) makes ``identify`` and ``evaluate-recognition`` run its headline track (``fused``:
-the FACECOM embedder, dlib's restored descriptor and the pixel copy similarity, weighted per probe by
-its estimated type) with the thresholds its validation fold chose; ``best.pt`` alone runs the
+the FACECOM embedder, dlib's restored descriptor and the pixel copy evidence against the run's saved
+cohort, weighted per probe by its estimated type) with the thresholds its validation fold chose; ``best.pt`` alone runs the
 FACECOM-only embedder.
 
 ``evaluate-*`` apply the protocol and the threshold stored in the checkpoint (chosen on the training

@@ -221,8 +221,11 @@ plt.show()
 #   photo is in the gallery, so this track's near-perfect main top-1 and poor strict top-1 show what each protocol
 #   measures: main = find the probe's own photo, strict = recognise the person in another photo;
 # - `fused` (the headline): per probe, w · cos(face model, restored) + (1 − w) · cos(FACECOM embedder)
-#   + γ · copy similarity, with one (w, γ) per *estimated* type, chosen on the validation fold (mean of main and
-#   strict top-1) and applied unchanged here.
+#   + γ · copy evidence, with one (w, γ) per *estimated* type, chosen on the validation fold (mean of main and
+#   strict top-1) and applied unchanged here. Copy evidence is the copy correlation's excess over the probe's best
+#   correlation with a cohort of the training people's clean photos (0 below a margin of 0.1, 1 from 0.2): about 1
+#   for the probe's own photo, 0 for nearly all others, and never dependent on the rest of the gallery, so the
+#   strict protocol (own photo removed) is scored as if that photo had never been enrolled.
 #
 # Every track's thresholds come from the validation fold, as the FACECOM-only track's do.
 

@@ -427,14 +427,18 @@ def test_fusion_weights_follow_the_recogniser_that_knows_each_type() -> None:
     for i in np.flatnonzero(~gallery & (kinds == "kindB")):
         copies[i] = copies[source_row[table["source"].iloc[i]]]
     copies /= np.linalg.norm(copies, axis=1, keepdims=True)
+    cohort = rng.normal(size=(50, 64))  # other people's photos: nobody's copy
+    cohort /= np.linalg.norm(cohort, axis=1, keepdims=True)
     Cm_bad = Cm.copy()
     Cm_bad[kinds == "kindB"] = rng.normal(size=((kinds == "kindB").sum(), 16))  # nobody knows kindB's person
     Cm_bad /= np.linalg.norm(Cm_bad, axis=1, keepdims=True)
-    with_copies = choose_fusion(table, F, Cm_bad, kinds, copies)
+    with_copies = choose_fusion(table, F, Cm_bad, kinds, copies, cohort)
     assert with_copies.gammas["kindA"] == 0.0 and with_copies.gammas["kindB"] > 0.0
     from facecom_utils.recognition.face_tracks import Fusion
 
-    assert Fusion.from_state_dict(with_copies.state_dict()) == with_copies  # what face_tracks.pt keeps
+    saved = Fusion.from_state_dict(with_copies.state_dict())  # what face_tracks.pt keeps
+    assert saved == with_copies
+    np.testing.assert_allclose(saved.cohort, cohort, atol=1e-3)  # float16
     assert Fusion.from_state_dict({"weights": fusion.weights}).gammas == {}  # a file from before the copy term
     main = face_tracks_quick(table, with_copies.embed(F, Cm_bad, kinds, gallery, copies), kinds, "kindB")
     without = face_tracks_quick(table, choose_fusion(table, F, Cm_bad, kinds).embed(F, Cm_bad, kinds, gallery), kinds,
@@ -450,19 +454,54 @@ def face_tracks_quick(table: pd.DataFrame, emb: np.ndarray, kinds: np.ndarray, k
     return _quick_scores(table[rows].reset_index(drop=True), emb[rows])["top1"]
 
 
-def test_fused_embeddings_add_the_weighted_copy_similarity() -> None:
+def test_fused_embeddings_add_the_weighted_copy_evidence() -> None:
+    """Probe . gallery photo = w cos_face + (1 - w) cos_facecom + gamma * clip((corr - cohort max - 0.1) / 0.1, 0, 1)."""
+    from facecom_utils.recognition.copies import COPY_MARGIN, COPY_RAMP
     from facecom_utils.recognition.face_tracks import fuse_embeddings
 
     rng = np.random.default_rng(2)
-    f, c, k = (rng.normal(size=(5, d)) for d in (4, 3, 6))
-    for m in (f, c, k):
+    f, c, k, cohort = (rng.normal(size=(n, d)) for n, d in ((5, 4), (5, 3), (5, 6), (7, 6)))
+    k[2] = k[0] + 0.05 * rng.normal(size=6)  # probe 2 is a copy of gallery photo 0
+    k[4] = 0.7 * k[1] + 0.7 * rng.normal(size=6)  # probe 4 half a copy of photo 1
+    for m in (f, c, k, cohort):
         m /= np.linalg.norm(m, axis=1, keepdims=True)
     gallery = np.array([True, True, False, False, False])
-    w, gamma = np.array([0, 0, 0.2, 0.5, 1.0]), np.array([9, 9, 0.0, 0.5, 1.0])
-    e = fuse_embeddings(f, c, w, gallery, k, gamma)
+    w, gamma = np.array([0, 0, 0.2, 0.5, 1.0]), np.array([9, 9, 0.5, 0.5, 1.0])
+    e = fuse_embeddings(f, c, w, gallery, k, gamma, cohort)
     p, g = ~gallery, gallery
-    want = (w[p, None] * (f[p] @ f[g].T) + (1 - w[p, None]) * (c[p] @ c[g].T) + gamma[p, None] * (k[p] @ k[g].T))
-    np.testing.assert_allclose(e[p] @ e[g].T, want, atol=1e-6)
+    top = (k[p] @ cohort.T).max(axis=1, keepdims=True)
+    evidence = np.clip((k[p] @ k[g].T - top - COPY_MARGIN) / COPY_RAMP, 0, 1)
+    want = w[p, None] * (f[p] @ f[g].T) + (1 - w[p, None]) * (c[p] @ c[g].T) + gamma[p, None] * evidence
+    np.testing.assert_allclose(e[p] @ e[g].T, want, atol=1e-5)
+    assert evidence[0, 0] == 1.0 and evidence[0, 1] == 0.0  # the copy, and not another photo
+    # each photo's evidence ignores the rest of the gallery: dropping photo 0 (strict) leaves photo 1's
+    e1 = fuse_embeddings(f[1:], c[1:], w[1:], gallery[1:], k[1:], gamma[1:], cohort)
+    np.testing.assert_allclose(e1[1:] @ e1[:1].T, (e[p] @ e[g].T)[:, 1:], atol=1e-5)
+    with pytest.raises(ValueError, match="cohort"):
+        fuse_embeddings(f, c, w, gallery, k, gamma)
+
+
+def test_copy_evidence_marks_only_the_source_photo() -> None:
+    """Real photos (scikit-image, offline): each distorted copy of the astronaut gets evidence for the
+    astronaut and none for the other enrolled photos; a photo whose copy is not enrolled gets none."""
+    from skimage import data as skdata
+    from skimage.transform import resize
+
+    from facecom_utils.recognition.copies import copy_descriptor, copy_evidence
+
+    names = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "camera", "moon", "page")
+    photos = {n: getattr(skdata, n)() for n in names}
+    photos = {n: (resize(v if v.ndim == 3 else np.stack([v] * 3, -1), (224, 224), anti_aliasing=True) * 255)
+              .astype(np.uint8) for n, v in photos.items()}
+    d = {n: copy_descriptor(v) for n, v in photos.items()}
+    gallery = np.stack([d[n] for n in names[:3]])
+    cohort = np.stack([d[n] for n in names[3:]])
+    for kind in DISTORTION_TYPES:
+        probe = copy_descriptor(np.asarray(apply_distortion(Image.fromarray(photos["astronaut"]), kind, rng=1)))
+        ev = copy_evidence(probe[None], gallery, cohort)[0]
+        assert ev[0] > 0.5 and ev[1:].max() == 0.0, (kind, ev)
+    clean_coffee = copy_evidence(d["coffee"][None], gallery[[0, 2]], cohort)[0]  # a photo with no copy enrolled
+    assert clean_coffee.max() == 0.0
 
 
 # ----------------------------------------------------------------------------- the pixel copy detector
@@ -544,3 +583,16 @@ def test_error_gallery_names_the_wrong_and_the_true_identity_photos() -> None:
     worst = worst_failures(table, emb, per_type=1)
     assert worst[["protocol", "type", "probe"]].values.tolist() == [
         ["main", "noisy", "p/1"], ["strict", "noisy", "p/1"], ["strict", "sunny", "p/2"]]
+
+
+def test_descriptor_store_files_follow_the_restoration_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restoration whose output changed gets a new store file (its old descriptors are not reused);
+    the others keep theirs."""
+    from facecom_utils import face_model
+
+    store = face_model.DescriptorStore(tmp_path)
+    before = {name: store._file(name) for name in ("identity", "denoise", "derain")}
+    monkeypatch.setitem(face_model.RESTORATION_VERSIONS, "derain", 7)
+    after = {name: store._file(name) for name in ("identity", "denoise", "derain")}
+    assert after["identity"] == before["identity"] and after["denoise"] == before["denoise"]
+    assert after["derain"] != before["derain"] and after["derain"].name.startswith("dlib_derain_")

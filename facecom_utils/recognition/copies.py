@@ -12,10 +12,21 @@ change levels more than edges), centred and L2-normalised, so the dot product of
 is the Pearson correlation of their gradient thumbnails. Averaging 7 x 7 pixels into one removes
 most noise and rain; blur and resizing barely move a 32-pixel thumbnail.
 
-It is one part of the fused Task B track (:mod:`~facecom_utils.recognition.face_tracks`): the
-probe's score against a gallery photo gains ``gamma * copy_similarity``, with ``gamma`` chosen on
-the validation fold. The ``pixel_copies`` track reports it alone: near-perfect main top-1 and
+The ``pixel_copies`` track reports the correlation alone: near-perfect main top-1 and
 chance-level strict top-1 show what each protocol measures.
+
+As one part of the fused Task B track (:mod:`~facecom_utils.recognition.face_tracks`) the
+correlation is sharpened into **copy evidence** (:func:`copy_evidence`): a probe's correlation
+with a gallery photo counts only where it beats the probe's best correlation with a **cohort** of
+other people's clean photos (the run's training identities) by a margin. Unrelated portraits
+correlate up to about 0.75 with each other, and glare pulls a true copy down to 0.4-0.6, so no
+fixed threshold separates copies; relative to the probe's own cohort maximum they separate well.
+Measured on FACECOM's training split (a cohort of 1,000 clean photos of 600 people, probes of the
+other 277): every true copy beats the cohort maximum (sunny: 99.1 % by more than the margin 0.1,
+the other types 100 % by more than 0.3), while 2 % of probes have a non-source photo that beats
+it by more than 0.1. Each evidence value depends only on the probe, the photo and the fixed
+cohort, never on the rest of the gallery, so the strict protocol (source photo removed) sees
+exactly the scores it would see had the source never been enrolled.
 """
 
 from __future__ import annotations
@@ -26,10 +37,17 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["COPY_SIZE", "copy_descriptor", "copy_descriptors"]
+__all__ = ["COHORT_SIZE", "COPY_MARGIN", "COPY_RAMP", "COPY_SIZE", "cohort_max", "copy_descriptor", "copy_descriptors",
+           "copy_evidence"]
 
 #: Thumbnail side in pixels.
 COPY_SIZE = 32
+#: Copy evidence starts where a correlation beats the probe's cohort maximum by this much ...
+COPY_MARGIN = 0.1
+#: ... and reaches 1 this much further on.
+COPY_RAMP = 0.1
+#: Clean photos of other people kept as the cohort (float16 in the run directory: ~3.8 MB).
+COHORT_SIZE = 1000
 
 
 def copy_descriptor(image: "np.ndarray | os.PathLike[str] | str", size: int = COPY_SIZE) -> np.ndarray:
@@ -80,3 +98,25 @@ def copy_descriptors(paths: Sequence[str | os.PathLike[str]], size: int = COPY_S
 
     file = Path(cache_dir) / f"copy_grad{size}.npz" if cache_dir is not None else None
     return cached_features(paths, compute, file, desc="copy descriptors")
+
+
+def cohort_max(descriptors: np.ndarray, cohort: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """``[N]`` each row's highest copy correlation with the cohort's photos (``[C, D]``)."""
+    d = np.asarray(descriptors, np.float32)
+    c = np.asarray(cohort, np.float32)
+    if len(c) == 0:
+        raise ValueError("the copy cohort is empty: it needs clean photos of people outside the gallery")
+    return np.concatenate([(d[i:i + chunk] @ c.T).max(axis=1) for i in range(0, len(d), chunk)] or [np.zeros(0)])
+
+
+def copy_evidence(probes: np.ndarray, gallery: np.ndarray, cohort: np.ndarray, margin: float = COPY_MARGIN,
+                  ramp: float = COPY_RAMP) -> np.ndarray:
+    """``[P, G]`` in [0, 1]: how surely each probe is a copy of each gallery photo.
+
+    ``clip((corr(probe, photo) - max corr(probe, cohort) - margin) / ramp, 0, 1)``: 0 unless the
+    photo beats every cohort photo by ``margin``; 1 once it beats them by ``margin + ramp``.
+    The cohort holds clean photos of people in neither the gallery nor the probes.
+    """
+    top = cohort_max(probes, cohort)
+    sims = np.asarray(probes, np.float32) @ np.asarray(gallery, np.float32).T
+    return np.clip((sims - top[:, None] - margin) / ramp, 0.0, 1.0).astype(np.float32)

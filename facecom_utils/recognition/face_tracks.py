@@ -13,9 +13,11 @@ tracks are reported apart from the FACECOM-only one. Five tracks, one protocol:
   (:mod:`~facecom_utils.recognition.copies`; no face data): it shows that the main protocol
   measures finding a probe's own source photo, the strict protocol recognising the person;
 - ``fused``: per probe, score = w * cos(face model, restored) + (1 - w) * cos(FACECOM embedder)
-  + gamma * copy similarity, with one (w, gamma) per **estimated** type (the estimator's output is
+  + gamma * copy evidence, with one (w, gamma) per **estimated** type (the estimator's output is
   the quality signal), chosen on the run's validation fold (mean of main and strict top-1) and
-  applied unchanged to the reported split. Glare (sunny) keeps a low w: dlib finds no face there,
+  applied unchanged to the reported split. Copy evidence (:func:`~.copies.copy_evidence`) is the
+  copy correlation's excess over the probe's best correlation with a cohort of the run's training
+  people's clean photos: about 1 for a probe's own source photo, 0 for nearly every other photo. Glare (sunny) keeps a low w: dlib finds no face there,
   the FACECOM model still does.
 
 Every track's thresholds are chosen on the fold, as the FACECOM-only track's are.
@@ -33,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from ..quality import RESTORATION_FOR, DistortionEstimator, quality_feature_matrix
-from .copies import copy_descriptors
+from .copies import COHORT_SIZE, copy_descriptors, copy_evidence
 from .protocol import _quick_scores, choose_thresholds, protocol_metrics
 
 __all__ = ["TRACKS", "Fusion", "RecognitionTracks", "choose_fusion", "evaluate_run", "fuse_embeddings",
@@ -44,64 +46,95 @@ TRACKS: tuple[str, ...] = ("facecom_only", "face_model", "face_model_restored", 
 OUTSIDE_FACE_DATA: tuple[str, ...] = ("face_model", "face_model_restored", "fused")
 #: The face model's weight is searched on this grid, per estimated type.
 WEIGHT_GRID: tuple[float, ...] = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
-#: The copy similarity's weight is searched on this grid, per estimated type.
+#: The copy evidence's weight is searched on this grid, per estimated type.
 GAMMA_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
 
 
 def fuse_embeddings(face: np.ndarray, facecom: np.ndarray, weight: np.ndarray, gallery: np.ndarray,
-                    copies: np.ndarray | None = None, gamma: np.ndarray | None = None) -> np.ndarray:
-    """Embeddings whose dot product is ``w * cos_face + (1 - w) * cos_facecom (+ gamma * copy)`` per probe.
+                    copies: np.ndarray | None = None, gamma: np.ndarray | None = None,
+                    cohort: np.ndarray | None = None) -> np.ndarray:
+    """Embeddings whose dot product is ``w * cos_face + (1 - w) * cos_facecom (+ gamma * copy evidence)`` per probe.
 
     Args:
         face, facecom: L2-normalised ``[N, D1]`` and ``[N, D2]`` embeddings of the same rows.
         weight: ``[N]`` the face model's weight of each row (ignored for gallery rows).
         gallery: ``[N]`` True for gallery (clean) rows, which keep every part unscaled.
-        copies, gamma: Optional ``[N, D3]`` copy descriptors (:func:`~.copies.copy_descriptors`) and
-            ``[N]`` their weight per probe row.
+        copies, gamma, cohort: Optional ``[N, D3]`` copy descriptors (:func:`~.copies.copy_descriptors`),
+            ``[N]`` the copy evidence's weight per probe row, and the ``[C, D3]`` cohort of other
+            people's clean photos (:func:`~.copies.copy_evidence`). The copy part has one column
+            per gallery row: a gallery row is 1 in its own column, a probe row holds
+            ``gamma * copy_evidence(probe, that photo)``. So its width is the number of gallery rows,
+            and probe and gallery embeddings only compare within one call.
     """
     gallery = np.asarray(gallery, bool)
     w = np.where(gallery, 1.0, np.asarray(weight, np.float64))[:, None]
     v = np.where(gallery, 1.0, 1.0 - np.asarray(weight, np.float64))[:, None]
     parts = [w * face, v * facecom]
     if copies is not None:
-        g = np.where(gallery, 1.0, np.zeros(len(gallery)) if gamma is None else np.asarray(gamma, np.float64))[:, None]
-        parts.append(g * copies)
+        if cohort is None:
+            raise ValueError("the copy term needs a cohort: clean photos of people outside the gallery")
+        g = np.zeros(len(gallery)) if gamma is None else np.asarray(gamma, np.float64)
+        part = np.zeros((len(gallery), int(gallery.sum())), np.float32)
+        part[np.flatnonzero(gallery), np.arange(int(gallery.sum()))] = 1.0
+        probes = np.flatnonzero(~gallery & (g > 0))
+        if len(probes):
+            evidence = copy_evidence(copies[probes], copies[gallery], cohort)
+            part[probes] = g[probes, None] * evidence
+        parts.append(part)
     return np.concatenate(parts, axis=1).astype(np.float32)
 
 
 @dataclass
 class Fusion:
-    """The fused track's per-type choices: the face model's weight and the copy similarity's weight.
+    """The fused track's per-type choices: the face model's weight and the copy evidence's weight.
 
     Attributes:
         weights: ``{estimated type: w}``; gammas: ``{estimated type: gamma}`` (empty: no copy term).
-        Types not in the table get 0 (the FACECOM model alone).
+            Types not in the table get 0 (the FACECOM model alone).
+        cohort: ``[C, D]`` copy descriptors of the cohort (clean photos of the run's training
+            people), needed when any gamma is above 0.
     """
 
     weights: dict[str, float]
     gammas: dict[str, float] = field(default_factory=dict)
+    cohort: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def per_probe(self, kinds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(w, gamma)`` of each row from its estimated type."""
         return (np.array([self.weights.get(str(k), 0.0) for k in kinds], np.float64),
                 np.array([self.gammas.get(str(k), 0.0) for k in kinds], np.float64))
 
+    @property
+    def uses_copies(self) -> bool:
+        return any(v > 0 for v in self.gammas.values())
+
     def embed(self, face: np.ndarray, facecom: np.ndarray, kinds: np.ndarray, gallery: np.ndarray,
               copies: np.ndarray | None = None) -> np.ndarray:
         """The fused embeddings of rows (see :func:`fuse_embeddings`)."""
         w, g = self.per_probe(kinds)
-        return fuse_embeddings(face, facecom, w, gallery, copies if self.gammas else None, g)
+        if self.uses_copies and (copies is None or self.cohort is None):
+            raise ValueError("this fusion adds copy evidence: pass the rows' copy descriptors, and load a "
+                             "face_tracks.pt that holds the copy cohort (one written before the cohort "
+                             "existed must be re-scored: run notebook 03's tracks stage again)")
+        return fuse_embeddings(face, facecom, w, gallery, copies if self.uses_copies else None, g, self.cohort)
 
-    def state_dict(self) -> dict[str, dict[str, float]]:
-        """Plain floats (part of ``face_tracks.pt``, read with ``weights_only=True``)."""
-        return {"weights": {k: float(v) for k, v in self.weights.items()},
-                "gammas": {k: float(v) for k, v in self.gammas.items()}}
+    def state_dict(self) -> dict[str, Any]:
+        """Plain floats and one float16 tensor (part of ``face_tracks.pt``, read with ``weights_only=True``)."""
+        import torch
+
+        state: dict[str, Any] = {"weights": {k: float(v) for k, v in self.weights.items()},
+                                 "gammas": {k: float(v) for k, v in self.gammas.items()}}
+        if self.cohort is not None and self.uses_copies:
+            state["copy_cohort"] = torch.from_numpy(np.asarray(self.cohort, np.float16))
+        return state
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> "Fusion":
         """Also reads files written before the copy term (no ``gammas``: none)."""
+        cohort = state.get("copy_cohort")
         return cls({k: float(v) for k, v in state["weights"].items()},
-                   {k: float(v) for k, v in state.get("gammas", {}).items()})
+                   {k: float(v) for k, v in state.get("gammas", {}).items()},
+                   None if cohort is None else cohort.float().numpy())
 
     def table(self) -> pd.DataFrame:
         """One row per estimated type: ``face-model weight``, ``copy weight``."""
@@ -115,14 +148,16 @@ def _mean_top1(table: pd.DataFrame, emb: np.ndarray) -> float:
 
 
 def choose_fusion(table: pd.DataFrame, face: np.ndarray, facecom: np.ndarray, kinds: np.ndarray,
-                  copies: np.ndarray | None = None, grid: tuple[float, ...] = WEIGHT_GRID,
-                  gamma_grid: tuple[float, ...] = GAMMA_GRID) -> Fusion:
-    """The face model's weight (and the copy weight, with ``copies``) per estimated type.
+                  copies: np.ndarray | None = None, cohort: np.ndarray | None = None,
+                  grid: tuple[float, ...] = WEIGHT_GRID, gamma_grid: tuple[float, ...] = GAMMA_GRID) -> Fusion:
+    """The face model's weight (and the copy evidence's weight, with ``copies`` and ``cohort``) per estimated type.
 
     Each type's pair maximises mean(main, strict) top-1 of that type's probes. Call it on the
     validation fold only; ties keep the lower copy weight, then the lower face weight (the FACECOM
     model's side).
     """
+    if copies is not None and cohort is None:
+        raise ValueError("choose_fusion: copy descriptors need their cohort")
     gallery = table["distortion"].isna().to_numpy()
     weights, gammas = {}, {}
     for kind in sorted(set(kinds[~gallery])):
@@ -132,14 +167,14 @@ def choose_fusion(table: pd.DataFrame, face: np.ndarray, facecom: np.ndarray, ki
         for g in (gamma_grid if copies is not None else (0.0,)):
             for w in grid:
                 emb = fuse_embeddings(face[rows], facecom[rows], np.full(rows.sum(), w), gallery[rows],
-                                      None if copies is None else copies[rows], np.full(rows.sum(), g))
+                                      None if copies is None else copies[rows], np.full(rows.sum(), g), cohort)
                 value = _mean_top1(sub, emb)
                 if value > best + 1e-9:
                     best, best_w, best_g = value, float(w), float(g)
         weights[str(kind)] = best_w
         if copies is not None:
             gammas[str(kind)] = best_g
-    return Fusion(weights, gammas)
+    return Fusion(weights, gammas, None if copies is None else np.asarray(cohort, np.float32))
 
 
 @dataclass
@@ -224,8 +259,11 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
                       "pixel_copies": copy_descriptors(table["path"].tolist(), workers=workers, cache_dir=cache),
                       "face_model_restored": restored.normalised()}
     fold = data[FOLD_ROLE]
+    clean = splits.train[splits.train["distortion"].isna()]
+    cohort = copy_descriptors(clean.sample(n=min(COHORT_SIZE, len(clean)), random_state=cfg.seed)["path"].tolist(),
+                              workers=workers, cache_dir=cache).astype(np.float16).astype(np.float32)  # as saved
     fusion = choose_fusion(fold["table"], fold["face_model_restored"], fold["facecom"], fold["kinds"],
-                           fold["pixel_copies"])
+                           fold["pixel_copies"], cohort)
 
     def embeddings(d: dict[str, Any], track: str) -> np.ndarray:
         if track == "facecom_only":  # as saved: its thresholds were chosen on these very scores
@@ -330,7 +368,7 @@ def run_embeddings(run_dir: str | Path, paths: list[str], gallery: np.ndarray, d
     if headline != "fused":
         return face, list(tracks["thresholds"][headline]), headline
     fusion = Fusion.from_state_dict(tracks)
-    copies = copy_descriptors(paths, workers=workers, cache_dir=cache) if fusion.gammas else None
+    copies = copy_descriptors(paths, workers=workers, cache_dir=cache) if fusion.uses_copies else None
     emb = fusion.embed(face, facecom, estimator.predict(q), np.asarray(gallery, bool), copies)
     return emb, list(tracks["thresholds"][headline]), headline
 
