@@ -116,6 +116,9 @@ class GenderConfig(RunConfig):
             robustness in CV; None: all seven.
         face_cv_folds: Person-grouped folds of the face tracks' CV and out-of-fold thresholds.
         face_cv_repeats: Repeats of that CV (0: no CV estimate).
+        face_glare_cnn: The fused track's glare expert is a CNN fine-tuned on the training persons'
+            real sunny copies (:mod:`facecom_utils.glare`) instead of a head on frozen features.
+        face_glare_cnn_size, face_glare_cnn_epochs: Its input side and epochs.
 
     ``label_smoothing`` moves the targets to ``y * (1 - ls) + ls / 2`` (FACECOM has noisy labels).
     """
@@ -136,6 +139,9 @@ class GenderConfig(RunConfig):
     face_copies: int | None = 2
     face_cv_folds: int = 5
     face_cv_repeats: int = 1
+    face_glare_cnn: bool = False
+    face_glare_cnn_size: int = 128
+    face_glare_cnn_epochs: int = 6
 
     def __post_init__(self) -> None:
         super().__post_init__()

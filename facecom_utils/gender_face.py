@@ -27,7 +27,9 @@ The pieces, each usable alone:
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,6 +238,10 @@ class FaceHeadRecipe:
         distorted_weight: Total weight of an image's distorted copies relative to the clean image.
         glare_expert: Route images the estimator calls ``sunny`` to a head on whole-frame ImageNet
             features (glare wipes out the face the descriptor reads; hair and outline remain).
+        glare_cnn: With ``glare_expert``: route them instead to a CNN fine-tuned on the training
+            persons' real sunny copies (:mod:`facecom_utils.glare`; ``glare_cnn_size`` px,
+            ``glare_cnn_epochs`` epochs, on ``device``). :func:`cross_validate` leaves it out (it
+            fits cheap heads only; the fine-tuned CNN's estimate comes from ``scripts/cv_notebooks.py``).
         feature_cache: Where quality and frame features are cached (by file content).
         workers: Worker processes for quality features.
         k, seed: Inner person-grouped folds for thresholds, and the seed.
@@ -246,6 +252,10 @@ class FaceHeadRecipe:
     C: float = 1.0
     distorted_weight: float = 1.0
     glare_expert: bool = False
+    glare_cnn: bool = False
+    glare_cnn_size: int = 128
+    glare_cnn_epochs: int = 6
+    device: str = "cpu"
     feature_cache: str | Path | None = None
     workers: int = 1
     k: int = 5
@@ -284,13 +294,15 @@ class GenderFaceModel:
     """The fitted face-model tracks: the selector, the face head and (optionally) the glare expert.
 
     ``face`` reads dlib descriptors (after the selector's restoration when ``estimator`` is set);
-    ``glare`` reads whole-frame ImageNet features of the images the selector calls ``sunny``.
+    ``glare`` reads whole-frame ImageNet features of the images the selector calls ``sunny``;
+    ``glare_cnn``, when fitted, takes those images instead (:class:`~facecom_utils.glare.GlareCNN`).
     """
 
     estimator: DistortionEstimator | None
     face: LinearHead
     glare: LinearHead | None = None
     oof: dict[str, Any] | None = None
+    glare_cnn: Any = None
 
     def scores(self, rows: pd.DataFrame, recipe: FaceHeadRecipe) -> dict[str, np.ndarray]:
         """``{"face": P(female) of the face head, "fused": P(female) after routing}``.
@@ -304,7 +316,11 @@ class GenderFaceModel:
         if self.glare is not None and self.estimator is not None:
             sunny = self.estimator.predict(q) == "sunny"
             if sunny.any():
-                margin = self.glare.margin(recipe.frames(rows[sunny])) + _logit(self.face.threshold)
+                if self.glare_cnn is not None:
+                    margin = self.glare_cnn.margin(rows.loc[sunny, "path"].tolist())
+                else:
+                    margin = self.glare.margin(recipe.frames(rows[sunny]))
+                margin = margin + _logit(self.face.threshold)
                 out["fused"][sunny] = 1.0 / (1.0 + np.exp(-margin))
             out["routed_to_glare"] = sunny
         return out
@@ -312,14 +328,18 @@ class GenderFaceModel:
     def state_dict(self) -> dict[str, Any]:
         """Tensors and plain values (``torch.load(..., weights_only=True)`` reads it back)."""
         return {"estimator": None if self.estimator is None else self.estimator.state_dict(),
-                "face": self.face.state_dict(), "glare": None if self.glare is None else self.glare.state_dict()}
+                "face": self.face.state_dict(), "glare": None if self.glare is None else self.glare.state_dict(),
+                "glare_cnn": None if self.glare_cnn is None else self.glare_cnn.state_dict()}
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> "GenderFaceModel":
-        est, glare = state.get("estimator"), state.get("glare")
+        from .glare import GlareCNN
+
+        est, glare, cnn = state.get("estimator"), state.get("glare"), state.get("glare_cnn")
         return cls(None if est is None else DistortionEstimator.from_state_dict(est),
                    LinearHead.from_state_dict(state["face"]),
-                   None if glare is None else LinearHead.from_state_dict(glare))
+                   None if glare is None else LinearHead.from_state_dict(glare),
+                   glare_cnn=None if cnn is None else GlareCNN.from_state_dict(cnn))
 
 
 def fit_gender_face(rows: pd.DataFrame, recipe: FaceHeadRecipe, n_boot: int = 0) -> GenderFaceModel:
@@ -330,7 +350,8 @@ def fit_gender_face(rows: pd.DataFrame, recipe: FaceHeadRecipe, n_boot: int = 0)
        share ``distorted_weight``); its threshold from person-grouped out-of-fold probabilities of
        the clean images (:func:`threshold_from_oof`, ``recipe.k`` folds).
     3. With ``glare_expert``: a head on whole-frame features of the ``sunny`` copies, its threshold
-       out of fold on them too.
+       out of fold on them too; with ``glare_cnn`` also the fine-tuned glare CNN on the same copies
+       (its threshold on a held-out fifth of their persons), which then takes the routed images.
     """
     y, persons = _labels(rows), rows["person"].to_numpy()
     estimator = None
@@ -358,6 +379,18 @@ def fit_gender_face(rows: pd.DataFrame, recipe: FaceHeadRecipe, n_boot: int = 0)
                                        n_boot=0)
             glare = fit_linear(F, y_s, None, recipe.C, recipe.seed).with_threshold(g_oof["threshold"])
             oof["glare_threshold"] = g_oof["threshold"]
+            if recipe.glare_cnn:
+                from .glare import fit_glare_cnn
+
+                try:
+                    cnn = fit_glare_cnn(rows.loc[sunny, "path"].tolist(), y_s, p_s, image_size=recipe.glare_cnn_size,
+                                        epochs=recipe.glare_cnn_epochs, seed=recipe.seed, device=recipe.device)
+                except ValueError as err:  # too few persons of a label to hold a fifth out: keep the glare head
+                    warnings.warn(f"glare CNN not fitted ({err}); glare images go to the frame head", stacklevel=2)
+                    oof["glare_cnn"] = {"skipped": str(err)}
+                else:
+                    oof["glare_cnn"] = cnn.info | {"threshold": cnn.threshold}
+                    return GenderFaceModel(estimator, face, glare, oof, cnn)
     return GenderFaceModel(estimator, face, glare, oof)
 
 
@@ -384,10 +417,16 @@ def cross_validate(rows: pd.DataFrame, recipe: FaceHeadRecipe, k: int = 5, repea
     out-of-fold thresholds on the training persons only; the test persons are then scored clean
     and per distortion type on their real copies, for the face head and the fused (routed) track.
 
+    The fine-tuned glare CNN is not refitted per fold (too slow for a notebook on a CPU): with
+    ``recipe.glare_cnn`` the fused row is the glare *head*'s routing and is named
+    ``fused_glare_head``; ``scripts/cv_notebooks.py`` estimates the shipped fused track.
+
     Returns:
         One row per fold and track: ``track``, ``repeat``, ``fold``, ``threshold``, the clean
         metrics and ``bal_acc_<type>`` per distortion type.
     """
+    fused_name = "fused_glare_head" if recipe.glare_cnn else "fused"
+    recipe = dataclasses.replace(recipe, glare_cnn=False)
     clean = (rows["kind"] == "clean").to_numpy()
     base = rows[clean]
     k = usable_folds(base["person"].to_numpy(), _labels(base), k)
@@ -400,7 +439,7 @@ def cross_validate(rows: pd.DataFrame, recipe: FaceHeadRecipe, k: int = 5, repea
         scores = model.scores(test, recipe)
         tracks = {"face": scores["face"]}
         if model.glare is not None:
-            tracks["fused"] = scores["fused"]
+            tracks[fused_name] = scores["fused"]
         for track, prob in tracks.items():
             m = score_rows(test, prob, model.face.threshold)
             row = {"track": track, "repeat": i // k, "fold": i % k, "threshold": model.face.threshold,
@@ -511,7 +550,9 @@ def gender_tracks(config: Any, splits: Any, run: Any) -> GenderTracks:
     cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     workers = cfg.face_workers or max(1, min(4, os.cpu_count() or 1))
     store = DescriptorStore(cache / "face_model", workers=workers, progress=cfg.progress)
-    recipe = FaceHeadRecipe(store, restore=True, glare_expert=True, feature_cache=cache / "face_model",
+    recipe = FaceHeadRecipe(store, restore=True, glare_expert=True, glare_cnn=bool(cfg.face_glare_cnn),
+                            glare_cnn_size=cfg.face_glare_cnn_size, glare_cnn_epochs=cfg.face_glare_cnn_epochs,
+                            device=str(next(run.model.parameters()).device), feature_cache=cache / "face_model",
                             workers=workers, k=cfg.face_cv_folds, seed=cfg.seed)
     train_persons = pd.concat([splits.train, splits.fold], ignore_index=True)
     train_rows = sample_copies(with_distorted_copies(train_persons, root, "train"), cfg.face_copies, cfg.seed)
@@ -580,7 +621,9 @@ def _write_tracks(rundir: Any, run: Any, tracks: GenderTracks, cfg: Any, root: P
         metrics["cv"] = {f"{t}/{m}": {"mean": r["mean"], "sd": r["std"], "mean_minus_sd": r["mean_minus_sd"]}
                          for (t, m), r in summary.iterrows()}
         metrics["cv_protocol"] = (f"{cfg.face_cv_repeats} x {cfg.face_cv_folds}-fold person-grouped CV of the training "
-                                  "persons; selector, heads and thresholds fitted inside each fold's training part")
+                                  "persons; selector, heads and thresholds fitted inside each fold's training part"
+                                  + ("; the fine-tuned glare CNN is not refitted per fold: fused_glare_head routes "
+                                     "glare to the glare head instead" if cfg.face_glare_cnn else ""))
     metrics["headline_track"] = tracks.headline
     head = tracks.tracks[tracks.headline]
     metrics.update({k: head[k] for k in TRACK_KEYS if k in head})

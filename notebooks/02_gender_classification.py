@@ -76,6 +76,9 @@ face_model: Union[bool, str] = "auto"  # add the face-model tracks: True, False,
 face_copies: Optional[int] = 2  # real distorted copies per training image (Task_B) besides its sunny one; None: all 7
 face_cv_folds: int = 5  # person-grouped folds of the face tracks' CV and out-of-fold thresholds
 face_cv_repeats: int = 1  # repeats of that CV (0: no CV estimate)
+face_glare_cnn: bool = False  # fused track: glare images go to a CNN fine-tuned on real sunny copies (not a frozen-feature head)
+face_glare_cnn_size: int = 128  # its input side
+face_glare_cnn_epochs: int = 6  # its epochs (threshold on a held-out fifth of the training persons)
 face_workers: Optional[int] = None  # processes computing descriptors; None: up to 4, one per core
 headline_track: str = "auto"  # track on top of metrics.json: auto (fused when the face tracks ran), facecom_only, face_model_restored, fused
 # machine
@@ -217,7 +220,10 @@ plt.show()
 #   5 landmarks and aligns it (fallback box when none is found); a class-balanced logistic regression on the
 #   descriptor, trained on the clean training images and up to `face_copies` of their **real** distorted copies;
 # - `fused`: the same, except that images the selector calls *sunny* (glare wipes out the face the descriptor
-#   reads) are routed to a logistic regression on whole-frame ImageNet features (hair and outline remain).
+#   reads) are routed to a glare expert that reads what remains (hair, outline): with `face_glare_cnn` a
+#   Lite0 CNN fine-tuned on the training persons' real sunny copies (FACECOM data and ImageNet weights only; its
+#   threshold from a held-out fifth of those persons), otherwise a logistic regression on frozen whole-frame
+#   ImageNet features.
 #
 # Both face thresholds are chosen on **out-of-fold** probabilities over all training persons (every person
 # predicted by a head that never saw them), never on the reported split. Robustness is measured on FACECOM's
@@ -229,7 +235,9 @@ tracks = gender_face.run_gender_tracks(config, splits, run)
 # %% [markdown]
 # **Estimate on unseen people.** Repeated person-grouped K-fold CV of the training persons; in each fold the
 # selector, the heads and their thresholds are fitted on the fold's training part only. Mean, SD and
-# mean - 1 SD (the bar counts as met when mean - 1 SD clears it).
+# mean - 1 SD (the bar counts as met when mean - 1 SD clears it). The fine-tuned glare CNN is not refitted per
+# fold here (too slow on a CPU): `fused_glare_head` routes glare to the frozen-feature head instead, and the
+# shipped `fused` track's estimate comes from `scripts/cv_notebooks.py --notebook 02` (README).
 
 # %%
 if tracks is not None and len(tracks.cv):
@@ -247,6 +255,8 @@ if tracks is not None:
                           "95% interval": [tracks.model.oof["balanced_accuracy_ci"]],
                           "oof female recall": [tracks.model.oof["oof"]["recall_female"]],
                           "95% interval ": [tracks.model.oof["recall_female_ci"]]}).round(3))
+    if "glare_cnn" in tracks.model.oof:
+        display(pd.Series(tracks.model.oof["glare_cnn"], name="glare CNN (fitted on the sunny copies)").to_frame())
     display(tracks.selector.round(3))
 
 # %% [markdown]

@@ -25,7 +25,7 @@ from facecom_utils import run
 
 PRESETS = sorted((REPO_ROOT / "params").glob("*/*.yml"))
 SHRINKING = {"data_root", "output_dir", "epochs", "samples_per_epoch", "image_size", "batch_size",
-             "max_identities", "max_train_images", "max_train_minutes"}
+             "max_identities", "max_train_images", "max_train_minutes", "face_glare_cnn_size"}
 GPU_ON_CPU = {"device", "amp", "num_workers", "pretrained"}
 
 
@@ -42,6 +42,8 @@ def shrinking_overrides(preset: Path, data_root: Path, output_dir: Path) -> dict
     overrides: dict = {"data_root": str(data_root), "output_dir": str(output_dir)}
     if stem in ("02_gender_classification", "03_arcface_recognition"):
         overrides.update(epochs=1, image_size=32, batch_size=16)
+    if stem == "02_gender_classification" and values.get("face_glare_cnn"):
+        overrides.update(face_glare_cnn_size=32)
     if stem == "03_arcface_recognition":
         overrides.update(samples_per_epoch=32, max_identities=None)
     allowed = SHRINKING

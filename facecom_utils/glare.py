@@ -1,0 +1,179 @@
+"""Task A's glare expert: a small CNN fine-tuned on FACECOM's real *sunny* copies.
+
+FACECOM's ``sunny`` distortion saturates the centre of the crop to white (on 250 training pairs,
+86 % of the central face pixels are 255): the face that dlib's descriptor and the face head read is
+gone, while hair, outline and the edges of the face remain. A logistic regression on frozen
+ImageNet features of the whole frame (the glare *head* of :mod:`facecom_utils.gender_face`)
+reads some of that; fine-tuning the whole network on the training persons' real sunny copies
+reads more of it. Measured with this module's settings on 3 person-disjoint folds of FACECOM's
+training split (see the README): balanced accuracy on unseen people's sunny copies rises from
+the glare head's 0.73-0.81 to about 0.83-0.86.
+
+This is FACECOM-only knowledge (ImageNet initialisation, FACECOM images and labels; no face
+data). :func:`fit_glare_cnn` holds out a person-grouped fifth of the training persons and
+chooses the decision threshold there (balanced accuracy); the number of epochs is fixed, so
+nothing else is chosen on data.
+
+Example:
+    >>> cnn = fit_glare_cnn(paths, labels, persons, image_size=128, epochs=6)   # doctest: +SKIP
+    >>> cnn.probabilities(new_sunny_paths)                                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["GlareCNN", "fit_glare_cnn"]
+
+
+def _logit(p: np.ndarray | float) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+@dataclass
+class GlareCNN:
+    """A fine-tuned :class:`~facecom_utils.models.GenderClassifier` and its held-out threshold.
+
+    Attributes:
+        model: The network (images -> logit of "female").
+        threshold: P(female) at or above which an image is called female.
+        image_size: Input side.
+        info: How it was fitted (images, persons, held-out metrics, seconds).
+    """
+
+    model: Any
+    threshold: float
+    image_size: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def probabilities(self, paths: Sequence[str | Path], batch_size: int = 64, device: Any = None) -> np.ndarray:
+        """P(female) of image files (mean logit of the image and its mirror)."""
+        from .gender import predict_proba
+
+        if len(paths) == 0:
+            return np.zeros(0)
+        return predict_proba(self.model, [str(p) for p in paths], self.image_size, batch_size, device, tta=True)
+
+    def margin(self, paths: Sequence[str | Path], **kwargs: Any) -> np.ndarray:
+        """``logit(P(female)) - logit(threshold)``: positive means female."""
+        return _logit(self.probabilities(paths, **kwargs)) - _logit(self.threshold)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain values (``torch.load(..., weights_only=True)`` reads it back)."""
+        return {"weights": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "model_config": dict(self.model.model_config), "threshold": float(self.threshold),
+                "image_size": int(self.image_size), "info": dict(self.info)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "GlareCNN":
+        from .models import GenderClassifier
+
+        cfg = state["model_config"]
+        model = GenderClassifier(cfg["backbone"], pretrained=None, dropout=float(cfg.get("dropout", 0.2)),
+                                 image_size=cfg.get("image_size"))
+        model.load_state_dict(state["weights"])
+        model.eval()
+        return cls(model, float(state["threshold"]), int(state["image_size"]), dict(state.get("info", {})))
+
+
+def _load(paths: Sequence[str], image_size: int) -> Any:
+    """Eval-transformed images as one float16 tensor ``[N, 3, S, S]`` (as :func:`~facecom_utils.gender.predict_proba` sees them)."""
+    import torch
+
+    from .data import load_image
+    from .datasets import build_transforms
+
+    tf = build_transforms(image_size, train=False)
+    return torch.stack([tf(load_image(p)) for p in paths]).half()
+
+
+def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: Sequence[str], image_size: int = 128,
+                  epochs: int = 6, batch_size: int = 32, lr: float = 1e-3, holdout_folds: int = 5, seed: int = 0,
+                  device: Any = "cpu", backbone: str = "efficientnet_lite0", pretrained: str | None = "offline",
+                  label_smoothing: float = 0.05, max_minutes: float | None = None) -> GlareCNN:
+    """Fine-tunes a :class:`~facecom_utils.models.GenderClassifier` on (sunny) images; threshold on held-out persons.
+
+    The persons are split person-grouped and label-stratified (:func:`~facecom_utils.gender_face.grouped_folds`,
+    ``holdout_folds`` parts; one part held out). The network trains on the rest for ``epochs``
+    epochs (AdamW, one-cycle schedule, class-balanced sampling, random mirror, label smoothing)
+    and the threshold maximises balanced accuracy on the held-out persons.
+
+    Args:
+        paths, labels, persons: The training images, 1 = female, and each image's person.
+        image_size, epochs, batch_size, lr: Training settings.
+        holdout_folds: One of this many person-grouped parts holds the threshold's persons.
+        seed: Seeds the split, the sampling and the initialisation of the head.
+        device: Where to train.
+        backbone, pretrained: See :func:`~facecom_utils.models.create_backbone` (``"offline"``:
+            the ImageNet Lite0 weights that install from PyPI).
+        label_smoothing: Targets ``y * (1 - ls) + ls / 2``.
+        max_minutes: Stop training after this many minutes (the epoch in progress finishes its step).
+
+    Raises:
+        ValueError: Fewer than two persons of each label.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from .evaluation import binary_metrics, choose_threshold
+    from .gender_face import grouped_folds
+    from .models import GenderClassifier
+
+    paths = [str(p) for p in paths]
+    y = np.asarray(labels, np.int64)
+    persons = np.asarray(persons)
+    if not (len(paths) == len(y) == len(persons)):
+        raise ValueError("paths, labels and persons must have one entry per image")
+    fit_idx, held_idx = grouped_folds(persons, y, holdout_folds, 1, seed)[0]
+    if len(set(y[fit_idx])) < 2 or len(set(y[held_idx])) < 2:
+        raise ValueError("the glare CNN needs images of both labels in its training and held-out persons")
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    model = GenderClassifier(backbone, pretrained, image_size=image_size).to(device)
+    t0 = time.perf_counter()
+    X = _load([paths[i] for i in fit_idx], image_size)
+    yf = torch.as_tensor(y[fit_idx], dtype=torch.float32)
+    counts = np.bincount(y[fit_idx], minlength=2).astype(np.float64)
+    weights = torch.as_tensor(np.where(y[fit_idx] == 1, counts[0] / counts[1], 1.0))
+    steps_per_epoch = max(1, len(fit_idx) // batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15)
+    gen = torch.Generator().manual_seed(seed)
+    done_epochs = 0
+    for _ in range(epochs):
+        model.train()
+        order = torch.multinomial(weights, steps_per_epoch * batch_size, replacement=True, generator=gen)
+        for step in range(steps_per_epoch):
+            idx = order[step * batch_size:(step + 1) * batch_size]
+            x = X[idx].float()
+            flip = torch.rand(len(idx), generator=gen) < 0.5
+            x[flip] = x[flip].flip(3)
+            target = yf[idx] * (1 - label_smoothing) + label_smoothing / 2
+            loss = F.binary_cross_entropy_with_logits(model(x.to(device)), target.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        done_epochs += 1
+        if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
+            break
+    model.eval()
+    del X
+    cnn = GlareCNN(model, 0.5, image_size)
+    held_prob = cnn.probabilities([paths[i] for i in held_idx], device=device)
+    cnn.threshold = float(choose_threshold(y[held_idx], held_prob, "balanced_accuracy"))
+    m = binary_metrics(y[held_idx], held_prob, cnn.threshold)
+    cnn.info = {"n_fit": int(len(fit_idx)), "n_holdout": int(len(held_idx)),
+                "persons_fit": int(len(set(persons[fit_idx]))), "persons_holdout": int(len(set(persons[held_idx]))),
+                "epochs": done_epochs, "image_size": int(image_size),
+                "holdout_balanced_accuracy": float(m["balanced_accuracy"]), "holdout_roc_auc": float(m["roc_auc"]),
+                "seconds": round(time.perf_counter() - t0, 1)}
+    model.to("cpu")
+    return cnn

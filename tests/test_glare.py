@@ -1,0 +1,121 @@
+"""Tests for facecom_utils.glare: the glare CNN fine-tuned on sunny copies (tiny images, tiny backbone, CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from facecom_utils.evaluation import binary_metrics, choose_threshold
+from facecom_utils.glare import GlareCNN, fit_glare_cnn
+
+
+def _glare_images(folder: Path, persons: int, per_person: int, seed: int) -> pd.DataFrame:
+    """32 px 'sunny' crops: a saturated white centre (the face is gone) and a periphery whose colour
+    carries the label (female: warm hair band at the top, male: cool), with noise and per-person tint."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[:32, :32]
+    centre = (yy - 16) ** 2 + (xx - 16) ** 2 < 10 ** 2
+    rows = []
+    for p in range(persons):
+        female = p % 2
+        tint = rng.integers(-30, 30, 3)
+        for i in range(per_person):
+            img = rng.integers(60, 140, (32, 32, 3)).astype(np.int64) + tint
+            band = np.array([200, 90, 40]) if female else np.array([40, 90, 200])
+            img[:7] = band + rng.integers(-25, 25, (7, 32, 3))
+            img[centre] = 255
+            path = folder / f"s{seed}_p{p}_{i}.png"
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path)
+            rows.append({"path": str(path), "label": female, "person": f"s{seed}_p{p}"})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[GlareCNN, pd.DataFrame, pd.DataFrame]:
+    root = tmp_path_factory.mktemp("glare")
+    train = _glare_images(root / "train", persons=20, per_person=4, seed=0)
+    test = _glare_images(root / "test", persons=10, per_person=4, seed=1)
+    torch.set_num_threads(2)
+    cnn = fit_glare_cnn(train["path"], train["label"], train["person"], image_size=32, epochs=6, batch_size=16,
+                        lr=3e-3, backbone="resnet10t", pretrained=None, seed=0)
+    return cnn, train, test
+
+
+def test_glare_cnn_reads_the_periphery_of_unseen_people(fitted) -> None:
+    cnn, _, test = fitted
+    prob = cnn.probabilities(test["path"].tolist())
+    m = binary_metrics(test["label"].to_numpy(), prob, cnn.threshold)
+    assert m["balanced_accuracy"] >= 0.9, m["balanced_accuracy"]
+
+
+def test_glare_cnn_threshold_comes_from_its_held_out_persons_only(fitted) -> None:
+    """The held-out fifth of the persons is disjoint from the fitted ones, and the threshold is the
+    balanced-accuracy optimum of exactly their images."""
+    from facecom_utils.gender_face import grouped_folds
+
+    cnn, train, _ = fitted
+    fit_idx, held_idx = grouped_folds(train["person"].to_numpy(), train["label"].to_numpy(), 5, 1, 0)[0]
+    assert not set(train["person"].iloc[fit_idx]) & set(train["person"].iloc[held_idx])
+    assert cnn.info["n_fit"] == len(fit_idx) and cnn.info["n_holdout"] == len(held_idx)
+    assert cnn.info["persons_fit"] + cnn.info["persons_holdout"] == train["person"].nunique()
+    held = train.iloc[held_idx]
+    want = choose_threshold(held["label"].to_numpy(), cnn.probabilities(held["path"].tolist()), "balanced_accuracy")
+    assert cnn.threshold == pytest.approx(want)
+
+
+def test_glare_cnn_round_trips_through_a_weights_only_file(fitted, tmp_path: Path) -> None:
+    cnn, _, test = fitted
+    torch.save(cnn.state_dict(), tmp_path / "glare.pt")
+    again = GlareCNN.from_state_dict(torch.load(tmp_path / "glare.pt", weights_only=True))
+    paths = test["path"].tolist()[:12]
+    np.testing.assert_allclose(again.probabilities(paths), cnn.probabilities(paths), atol=1e-6)
+    assert again.threshold == cnn.threshold and again.info == cnn.info
+    margin = again.margin(paths)
+    np.testing.assert_array_equal(margin >= 0, again.probabilities(paths) >= again.threshold)
+
+
+def test_fused_track_routes_glare_images_to_the_glare_cnn_with_one_threshold() -> None:
+    """Images the selector calls sunny take the glare CNN's margin, shifted onto the face head's threshold;
+    the others keep the face head's probability; the frame head is not consulted."""
+    from facecom_utils.gender_face import FaceHeadRecipe, GenderFaceModel, LinearHead
+
+    rows = pd.DataFrame({"path": [f"/x/{i}.jpg" for i in range(9)]})
+    kinds = np.where(np.arange(9) % 3 == 0, "sunny", "clean")
+    X = np.random.default_rng(0).normal(size=(9, 4))
+
+    class Estimator:
+        def predict(self, q):
+            return kinds[q[:, 0].astype(int)]
+
+        def restorations(self, q):
+            return ["identity"] * len(q)
+
+    class Recipe(FaceHeadRecipe):
+        def quality(self, rows_):
+            return np.arange(len(rows_), dtype=float)[:, None]
+
+        def descriptors(self, rows_, estimator, quality=None):
+            return X[rows_.index.to_numpy()]
+
+        def frames(self, rows_):
+            raise AssertionError("the frame head must not run when the glare CNN is fitted")
+
+    class StubCNN:
+        def margin(self, paths):
+            return np.array([float(Path(p).stem) - 4.0 for p in paths])
+
+    face = LinearHead(np.ones(4), 0.0, threshold=0.7)
+    model = GenderFaceModel(Estimator(), face, LinearHead(np.ones(4), 0.0), glare_cnn=StubCNN())
+    out = model.scores(rows, Recipe(store=None))
+    sunny = kinds == "sunny"
+    np.testing.assert_allclose(out["fused"][~sunny], out["face"][~sunny])
+    margin = np.array([0.0, 3.0, 6.0]) - 4.0  # rows 0, 3, 6
+    want = 1 / (1 + np.exp(-(margin + np.log(0.7 / 0.3))))
+    np.testing.assert_allclose(out["fused"][sunny], want)
+    np.testing.assert_array_equal(out["fused"][sunny] >= face.threshold - 1e-12, margin >= 0)
