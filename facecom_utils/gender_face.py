@@ -42,6 +42,7 @@ from .data import find_task_dir, scan_task_b
 from .evaluation import binary_metrics, choose_threshold
 from .face_model import face_tracks_wanted
 from .quality import RESTORATION_FOR, DistortionEstimator, quality_feature_matrix
+from .restoration import RESTORATION_VERSIONS, check_restoration_versions
 
 __all__ = [
     "FaceHeadRecipe",
@@ -317,7 +318,7 @@ class GenderFaceModel:
             sunny = self.estimator.predict(q) == "sunny"
             if sunny.any():
                 if self.glare_cnn is not None:
-                    margin = self.glare_cnn.margin(rows.loc[sunny, "path"].tolist())
+                    margin = self.glare_cnn.margin(rows.loc[sunny, "path"].tolist(), device=recipe.device)
                 else:
                     margin = self.glare.margin(recipe.frames(rows[sunny]))
                 margin = margin + _logit(self.face.threshold)
@@ -329,13 +330,16 @@ class GenderFaceModel:
         """Tensors and plain values (``torch.load(..., weights_only=True)`` reads it back)."""
         return {"estimator": None if self.estimator is None else self.estimator.state_dict(),
                 "face": self.face.state_dict(), "glare": None if self.glare is None else self.glare.state_dict(),
-                "glare_cnn": None if self.glare_cnn is None else self.glare_cnn.state_dict()}
+                "glare_cnn": None if self.glare_cnn is None else self.glare_cnn.state_dict(),
+                "restoration_versions": dict(RESTORATION_VERSIONS) if self.estimator is not None else {}}
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> "GenderFaceModel":
         from .glare import GlareCNN
 
         est, glare, cnn = state.get("estimator"), state.get("glare"), state.get("glare_cnn")
+        if est is not None:
+            check_restoration_versions(state.get("restoration_versions"), "this run's Task A face model")
         return cls(None if est is None else DistortionEstimator.from_state_dict(est),
                    LinearHead.from_state_dict(state["face"]),
                    None if glare is None else LinearHead.from_state_dict(glare),
@@ -380,12 +384,12 @@ def fit_gender_face(rows: pd.DataFrame, recipe: FaceHeadRecipe, n_boot: int = 0)
             glare = fit_linear(F, y_s, None, recipe.C, recipe.seed).with_threshold(g_oof["threshold"])
             oof["glare_threshold"] = g_oof["threshold"]
             if recipe.glare_cnn:
-                from .glare import fit_glare_cnn
+                from .glare import GlareDataError, fit_glare_cnn
 
                 try:
                     cnn = fit_glare_cnn(rows.loc[sunny, "path"].tolist(), y_s, p_s, image_size=recipe.glare_cnn_size,
                                         epochs=recipe.glare_cnn_epochs, seed=recipe.seed, device=recipe.device)
-                except ValueError as err:  # too few persons of a label to hold a fifth out: keep the glare head
+                except GlareDataError as err:  # too few persons of a label to hold a fifth out: keep the glare head
                     warnings.warn(f"glare CNN not fitted ({err}); glare images go to the frame head", stacklevel=2)
                     oof["glare_cnn"] = {"skipped": str(err)}
                 else:
@@ -587,6 +591,11 @@ def gender_tracks(config: Any, splits: Any, run: Any) -> GenderTracks:
     for name in ("face_model_restored", "fused"):
         tracks[name]["threshold_source"] = f"out-of-fold over all {len(train_persons)} training images"
         tracks[name]["outside_face_data"] = True
+    if model.glare_cnn is not None:
+        tracks["fused"]["glare_threshold_source"] = ("the glare CNN's held-out persons (a person-grouped fifth of the "
+                                                     "training persons with sunny copies)")
+    elif model.glare is not None:
+        tracks["fused"]["glare_threshold_source"] = "out-of-fold over the training persons' sunny copies"
     tracks["face_model_restored"]["oof"] = {k: model.oof[k] for k in ("recall_female_ci", "balanced_accuracy_ci")}
     tracks["face_model_restored"]["oof"].update({k: model.oof["oof"][k] for k in ("balanced_accuracy", "recall_female")})
     headline = "fused" if cfg.headline_track == "auto" else cfg.headline_track
@@ -686,8 +695,11 @@ def _headline_scores(run_dir: str | Path, rows: pd.DataFrame, cache_dir: str | P
         return table["prob"].to_numpy(), float(load_checkpoint(best).get("threshold", 0.5)), "facecom_only"
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     workers = max(1, min(4, os.cpu_count() or 1))
+    from .training import select_device
+
     recipe = FaceHeadRecipe(DescriptorStore(cache / "face_model", workers=workers), restore=model.estimator is not None,
-                            glare_expert=model.glare is not None, feature_cache=cache / "face_model", workers=workers)
+                            glare_expert=model.glare is not None, feature_cache=cache / "face_model", workers=workers,
+                            device=str(select_device(device)))
     scores = model.scores(rows, recipe)
     return scores["fused" if headline == "fused" else "face"], model.face.threshold, headline
 

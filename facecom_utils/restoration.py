@@ -58,6 +58,7 @@ from scipy import ndimage
 __all__ = [
     "RESTORATIONS",
     "RESTORATION_VERSIONS",
+    "check_restoration_versions",
     "RestorationFn",
     "deblur",
     "dehaze",
@@ -135,11 +136,11 @@ def denoise(image: np.ndarray, size: int = 3, threshold: float = 60.0, dense_lev
         The denoised uint8 RGB array.
     """
     x = _check(image)
-    med = ndimage.median_filter(x, size=(size, size, 1), mode="reflect")
     luma = _luma(x)
+    med3 = ndimage.median_filter(x, size=(3, 3, 1), mode="reflect")
     if float((np.abs(luma - ndimage.median_filter(luma, size=3, mode="reflect")) > dense_level).mean()) > dense_share:
-        return _to_uint8(ndimage.median_filter(ndimage.median_filter(x, size=(3, 3, 1), mode="reflect"),
-                                               size=(dense_size, dense_size, 1), mode="reflect"))
+        return _to_uint8(ndimage.median_filter(med3, size=(dense_size, dense_size, 1), mode="reflect"))
+    med = med3 if size == 3 else ndimage.median_filter(x, size=(size, size, 1), mode="reflect")
     hit = (np.abs(x - med) > threshold).any(axis=2, keepdims=True)
     return _to_uint8(np.where(hit, med, x))
 
@@ -242,6 +243,26 @@ def lowlight(image: np.ndarray, percentile: float = 99.0, target: float = 235.0,
 
 #: Bumped when a restoration's output changes, so caches of its results are recomputed (1 if absent).
 RESTORATION_VERSIONS: dict[str, int] = {"denoise": 2}
+
+
+def check_restoration_versions(saved: dict[str, int] | None, source: str) -> None:
+    """Warns when heads fitted on restored descriptors meet different restorations.
+
+    ``saved`` is the :data:`RESTORATION_VERSIONS` stored with the fitted heads (None: a file
+    written before versions were recorded, i.e. every restoration at version 1). The descriptors
+    would still be computed and cached correctly, but thresholds, heads and fusion weights were
+    chosen on the other ones.
+    """
+    saved = {str(k): int(v) for k, v in (saved or {}).items()}
+    names = sorted(set(saved) | set(RESTORATION_VERSIONS))
+    changed = [n for n in names if saved.get(n, 1) != RESTORATION_VERSIONS.get(n, 1)]
+    if changed:
+        import warnings
+
+        detail = ", ".join(f"{n}: v{saved.get(n, 1)} then, v{RESTORATION_VERSIONS.get(n, 1)} now" for n in changed)
+        warnings.warn(f"{source} was fitted on restorations of other versions ({detail}); its heads, fusion weights "
+                      "and thresholds were chosen on other descriptors: re-run the notebook's face-model stage",
+                      stacklevel=3)
 
 RESTORATIONS: dict[str, RestorationFn] = {
     "identity": identity,

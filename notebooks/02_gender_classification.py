@@ -246,7 +246,9 @@ if tracks is not None and len(tracks.cv):
 # %% [markdown]
 # **The threshold that travels**: out-of-fold over all training images, with a person-bootstrap 95% interval of
 # the balanced accuracy and female recall it gives; and the selector on the reported split (share of images
-# whose type it estimated right, and whose restoration it chose right, per type).
+# whose type it estimated right, and whose restoration it chose right, per type). With `face_glare_cnn`, the glare
+# CNN's fit: its threshold comes from a held-out fifth of the training persons with sunny copies; the balanced
+# accuracy shown there is at that same threshold (optimistic), the ROC AUC is threshold-free.
 
 # %%
 if tracks is not None:

@@ -479,6 +479,11 @@ def test_fused_embeddings_add_the_weighted_copy_evidence() -> None:
     np.testing.assert_allclose(e1[1:] @ e1[:1].T, (e[p] @ e[g].T)[:, 1:], atol=1e-5)
     with pytest.raises(ValueError, match="cohort"):
         fuse_embeddings(f, c, w, gallery, k, gamma)
+    # evidence computed once outside (as choose_fusion does per type) gives the same embeddings;
+    # its gallery rows are never read
+    pre = np.full((5, 2), np.nan, np.float32)
+    pre[p] = evidence
+    np.testing.assert_allclose(fuse_embeddings(f, c, w, gallery, k, gamma, cohort, pre), e, atol=1e-6)
 
 
 def test_copy_evidence_marks_only_the_source_photo() -> None:
@@ -596,3 +601,29 @@ def test_descriptor_store_files_follow_the_restoration_version(tmp_path: Path, m
     after = {name: store._file(name) for name in ("identity", "denoise", "derain")}
     assert after["identity"] == before["identity"] and after["denoise"] == before["denoise"]
     assert after["derain"] != before["derain"] and after["derain"].name.startswith("dlib_derain_")
+    # denoise v2 (the gated median) does not reuse a store of the version-1 denoise
+    monkeypatch.setitem(face_model.RESTORATION_VERSIONS, "denoise", 1)
+    assert store._file("denoise") != before["denoise"]
+
+
+def test_face_heads_record_their_restoration_versions_and_warn_on_a_mismatch() -> None:
+    """A Task A face model saves the restoration versions its heads were fitted on; loading it under other
+    versions (or from a file written before they were recorded: all at version 1) warns, and under the
+    same versions it does not."""
+    import warnings
+
+    from facecom_utils.gender_face import LinearHead
+    from facecom_utils.restoration import RESTORATION_VERSIONS, check_restoration_versions
+
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(40, 3))
+    estimator = DistortionEstimator.fit(q, ["clean", "noisy"] * 20)
+    state = GenderFaceModel(estimator, LinearHead(np.ones(4), 0.0, threshold=0.5)).state_dict()
+    assert state["restoration_versions"] == RESTORATION_VERSIONS and RESTORATION_VERSIONS["denoise"] >= 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GenderFaceModel.from_state_dict(state)
+        check_restoration_versions(dict(RESTORATION_VERSIONS), "same")
+    old = {k: v for k, v in state.items() if k != "restoration_versions"}
+    with pytest.warns(UserWarning, match=f"denoise: v1 then, v{RESTORATION_VERSIONS['denoise']} now"):
+        GenderFaceModel.from_state_dict(old)

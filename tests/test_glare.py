@@ -107,15 +107,31 @@ def test_fused_track_routes_glare_images_to_the_glare_cnn_with_one_threshold() -
             raise AssertionError("the frame head must not run when the glare CNN is fitted")
 
     class StubCNN:
-        def margin(self, paths):
+        devices: list = []
+
+        def margin(self, paths, device=None):
+            self.devices.append(device)
             return np.array([float(Path(p).stem) - 4.0 for p in paths])
 
     face = LinearHead(np.ones(4), 0.0, threshold=0.7)
     model = GenderFaceModel(Estimator(), face, LinearHead(np.ones(4), 0.0), glare_cnn=StubCNN())
-    out = model.scores(rows, Recipe(store=None))
+    out = model.scores(rows, Recipe(store=None, device="cpu"))
+    assert model.glare_cnn.devices == ["cpu"]  # runs where the recipe says
     sunny = kinds == "sunny"
     np.testing.assert_allclose(out["fused"][~sunny], out["face"][~sunny])
     margin = np.array([0.0, 3.0, 6.0]) - 4.0  # rows 0, 3, 6
     want = 1 / (1 + np.exp(-(margin + np.log(0.7 / 0.3))))
     np.testing.assert_allclose(out["fused"][sunny], want)
     np.testing.assert_array_equal(out["fused"][sunny] >= face.threshold - 1e-12, margin >= 0)
+
+
+def test_glare_cnn_refuses_too_few_persons_of_a_label_before_training() -> None:
+    """Four women cannot give a held-out fifth with both labels: a GlareDataError (a ValueError, which the
+    fused track turns into a fall-back to the frame head) names the counts, before any image is read."""
+    from facecom_utils.glare import GlareDataError
+
+    persons = [f"p{i}" for i in range(12) for _ in range(2)]
+    labels = [int(i < 4) for i in range(12) for _ in range(2)]
+    with pytest.raises(GlareDataError, match="8 male and 4 female persons"):
+        fit_glare_cnn([f"/missing/{i}.jpg" for i in range(24)], labels, persons, holdout_folds=5)
+    assert issubclass(GlareDataError, ValueError)

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from ..quality import RESTORATION_FOR, DistortionEstimator, quality_feature_matrix
+from ..restoration import RESTORATION_VERSIONS, check_restoration_versions
 from .copies import COHORT_SIZE, copy_descriptors, copy_evidence
 from .protocol import _quick_scores, choose_thresholds, protocol_metrics
 
@@ -52,7 +53,7 @@ GAMMA_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
 
 def fuse_embeddings(face: np.ndarray, facecom: np.ndarray, weight: np.ndarray, gallery: np.ndarray,
                     copies: np.ndarray | None = None, gamma: np.ndarray | None = None,
-                    cohort: np.ndarray | None = None) -> np.ndarray:
+                    cohort: np.ndarray | None = None, evidence: np.ndarray | None = None) -> np.ndarray:
     """Embeddings whose dot product is ``w * cos_face + (1 - w) * cos_facecom (+ gamma * copy evidence)`` per probe.
 
     Args:
@@ -65,6 +66,8 @@ def fuse_embeddings(face: np.ndarray, facecom: np.ndarray, weight: np.ndarray, g
             per gallery row: a gallery row is 1 in its own column, a probe row holds
             ``gamma * copy_evidence(probe, that photo)``. So its width is the number of gallery rows,
             and probe and gallery embeddings only compare within one call.
+        evidence: Optional ``[N, G]`` copy evidence of each row against the gallery rows, already
+            computed (probe rows are read; it depends on neither ``weight`` nor ``gamma``).
     """
     gallery = np.asarray(gallery, bool)
     w = np.where(gallery, 1.0, np.asarray(weight, np.float64))[:, None]
@@ -78,8 +81,9 @@ def fuse_embeddings(face: np.ndarray, facecom: np.ndarray, weight: np.ndarray, g
         part[np.flatnonzero(gallery), np.arange(int(gallery.sum()))] = 1.0
         probes = np.flatnonzero(~gallery & (g > 0))
         if len(probes):
-            evidence = copy_evidence(copies[probes], copies[gallery], cohort)
-            part[probes] = g[probes, None] * evidence
+            ev = (copy_evidence(copies[probes], copies[gallery], cohort) if evidence is None
+                  else np.asarray(evidence, np.float32)[probes])
+            part[probes] = g[probes, None] * ev
         parts.append(part)
     return np.concatenate(parts, axis=1).astype(np.float32)
 
@@ -164,10 +168,16 @@ def choose_fusion(table: pd.DataFrame, face: np.ndarray, facecom: np.ndarray, ki
         rows = gallery | (kinds == kind)
         sub = table[rows].reset_index(drop=True)
         best, best_w, best_g = -np.inf, 0.0, 0.0
+        evidence = None
+        if copies is not None:  # computed once per type: it depends on neither weight
+            g_rows = gallery[rows]
+            evidence = np.zeros((int(rows.sum()), int(g_rows.sum())), np.float32)
+            evidence[~g_rows] = copy_evidence(copies[rows][~g_rows], copies[rows][g_rows], cohort)
         for g in (gamma_grid if copies is not None else (0.0,)):
             for w in grid:
                 emb = fuse_embeddings(face[rows], facecom[rows], np.full(rows.sum(), w), gallery[rows],
-                                      None if copies is None else copies[rows], np.full(rows.sum(), g), cohort)
+                                      None if copies is None else copies[rows], np.full(rows.sum(), g), cohort,
+                                      evidence)
                 value = _mean_top1(sub, emb)
                 if value > best + 1e-9:
                     best, best_w, best_g = value, float(w), float(g)
@@ -300,7 +310,8 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
     out = RecognitionTracks(estimator, fusion, tracks, headline, selector, rep["table"], reported_embeddings)
     tmp = rundir.path / ".face_tracks.pt.tmp"
     torch.save({"task": "recognition", "headline": headline, "estimator": estimator.state_dict(),
-                **fusion.state_dict(), "thresholds": chosen_thresholds}, tmp)
+                **fusion.state_dict(), "thresholds": chosen_thresholds,
+                "restoration_versions": dict(RESTORATION_VERSIONS)}, tmp)
     os.replace(tmp, rundir.path / "face_tracks.pt")
     metrics = {k: v for k, v in run.metrics.items() if k not in ("parameters", "data_root", "synthetic")}
     metrics["tracks"] = tracks
@@ -364,6 +375,8 @@ def run_embeddings(run_dir: str | Path, paths: list[str], gallery: np.ndarray, d
     q = quality_feature_matrix(paths, workers=workers, cache_dir=cache)
     store = DescriptorStore(cache, workers=workers)
     restored = headline in ("face_model_restored", "fused")
+    if restored:
+        check_restoration_versions(tracks.get("restoration_versions"), f"{rundir.path / 'face_tracks.pt'}")
     face = store.describe(paths, estimator.restorations(q) if restored else "identity").normalised()
     if headline != "fused":
         return face, list(tracks["thresholds"][headline]), headline
