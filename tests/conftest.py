@@ -37,6 +37,20 @@ def noise_images(folder: Path, n: int, size: tuple[int, int] = (40, 40), seed: i
     return paths
 
 
+class KindsEstimator:
+    """A stand-in distortion estimator: row ``i``'s "quality" is ``[i]`` and its type is ``kinds[i]``;
+    it never restores (pair it with a recipe whose ``quality`` returns the row numbers)."""
+
+    def __init__(self, kinds):
+        self.kinds = kinds
+
+    def predict(self, q):
+        return self.kinds[q[:, 0].astype(int)]
+
+    def restorations(self, q):
+        return ["identity"] * len(q)
+
+
 requires_facecom = pytest.mark.skipif(
     not (FACECOM_ROOT / "Task_B" / "train").is_dir(),
     reason=f"real FACECOM training split not found at {FACECOM_ROOT}",

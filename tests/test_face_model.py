@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import noise_images
+from conftest import KindsEstimator, noise_images
 from facecom_utils.distortions import DISTORTION_TYPES, apply_distortion
 from facecom_utils.face_model import Descriptions
 from facecom_utils.gender_face import (
@@ -310,13 +310,6 @@ def test_fused_track_routes_glare_images_to_the_glare_head_with_one_threshold() 
     rows, store, X, y, persons = _toy_matrix()
     kinds = np.where(np.arange(len(rows)) % 3 == 0, "sunny", "clean")
 
-    class Estimator:  # calls every third image sunny, from its "pixels" (here: the row order)
-        def predict(self, q):
-            return kinds[q[:, 0].astype(int)]
-
-        def restorations(self, q):
-            return ["identity"] * len(q)
-
     class Recipe(FaceHeadRecipe):
         def quality(self, rows_):
             return np.arange(len(rows_), dtype=float)[:, None]
@@ -327,7 +320,7 @@ def test_fused_track_routes_glare_images_to_the_glare_head_with_one_threshold() 
     recipe = Recipe(store, restore=True)
     face = LinearHead(np.ones(8), 0.0, threshold=0.7)
     glare = LinearHead(np.ones(8) * 2, 0.5, threshold=0.3)
-    model = GenderFaceModel(Estimator(), face, glare)
+    model = GenderFaceModel(KindsEstimator(kinds), face, glare)  # every third image called sunny
     out = model.scores(rows, recipe)
     sunny = kinds == "sunny"
     np.testing.assert_array_equal(out["routed_to_glare"], sunny)

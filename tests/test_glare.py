@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import KindsEstimator
 from facecom_utils.evaluation import binary_metrics, choose_threshold
 from facecom_utils.glare import GlareCNN, fit_glare_cnn
 
@@ -89,13 +90,6 @@ def test_fused_track_routes_glare_images_to_the_glare_cnn_with_one_threshold() -
     kinds = np.where(np.arange(9) % 3 == 0, "sunny", "clean")
     X = np.random.default_rng(0).normal(size=(9, 4))
 
-    class Estimator:
-        def predict(self, q):
-            return kinds[q[:, 0].astype(int)]
-
-        def restorations(self, q):
-            return ["identity"] * len(q)
-
     class Recipe(FaceHeadRecipe):
         def quality(self, rows_):
             return np.arange(len(rows_), dtype=float)[:, None]
@@ -114,7 +108,7 @@ def test_fused_track_routes_glare_images_to_the_glare_cnn_with_one_threshold() -
             return np.array([float(Path(p).stem) - 4.0 for p in paths])
 
     face = LinearHead(np.ones(4), 0.0, threshold=0.7)
-    model = GenderFaceModel(Estimator(), face, LinearHead(np.ones(4), 0.0), glare_cnn=StubCNN())
+    model = GenderFaceModel(KindsEstimator(kinds), face, LinearHead(np.ones(4), 0.0), glare_cnn=StubCNN())
     out = model.scores(rows, Recipe(store=None, device="cpu"))
     assert model.glare_cnn.devices == ["cpu"]  # runs where the recipe says
     sunny = kinds == "sunny"
