@@ -21,7 +21,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "models": ("models", "heads", "face_model"),
     "training": ("checkpoints", "training", "config", "rundir"),
     "evaluation": ("evaluation", "scoring", "verification"),
-    "tasks": ("gender", "gender_face", "recognition"),
+    "tasks": ("gender", "gender_face", "glare", "recognition"),
     "reporting": ("plots", "eda", "thresholds", "notebook", "run", "report_index", "cli", "bench", "launch", "nbval_kernel",
                   "__init__", "__main__"),
 }

@@ -243,7 +243,10 @@ def fit_recognition(config: RecognitionConfig, splits: RecognitionSplits, pipeli
         outs, _ = _extract(net, splits.fold["path"].tolist(), source=config.embedding_source,
                            dataset=pipeline.fold_dataset, **_embed_kw(config, device))
         scores = {source: _quick_scores(splits.fold, emb) for source, emb in outs.items()}
-        best = max(scores, key=lambda s: (scores[s]["selection_score"], s == "neck"))
+        # A source that gives some image an all-zero vector (every pooled activation dead: seen on tiny, barely
+        # trained models) has no direction to compare by cosine; it is chosen only when every source is so.
+        usable = [s for s, emb in outs.items() if (np.linalg.norm(emb, axis=1) > 0.5).all()] or list(scores)
+        best = max(usable, key=lambda s: (scores[s]["selection_score"], s == "neck"))
         metrics: dict[str, Any] = {**scores[best], "embedding_source": best}
         for source, s in scores.items():
             metrics.update({f"{source}_{k}": v for k, v in s.items()})
