@@ -31,16 +31,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .gender_face import _logit
+
 __all__ = ["GlareCNN", "GlareDataError", "fit_glare_cnn"]
 
 
 class GlareDataError(ValueError):
     """Too few images or persons of a label to fit the glare CNN and hold its threshold's persons out."""
-
-
-def _logit(p: np.ndarray | float) -> np.ndarray:
-    p = np.clip(np.asarray(p, np.float64), 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
 
 
 @dataclass
@@ -69,7 +66,8 @@ class GlareCNN:
 
     def margin(self, paths: Sequence[str | Path], **kwargs: Any) -> np.ndarray:
         """``logit(P(female)) - logit(threshold)``: positive means female."""
-        return _logit(self.probabilities(paths, **kwargs)) - _logit(self.threshold)
+        p = np.clip(self.probabilities(paths, **kwargs), 1e-6, 1 - 1e-6)
+        return np.log(p / (1 - p)) - _logit(self.threshold)
 
     def state_dict(self) -> dict[str, Any]:
         """Tensors and plain values (``torch.load(..., weights_only=True)`` reads it back)."""
@@ -134,7 +132,7 @@ def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: S
     import torch.nn.functional as F
 
     from .evaluation import binary_metrics, choose_threshold
-    from .gender_face import grouped_folds
+    from .gender_face import grouped_folds, usable_folds
     from .models import GenderClassifier
 
     paths = [str(p) for p in paths]
@@ -142,12 +140,11 @@ def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: S
     persons = np.asarray(persons)
     if not (len(paths) == len(y) == len(persons)):
         raise ValueError("paths, labels and persons must have one entry per image")
-    per_person = pd.Series(y).groupby(persons).mean() >= 0.5
-    n_female, n_male = int(per_person.sum()), int((~per_person).sum())
-    if min(n_female, n_male) < holdout_folds:
+    if usable_folds(persons, y, holdout_folds) < holdout_folds:  # the folds' own per-person label count
+        per_person = pd.Series(y).groupby(persons).first()
         raise GlareDataError(f"the glare CNN needs at least {holdout_folds} persons of each label to hold a "
-                             f"1/{holdout_folds} of them out for its threshold; got {n_male} male and "
-                             f"{n_female} female persons")
+                             f"1/{holdout_folds} of them out for its threshold; got {int((per_person == 0).sum())} "
+                             f"male and {int((per_person == 1).sum())} female persons")
     fit_idx, held_idx = grouped_folds(persons, y, holdout_folds, 1, seed)[0]
     if len(set(y[fit_idx])) < 2 or len(set(y[held_idx])) < 2:
         raise GlareDataError("the glare CNN needs images of both labels in its training and held-out persons")
