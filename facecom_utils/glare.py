@@ -11,9 +11,9 @@ people's sunny copies rose from the glare head's 0.73-0.81 to 0.79-0.86 (mean 0.
 gives the shipped notebook's figures.
 
 This is FACECOM-only knowledge (ImageNet initialisation, FACECOM images and labels; no face
-data). :func:`fit_glare_cnn` holds out a person-grouped fifth of the training persons and
-chooses the decision threshold there (balanced accuracy); the number of epochs is fixed, so
-nothing else is chosen on data.
+data). :func:`fit_glare_cnn` holds out a label-stratified fifth of the training *persons* and
+chooses the decision threshold there (balanced accuracy, every person weighing the same: one
+FACECOM person has 236 images); the number of epochs is fixed, so nothing else is chosen on data.
 
 Example:
     >>> cnn = fit_glare_cnn(paths, labels, persons, image_size=128, epochs=6)   # doctest: +SKIP
@@ -33,7 +33,8 @@ import pandas as pd
 
 from .gender_face import _logit
 
-__all__ = ["GlareCNN", "GlareDataError", "fit_glare_cnn"]
+__all__ = ["GlareCNN", "GlareDataError", "fit_glare_cnn", "held_out_persons", "person_balanced_threshold",
+           "sampling_weights"]
 
 
 class GlareDataError(ValueError):
@@ -98,16 +99,74 @@ def _load(paths: Sequence[str], image_size: int) -> Any:
     return torch.stack([tf(load_image(p)) for p in paths]).half()
 
 
+def held_out_persons(persons: Sequence[str], labels: Sequence[int], k: int = 5,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(fit_idx, held_idx)`` of images: one of ``k`` label-stratified parts of the *persons* is held out.
+
+    The split is drawn over persons (a person's label is their first image's), so the held-out part has
+    about 1/k of each label's persons whatever their numbers of images. (Image-balanced grouped folds,
+    as :func:`~facecom_utils.gender_face.grouped_folds` makes, can hold out a few persons with many
+    images: on a FACECOM fold 26 of 584 persons.)
+    """
+    from .gender_face import grouped_folds
+
+    persons = np.asarray(persons)
+    per_person = pd.Series(np.asarray(labels)).groupby(persons).first()
+    _, held = grouped_folds(per_person.index.to_numpy(), per_person.to_numpy(), k, 1, seed)[0]
+    is_held = np.isin(persons, per_person.index.to_numpy()[held])
+    return np.flatnonzero(~is_held), np.flatnonzero(is_held)
+
+
+def sampling_weights(y: Sequence[int], persons: Sequence[str]) -> np.ndarray:
+    """Per-image sampling weights: every person of a label gets the same total, and both labels the same.
+
+    An image weighs ``1 / (its person's images)``, normalised so that each label sums to 1.
+    """
+    y = np.asarray(y, np.int64)
+    persons = pd.Series(np.asarray(persons))
+    w = 1.0 / persons.map(persons.value_counts()).to_numpy(np.float64)
+    for label in (0, 1):
+        if (y == label).any():
+            w[y == label] /= w[y == label].sum()
+    return w
+
+
+def person_balanced_threshold(y: Sequence[int], prob: Sequence[float], persons: Sequence[str]) -> float:
+    """The threshold on ``prob`` that maximises balanced accuracy with every *person* weighing the same.
+
+    Each image weighs ``1 / (its person's images)``, so one person with hundreds of images (FACECOM's
+    training split has one with 236) counts as one person, not as most of their label. Candidates are
+    :func:`~facecom_utils.evaluation.threshold_candidates`; ties go to the one closest to 0.5.
+    Predict female when ``prob >= threshold``.
+    """
+    from .evaluation import threshold_candidates
+
+    y = np.asarray(y, np.int64)
+    p = np.asarray(prob, np.float64)
+    persons = np.asarray(persons)
+    if len(set(y.tolist())) < 2:
+        raise ValueError("a balanced-accuracy threshold needs images of both labels")
+    w = 1.0 / pd.Series(persons).map(pd.Series(persons).value_counts()).to_numpy(np.float64)
+    t = threshold_candidates(p)
+    above = p[None, :] >= t[:, None]  # [T, N]
+    tpr = (above[:, y == 1] * w[y == 1]).sum(1) / w[y == 1].sum()
+    tnr = (~above[:, y == 0] * w[y == 0]).sum(1) / w[y == 0].sum()
+    score = (tpr + tnr) / 2
+    best = np.flatnonzero(score >= score.max() - 1e-12)
+    return float(t[best[np.argmin(np.abs(t[best] - 0.5))]])
+
+
 def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: Sequence[str], image_size: int = 128,
                   epochs: int = 6, batch_size: int = 32, lr: float = 1e-3, holdout_folds: int = 5, seed: int = 0,
                   device: Any = "cpu", backbone: str = "efficientnet_lite0", pretrained: str | None = "offline",
                   label_smoothing: float = 0.05, max_minutes: float | None = None) -> GlareCNN:
     """Fine-tunes a :class:`~facecom_utils.models.GenderClassifier` on (sunny) images; threshold on held-out persons.
 
-    The persons are split person-grouped and label-stratified (:func:`~facecom_utils.gender_face.grouped_folds`,
-    ``holdout_folds`` parts; one part held out). The network trains on the rest for ``epochs``
-    epochs (AdamW, one-cycle schedule, class-balanced sampling, random mirror, label smoothing)
-    and the threshold maximises balanced accuracy on the held-out persons.
+    The persons are split label-stratified into ``holdout_folds`` parts (:func:`held_out_persons`; one
+    part held out). The network trains on the rest for ``epochs`` epochs (AdamW, one-cycle schedule,
+    person- and class-balanced sampling (:func:`sampling_weights`), random mirror, label smoothing)
+    and the threshold maximises person-weighted balanced accuracy on the held-out persons
+    (:func:`person_balanced_threshold`).
 
     Args:
         paths, labels, persons: The training images, 1 = female, and each image's person.
@@ -131,8 +190,8 @@ def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: S
     import torch
     import torch.nn.functional as F
 
-    from .evaluation import binary_metrics, choose_threshold
-    from .gender_face import grouped_folds, usable_folds
+    from .evaluation import binary_metrics
+    from .gender_face import usable_folds
     from .models import GenderClassifier
 
     paths = [str(p) for p in paths]
@@ -145,7 +204,7 @@ def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: S
         raise GlareDataError(f"the glare CNN needs at least {holdout_folds} persons of each label to hold a "
                              f"1/{holdout_folds} of them out for its threshold; got {int((per_person == 0).sum())} "
                              f"male and {int((per_person == 1).sum())} female persons")
-    fit_idx, held_idx = grouped_folds(persons, y, holdout_folds, 1, seed)[0]
+    fit_idx, held_idx = held_out_persons(persons, y, holdout_folds, seed)
     if len(set(y[fit_idx])) < 2 or len(set(y[held_idx])) < 2:
         raise GlareDataError("the glare CNN needs images of both labels in its training and held-out persons")
     device = torch.device(device)
@@ -154,8 +213,7 @@ def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: S
     t0 = time.perf_counter()
     X = _load([paths[i] for i in fit_idx], image_size)
     yf = torch.as_tensor(y[fit_idx], dtype=torch.float32)
-    counts = np.bincount(y[fit_idx], minlength=2).astype(np.float64)
-    weights = torch.as_tensor(np.where(y[fit_idx] == 1, counts[0] / counts[1], 1.0))
+    weights = torch.as_tensor(sampling_weights(y[fit_idx], persons[fit_idx]))
     steps_per_epoch = max(1, len(fit_idx) // batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15)
@@ -182,7 +240,7 @@ def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: S
     del X
     cnn = GlareCNN(model, 0.5, image_size)
     held_prob = cnn.probabilities([paths[i] for i in held_idx], device=device)
-    cnn.threshold = float(choose_threshold(y[held_idx], held_prob, "balanced_accuracy"))
+    cnn.threshold = person_balanced_threshold(y[held_idx], held_prob, persons[held_idx])
     m = binary_metrics(y[held_idx], held_prob, cnn.threshold)
     cnn.info = {"n_fit": int(len(fit_idx)), "n_holdout": int(len(held_idx)),
                 "persons_fit": int(len(set(persons[fit_idx]))), "persons_holdout": int(len(set(persons[held_idx]))),

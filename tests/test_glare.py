@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import KindsEstimator
 from facecom_utils.evaluation import binary_metrics, choose_threshold
-from facecom_utils.glare import GlareCNN, fit_glare_cnn
+from facecom_utils.glare import GlareCNN, fit_glare_cnn, held_out_persons, person_balanced_threshold, sampling_weights
 
 
 def _glare_images(folder: Path, persons: int, per_person: int, seed: int) -> pd.DataFrame:
@@ -57,17 +57,55 @@ def test_glare_cnn_reads_the_periphery_of_unseen_people(fitted) -> None:
 
 def test_glare_cnn_threshold_comes_from_its_held_out_persons_only(fitted) -> None:
     """The held-out fifth of the persons is disjoint from the fitted ones, and the threshold is the
-    balanced-accuracy optimum of exactly their images."""
-    from facecom_utils.gender_face import grouped_folds
-
+    person-weighted balanced-accuracy optimum of exactly their images."""
     cnn, train, _ = fitted
-    fit_idx, held_idx = grouped_folds(train["person"].to_numpy(), train["label"].to_numpy(), 5, 1, 0)[0]
+    fit_idx, held_idx = held_out_persons(train["person"].to_numpy(), train["label"].to_numpy(), 5, 0)
     assert not set(train["person"].iloc[fit_idx]) & set(train["person"].iloc[held_idx])
     assert cnn.info["n_fit"] == len(fit_idx) and cnn.info["n_holdout"] == len(held_idx)
     assert cnn.info["persons_fit"] + cnn.info["persons_holdout"] == train["person"].nunique()
     held = train.iloc[held_idx]
-    want = choose_threshold(held["label"].to_numpy(), cnn.probabilities(held["path"].tolist()), "balanced_accuracy")
+    want = person_balanced_threshold(held["label"].to_numpy(), cnn.probabilities(held["path"].tolist()),
+                                     held["person"].to_numpy())
     assert cnn.threshold == pytest.approx(want)
+
+
+def test_held_out_part_is_a_fifth_of_each_labels_persons_whatever_their_image_counts() -> None:
+    """One person with 236 images (as FACECOM's training split has) does not make the held-out part a
+    handful of persons: each label's persons are split, and every image follows its person."""
+    persons = np.array(["giant"] * 236 + [f"m{i}" for i in range(40) for _ in range(2)] + [f"f{i}" for i in range(20)])
+    labels = np.array([0] * 236 + [0] * 80 + [1] * 20)
+    fit_idx, held_idx = held_out_persons(persons, labels, k=5, seed=0)
+    assert sorted(np.concatenate([fit_idx, held_idx]).tolist()) == list(range(len(persons)))
+    held = set(persons[held_idx])
+    assert not held & set(persons[fit_idx])
+    assert len({p for p in held if p.startswith("f")}) == 4  # 20 women / 5
+    assert len({p for p in held if not p.startswith("f")}) in (8, 9)  # 41 men / 5
+
+
+def test_person_balanced_threshold_counts_each_person_once() -> None:
+    """A known answer: 100 images of one man at 0.5 outvote four other men at 0.1 for the image-counted
+    threshold (0.7: two of five women found); counting persons, catching all five women at the
+    cost of one man (0.2) is better: person-weighted balanced accuracy 0.9 against 0.7."""
+    prob = np.array([0.3, 0.3, 0.3, 0.9, 0.9] + [0.5] * 100 + [0.1] * 4)
+    y = np.array([1] * 5 + [0] * 104)
+    persons = np.array([f"f{i}" for i in range(5)] + ["giant"] * 100 + [f"m{i}" for i in range(4)])
+    assert choose_threshold(y, prob, "balanced_accuracy") == pytest.approx(0.7)
+    assert person_balanced_threshold(y, prob, persons) == pytest.approx(0.2)
+    # with one image per person both rules agree
+    one = np.r_[0:5, 5, 105:109]
+    assert person_balanced_threshold(y[one], prob[one], persons[one]) == pytest.approx(
+        choose_threshold(y[one], prob[one], "balanced_accuracy"))
+    with pytest.raises(ValueError, match="both labels"):
+        person_balanced_threshold(y[:5], prob[:5], persons[:5])
+
+
+def test_sampling_weights_balance_persons_within_a_label_and_the_labels() -> None:
+    persons = np.array(["giant"] * 10 + ["m1", "f1", "f1", "f2"])
+    y = np.array([0] * 11 + [1] * 3)
+    w = sampling_weights(y, persons)
+    assert w[y == 0].sum() == pytest.approx(1.0) and w[y == 1].sum() == pytest.approx(1.0)
+    assert w[persons == "giant"].sum() == pytest.approx(w[persons == "m1"].sum()) == pytest.approx(0.5)
+    assert w[persons == "f1"].sum() == pytest.approx(w[persons == "f2"].sum())
 
 
 def test_glare_cnn_round_trips_through_a_weights_only_file(fitted, tmp_path: Path) -> None:
