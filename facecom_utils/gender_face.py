@@ -592,8 +592,8 @@ def gender_tracks(config: Any, splits: Any, run: Any) -> GenderTracks:
         tracks[name]["threshold_source"] = f"out-of-fold over all {len(train_persons)} training images"
         tracks[name]["outside_face_data"] = True
     if model.glare_cnn is not None:
-        tracks["fused"]["glare_threshold_source"] = ("the glare CNN's held-out persons (a person-grouped fifth of the "
-                                                     "training persons with sunny copies)")
+        tracks["fused"]["glare_threshold_source"] = ("the glare CNN's held-out persons (a label-stratified fifth of the "
+                                                     "training persons with sunny copies, each person weighing the same)")
     elif model.glare is not None:
         tracks["fused"]["glare_threshold_source"] = "out-of-fold over the training persons' sunny copies"
     tracks["face_model_restored"]["oof"] = {k: model.oof[k] for k in ("recall_female_ci", "balanced_accuracy_ci")}
