@@ -33,8 +33,8 @@ import pandas as pd
 
 from .gender_face import _logit
 
-__all__ = ["GlareCNN", "GlareDataError", "fit_glare_cnn", "held_out_persons", "person_balanced_threshold",
-           "sampling_weights"]
+__all__ = ["GlareCNN", "GlareDataError", "fit_glare_cnn", "held_out_persons", "person_balanced_accuracy",
+           "person_balanced_threshold", "sampling_weights"]
 
 
 class GlareDataError(ValueError):
@@ -104,7 +104,8 @@ def held_out_persons(persons: Sequence[str], labels: Sequence[int], k: int = 5,
     """``(fit_idx, held_idx)`` of images: one of ``k`` label-stratified parts of the *persons* is held out.
 
     The split is drawn over persons (a person's label is their first image's), so the held-out part has
-    about 1/k of each label's persons whatever their numbers of images. (Image-balanced grouped folds,
+    about 1/k of each label's persons whatever their numbers of images; ``k`` is lowered to the rarer
+    label's number of persons when that is smaller (as in ``grouped_folds``). (Image-balanced grouped folds,
     as :func:`~facecom_utils.gender_face.grouped_folds` makes, can hold out a few persons with many
     images: on a FACECOM fold 26 of 584 persons.)
     """
@@ -118,9 +119,10 @@ def held_out_persons(persons: Sequence[str], labels: Sequence[int], k: int = 5,
 
 
 def sampling_weights(y: Sequence[int], persons: Sequence[str]) -> np.ndarray:
-    """Per-image sampling weights: every person of a label gets the same total, and both labels the same.
+    """Per-image sampling weights: every person the same total (within their label), both labels the same.
 
-    An image weighs ``1 / (its person's images)``, normalised so that each label sums to 1.
+    An image weighs ``1 / (its person's images)``, normalised so that each label sums to 1 (a person
+    whose images carry both labels splits their share between the labels).
     """
     y = np.asarray(y, np.int64)
     persons = pd.Series(np.asarray(persons))
@@ -131,30 +133,42 @@ def sampling_weights(y: Sequence[int], persons: Sequence[str]) -> np.ndarray:
     return w
 
 
-def person_balanced_threshold(y: Sequence[int], prob: Sequence[float], persons: Sequence[str]) -> float:
-    """The threshold on ``prob`` that maximises balanced accuracy with every *person* weighing the same.
+def person_balanced_accuracy(y: Sequence[int], prob: Sequence[float], persons: Sequence[str],
+                             thresholds: Sequence[float] | float) -> np.ndarray | float:
+    """Balanced accuracy of ``prob >= threshold`` with every *person* weighing the same, per threshold.
 
-    Each image weighs ``1 / (its person's images)``, so one person with hundreds of images (FACECOM's
-    training split has one with 236) counts as one person, not as most of their label. Candidates are
-    :func:`~facecom_utils.evaluation.threshold_candidates`; ties go to the one closest to 0.5.
-    Predict female when ``prob >= threshold``.
+    Each image weighs ``1 / (its person's images)``; the recall of each label is the weighted share of
+    its images called right. Vectorised over ``thresholds`` (sorted cumulative weights); a scalar
+    threshold gives a float.
     """
-    from .evaluation import threshold_candidates
-
     y = np.asarray(y, np.int64)
     p = np.asarray(prob, np.float64)
     persons = np.asarray(persons)
     if len(set(y.tolist())) < 2:
-        raise ValueError("a balanced-accuracy threshold needs images of both labels")
+        raise ValueError("a balanced accuracy needs images of both labels")
+    t = np.asarray(thresholds, np.float64)
     w = 1.0 / pd.Series(persons).map(pd.Series(persons).value_counts()).to_numpy(np.float64)
-    t = threshold_candidates(p)
     order = np.argsort(p, kind="stable")
-    below = np.searchsorted(p[order], t, side="left")  # images with prob < t, per candidate
+    below = np.searchsorted(p[order], t, side="left")  # images with prob < t, per threshold
     pos = np.r_[0.0, np.cumsum(np.where(y[order] == 1, w[order], 0.0))]  # person weight below, cumulative
     neg = np.r_[0.0, np.cumsum(np.where(y[order] == 0, w[order], 0.0))]
-    tpr = 1.0 - pos[below] / pos[-1]
-    tnr = neg[below] / neg[-1]
-    score = (tpr + tnr) / 2
+    score = ((1.0 - pos[below] / pos[-1]) + neg[below] / neg[-1]) / 2
+    return float(score) if score.ndim == 0 else score
+
+
+def person_balanced_threshold(y: Sequence[int], prob: Sequence[float], persons: Sequence[str]) -> float:
+    """The threshold on ``prob`` that maximises :func:`person_balanced_accuracy`.
+
+    Each image weighs ``1 / (its person's images)``, so one person with hundreds of images (FACECOM's
+    training split has one with 236) counts as one person, not as most of their label. Candidates are
+    :func:`~facecom_utils.evaluation.threshold_candidates`; ties go to the one closest to 0.5 (the
+    lower one on an exact tie).
+    Predict female when ``prob >= threshold``.
+    """
+    from .evaluation import threshold_candidates
+
+    t = threshold_candidates(np.asarray(prob, np.float64))
+    score = person_balanced_accuracy(y, prob, persons, t)
     best = np.flatnonzero(score >= score.max() - 1e-12)
     return float(t[best[np.argmin(np.abs(t[best] - 0.5))]])
 
@@ -184,11 +198,12 @@ def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: S
 
     Raises:
         GlareDataError: Fewer than ``holdout_folds`` persons of either label (a person's label is
-            the majority of their images'), so no fifth of them can be held out with both labels.
+            their first image's), so no fifth of them can be held out with both labels.
         ValueError: ``paths``, ``labels`` and ``persons`` differ in length.
 
     The ``info`` of the result gives the held-out persons' ROC AUC and their balanced accuracy at
-    the threshold chosen on them (optimistic: both come from the same images).
+    the threshold chosen on them, counted per image and with every person weighing the same (the
+    quantity the threshold maximised; optimistic: both come from the same images).
     """
     import torch
     import torch.nn.functional as F
@@ -250,6 +265,8 @@ def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: S
                 "epochs": done_epochs, "image_size": int(image_size),
                 "holdout_roc_auc": float(m["roc_auc"]),
                 "holdout_balanced_accuracy_at_own_threshold": float(m["balanced_accuracy"]),
+                "holdout_person_balanced_accuracy_at_own_threshold": person_balanced_accuracy(
+                    y[held_idx], held_prob, persons[held_idx], cnn.threshold),
                 "seconds": round(time.perf_counter() - t0, 1)}
     model.to("cpu")
     return cnn

@@ -12,7 +12,8 @@ from PIL import Image
 
 from conftest import KindsEstimator
 from facecom_utils.evaluation import binary_metrics, choose_threshold
-from facecom_utils.glare import GlareCNN, fit_glare_cnn, held_out_persons, person_balanced_threshold, sampling_weights
+from facecom_utils.glare import (GlareCNN, fit_glare_cnn, held_out_persons, person_balanced_accuracy,
+                                 person_balanced_threshold, sampling_weights)
 
 
 def _glare_images(folder: Path, persons: int, per_person: int, seed: int) -> pd.DataFrame:
@@ -64,9 +65,44 @@ def test_glare_cnn_threshold_comes_from_its_held_out_persons_only(fitted) -> Non
     assert cnn.info["n_fit"] == len(fit_idx) and cnn.info["n_holdout"] == len(held_idx)
     assert cnn.info["persons_fit"] + cnn.info["persons_holdout"] == train["person"].nunique()
     held = train.iloc[held_idx]
-    want = person_balanced_threshold(held["label"].to_numpy(), cnn.probabilities(held["path"].tolist()),
-                                     held["person"].to_numpy())
+    prob = cnn.probabilities(held["path"].tolist())
+    want = person_balanced_threshold(held["label"].to_numpy(), prob, held["person"].to_numpy())
     assert cnn.threshold == pytest.approx(want)
+    assert cnn.info["holdout_person_balanced_accuracy_at_own_threshold"] == pytest.approx(
+        person_balanced_accuracy(held["label"].to_numpy(), prob, held["person"].to_numpy(), cnn.threshold))
+
+
+def test_fit_glare_cnn_samples_and_thresholds_by_person(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With one person owning most images, the fit samples with the person weights of its fitted persons and
+    chooses the threshold person-weighted on exactly its held-out persons (not image-counted)."""
+    import facecom_utils.glare as glare
+
+    rows = pd.concat([_glare_images(tmp_path / "a", persons=10, per_person=1, seed=3),
+                      _glare_images(tmp_path / "b", persons=1, per_person=12, seed=4)], ignore_index=True)
+    seen: dict = {}
+
+    def spy_weights(y, persons):
+        seen["weights"] = (np.asarray(persons), glare_weights(y, persons))
+        return seen["weights"][1]
+
+    def spy_threshold(y, prob, persons):
+        seen["threshold"] = np.asarray(persons)
+        return glare_threshold(y, prob, persons)
+
+    glare_weights, glare_threshold = glare.sampling_weights, glare.person_balanced_threshold
+    monkeypatch.setattr(glare, "sampling_weights", spy_weights)
+    monkeypatch.setattr(glare, "person_balanced_threshold", spy_threshold)
+    torch.manual_seed(0)
+    fit_glare_cnn(rows["path"], rows["label"], rows["person"], image_size=32, epochs=1, batch_size=8,
+                  backbone="resnet10t", pretrained=None, seed=0)
+    persons = rows["person"].to_numpy()
+    fit_idx, held_idx = held_out_persons(persons, rows["label"].to_numpy(), 5, 0)
+    np.testing.assert_array_equal(seen["weights"][0], persons[fit_idx])
+    np.testing.assert_array_equal(seen["threshold"], persons[held_idx])
+    w, fitted = seen["weights"][1], persons[fit_idx]
+    assert "s4_p0" in set(fitted)  # (seed 0) the 12-image man is fitted, and weighs as much as a one-image man
+    assert w[fitted == "s4_p0"].sum() == pytest.approx(w[fitted == "s3_p0"].sum())
+    assert (fitted == "s4_p0").sum() == 12 and (fitted == "s3_p0").sum() == 1
 
 
 def test_held_out_part_is_a_fifth_of_each_labels_persons_whatever_their_image_counts() -> None:
@@ -91,6 +127,8 @@ def test_person_balanced_threshold_counts_each_person_once() -> None:
     persons = np.array([f"f{i}" for i in range(5)] + ["giant"] * 100 + [f"m{i}" for i in range(4)])
     assert choose_threshold(y, prob, "balanced_accuracy") == pytest.approx(0.7)
     assert person_balanced_threshold(y, prob, persons) == pytest.approx(0.2)
+    np.testing.assert_allclose(person_balanced_accuracy(y, prob, persons, [0.2, 0.7]), [0.9, 0.7])
+    assert person_balanced_accuracy(y, prob, persons, 0.05) == pytest.approx(0.5)  # everyone called female
     # with one image per person both rules agree
     one = np.r_[0:5, 5, 105:109]
     assert person_balanced_threshold(y[one], prob[one], persons[one]) == pytest.approx(
