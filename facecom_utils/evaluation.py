@@ -34,6 +34,7 @@ __all__ = [
     "expected_calibration_error",
     "reliability_curve",
     "threshold_candidates",
+    "threshold_criterion",
 ]
 
 THRESHOLD_CRITERIA = ("balanced_accuracy", "youden", "f1", "f1_macro", "accuracy", "mcc")
@@ -181,11 +182,55 @@ def _criterion_values(tp: np.ndarray, fp: np.ndarray, n_pos: int, n_neg: int, cr
     raise ValueError(f"unknown threshold criterion {criterion!r}; expected one of {THRESHOLD_CRITERIA}")
 
 
+def _weight_at_or_above(scores: np.ndarray, weights: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Total weight of the scores ``>= t`` for each threshold (sorted cumulative sums)."""
+    order = np.argsort(scores, kind="stable")
+    below = np.r_[0.0, np.cumsum(weights[order])]
+    return below[-1] - below[np.searchsorted(scores[order], thresholds, side="left")]
+
+
+def threshold_criterion(
+    y_true: Sequence[int] | np.ndarray,
+    prob: Sequence[float] | np.ndarray,
+    thresholds: Sequence[float] | np.ndarray,
+    criterion: str = "balanced_accuracy",
+    sample_weight: Sequence[float] | np.ndarray | None = None,
+) -> np.ndarray:
+    """``criterion`` of the rule ``prob >= t`` at each threshold ``t`` (vectorised, exact).
+
+    Args:
+        y_true, prob: As in :func:`choose_threshold`.
+        thresholds: Thresholds, shape [T].
+        criterion: One of :data:`THRESHOLD_CRITERIA`.
+        sample_weight: Optional non-negative weight per sample, shape [N]: counts become weighted
+            sums (e.g. ``1 / images of the sample's person`` makes every person weigh the same).
+
+    Returns:
+        float64 array [T].
+    """
+    y, p = _as_binary_arrays(y_true, prob, check_range=False)
+    t = np.asarray(thresholds).reshape(-1).astype(p.dtype)
+    if sample_weight is None:  # counts: the number of positives / negatives with score >= each threshold
+        pos_sorted = np.sort(p[y == 1])
+        neg_sorted = np.sort(p[y == 0])
+        tp = (pos_sorted.size - np.searchsorted(pos_sorted, t, side="left")).astype(np.float64)
+        fp = (neg_sorted.size - np.searchsorted(neg_sorted, t, side="left")).astype(np.float64)
+        return _criterion_values(tp, fp, pos_sorted.size, neg_sorted.size, criterion)
+    w = np.asarray(sample_weight, np.float64).reshape(-1)
+    if w.shape != p.shape or not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"sample_weight must hold one finite, non-negative weight per sample ({p.size}), "
+                         f"got shape {w.shape}")
+    tp = _weight_at_or_above(p[y == 1], w[y == 1], t)
+    fp = _weight_at_or_above(p[y == 0], w[y == 0], t)
+    return _criterion_values(tp, fp, float(w[y == 1].sum()), float(w[y == 0].sum()), criterion)
+
+
 def choose_threshold(
     y_true: Sequence[int] | np.ndarray,
     prob: Sequence[float] | np.ndarray,
     criterion: str = "balanced_accuracy",
     prefer: float | None = 0.5,
+    sample_weight: Sequence[float] | np.ndarray | None = None,
 ) -> float:
     """Chooses the decision threshold that maximises ``criterion`` on (validation) data.
 
@@ -204,18 +249,14 @@ def choose_threshold(
             argmax as balanced accuracy), ``"f1"`` (F1 of class 1), ``"f1_macro"``,
             ``"accuracy"`` or ``"mcc"``.
         prefer: Tie-break target (0.5 suits probabilities).
+        sample_weight: Optional weight per sample (see :func:`threshold_criterion`).
 
     Returns:
         The threshold, as a python float; predict class 1 when ``prob >= threshold``.
     """
-    y, p = _as_binary_arrays(y_true, prob, check_range=False)
+    _, p = _as_binary_arrays(y_true, prob, check_range=False)
     candidates = threshold_candidates(p).astype(p.dtype)
-    # Number of positives / negatives with score >= each candidate, via sorted counts.
-    pos_sorted = np.sort(p[y == 1])
-    neg_sorted = np.sort(p[y == 0])
-    tp = (pos_sorted.size - np.searchsorted(pos_sorted, candidates, side="left")).astype(np.float64)
-    fp = (neg_sorted.size - np.searchsorted(neg_sorted, candidates, side="left")).astype(np.float64)
-    values = _criterion_values(tp, fp, pos_sorted.size, neg_sorted.size, criterion)
+    values = threshold_criterion(y_true, prob, candidates, criterion, sample_weight)
     tied = candidates[values >= values.max() - 1e-12]
     if prefer is None:
         return float(tied[(tied.size - 1) // 2])

@@ -53,6 +53,7 @@ __all__ = [
     "fit_linear",
     "grouped_folds",
     "oof_linear",
+    "person_folds",
     "score_rows",
     "summarise_folds",
     "threshold_from_oof",
@@ -118,6 +119,24 @@ def grouped_folds(persons: Sequence[str], labels: Sequence[int], k: int = 5, rep
         cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed + r)
         folds += [(tr, te) for tr, te in cv.split(np.zeros(len(labels)), labels, persons)]
     return folds
+
+
+def person_folds(persons: Sequence[str], labels: Sequence[int], k: int = 5, repeats: int = 1,
+                 seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Like :func:`grouped_folds`, but the *persons* are balanced, not the images: ``[(train_idx, test_idx), ...]``.
+
+    The folds are drawn over one row per person (label: the majority of theirs), so every test part
+    holds about 1/k of each label's persons whatever their numbers of images (image-balanced group
+    folds can give one part a few persons with many images: FACECOM's training split has a person
+    with 236); each person's images follow them.
+    """
+    persons = np.asarray(persons)
+    people = pd.Series(np.asarray(labels)).groupby(persons).agg(lambda v: int(v.mean() >= 0.5))
+    names = people.index.to_numpy()
+    out = []
+    for tr, te in grouped_folds(names, people.to_numpy(), k, repeats, seed):
+        out.append((np.flatnonzero(np.isin(persons, names[tr])), np.flatnonzero(np.isin(persons, names[te]))))
+    return out
 
 
 def _logit(p: float) -> float:
@@ -189,9 +208,7 @@ def oof_linear(X: np.ndarray, y: np.ndarray, persons: np.ndarray, weight: np.nda
     people = pd.Series(np.asarray(y)).groupby(persons).agg(lambda v: int(v.mean() >= 0.5))
     prob = np.full((repeats, len(y)), np.nan)
     k = usable_folds(people.index.to_numpy(), people.to_numpy(), k)
-    for i, (tr, te) in enumerate(grouped_folds(people.index.to_numpy(), people.to_numpy(), k, repeats, seed)):
-        train = np.isin(persons, people.index[tr])
-        test = np.isin(persons, people.index[te])
+    for i, (train, test) in enumerate(person_folds(persons, y, k, repeats, seed)):
         head = fit_linear(X[train], y[train], None if weight is None else weight[train], C, seed)
         prob[i // k, test] = head.probabilities(X[test])
     return prob

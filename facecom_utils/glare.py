@@ -34,7 +34,7 @@ import pandas as pd
 from .gender_face import _logit
 
 __all__ = ["GlareCNN", "GlareDataError", "fit_glare_cnn", "held_out_persons", "person_balanced_accuracy",
-           "person_balanced_threshold", "sampling_weights"]
+           "person_balanced_threshold", "person_weights", "sampling_weights"]
 
 
 class GlareDataError(ValueError):
@@ -101,76 +101,69 @@ def _load(paths: Sequence[str], image_size: int) -> Any:
 
 def held_out_persons(persons: Sequence[str], labels: Sequence[int], k: int = 5,
                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``(fit_idx, held_idx)`` of images: one of ``k`` label-stratified parts of the *persons* is held out.
+    """``(fit_idx, held_idx)`` of images: the first of ``k`` label-stratified parts of the *persons* is held out.
 
-    The split is drawn over persons (a person's label is their first image's), so the held-out part has
-    about 1/k of each label's persons whatever their numbers of images; ``k`` is lowered to the rarer
-    label's number of persons when that is smaller (as in ``grouped_folds``). (Image-balanced grouped folds,
-    as :func:`~facecom_utils.gender_face.grouped_folds` makes, can hold out a few persons with many
-    images: on a FACECOM fold 26 of 584 persons.)
+    :func:`~facecom_utils.gender_face.person_folds`: about 1/k of each label's persons whatever their
+    numbers of images (an image-balanced group fold held out 26 of 584 persons on a FACECOM fold);
+    ``k`` is lowered to the rarer label's number of persons when that is smaller.
     """
-    from .gender_face import grouped_folds
+    from .gender_face import person_folds
 
-    persons = np.asarray(persons)
-    per_person = pd.Series(np.asarray(labels)).groupby(persons).first()
-    _, held = grouped_folds(per_person.index.to_numpy(), per_person.to_numpy(), k, 1, seed)[0]
-    is_held = np.isin(persons, per_person.index.to_numpy()[held])
-    return np.flatnonzero(~is_held), np.flatnonzero(is_held)
+    return person_folds(persons, labels, k, 1, seed)[0]
+
+
+def person_weights(persons: Sequence[str]) -> np.ndarray:
+    """``1 / (the person's number of images)`` per image: every person's images sum to 1."""
+    persons = pd.Series(np.asarray(persons))
+    return 1.0 / persons.map(persons.value_counts()).to_numpy(np.float64)
 
 
 def sampling_weights(y: Sequence[int], persons: Sequence[str]) -> np.ndarray:
     """Per-image sampling weights: every person the same total (within their label), both labels the same.
 
-    An image weighs ``1 / (its person's images)``, normalised so that each label sums to 1 (a person
-    whose images carry both labels splits their share between the labels).
+    :func:`person_weights`, normalised so that each label sums to 1 (a person whose images carry both
+    labels splits their share between the labels).
     """
     y = np.asarray(y, np.int64)
-    persons = pd.Series(np.asarray(persons))
-    w = 1.0 / persons.map(persons.value_counts()).to_numpy(np.float64)
+    w = person_weights(persons)
     for label in (0, 1):
         if (y == label).any():
             w[y == label] /= w[y == label].sum()
     return w
 
 
+def _both_labels(y: Sequence[int]) -> None:
+    if len(set(np.asarray(y).tolist())) < 2:
+        raise ValueError("a balanced accuracy needs images of both labels")
+
+
 def person_balanced_accuracy(y: Sequence[int], prob: Sequence[float], persons: Sequence[str],
                              thresholds: Sequence[float] | float) -> np.ndarray | float:
     """Balanced accuracy of ``prob >= threshold`` with every *person* weighing the same, per threshold.
 
-    Each image weighs ``1 / (its person's images)``; the recall of each label is the weighted share of
-    its images called right. Vectorised over ``thresholds`` (sorted cumulative weights); a scalar
+    :func:`~facecom_utils.evaluation.threshold_criterion` with :func:`person_weights`; a scalar
     threshold gives a float.
     """
-    y = np.asarray(y, np.int64)
-    p = np.asarray(prob, np.float64)
-    persons = np.asarray(persons)
-    if len(set(y.tolist())) < 2:
-        raise ValueError("a balanced accuracy needs images of both labels")
-    t = np.asarray(thresholds, np.float64)
-    w = 1.0 / pd.Series(persons).map(pd.Series(persons).value_counts()).to_numpy(np.float64)
-    order = np.argsort(p, kind="stable")
-    below = np.searchsorted(p[order], t, side="left")  # images with prob < t, per threshold
-    pos = np.r_[0.0, np.cumsum(np.where(y[order] == 1, w[order], 0.0))]  # person weight below, cumulative
-    neg = np.r_[0.0, np.cumsum(np.where(y[order] == 0, w[order], 0.0))]
-    score = ((1.0 - pos[below] / pos[-1]) + neg[below] / neg[-1]) / 2
-    return float(score) if score.ndim == 0 else score
+    from .evaluation import threshold_criterion
+
+    _both_labels(y)
+    score = threshold_criterion(y, np.asarray(prob, np.float64), np.atleast_1d(thresholds), "balanced_accuracy",
+                                person_weights(persons))
+    return float(score[0]) if np.ndim(thresholds) == 0 else score
 
 
 def person_balanced_threshold(y: Sequence[int], prob: Sequence[float], persons: Sequence[str]) -> float:
     """The threshold on ``prob`` that maximises :func:`person_balanced_accuracy`.
 
-    Each image weighs ``1 / (its person's images)``, so one person with hundreds of images (FACECOM's
-    training split has one with 236) counts as one person, not as most of their label. Candidates are
-    :func:`~facecom_utils.evaluation.threshold_candidates`; ties go to the one closest to 0.5 (the
-    lower one on an exact tie).
+    One person with hundreds of images (FACECOM's training split has one with 236) counts as one
+    person, not as most of their label. :func:`~facecom_utils.evaluation.choose_threshold` with
+    :func:`person_weights` (its candidates and tie rule: closest to 0.5, the lower on an exact tie).
     Predict female when ``prob >= threshold``.
     """
-    from .evaluation import threshold_candidates
+    from .evaluation import choose_threshold
 
-    t = threshold_candidates(np.asarray(prob, np.float64))
-    score = person_balanced_accuracy(y, prob, persons, t)
-    best = np.flatnonzero(score >= score.max() - 1e-12)
-    return float(t[best[np.argmin(np.abs(t[best] - 0.5))]])
+    _both_labels(y)
+    return choose_threshold(y, np.asarray(prob, np.float64), "balanced_accuracy", sample_weight=person_weights(persons))
 
 
 def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: Sequence[str], image_size: int = 128,
@@ -197,8 +190,7 @@ def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: S
         max_minutes: Stop training after this many minutes (the epoch in progress finishes its step).
 
     Raises:
-        GlareDataError: Fewer than ``holdout_folds`` persons of either label (a person's label is
-            their first image's), so no fifth of them can be held out with both labels.
+        GlareDataError: Fewer than ``holdout_folds`` persons of either label, so no fifth of them can be held out with both labels.
         ValueError: ``paths``, ``labels`` and ``persons`` differ in length.
 
     The ``info`` of the result gives the held-out persons' ROC AUC and their balanced accuracy at

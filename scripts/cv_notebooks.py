@@ -47,12 +47,12 @@ def held_out_people(data_root: Path, notebook: str, folds: int, seed: int) -> li
         order = np.random.default_rng(seed).permutation(len(identities))
         return [{identities[j] for j in part} for part in np.array_split(order, folds)]
     from facecom_utils.data import scan_task_a
-    from facecom_utils.gender_face import grouped_folds
+    from facecom_utils.gender_face import person_folds
 
     a = scan_task_a(data_root, splits=("train",))
-    people = a.groupby("person")["label"].agg(lambda v: int((v == "female").mean() >= 0.5))
-    parts = [set(people.index[te]) for _, te in grouped_folds(people.index.to_numpy(), people.to_numpy(), folds, 1, seed)]
-    rest = sorted(set(identities) - set(people.index))  # Task B identities without a Task A image
+    persons = a["person"].to_numpy()
+    parts = [set(persons[te]) for _, te in person_folds(persons, (a["label"] == "female").to_numpy(), folds, 1, seed)]
+    rest = sorted(set(identities) - set(persons))  # Task B identities without a Task A image
     for j, name in enumerate(rest):
         parts[j % folds].add(name)
     return parts

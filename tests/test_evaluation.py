@@ -130,6 +130,28 @@ def test_choose_threshold_is_optimal_against_brute_force(criterion: str) -> None
     assert score(y, (p >= t).astype(int)) == pytest.approx(best)
 
 
+@pytest.mark.parametrize("criterion", THRESHOLD_CRITERIA)
+def test_sample_weights_count_like_repeated_samples(criterion: str) -> None:
+    """Integer weights give the criterion of the data with each sample repeated that often (checked
+    against scikit-learn's weighted scorers too); unit weights give the unweighted answer."""
+    from facecom_utils.evaluation import threshold_criterion
+
+    rng = np.random.default_rng(5)
+    y = (rng.random(50) < 0.35).astype(int)
+    p = np.round(np.clip(0.2 * y + rng.random(50) * 0.8, 0, 1), 2)
+    w = rng.integers(1, 5, 50)
+    t = np.r_[np.unique(p), 2.0]
+    repeated = threshold_criterion(np.repeat(y, w), np.repeat(p, w), t, criterion)
+    np.testing.assert_allclose(threshold_criterion(y, p, t, criterion, w), repeated, atol=1e-12)
+    np.testing.assert_allclose(threshold_criterion(y, p, t, criterion, np.ones(50)), threshold_criterion(y, p, t, criterion))
+    assert choose_threshold(y, p, criterion, sample_weight=w) == choose_threshold(np.repeat(y, w), np.repeat(p, w), criterion)
+    if criterion == "balanced_accuracy":
+        want = [skm.balanced_accuracy_score(y, (p >= c).astype(int), sample_weight=w) for c in t]
+        np.testing.assert_allclose(threshold_criterion(y, p, t, criterion, w), want, atol=1e-12)
+    with pytest.raises(ValueError, match="sample_weight"):
+        threshold_criterion(y, p, t, criterion, w[:-1])
+
+
 def test_choose_threshold_unknown_criterion() -> None:
     with pytest.raises(ValueError, match="criterion"):
         choose_threshold([0, 1], [0.2, 0.8], criterion="auc")
