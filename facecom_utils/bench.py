@@ -24,6 +24,13 @@ d. **scoring**: 3,000 probes x 500 gallery images, :func:`facecom_utils.scoring.
    to the machine's limit). The loop is timed on a subset of the probes and extrapolated linearly
    (the JSON says so: ``scoring_loop_extrapolated``, ``scoring_loop_probes_timed``).
 
+e. **face descriptors**: the face-model tracks' per-image cost with dlib's descriptor network in
+   dlib itself (``dlib-bin``: no BLAS) against the same network in PyTorch
+   (:mod:`facecom_utils.dlib_resnet`, chunks of 16 as :class:`~facecom_utils.face_model.DescriptorStore`
+   runs it), on the same aligned chips, alternately; the front end (detector, landmarks, alignment)
+   is timed once and added to both (``descriptor_image_speedup``), and the largest difference between
+   the two backends' descriptors is reported. Skipped (the JSON says so) without dlib.
+
 Use ``--quick`` (or ``--max-images``) to bound every part for a fast run; the figures are then
 noisier but the ratios keep their meaning.
 """
@@ -70,6 +77,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PRESET_A = REPO_ROOT / "params" / "02_gender_classification" / "facecom_cpu.yml"
 PRESET_B = REPO_ROOT / "params" / "03_arcface_recognition" / "facecom_cpu.yml"
 QUICK_MAX_IMAGES = 256
+DESCRIPTOR_MAX_IMAGES = 128  # dlib's own network costs ~160 ms an image: the descriptor part times at most this many
 
 
 def _preset(path: Path) -> dict[str, Any]:
@@ -379,6 +387,44 @@ def bench_scoring(n_probes: int = 3000, n_gallery: int = 500, n_identities: int 
     }
 
 
+# ----------------------------------------------------------------------------- (e) face descriptors
+
+
+def bench_descriptors(paths: Sequence[str], repeats: int = 1) -> dict[str, Any]:
+    """ms per image of dlib's descriptor network in dlib vs in PyTorch, on the same chips (see module docstring)."""
+    from .face_model import _front_end, chip_descriptors, face_model_available
+
+    if not face_model_available():
+        return {"descriptors_skipped": "dlib / face-recognition-models not installed"}
+    from .data import load_image
+
+    images = [np.asarray(load_image(p), dtype=np.uint8) for p in paths]
+    fronts, s_front = _timed(lambda: [_front_end(im, "identity", 1) for im in images])
+    chips = np.stack([f[0] for f in fronts])
+    chip_descriptors(chips[:2], "torch")  # load both networks before timing
+    chip_descriptors(chips[:1], "dlib")
+    best_dlib = best_torch = float("inf")
+    ours = theirs = None
+    for _ in range(max(1, repeats)):  # interleaved: both see the same machine load
+        theirs, s = _timed(lambda: chip_descriptors(chips, "dlib"))
+        best_dlib = min(best_dlib, s)
+        s = 0.0
+        parts = []
+        for i in range(0, len(chips), 16):
+            out, t = _timed(lambda i=i: chip_descriptors(chips[i:i + 16], "torch"))
+            parts.append(out)
+            s += t
+        ours = np.concatenate(parts)
+        best_torch = min(best_torch, s)
+    n = len(chips)
+    front_ms, dlib_ms, torch_ms = 1e3 * s_front / n, 1e3 * best_dlib / n, 1e3 * best_torch / n
+    return {"descriptor_images": n, "descriptor_front_end_ms": front_ms, "descriptor_dlib_network_ms": dlib_ms,
+            "descriptor_torch_network_ms": torch_ms, "descriptor_network_speedup": dlib_ms / torch_ms,
+            "descriptor_image_speedup": (front_ms + dlib_ms) / (front_ms + torch_ms),
+            "descriptor_torch_threads": torch.get_num_threads(),
+            "descriptor_max_abs_difference": float(np.max(np.abs(ours - theirs)))}
+
+
 # ----------------------------------------------------------------------------- driver
 
 
@@ -388,7 +434,7 @@ def run_benchmarks(
     device: str = "cpu",
     cache_dir: str | None = None,
     cache_mode: str = "memory",
-    parts: Sequence[str] = ("data", "epoch_a", "epoch_b", "embed", "scoring"),
+    parts: Sequence[str] = ("data", "epoch_a", "epoch_b", "embed", "scoring", "descriptors"),
     preset_a: str | Path = PRESET_A,
     preset_b: str | Path = PRESET_B,
     repeats: int = 1,
@@ -399,7 +445,9 @@ def run_benchmarks(
     ``data_speedup``, ``epoch_task_a_naive_seconds``, ``epoch_task_a_cached_seconds``,
     ``epoch_task_a_speedup``, the same for ``task_b``, ``embed_images_per_second``,
     ``scoring_ms``, ``scoring_matmul_ms`` (bare float32 product of the same shape, timed alternately),
-    ``scoring_matmul_ratio``, ``scoring_loop_ms``, ``scoring_speedup``, and the machine's ``cpu_count``,
+    ``scoring_matmul_ratio``, ``scoring_loop_ms``, ``scoring_speedup``, ``descriptor_dlib_network_ms``,
+    ``descriptor_torch_network_ms``, ``descriptor_network_speedup``, ``descriptor_image_speedup``,
+    ``descriptor_max_abs_difference``, and the machine's ``cpu_count``,
     ``torch_version``, ``device``.
 
     Args:
@@ -424,7 +472,7 @@ def run_benchmarks(
     out: dict[str, Any] = {**_machine(dev), "data_root": str(root), "max_images": max_images,
                            "preset_task_a": str(preset_a), "preset_task_b": str(preset_b), "epoch_repeats": repeats}
     t0 = time.perf_counter()
-    rows_a = _task_a_rows(root, max_images, 0) if {"data", "epoch_a"} & set(parts) else None
+    rows_a = _task_a_rows(root, max_images, 0) if {"data", "epoch_a", "descriptors"} & set(parts) else None
     rows_b = _task_b_rows(root, max_images, 0) if {"epoch_b", "embed"} & set(parts) else None
     if "data" in parts:
         out.update(bench_data(rows_a, cfg_a, dev, cache_dir, cache_mode, repeats))
@@ -436,6 +484,8 @@ def run_benchmarks(
         out.update(bench_embed(rows_b, cfg_b, dev, cache_dir, cache_mode))
     if "scoring" in parts:
         out.update(bench_scoring())
+    if "descriptors" in parts:
+        out.update(bench_descriptors(rows_a["path"].tolist()[:DESCRIPTOR_MAX_IMAGES], repeats))
     out["bench_seconds"] = time.perf_counter() - t0
     return out
 
@@ -454,8 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--preset-b", default=str(PRESET_B), help="Task B preset (YAML, section '03')")
     parser.add_argument("--repeats", type=int, default=1,
                         help="passes/epochs of each kind, interleaved; the fastest is kept (steadier on a busy machine)")
-    parser.add_argument("--parts", default="data,epoch_a,epoch_b,embed,scoring",
-                        help="comma-separated subset of data,epoch_a,epoch_b,embed,scoring")
+    parser.add_argument("--parts", default="data,epoch_a,epoch_b,embed,scoring,descriptors",
+                        help="comma-separated subset of data,epoch_a,epoch_b,embed,scoring,descriptors")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

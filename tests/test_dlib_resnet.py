@@ -1,0 +1,111 @@
+"""dlib's face-recognition ResNet in PyTorch gives dlib's own descriptors; the store batches it in order."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("dlib")
+pytest.importorskip("face_recognition_models")
+
+from facecom_utils import face_model as fm  # noqa: E402
+from facecom_utils.dlib_resnet import read_dlib_face_net, torch_descriptors  # noqa: E402
+from facecom_utils.distortions import apply_distortion  # noqa: E402
+from facecom_utils.face import _model_file  # noqa: E402
+
+MODEL = _model_file("dlib_face_recognition_resnet_model_v1.dat")
+
+
+def _astronaut(size: int) -> np.ndarray:
+    skimage_data = pytest.importorskip("skimage.data")
+    return np.asarray(Image.fromarray(skimage_data.astronaut()[20:220, 120:320]).resize((size, size)))
+
+
+@pytest.fixture(scope="module")
+def chips() -> np.ndarray:
+    """Aligned chips of a real face (clean, noisy, foggy, sunny), a flat grey chip and a noise chip."""
+    face = Image.fromarray(_astronaut(224))
+    images = [np.asarray(face)] + [np.asarray(apply_distortion(face, k, rng=3)) for k in ("noisy", "foggy", "sunny")]
+    out = [fm._front_end(im, "identity", 1)[0] for im in images]
+    rng = np.random.default_rng(0)
+    out += [np.full((150, 150, 3), 128, np.uint8), rng.integers(0, 256, (150, 150, 3), dtype=np.uint8)]
+    return np.stack(out)
+
+
+def test_torch_network_gives_dlibs_descriptors(chips) -> None:
+    ours = fm.chip_descriptors(chips, "torch")
+    theirs = fm.chip_descriptors(chips, "dlib")
+    assert ours.shape == theirs.shape == (len(chips), 128)
+    np.testing.assert_allclose(ours, theirs, atol=5e-5)
+    # not trivially equal: the chips have different descriptors, and the face is far from the noise
+    assert np.linalg.norm(theirs[0] - theirs[-1]) > 0.3
+    np.testing.assert_allclose(torch_descriptors(chips[:1], MODEL, batch=1), theirs[:1], atol=5e-5)
+
+
+def test_weights_are_read_in_forward_order() -> None:
+    w = read_dlib_face_net(MODEL)
+    np.testing.assert_allclose(w["mean"], [122.782, 117.001, 104.298], atol=1e-3)  # dlib's input_rgb_image means
+    shapes = [(c[0].shape, c[2], c[3]) for c in w["convs"]]
+    assert len(shapes) == 29 and shapes[0] == ((32, 3, 7, 7), 2, 0) and shapes[-1] == ((256, 256, 3, 3), 1, 1)
+    assert [s for s in shapes if s[1] == 2] == [((32, 3, 7, 7), 2, 0), ((64, 32, 3, 3), 2, 0), ((128, 64, 3, 3), 2, 0),
+                                                 ((256, 128, 3, 3), 2, 0), ((256, 256, 3, 3), 2, 0)]
+    assert [a[0].shape for a in w["affines"]] == [(c[0].shape[0],) for c in w["convs"]]
+    assert w["fc"].shape == (128, 256)
+
+
+def test_other_files_are_refused_with_their_name(tmp_path) -> None:
+    data = MODEL.read_bytes()
+    truncated = tmp_path / "truncated.dat"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated.dat"):
+        read_dlib_face_net(truncated)
+    # the first convolution's stride (2 -> 1): the architecture check catches it
+    at = data.index(b"\x01\x05con_4") + 7
+    tensor_end = at + 2 + 3 + 2 + 2 + 2 + 4 * 4736
+    fields = bytearray(data[tensor_end:tensor_end + 16])
+    assert fields[:10] == b"\x01 \x01\x07\x01\x07\x01\x02\x01\x02"
+    fields[7] = 1
+    changed = tmp_path / "changed.dat"
+    changed.write_bytes(data[:tensor_end] + bytes(fields) + data[tensor_end + 16:])
+    with pytest.raises(ValueError, match="changed.dat.*convolution 1"):
+        read_dlib_face_net(changed)
+    with pytest.raises(ValueError, match="backend"):
+        fm.DescriptorStore(tmp_path, backend="onnx")
+
+
+def test_store_batches_in_order_and_backends_share_a_store(tmp_path) -> None:
+    face = Image.fromarray(_astronaut(224))
+    paths = []
+    for i, kind in enumerate(["clean", "noisy", "foggy", "rainy", "lowlight"]):
+        image = face if kind == "clean" else apply_distortion(face, kind, rng=i)
+        paths.append(str(tmp_path / f"{i}_{kind}.png"))
+        image.save(paths[-1])
+    names = ["identity", "denoise", "dehaze", "derain", "lowlight"]
+    batched = fm.DescriptorStore(tmp_path / "a", chunk=2).describe(paths, names)
+    one_by_one = np.stack([fm.describe_image(np.asarray(Image.open(p).convert("RGB")), n)[0] for p, n in zip(paths, names)])
+    np.testing.assert_allclose(batched.descriptors, one_by_one, atol=1e-5)
+    assert len({tuple(np.round(d, 3)) for d in batched.descriptors}) == len(paths)
+    reference = fm.DescriptorStore(tmp_path / "b", backend="dlib").describe(paths, names)
+    np.testing.assert_allclose(batched.descriptors, reference.descriptors, atol=5e-5)
+    np.testing.assert_array_equal(batched.detected, reference.detected)
+    # the backend is not part of the key: a store filled by dlib serves the torch backend as is
+    shutil.copytree(tmp_path / "b", tmp_path / "c")
+    served = fm.DescriptorStore(tmp_path / "c", backend="torch").describe(paths, names)
+    np.testing.assert_array_equal(served.descriptors, reference.descriptors)
+
+
+def test_worker_processes_give_the_same_descriptors(tmp_path) -> None:
+    face = Image.fromarray(_astronaut(160))
+    paths = []
+    for i in range(6):
+        path = tmp_path / f"{i}.png"
+        apply_distortion(face, "noisy", rng=i).save(path)
+        paths.append(str(path))
+    pooled = fm.DescriptorStore(tmp_path / "pool", workers=2, chunk=2).describe(paths)
+    alone = fm.DescriptorStore(tmp_path / "alone", chunk=4).describe(paths)
+    np.testing.assert_allclose(pooled.descriptors, alone.descriptors, atol=1e-5)
+    assert Path(tmp_path / "pool").is_dir()
