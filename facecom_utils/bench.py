@@ -14,7 +14,9 @@ a. **data**: loading + augmentation throughput of the Task A training stream, th
    once across runs).
 b. **epochs**: one training epoch of Task A and of Task B at the CPU presets
    (``params/02_gender_classification/facecom_cpu.yml``, ``params/03_arcface_recognition/facecom_cpu.yml``) through the shared engine
-   (:func:`facecom_utils.training.fit`), reference vs cached data path, same model initialisation.
+   (:func:`facecom_utils.training.fit`), reference vs cached data path, same model initialisation;
+   and (part ``channels_last``) one Task A epoch on the reference data path with contiguous against
+   channels-last weights (the CPU presets' ``channels_last``).
 c. **embedding extraction**: images/s of :func:`facecom_utils.recognition.extract_embeddings`
    (decode included) and the same model fed from the cache.
 d. **scoring**: 3,000 probes x 500 gallery images, :func:`facecom_utils.scoring.identity_scores`
@@ -53,7 +55,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cache import BatchAugment, CachedImageDataset, ImageCache, cached_dataset
+from .cache import BatchAugment, CachedImageDataset, ImageCache, apply_speedups, cached_dataset
 from .data import scan_task_a, scan_task_b
 from .datasets import (
     AugmentSpec,
@@ -212,8 +214,13 @@ def _epoch_seconds(model: nn.Module, loader: Any, loss_fn: Callable[[nn.Module, 
 
 
 def bench_epoch_a(rows: pd.DataFrame, cfg: dict[str, Any], device: torch.device, cache_dir: str | None,
-                  cache_mode: str, repeats: int = 1) -> dict[str, Any]:
-    """One Task A epoch at the preset: reference vs cached data path, same initial weights."""
+                  cache_mode: str, repeats: int = 1, channels_last_only: bool = False) -> dict[str, Any]:
+    """One Task A epoch at the preset: reference vs cached data path, same initial weights.
+
+    With ``channels_last_only``: the reference data path (the CPU preset's) with contiguous weights
+    against channels-last weights (:func:`~facecom_utils.cache.apply_speedups`), same initial weights
+    and batches, interleaved.
+    """
     size, batch = int(cfg.get("image_size", 128)), int(cfg.get("batch_size", 32))
     p = float(cfg.get("distortion_augment", 0.3))
     fit_df, _ = person_grouped_split(rows, float(cfg.get("val_fraction", 0.15)), seed=0)
@@ -236,6 +243,15 @@ def bench_epoch_a(rows: pd.DataFrame, cfg: dict[str, Any], device: torch.device,
 
     naive = ImageDataset(fit_df["path"], y, build_transforms(size, True, p), load_size=load_size)
     naive_loader = make_loader(naive, batch, True, build_sampler(y, cfg.get("balance", "sampler"), seed=0))
+    if channels_last_only:
+        s_plain = s_last = float("inf")
+        for _ in range(repeats):
+            s, n = _epoch_seconds(make_model(), naive_loader, loss_with(None), cfg, device)
+            s_plain = min(s_plain, s)
+            s_last = min(s_last, _epoch_seconds(apply_speedups(make_model(), channels_last=True), naive_loader,
+                                                loss_with(None), cfg, device)[0])
+        return {"channels_last_images": n, "channels_last_contiguous_seconds": s_plain,
+                "channels_last_seconds": s_last, "channels_last_speedup": s_plain / s_last}
     cached = cached_dataset(fit_df["path"], y, size, distortion_p=p, mode=cache_mode, cache_dir=cache_dir)
     cached_loader = make_loader(cached, batch, True, build_sampler(y, cfg.get("balance", "sampler"), seed=0))
     augment = BatchAugment(size).to(device)
@@ -434,7 +450,7 @@ def run_benchmarks(
     device: str = "cpu",
     cache_dir: str | None = None,
     cache_mode: str = "memory",
-    parts: Sequence[str] = ("data", "epoch_a", "epoch_b", "embed", "scoring", "descriptors"),
+    parts: Sequence[str] = ("data", "epoch_a", "channels_last", "epoch_b", "embed", "scoring", "descriptors"),
     preset_a: str | Path = PRESET_A,
     preset_b: str | Path = PRESET_B,
     repeats: int = 1,
@@ -472,12 +488,14 @@ def run_benchmarks(
     out: dict[str, Any] = {**_machine(dev), "data_root": str(root), "max_images": max_images,
                            "preset_task_a": str(preset_a), "preset_task_b": str(preset_b), "epoch_repeats": repeats}
     t0 = time.perf_counter()
-    rows_a = _task_a_rows(root, max_images, 0) if {"data", "epoch_a", "descriptors"} & set(parts) else None
+    rows_a = _task_a_rows(root, max_images, 0) if {"data", "epoch_a", "channels_last", "descriptors"} & set(parts) else None
     rows_b = _task_b_rows(root, max_images, 0) if {"epoch_b", "embed"} & set(parts) else None
     if "data" in parts:
         out.update(bench_data(rows_a, cfg_a, dev, cache_dir, cache_mode, repeats))
     if "epoch_a" in parts:
         out.update(bench_epoch_a(rows_a, cfg_a, dev, cache_dir, cache_mode, repeats))
+    if "channels_last" in parts:
+        out.update(bench_epoch_a(rows_a, cfg_a, dev, cache_dir, cache_mode, repeats, channels_last_only=True))
     if "epoch_b" in parts:
         out.update(bench_epoch_b(rows_b, cfg_b, dev, cache_dir, cache_mode, max_images, repeats))
     if "embed" in parts:
@@ -504,8 +522,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--preset-b", default=str(PRESET_B), help="Task B preset (YAML, section '03')")
     parser.add_argument("--repeats", type=int, default=1,
                         help="passes/epochs of each kind, interleaved; the fastest is kept (steadier on a busy machine)")
-    parser.add_argument("--parts", default="data,epoch_a,epoch_b,embed,scoring,descriptors",
-                        help="comma-separated subset of data,epoch_a,epoch_b,embed,scoring,descriptors")
+    parser.add_argument("--parts", default="data,epoch_a,channels_last,epoch_b,embed,scoring,descriptors",
+                        help="comma-separated subset of data,epoch_a,channels_last,epoch_b,embed,scoring,descriptors")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

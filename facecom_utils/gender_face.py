@@ -258,7 +258,8 @@ class FaceHeadRecipe:
             features (glare wipes out the face the descriptor reads; hair and outline remain).
         glare_cnn: With ``glare_expert``: route them instead to a CNN fine-tuned on the training
             persons' real sunny copies (:mod:`facecom_utils.glare`; ``glare_cnn_size`` px,
-            ``glare_cnn_epochs`` epochs, on ``device``). :func:`cross_validate` leaves it out (it
+            ``glare_cnn_epochs`` epochs, on ``device``, channels-last weights with ``channels_last``).
+            :func:`cross_validate` leaves it out (it
             fits cheap heads only; the fine-tuned CNN's estimate comes from ``scripts/cv_notebooks.py``).
         feature_cache: Where quality and frame features are cached (by file content).
         workers: Worker processes for quality features.
@@ -273,6 +274,7 @@ class FaceHeadRecipe:
     glare_cnn: bool = False
     glare_cnn_size: int = 128
     glare_cnn_epochs: int = 6
+    channels_last: bool = False
     device: str = "cpu"
     feature_cache: str | Path | None = None
     workers: int = 1
@@ -405,7 +407,8 @@ def fit_gender_face(rows: pd.DataFrame, recipe: FaceHeadRecipe, n_boot: int = 0)
 
                 try:
                     cnn = fit_glare_cnn(rows.loc[sunny, "path"].tolist(), y_s, p_s, image_size=recipe.glare_cnn_size,
-                                        epochs=recipe.glare_cnn_epochs, seed=recipe.seed, device=recipe.device)
+                                        epochs=recipe.glare_cnn_epochs, seed=recipe.seed, device=recipe.device,
+                                        channels_last=recipe.channels_last)
                 except GlareDataError as err:  # too few persons of a label to hold a fifth out: keep the glare head
                     warnings.warn(f"glare CNN not fitted ({err}); glare images go to the frame head", stacklevel=2)
                     oof["glare_cnn"] = {"skipped": str(err)}
@@ -573,6 +576,7 @@ def gender_tracks(config: Any, splits: Any, run: Any) -> GenderTracks:
     store = DescriptorStore(cache / "face_model", workers=workers, progress=cfg.progress)
     recipe = FaceHeadRecipe(store, restore=True, glare_expert=True, glare_cnn=bool(cfg.face_glare_cnn),
                             glare_cnn_size=cfg.face_glare_cnn_size, glare_cnn_epochs=cfg.face_glare_cnn_epochs,
+                            channels_last=bool(cfg.channels_last),
                             device=str(next(run.model.parameters()).device), feature_cache=cache / "face_model",
                             workers=workers, k=cfg.face_cv_folds, seed=cfg.seed)
     train_persons = pd.concat([splits.train, splits.fold], ignore_index=True)

@@ -169,7 +169,8 @@ def person_balanced_threshold(y: Sequence[int], prob: Sequence[float], persons: 
 def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: Sequence[str], image_size: int = 128,
                   epochs: int = 6, batch_size: int = 32, lr: float = 1e-3, holdout_folds: int = 5, seed: int = 0,
                   device: Any = "cpu", backbone: str = "efficientnet_lite0", pretrained: str | None = "offline",
-                  label_smoothing: float = 0.05, max_minutes: float | None = None) -> GlareCNN:
+                  label_smoothing: float = 0.05, max_minutes: float | None = None,
+                  channels_last: bool = False) -> GlareCNN:
     """Fine-tunes a :class:`~facecom_utils.models.GenderClassifier` on (sunny) images; threshold on held-out persons.
 
     The persons are split label-stratified into ``holdout_folds`` parts (:func:`held_out_persons`; one
@@ -188,6 +189,8 @@ def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: S
             the ImageNet Lite0 weights that install from PyPI).
         label_smoothing: Targets ``y * (1 - ls) + ls / 2``.
         max_minutes: Stop training after this many minutes (the epoch in progress finishes its step).
+        channels_last: Channels-last weights (:func:`~facecom_utils.cache.apply_speedups`; about 1.35x
+            faster training steps on a 2-core CPU, the same arithmetic up to float rounding).
 
     Raises:
         GlareDataError: Fewer than ``holdout_folds`` persons of either label, so no fifth of them can be held out with both labels.
@@ -200,6 +203,7 @@ def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: S
     import torch
     import torch.nn.functional as F
 
+    from .cache import apply_speedups
     from .evaluation import binary_metrics
     from .gender_face import usable_folds
     from .models import GenderClassifier
@@ -219,7 +223,7 @@ def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: S
         raise GlareDataError("the glare CNN needs images of both labels in its training and held-out persons")
     device = torch.device(device)
     torch.manual_seed(seed)
-    model = GenderClassifier(backbone, pretrained, image_size=image_size).to(device)
+    model = apply_speedups(GenderClassifier(backbone, pretrained, image_size=image_size), channels_last).to(device)
     t0 = time.perf_counter()
     X = _load([paths[i] for i in fit_idx], image_size)
     yf = torch.as_tensor(y[fit_idx], dtype=torch.float32)

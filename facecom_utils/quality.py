@@ -79,8 +79,11 @@ def quality_features(image: np.ndarray) -> np.ndarray:
     grad = np.hypot(gx, gy)
     small = y[: h // 2 * 2, : w // 2 * 2].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
     up = np.repeat(np.repeat(small, 2, axis=0), 2, axis=1)
-    dark = ndimage.minimum_filter(x.min(axis=2), size=7)
-    sat = (x.max(axis=2) - x.min(axis=2)) / np.maximum(x.max(axis=2), 1.0)
+    # channel max / min as two elementwise passes (numpy's reduction over a length-3 last axis is slow); same values
+    cmax = np.maximum(np.maximum(x[..., 0], x[..., 1]), x[..., 2])
+    cmin = np.minimum(np.minimum(x[..., 0], x[..., 1]), x[..., 2])
+    dark = ndimage.minimum_filter(cmin, size=7)
+    sat = (cmax - cmin) / np.maximum(cmax, 1.0)
     cy, cx = slice(h // 4, 3 * h // 4), slice(w // 4, 3 * w // 4)
     centre = y[cy, cx]
     feats = [

@@ -45,8 +45,18 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[GlareCNN, pd.DataF
     test = _glare_images(root / "test", persons=10, per_person=4, seed=1)
     torch.set_num_threads(2)
     cnn = fit_glare_cnn(train["path"], train["label"], train["person"], image_size=32, epochs=6, batch_size=16,
-                        lr=3e-3, backbone="resnet10t", pretrained=None, seed=0)
+                        lr=3e-3, backbone="resnet10t", pretrained=None, seed=0, channels_last=True)
     return cnn, train, test
+
+
+def test_channels_last_glare_cnn_trains_in_that_format_and_round_trips(fitted) -> None:
+    cnn, _, test = fitted
+    convs = [m.weight for m in cnn.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    again = GlareCNN.from_state_dict(cnn.state_dict())
+    assert again.threshold == cnn.threshold
+    np.testing.assert_allclose(again.probabilities(test["path"].tolist()), cnn.probabilities(test["path"].tolist()),
+                               atol=1e-5)
 
 
 def test_glare_cnn_reads_the_periphery_of_unseen_people(fitted) -> None:
