@@ -14,7 +14,8 @@ a. **data**: loading + augmentation throughput of the Task A training stream, th
    once across runs).
 b. **epochs**: one training epoch of Task A and of Task B at the CPU presets
    (``params/02_gender_classification/facecom_cpu.yml``, ``params/03_arcface_recognition/facecom_cpu.yml``) through the shared engine
-   (:func:`facecom_utils.training.fit`), reference vs cached data path, same model initialisation;
+   (:func:`facecom_utils.training.fit`), reference vs cached data path, same model initialisation
+   (contiguous weights in both);
    and (part ``channels_last``) one Task A epoch on the reference data path with contiguous against
    channels-last weights (the CPU presets' ``channels_last``).
 c. **embedding extraction**: images/s of :func:`facecom_utils.recognition.extract_embeddings`
@@ -408,7 +409,7 @@ def bench_scoring(n_probes: int = 3000, n_gallery: int = 500, n_identities: int 
 
 def bench_descriptors(paths: Sequence[str], repeats: int = 1) -> dict[str, Any]:
     """ms per image of dlib's descriptor network in dlib vs in PyTorch, on the same chips (see module docstring)."""
-    from .face_model import _front_end, chip_descriptors, face_model_available
+    from .face_model import CHUNK, _front_end, chip_descriptors, face_model_available
 
     if not face_model_available():
         return {"descriptors_skipped": "dlib / face-recognition-models not installed"}
@@ -426,8 +427,8 @@ def bench_descriptors(paths: Sequence[str], repeats: int = 1) -> dict[str, Any]:
         best_dlib = min(best_dlib, s)
         s = 0.0
         parts = []
-        for i in range(0, len(chips), 16):
-            out, t = _timed(lambda i=i: chip_descriptors(chips[i:i + 16], "torch"))
+        for i in range(0, len(chips), CHUNK):
+            out, t = _timed(lambda i=i: chip_descriptors(chips[i:i + CHUNK], "torch"))
             parts.append(out)
             s += t
         ours = np.concatenate(parts)

@@ -1,9 +1,10 @@
 """dlib's face-recognition ResNet, read from its ``.dat`` file and run in PyTorch.
 
-``dlib-bin`` is built without BLAS: its descriptor network costs about 160 ms per 150 px chip on
-one core, three quarters of the whole face front end. The same network in PyTorch computes the same
-128 numbers (to float rounding, checked against dlib in ``tests/test_dlib_resnet.py`` and by
-``scripts/bench_descriptor.py``) several times faster on a CPU, and on a GPU when there is one.
+``dlib-bin`` is built without BLAS: its descriptor network costs 105-160 ms per 150 px chip on one
+core of this project's 2-core machine, most of an image's cost in the face front end. The same
+network in PyTorch computes the same 128 numbers (to ~5e-6, checked against dlib in
+``tests/test_dlib_resnet.py`` and by ``python -m facecom_utils.bench --parts descriptors``) about
+20x faster on one core in chunks of 16.
 
 The weights come from the file ``face-recognition-models`` installs
 (``dlib_face_recognition_resnet_model_v1.dat``), parsed with dlib's serialisation rules:
@@ -40,7 +41,17 @@ CHIP = 150
 # (filters, halves the resolution) of every residual block, input side first
 _BLOCKS = ([(32, False)] * 3 + [(64, True)] + [(64, False)] * 3 + [(128, True)] + [(128, False)] * 2
            + [(256, True)] + [(256, False)] * 2 + [(256, True)])
-_NAME = re.compile(rb"[a-z_]+[0-9]?")
+_NAME = re.compile(rb"[A-Za-z_][A-Za-z0-9_]{2,31}")  # any identifier-like string: unknown layers are refused
+MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+
+
+def _layer_sequence() -> list[bytes]:
+    """The layer names of ``anet_type`` in the file's (forward) order, after the input layer."""
+    names = [b"con_4", b"affine_", b"relu_", b"max_pool_2"]
+    for _, down in _BLOCKS:
+        names += [b"con_4", b"affine_", b"relu_", b"con_4", b"affine_"] + ([b"avg_pool_2"] if down else [])
+        names += [b"add_prev_", b"relu_"]
+    return names + [b"avg_pool_2", b"fc_2"]
 
 
 class _Reader:
@@ -57,7 +68,7 @@ class _Reader:
             raise self.fail("unexpected end of file")
         control = self.data[self.pos]
         size = control & 0x0F
-        if size > 8:
+        if size > 8 or self.pos + 1 + size > len(self.data):
             raise self.fail(f"integer of {size} bytes")
         value = int.from_bytes(self.data[self.pos + 1:self.pos + 1 + size], "little")
         self.pos += 1 + size
@@ -76,13 +87,13 @@ class _Reader:
         self.pos = at + len(marker)
 
     def name(self) -> bytes:
-        """The next layer name (skipping the fields of layers without parameters: relu, add_prev, tags)."""
-        while self.pos < len(self.data):
-            control = self.data[self.pos]
-            if control == 0x01 and self.pos + 1 < len(self.data):
+        """The next layer name: the next serialised identifier-like string, skipping the plain fields
+        (integers, flags, empty tensors) of the layer before it and of tags / skips, which have no name."""
+        while self.pos + 1 < len(self.data):
+            if self.data[self.pos] == 0x01:
                 size = self.data[self.pos + 1]
                 word = self.data[self.pos + 2:self.pos + 2 + size]
-                if 3 <= size <= 32 and _NAME.fullmatch(word):
+                if len(word) == size and _NAME.fullmatch(word):
                     self.pos += 2 + size
                     return word
             self.pos += 1
@@ -123,10 +134,12 @@ def read_dlib_face_net(path: str | Path) -> dict[str, Any]:
         channels = filters
     convs, affines = [], []
     pools = 0
-    while True:
+    for i, want in enumerate(_layer_sequence()):
         name = r.name()
+        if name != want:
+            raise r.fail(f"layer {i + 1} after the input is {name.decode(errors='replace')!r}, expected {want.decode()!r}")
         if name == b"con_4":
-            filters, inputs, k, stride = expected[len(convs)] if len(convs) < len(expected) else (0, 0, 0, 0)
+            filters, inputs, k, stride = expected[len(convs)]
             params = r.tensor()
             fields = [r.int() for _ in range(7)]  # filters, rows, cols, stride y, stride x, padding y, padding x
             padding = 0 if stride != 1 else k // 2
@@ -136,28 +149,27 @@ def read_dlib_face_net(path: str | Path) -> dict[str, Any]:
             convs.append((params[:n].reshape(filters, inputs, k, k), params[n:], stride, padding))
         elif name == b"affine_":
             params = r.tensor()
-            if len(affines) >= len(convs) or params.size != 2 * expected[len(affines)][0]:
+            if params.size != 2 * expected[len(affines)][0]:
                 raise r.fail(f"affine layer {len(affines) + 1} of {params.size} parameters")
             c = params.size // 2
             affines.append((params[:c], params[c:]))
         elif name in (b"max_pool_2", b"avg_pool_2"):
             fields = [r.int() for _ in range(6)]  # rows, cols, stride y, stride x, padding y, padding x
-            want = [3, 3, 2, 2, 0, 0] if name == b"max_pool_2" else ([2, 2, 2, 2, 0, 0] if pools < 4 else [0, 0, 1, 1, 0, 0])
-            if fields != want:
+            want_fields = [3, 3, 2, 2, 0, 0] if name == b"max_pool_2" else ([2, 2, 2, 2, 0, 0] if pools < 4 else [0, 0, 1, 1, 0, 0])
+            if fields != want_fields:
                 raise r.fail(f"{name.decode()} {fields}")
             pools += name == b"avg_pool_2"
         elif name == b"fc_2":
             if (r.int(), r.int()) != (128, 256):  # outputs, inputs
                 raise r.fail("final layer other than 256 -> 128")
             params = r.tensor()
-            if len(convs) != len(expected) or len(affines) != len(expected) or pools != 5 or params.size != 256 * 128:
-                raise r.fail(f"final layer after {len(convs)} convolutions, {len(affines)} affines, {pools} average pools")
-            # dlib's fc stores [inputs, outputs] and computes x @ W
-            return {"mean": mean, "convs": convs, "affines": affines, "fc": params.reshape(256, 128).T.copy()}
-        elif name not in (b"relu_", b"add_prev_"):
-            raise r.fail(f"unexpected layer {name.decode(errors='replace')!r}")
+            if params.size != 256 * 128:
+                raise r.fail(f"final layer of {params.size} parameters")
+    # dlib's fc stores [inputs, outputs] and computes x @ W
+    return {"mean": mean, "convs": convs, "affines": affines, "fc": params.reshape(256, 128).T.copy()}
 
 
+@functools.cache
 def _net_module() -> Any:
     import torch
     from torch import nn
@@ -184,14 +196,12 @@ def _net_module() -> Any:
             super().__init__()
             self.register_buffer("mean", torch.as_tensor(weights["mean"]).view(1, 3, 1, 1))
             self.convs = nn.ModuleList()
-            self.strides: list[tuple[int, int]] = []
             for (w, b, stride, padding), (gamma, beta) in zip(weights["convs"], weights["affines"]):
                 conv = nn.Conv2d(w.shape[1], w.shape[0], w.shape[2], stride, padding)
                 # fold the affine (y = gamma * conv(x) + beta) into the convolution
                 conv.weight.data = torch.as_tensor(w * gamma[:, None, None, None])
                 conv.bias.data = torch.as_tensor(b * gamma + beta)
                 self.convs.append(conv)
-                self.strides.append((stride, padding))
             self.fc = nn.Linear(256, 128, bias=False)
             self.fc.weight.data = torch.as_tensor(weights["fc"])
             self.eval()

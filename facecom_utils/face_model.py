@@ -19,9 +19,9 @@ restoration, so a Task A image and the identical Task B clean image are describe
 changed file is described again, and an interrupted run resumes where it stopped (the store is
 saved atomically every ``save_every`` new descriptors). dlib holds the GIL: ``workers > 1``
 runs worker processes. The descriptor network runs in PyTorch by default
-(:mod:`facecom_utils.dlib_resnet`, the same numbers to float rounding): an image then costs
-about 60 ms on a quiet core (detector ~50 ms, network ~8 ms in chunks of 16) against about
-215 ms with dlib's own network (~160 ms of it), see ``scripts/bench_descriptor.py``.
+(:mod:`facecom_utils.dlib_resnet`, the same numbers to ~5e-6): on a quiet core an image then costs
+the front end (detector, landmarks, alignment: ~45 ms) and ~5-8 ms of network in chunks of 16,
+against 105-160 ms for dlib's own network (``python -m facecom_utils.bench --parts descriptors``).
 """
 
 from __future__ import annotations
@@ -42,10 +42,11 @@ from tqdm.auto import tqdm
 
 from .data import load_image
 from .feature_cache import file_digest
+from .dlib_resnet import CHIP, MODEL_FILE
 from .face import DEFAULT_FALLBACK, align_face, detect_faces, _model_file
 from .restoration import RESTORATION_VERSIONS, RESTORATIONS, restore
 
-__all__ = ["BACKENDS", "DESCRIPTOR_DIM", "DescriptorStore", "Descriptions", "chip_descriptors", "describe_image", "face_model_available", "face_tracks_wanted",
+__all__ = ["BACKENDS", "CHUNK", "DESCRIPTOR_DIM", "DescriptorStore", "Descriptions", "chip_descriptors", "describe_image", "face_model_available", "face_tracks_wanted",
            "file_digest"]
 
 DESCRIPTOR_DIM = 128
@@ -85,23 +86,33 @@ def _descriptor_net() -> Any:
         import dlib
     except ImportError as err:
         raise ImportError("the face model needs dlib: pip install dlib-bin face-recognition-models") from err
-    return dlib.face_recognition_model_v1(str(_model_file("dlib_face_recognition_resnet_model_v1.dat")))
+    return dlib.face_recognition_model_v1(str(_model_file(MODEL_FILE)))
 
 
 BACKENDS = ("torch", "dlib")
+#: Images per task of :class:`DescriptorStore`: the descriptor network runs once per chunk.
+CHUNK = 16
 
 
 def chip_descriptors(chips: np.ndarray, backend: str = "torch") -> np.ndarray:
     """Raw descriptors ``float32 [N, 128]`` of aligned uint8 RGB chips ``[N, 150, 150, 3]``.
 
-    ``"torch"`` runs dlib's network in PyTorch (:mod:`facecom_utils.dlib_resnet`: the same numbers
-    to ~4e-6, 10-20x faster on a CPU); ``"dlib"`` runs dlib itself (no BLAS in dlib-bin: ~160 ms a chip).
+    ``"torch"`` runs dlib's network in PyTorch on the CPU (:mod:`facecom_utils.dlib_resnet`: the same
+    numbers to ~5e-6, about 20x faster on one core in chunks of 16); ``"dlib"`` runs dlib itself
+    (dlib-bin has no BLAS: 105-160 ms a chip on one core).
+
+    Raises:
+        ValueError: Chips of another shape (one chip ``[150, 150, 3]`` is taken as a batch of one).
     """
-    chips = np.ascontiguousarray(chips, dtype=np.uint8).reshape(-1, 150, 150, 3)
+    chips = np.ascontiguousarray(chips, dtype=np.uint8)
+    if chips.ndim == 3:
+        chips = chips[None]
+    if chips.ndim != 4 or chips.shape[1:] != (CHIP, CHIP, 3):
+        raise ValueError(f"expected aligned uint8 RGB chips [N, {CHIP}, {CHIP}, 3], got shape {chips.shape}")
     if backend == "torch":
         from .dlib_resnet import torch_descriptors
 
-        return torch_descriptors(chips, _model_file("dlib_face_recognition_resnet_model_v1.dat"))
+        return torch_descriptors(chips, _model_file(MODEL_FILE))
     if backend == "dlib":
         net = _descriptor_net()
         return np.array([net.compute_face_descriptor(c) for c in chips], np.float32).reshape(-1, DESCRIPTOR_DIM)
@@ -112,7 +123,7 @@ def _front_end(image: np.ndarray, restoration: str, upsample: int) -> tuple[np.n
     """``(150 px aligned chip, detected, detector score)`` of one image after ``restoration``."""
     restored = restore(np.ascontiguousarray(image, dtype=np.uint8), restoration)
     record = detect_faces(restored, upsample=upsample, fallback=DEFAULT_FALLBACK)
-    chip = np.ascontiguousarray(align_face(restored, record.landmarks, size=150, padding=0.25))
+    chip = np.ascontiguousarray(align_face(restored, record.landmarks, size=CHIP, padding=0.25))
     return chip, bool(record.detected), float(record.score)
 
 
@@ -140,11 +151,12 @@ def _describe_paths(jobs: Sequence[tuple[str, str]], upsample: int,
     return [(d, det, score) for d, (_, det, score) in zip(descriptors, fronts)]
 
 
-def _one_thread() -> None:
+def _one_thread(backend: str) -> None:
     """Worker start-up: one torch thread per worker process (the workers already fill the cores)."""
-    import torch
+    if backend == "torch":
+        import torch
 
-    torch.set_num_threads(1)
+        torch.set_num_threads(1)
 
 
 @dataclass(frozen=True)
@@ -185,7 +197,7 @@ class DescriptorStore:
     """
 
     def __init__(self, folder: str | Path, upsample: int = 1, workers: int = 1, save_every: int = 1000,
-                 progress: bool = False, backend: str = "torch", chunk: int = 16) -> None:
+                 progress: bool = False, backend: str = "torch", chunk: int = CHUNK) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.backend = backend
@@ -266,8 +278,8 @@ class DescriptorStore:
     def _compute(self, todo: dict[tuple[str, str], str]) -> None:
         items = list(todo.items())
         jobs = [(path, name) for (_, name), path in items]
-        chunks = [jobs[i:i + self.chunk] for i in range(0, len(jobs), self.chunk)]
-        done = iter(items)
+        starts = range(0, len(jobs), self.chunk)
+        chunks = [jobs[i:i + self.chunk] for i in starts]
         describe = functools.partial(_describe_paths, upsample=self.upsample, backend=self.backend)
         bar = tqdm(total=len(jobs), desc="face descriptors", leave=False, disable=not self.progress)
         dirty: set[str] = set()
@@ -288,15 +300,16 @@ class DescriptorStore:
 
         try:
             if self.workers <= 1 or len(chunks) < 2:
-                for chunk in chunks:
-                    for result in describe(chunk):
-                        take(next(done), result)
+                results = map(describe, chunks)
+                for start, chunk_results in zip(starts, results):
+                    for item, result in zip(items[start:start + self.chunk], chunk_results, strict=True):
+                        take(item, result)
             else:
                 with ProcessPoolExecutor(min(self.workers, len(chunks)), mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_one_thread) as pool:
-                    for results in pool.map(describe, chunks):
-                        for result in results:
-                            take(next(done), result)
+                                         initializer=_one_thread, initargs=(self.backend,)) as pool:
+                    for start, chunk_results in zip(starts, pool.map(describe, chunks)):
+                        for item, result in zip(items[start:start + self.chunk], chunk_results, strict=True):
+                            take(item, result)
         finally:
             for n in dirty:
                 self._save(n)
