@@ -8,7 +8,8 @@ reads some of that; fine-tuning the whole network on the training persons' real 
 reads more of it. Measured on 3 person-disjoint folds of FACECOM's training split (sunny copies
 alone, an earlier image-balanced held-out part for the threshold): balanced accuracy on unseen
 people's sunny copies rose from the glare head's 0.73-0.81 to 0.79-0.86 (mean 0.82); the README
-gives the shipped notebook's figures (fused sunny 0.805 ± 0.068 over 3 folds).
+gives the shipped notebook's figures (fused sunny 0.786 ± 0.069 over 3 folds with channels-last weights,
+0.805 ± 0.068 with contiguous ones).
 
 This is FACECOM-only knowledge (ImageNet initialisation, FACECOM images and labels; no face
 data). :func:`fit_glare_cnn` holds out a label-stratified fifth of the training *persons* and
