@@ -18,7 +18,7 @@ PACKAGE = REPO_ROOT / "facecom_utils"
 LAYERS: dict[str, tuple[str, ...]] = {
     "data": ("data", "distortions", "restoration", "demo", "datasets", "cache", "distributed", "face", "splits",
              "feature_cache", "quality"),
-    "models": ("models", "heads", "face_model"),
+    "models": ("models", "heads", "dlib_resnet", "face_model"),
     "training": ("checkpoints", "training", "config", "rundir"),
     "evaluation": ("evaluation", "scoring", "verification"),
     "tasks": ("gender", "gender_face", "glare", "recognition"),
