@@ -119,6 +119,9 @@ class GenderConfig(RunConfig):
         face_glare_cnn: The fused track's glare expert is a CNN fine-tuned on the training persons'
             real sunny copies (:mod:`facecom_utils.glare`) instead of a head on frozen features.
         face_glare_cnn_size, face_glare_cnn_epochs: Its input side and epochs.
+        face_glare_cnn_members: Its networks: ``k >= 2`` cross-fits ``k`` of them on person-grouped
+            parts of the training persons (P(female) their mean, the threshold from their out-of-fold
+            predictions over every training person); 1: one network, threshold on a held-out fifth.
 
     ``label_smoothing`` moves the targets to ``y * (1 - ls) + ls / 2`` (FACECOM has noisy labels).
     """
@@ -142,6 +145,7 @@ class GenderConfig(RunConfig):
     face_glare_cnn: bool = False
     face_glare_cnn_size: int = 128
     face_glare_cnn_epochs: int = 6
+    face_glare_cnn_members: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -258,7 +258,8 @@ class FaceHeadRecipe:
             features (glare wipes out the face the descriptor reads; hair and outline remain).
         glare_cnn: With ``glare_expert``: route them instead to a CNN fine-tuned on the training
             persons' real sunny copies (:mod:`facecom_utils.glare`; ``glare_cnn_size`` px,
-            ``glare_cnn_epochs`` epochs, on ``device``, channels-last weights with ``channels_last``).
+            ``glare_cnn_epochs`` epochs, ``glare_cnn_members`` cross-fitted networks, on ``device``,
+            channels-last weights with ``channels_last``).
             :func:`cross_validate` leaves it out (it
             fits cheap heads only; the fine-tuned CNN's estimate comes from ``scripts/cv_notebooks.py``).
         feature_cache: Where quality and frame features are cached (by file content).
@@ -274,6 +275,7 @@ class FaceHeadRecipe:
     glare_cnn: bool = False
     glare_cnn_size: int = 128
     glare_cnn_epochs: int = 6
+    glare_cnn_members: int = 1
     channels_last: bool = False
     device: str = "cpu"
     feature_cache: str | Path | None = None
@@ -374,7 +376,8 @@ def fit_gender_face(rows: pd.DataFrame, recipe: FaceHeadRecipe, n_boot: int = 0)
        the clean images (:func:`threshold_from_oof`, ``recipe.k`` folds).
     3. With ``glare_expert``: a head on whole-frame features of the ``sunny`` copies, its threshold
        out of fold on them too; with ``glare_cnn`` also the fine-tuned glare CNN on the same copies
-       (its threshold on a held-out fifth of their persons), which then takes the routed images.
+       (its threshold on a held-out fifth of their persons, or out of fold over all of them with several
+       cross-fitted members), which then takes the routed images.
     """
     y, persons = _labels(rows), rows["person"].to_numpy()
     estimator = None
@@ -408,7 +411,7 @@ def fit_gender_face(rows: pd.DataFrame, recipe: FaceHeadRecipe, n_boot: int = 0)
                 try:
                     cnn = fit_glare_cnn(rows.loc[sunny, "path"].tolist(), y_s, p_s, image_size=recipe.glare_cnn_size,
                                         epochs=recipe.glare_cnn_epochs, seed=recipe.seed, device=recipe.device,
-                                        channels_last=recipe.channels_last)
+                                        channels_last=recipe.channels_last, members=recipe.glare_cnn_members)
                 except GlareDataError as err:  # too few persons of a label to hold a fifth out: keep the glare head
                     warnings.warn(f"glare CNN not fitted ({err}); glare images go to the frame head", stacklevel=2)
                     oof["glare_cnn"] = {"skipped": str(err)}
@@ -576,6 +579,7 @@ def gender_tracks(config: Any, splits: Any, run: Any) -> GenderTracks:
     store = DescriptorStore(cache / "face_model", workers=workers, progress=cfg.progress)
     recipe = FaceHeadRecipe(store, restore=True, glare_expert=True, glare_cnn=bool(cfg.face_glare_cnn),
                             glare_cnn_size=cfg.face_glare_cnn_size, glare_cnn_epochs=cfg.face_glare_cnn_epochs,
+                            glare_cnn_members=cfg.face_glare_cnn_members,
                             channels_last=bool(cfg.channels_last),
                             device=str(next(run.model.parameters()).device), feature_cache=cache / "face_model",
                             workers=workers, k=cfg.face_cv_folds, seed=cfg.seed)
@@ -613,8 +617,9 @@ def gender_tracks(config: Any, splits: Any, run: Any) -> GenderTracks:
         tracks[name]["threshold_source"] = f"out-of-fold over all {len(train_persons)} training images"
         tracks[name]["outside_face_data"] = True
     if model.glare_cnn is not None:
-        tracks["fused"]["glare_threshold_source"] = ("the glare CNN's held-out persons (a label-stratified fifth of the "
-                                                     "training persons with sunny copies, each person weighing the same)")
+        tracks["fused"]["glare_threshold_source"] = (
+            f"the glare CNN's {model.glare_cnn.info.get('threshold_source', 'a held-out fifth of the persons')} "
+            "(training persons with sunny copies, each person weighing the same)")
     elif model.glare is not None:
         tracks["fused"]["glare_threshold_source"] = "out-of-fold over the training persons' sunny copies"
     tracks["face_model_restored"]["oof"] = {k: model.oof[k] for k in ("recall_female_ci", "balanced_accuracy_ci")}

@@ -78,7 +78,8 @@ face_cv_folds: int = 5  # person-grouped folds of the face tracks' CV and out-of
 face_cv_repeats: int = 1  # repeats of that CV (0: no CV estimate)
 face_glare_cnn: bool = False  # fused track: glare images go to a CNN fine-tuned on real sunny copies (not a frozen-feature head)
 face_glare_cnn_size: int = 128  # its input side
-face_glare_cnn_epochs: int = 6  # its epochs (threshold on a held-out fifth of the training persons)
+face_glare_cnn_epochs: int = 6  # its epochs per network
+face_glare_cnn_members: int = 1  # its networks, cross-fitted on person-grouped parts when 2 or more (1: threshold on a held-out fifth)
 face_workers: Optional[int] = None  # processes computing descriptors; None: up to 4, one per core
 headline_track: str = "auto"  # track on top of metrics.json: auto (fused when the face tracks ran), facecom_only, face_model_restored, fused
 # machine
@@ -221,8 +222,10 @@ plt.show()
 #   descriptor, trained on the clean training images and up to `face_copies` of their **real** distorted copies;
 # - `fused`: the same, except that images the selector calls *sunny* (glare wipes out the face the descriptor
 #   reads) are routed to a glare expert that reads what remains (hair, outline): with `face_glare_cnn` a
-#   Lite0 CNN fine-tuned on the training persons' real sunny copies (FACECOM data and ImageNet weights only; its
-#   threshold from a held-out fifth of those persons), otherwise a logistic regression on frozen whole-frame
+#   Lite0 CNN fine-tuned on the training persons' real sunny copies (FACECOM data and ImageNet weights only;
+#   with `face_glare_cnn_members` = k >= 2, k networks cross-fitted on person-grouped parts of those persons,
+#   P(female) their mean and the threshold from their out-of-fold predictions over every one of them; with 1,
+#   one network and a threshold from a held-out fifth), otherwise a logistic regression on frozen whole-frame
 #   ImageNet features.
 #
 # Both face thresholds are chosen on **out-of-fold** probabilities over all training persons (every person
@@ -247,8 +250,9 @@ if tracks is not None and len(tracks.cv):
 # **The threshold that travels**: out-of-fold over all training images, with a person-bootstrap 95% interval of
 # the balanced accuracy and female recall it gives; and the selector on the reported split (share of images
 # whose type it estimated right, and whose restoration it chose right, per type). With `face_glare_cnn`, the glare
-# CNN's fit: its threshold comes from a held-out fifth of the training persons with sunny copies; the balanced
-# accuracy shown there is at that same threshold (optimistic), the ROC AUC is threshold-free.
+# CNN's fit: its threshold comes from out-of-fold predictions of its cross-fitted members over every training
+# person with sunny copies (or, with one network, from a held-out fifth of them); the balanced accuracy shown
+# there is at that same threshold (optimistic), the ROC AUC is threshold-free.
 
 # %%
 if tracks is not None:

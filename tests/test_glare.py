@@ -215,3 +215,88 @@ def test_glare_cnn_refuses_too_few_persons_of_a_label_before_training() -> None:
     with pytest.raises(GlareDataError, match="8 male and 4 female persons"):
         fit_glare_cnn([f"/missing/{i}.jpg" for i in range(24)], labels, persons, holdout_folds=5)
     assert issubclass(GlareDataError, ValueError)
+
+
+@pytest.fixture(scope="module")
+def ensemble(tmp_path_factory: pytest.TempPathFactory):
+    """A 3-member cross-fitted glare CNN, with what each member trained on and what the threshold was chosen on."""
+    import facecom_utils.glare as glare
+
+    root = tmp_path_factory.mktemp("glare_ensemble")
+    train = _glare_images(root / "train", persons=21, per_person=3, seed=5)
+    test = _glare_images(root / "test", persons=10, per_person=4, seed=6)
+    seen: dict = {"trained_on": []}
+    train_network, threshold = glare._train_network, glare.person_balanced_threshold
+
+    def spy_train(X, y, persons, **kw):
+        seen["trained_on"].append(set(persons))
+        return train_network(X, y, persons, **kw)
+
+    def spy_threshold(y, prob, persons):
+        seen["threshold_input"] = (np.asarray(y), np.asarray(prob), np.asarray(persons))
+        return threshold(y, prob, persons)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(glare, "_train_network", spy_train)
+        mp.setattr(glare, "person_balanced_threshold", spy_threshold)
+        torch.set_num_threads(2)
+        cnn = fit_glare_cnn(train["path"], train["label"], train["person"], image_size=32, epochs=6, batch_size=16,
+                            lr=3e-3, backbone="resnet10t", pretrained=None, seed=0, members=3)
+    return cnn, train, test, seen
+
+
+def test_ensemble_probability_is_the_mean_of_its_members(ensemble) -> None:
+    cnn, _, test, _ = ensemble
+    assert len(cnn.models) == 3 and cnn.info["members"] == 3
+    paths = test["path"].tolist()
+    each = np.stack([GlareCNN([m], 0.5, cnn.image_size).probabilities(paths) for m in cnn.models])
+    assert np.ptp(each, axis=0).max() > 1e-3  # the members differ, so the mean is not any one of them
+    np.testing.assert_allclose(cnn.probabilities(paths), each.mean(axis=0), atol=1e-7)
+    m = binary_metrics(test["label"].to_numpy(), cnn.probabilities(paths), cnn.threshold)
+    assert m["balanced_accuracy"] >= 0.9, m["balanced_accuracy"]
+
+
+def test_ensemble_threshold_comes_from_out_of_fold_predictions_of_every_training_person(ensemble) -> None:
+    """Each member trains on two thirds of the persons; every training image gets exactly one probability,
+    from the member that never saw its person, and the threshold is chosen on all of them."""
+    cnn, train, _, seen = ensemble
+    everyone = set(train["person"])
+    trained_on = seen["trained_on"]
+    assert len(trained_on) == 3
+    held_out = [everyone - t for t in trained_on]
+    assert all(h for h in held_out) and set().union(*held_out) == everyone
+    assert sum(len(h) for h in held_out) == len(everyone)  # each person held out by exactly one member
+    y, prob, persons = seen["threshold_input"]
+    assert sorted(persons.tolist()) == sorted(train["person"].tolist())  # all images, once each
+    for member, held in zip(cnn.models, held_out):
+        rows = train[train["person"].isin(held)]
+        want = GlareCNN([member], 0.5, cnn.image_size).probabilities(rows["path"].tolist())
+        got = prob[np.isin(persons, list(held))]
+        np.testing.assert_allclose(np.sort(got), np.sort(want), atol=1e-6)
+    assert cnn.threshold == pytest.approx(person_balanced_threshold(y, prob, persons))
+    assert cnn.info["persons_holdout"] == len(everyone) and cnn.info["n_holdout"] == len(train)
+
+
+def test_ensemble_round_trips_and_old_single_network_files_still_load(ensemble, tmp_path: Path) -> None:
+    cnn, _, test, _ = ensemble
+    paths = test["path"].tolist()[:8]
+    torch.save(cnn.state_dict(), tmp_path / "glare.pt")
+    again = GlareCNN.from_state_dict(torch.load(tmp_path / "glare.pt", weights_only=True))
+    assert len(again.models) == 3 and again.threshold == cnn.threshold
+    np.testing.assert_allclose(again.probabilities(paths), cnn.probabilities(paths), atol=1e-6)
+    old = cnn.state_dict()
+    old["weights"] = old.pop("members")[1]  # the format of runs saved before ensembles
+    single = GlareCNN.from_state_dict(old)
+    np.testing.assert_allclose(single.probabilities(paths),
+                               GlareCNN([cnn.models[1]], 0.5, cnn.image_size).probabilities(paths), atol=1e-6)
+
+
+def test_ensemble_refuses_fewer_persons_of_a_label_than_members() -> None:
+    from facecom_utils.glare import GlareDataError
+
+    persons = [f"p{i}" for i in range(8) for _ in range(2)]
+    labels = [int(i < 2) for i in range(8) for _ in range(2)]
+    with pytest.raises(GlareDataError, match="cross-fit 3 members.*6 male and 2 female"):
+        fit_glare_cnn([f"/missing/{i}.jpg" for i in range(16)], labels, persons, members=3)
+    with pytest.raises(ValueError, match="members must be at least 1"):
+        fit_glare_cnn(["/missing/a.jpg"], [0], ["p"], members=0)
