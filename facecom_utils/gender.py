@@ -152,6 +152,9 @@ class GenderConfig(RunConfig):
         if self.face_cv_folds < 2 or self.face_cv_repeats < 0:
             raise ValueError(f"face_cv_folds must be >= 2 and face_cv_repeats >= 0, got "
                              f"{self.face_cv_folds}, {self.face_cv_repeats}")
+        if self.face_glare_cnn_members < 1 or self.face_glare_cnn_epochs < 1:
+            raise ValueError(f"face_glare_cnn_members and face_glare_cnn_epochs must be >= 1, got "
+                             f"{self.face_glare_cnn_members}, {self.face_glare_cnn_epochs}")
         if self.headline_track == "face_model":
             raise ValueError("Task A has no face_model track (its face head always runs behind the restoration "
                              "selector): use face_model_restored")

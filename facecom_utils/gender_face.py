@@ -412,7 +412,7 @@ def fit_gender_face(rows: pd.DataFrame, recipe: FaceHeadRecipe, n_boot: int = 0)
                     cnn = fit_glare_cnn(rows.loc[sunny, "path"].tolist(), y_s, p_s, image_size=recipe.glare_cnn_size,
                                         epochs=recipe.glare_cnn_epochs, seed=recipe.seed, device=recipe.device,
                                         channels_last=recipe.channels_last, members=recipe.glare_cnn_members)
-                except GlareDataError as err:  # too few persons of a label to hold a fifth out: keep the glare head
+                except GlareDataError as err:  # too few persons of a label for its held-out or cross-fitted parts: keep the glare head
                     warnings.warn(f"glare CNN not fitted ({err}); glare images go to the frame head", stacklevel=2)
                     oof["glare_cnn"] = {"skipped": str(err)}
                 else:
@@ -618,7 +618,7 @@ def gender_tracks(config: Any, splits: Any, run: Any) -> GenderTracks:
         tracks[name]["outside_face_data"] = True
     if model.glare_cnn is not None:
         tracks["fused"]["glare_threshold_source"] = (
-            f"the glare CNN's {model.glare_cnn.info.get('threshold_source', 'a held-out fifth of the persons')} "
+            f"the glare CNN: {model.glare_cnn.info.get('threshold_source', 'held-out persons')} "
             "(training persons with sunny copies, each person weighing the same)")
     elif model.glare is not None:
         tracks["fused"]["glare_threshold_source"] = "out-of-fold over the training persons' sunny copies"

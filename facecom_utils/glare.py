@@ -14,8 +14,9 @@ the best threshold would have given 0.82 balanced accuracy. The shipped presets 
 cross-fit an ensemble (``members=3``): each network trains on two thirds of the persons and
 predicts the third it never saw, so the threshold is chosen on out-of-fold predictions of *every*
 training person, and P(female) is the members' mean. On the same 3 folds (``scripts/cv_glare.py``)
-balanced accuracy on unseen people's sunny copies went from 0.786 ± 0.069 (one network) to
-0.834 ± 0.037, ROC AUC from 0.887 to 0.914; the README has the notebook-level figures.
+balanced accuracy on unseen people's sunny copies went from 0.786 ± 0.069 (one network, 6 epochs;
+ROC AUC 0.887) to 0.833 ± 0.017 with the presets' 3 members x 4 epochs (AUC 0.915; 0.834 ± 0.037
+with 6 epochs each, at 1.6x the time); the README has these and the notebook-level figures.
 
 This is FACECOM-only knowledge (ImageNet initialisation, FACECOM images and labels; no face
 data). Every threshold maximises balanced accuracy with every person weighing the same (one
@@ -189,7 +190,10 @@ def person_balanced_threshold(y: Sequence[int], prob: Sequence[float], persons: 
 def _train_network(X: Any, y: np.ndarray, persons: np.ndarray, *, image_size: int, epochs: int, batch_size: int,
                    lr: float, seed: int, device: Any, backbone: str, pretrained: str | None, label_smoothing: float,
                    max_minutes: float | None, channels_last: bool) -> tuple[Any, int]:
-    """Fine-tunes one network on ``X`` (float16 ``[N, 3, S, S]``): ``(model in eval mode on the CPU, epochs done)``."""
+    """Fine-tunes one network on ``X`` (float16 ``[N, 3, S, S]``): ``(model in eval mode on ``device``, epochs done)``.
+
+    ``max_minutes`` counts from this call: after each epoch, training stops once it has run that long.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -257,8 +261,9 @@ def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: S
         backbone, pretrained: See :func:`~facecom_utils.models.create_backbone` (``"offline"``:
             the ImageNet Lite0 weights that install from PyPI).
         label_smoothing: Targets ``y * (1 - ls) + ls / 2``.
-        max_minutes: Stop training after this many minutes in all (each member gets an equal share;
-            the epoch in progress finishes).
+        max_minutes: Training budget in minutes, shared equally by the members (each stops after the
+            epoch that crosses its share; loading the images and predicting held-out persons are not
+            counted).
         channels_last: Channels-last weights (:func:`~facecom_utils.cache.apply_speedups`; about 1.35x
             faster training steps on a 2-core CPU, the same arithmetic up to float rounding).
         members: Networks in the ensemble (1: a single network and a held-out threshold).
@@ -270,6 +275,10 @@ def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: S
     The ``info`` of the result gives the ROC AUC and the balanced accuracy at the chosen threshold of
     the predictions the threshold was chosen on (held-out or out-of-fold), counted per image and
     with every person weighing the same (optimistic: the threshold maximised the latter on them).
+    With several members those ``holdout_*`` figures describe single members trained on part of the
+    persons; the ensemble averages all of them, so its probabilities are less spread, and the
+    threshold chosen on single members is applied to that mean (the cross-validated figures in the
+    README measure exactly this).
     """
     import torch
 
@@ -317,11 +326,15 @@ def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: S
     held = np.concatenate([h for _, h in splits])
     threshold = person_balanced_threshold(y[held], held_prob[held], persons[held])
     m = binary_metrics(y[held], held_prob[held], threshold)
-    fit_idx = splits[0][0]
-    info: dict[str, Any] = {"members": len(models), "n_fit": int(len(fit_idx)), "n_holdout": int(len(held)),
-                            "persons_fit": int(len(set(persons[fit_idx]))), "persons_holdout": int(len(set(persons[held]))),
+    fits = [fit for fit, _ in splits]
+    info: dict[str, Any] = {"members": len(models),
+                            "n_fit": int(len(fits[0])) if members == 1 else [int(len(f)) for f in fits],
+                            "n_holdout": int(len(held)),
+                            "persons_fit": (int(len(set(persons[fits[0]]))) if members == 1
+                                            else [int(len(set(persons[f]))) for f in fits]),
+                            "persons_holdout": int(len(set(persons[held]))),
                             "epochs": done[0] if len(done) == 1 else done, "image_size": int(image_size),
-                            "threshold_source": ("a held-out fifth of the persons" if members == 1 else
+                            "threshold_source": (f"held-out persons (1/{holdout_folds} of them)" if members == 1 else
                                                  f"out-of-fold predictions of {members} cross-fitted members over "
                                                  "every training person"),
                             "holdout_roc_auc": float(m["roc_auc"]),

@@ -252,7 +252,8 @@ if tracks is not None and len(tracks.cv):
 # whose type it estimated right, and whose restoration it chose right, per type). With `face_glare_cnn`, the glare
 # CNN's fit: its threshold comes from out-of-fold predictions of its cross-fitted members over every training
 # person with sunny copies (or, with one network, from a held-out fifth of them); the balanced accuracy shown
-# there is at that same threshold (optimistic), the ROC AUC is threshold-free.
+# there is at that same threshold (optimistic), the ROC AUC is threshold-free, and with several members both
+# describe single members' out-of-fold predictions (the ensemble applies the threshold to their mean).
 
 # %%
 if tracks is not None:
