@@ -3,10 +3,12 @@
     python scripts/cv_glare.py --fold-roots /work/cvA2/fold0/data /work/cvA2/fold1/data ... --out reports/cv_glare
 
 Each fold root is a FACECOM layout whose ``Task_A/train`` and ``Task_A/val`` hold disjoint persons
-(``scripts/cv_notebooks.py`` builds them). The glare CNN is fitted exactly as notebook 02's fused
-track fits it (every real sunny copy of the training persons; its threshold chosen inside them) and
-scored on the ``val`` persons' sunny copies: that is the fused track's ``per_distortion.sunny``
-(every sunny copy the selector routes to the glare expert; on the three folds 99.9-100 % were).
+(``scripts/cv_notebooks.py`` builds them). The glare CNN is fitted as notebook 02's fused track fits
+it with the CPU preset (every real sunny copy of the training persons, in the same order; seed 0,
+128 px, channels-last, ``--members`` networks of ``--epochs`` epochs; its threshold chosen inside
+them) and scored on the ``val`` persons' sunny copies: that is the fused track's
+``per_distortion.sunny`` (every sunny copy the selector routes to the glare expert; on the three
+folds 99.9-100 % were). ``--device cuda --image-size 224`` gives the GPU preset's glare expert.
 One ``.npz`` of predictions per fold and variant is written as soon as it is done, so an
 interrupted run resumes; ``summary.csv`` is rewritten at the end.
 """
@@ -37,7 +39,8 @@ def main() -> None:
     ap.add_argument("--fold-roots", nargs="+", required=True)
     ap.add_argument("--out", default="reports/cv_glare")
     ap.add_argument("--members", default="3", help="comma-separated ensemble sizes to compare (1: held-out fifth)")
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=4, help="per network (the presets: 4)")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -48,12 +51,13 @@ def main() -> None:
         train, test = sunny_rows(root, "train"), sunny_rows(root, "val")
         y_test, p_test = _labels(test), test["person"].to_numpy()
         for members in (int(m) for m in args.members.split(",")):
-            file = out / f"fold{f}_members{members}_epochs{args.epochs}_size{args.image_size}.npz"
+            file = out / f"fold{f}_members{members}_epochs{args.epochs}_size{args.image_size}_seed{args.seed}.npz"
             if not file.is_file():
                 t0 = time.perf_counter()
                 cnn = fit_glare_cnn(train["path"], _labels(train), train["person"], image_size=args.image_size,
-                                    epochs=args.epochs, seed=args.seed, channels_last=True, members=members)
-                prob = cnn.probabilities(test["path"].tolist())
+                                    epochs=args.epochs, seed=args.seed, channels_last=True, members=members,
+                                    device=args.device)
+                prob = cnn.probabilities(test["path"].tolist(), device=args.device)
                 np.savez(file, prob=prob, threshold=cnn.threshold, info=json.dumps(cnn.info),
                          seconds=time.perf_counter() - t0)
             d = np.load(file)

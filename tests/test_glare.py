@@ -257,24 +257,29 @@ def test_ensemble_probability_is_the_mean_of_its_members(ensemble) -> None:
 
 
 def test_ensemble_threshold_comes_from_out_of_fold_predictions_of_every_training_person(ensemble) -> None:
-    """Each member trains on two thirds of the persons; every training image gets exactly one probability,
-    from the member that never saw its person, and the threshold is chosen on all of them."""
+    """Member i trains on all person-grouped parts but the i-th; every training image gets exactly one
+    probability, from the member that never saw its person, paired with its own label, and the threshold
+    is the person-weighted optimum of exactly those (y, probability, person) triples."""
+    from facecom_utils.gender_face import person_folds
+
     cnn, train, _, seen = ensemble
-    everyone = set(train["person"])
-    trained_on = seen["trained_on"]
-    assert len(trained_on) == 3
-    held_out = [everyone - t for t in trained_on]
-    assert all(h for h in held_out) and set().union(*held_out) == everyone
-    assert sum(len(h) for h in held_out) == len(everyone)  # each person held out by exactly one member
+    splits = person_folds(train["person"].to_numpy(), train["label"].to_numpy(), 3, 1, 0)
+    persons_all = train["person"].to_numpy()
+    assert [set(persons_all[fit]) for fit, _ in splits] == seen["trained_on"]
+    held = np.concatenate([h for _, h in splits])
+    assert sorted(held.tolist()) == list(range(len(train)))  # every image once
     y, prob, persons = seen["threshold_input"]
-    assert sorted(persons.tolist()) == sorted(train["person"].tolist())  # all images, once each
-    for member, held in zip(cnn.models, held_out):
-        rows = train[train["person"].isin(held)]
-        want = GlareCNN([member], 0.5, cnn.image_size).probabilities(rows["path"].tolist())
-        got = prob[np.isin(persons, list(held))]
-        np.testing.assert_allclose(np.sort(got), np.sort(want), atol=1e-6)
-    assert cnn.threshold == pytest.approx(person_balanced_threshold(y, prob, persons))
-    assert cnn.info["persons_holdout"] == len(everyone) and cnn.info["n_holdout"] == len(train)
+    np.testing.assert_array_equal(persons, persons_all[held])
+    np.testing.assert_array_equal(y, train["label"].to_numpy()[held])
+    start = 0
+    for member, (fit, part) in zip(cnn.models, splits):
+        assert not set(persons_all[fit]) & set(persons_all[part])
+        want = GlareCNN([member], 0.5, cnn.image_size).probabilities(train["path"].iloc[part].tolist())
+        np.testing.assert_allclose(prob[start:start + len(part)], want, atol=1e-6)  # row for row
+        start += len(part)
+    assert cnn.threshold == pytest.approx(person_balanced_threshold(y, prob, persons))  # the one stored is that one
+    assert cnn.info["persons_holdout"] == train["person"].nunique() and cnn.info["n_holdout"] == len(train)
+    assert cnn.info["n_fit"] == [len(fit) for fit, _ in splits]
 
 
 def test_ensemble_round_trips_and_old_single_network_files_still_load(ensemble, tmp_path: Path) -> None:
@@ -300,3 +305,12 @@ def test_ensemble_refuses_fewer_persons_of_a_label_than_members() -> None:
         fit_glare_cnn([f"/missing/{i}.jpg" for i in range(16)], labels, persons, members=3)
     with pytest.raises(ValueError, match="members must be at least 1"):
         fit_glare_cnn(["/missing/a.jpg"], [0], ["p"], members=0)
+
+
+@pytest.mark.parametrize("bad", [{"face_glare_cnn_members": 0}, {"face_glare_cnn_epochs": 0}])
+def test_config_refuses_a_glare_cnn_without_networks_or_epochs(bad: dict, tmp_path: Path) -> None:
+    """Caught when the run is configured, not after every descriptor has been computed."""
+    from facecom_utils.gender import GenderConfig
+
+    with pytest.raises(ValueError, match="face_glare_cnn_members and face_glare_cnn_epochs must be >= 1"):
+        GenderConfig(data_root=str(tmp_path), output_dir=str(tmp_path / "run"), **bad)

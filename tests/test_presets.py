@@ -144,6 +144,13 @@ def test_preset_runs_as_shipped_with_plain_papermill(preset: Path, kind: str, ro
             assert got == value or (isinstance(got, list) and got == list(value)), (key, got, value)
     split = metrics.get("reported_split") or metrics.get("report_split")
     assert (split == "val") == (kind == "with_val"), split
+    if notebook.stem == "02_gender_classification" and values.get("face_glare_cnn"):
+        import torch  # the glare expert the preset asks for was fitted, with its number of networks
+
+        glare = torch.load(output_dir / "face_tracks.pt", weights_only=True)["model"]["glare_cnn"]
+        assert glare is not None, "the preset's glare CNN was not fitted on the demo"
+        assert len(glare["members"]) == values.get("face_glare_cnn_members", 1)
+        assert glare["info"]["epochs"] == [values["face_glare_cnn_epochs"]] * len(glare["members"])
     if notebook.stem == "03_arcface_recognition" and kind == "no_val":
         # notebook 04 reads the holdout run through its run_dir (nbval runs it on a run with val)
         proc = _papermill(REPO_ROOT / "notebooks" / "04_threshold_analysis.ipynb", tmp_path / "04.ipynb", None,
