@@ -208,22 +208,26 @@ def _labels(df: pd.DataFrame) -> np.ndarray:
 
 
 @torch.no_grad()
-def _predict_loader(model: nn.Module, loader: Any, device: torch.device, tta: bool) -> np.ndarray:
-    """Probabilities of class 1 for every image of an (ordered) loader."""
-    model.eval()
+def _predict_loader(models: Sequence[nn.Module], loader: Any, device: torch.device, tta: bool) -> np.ndarray:
+    """Mean probability of class 1 over ``models`` for every image of an (ordered) loader (each batch read once)."""
     out: list[torch.Tensor] = []
+    for model in models:
+        model.eval()
     for x, _ in loader:
         x = x.to(device, non_blocking=True)
-        with torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext():
-            logits = model(x).float()
-            if tta:
-                logits = 0.5 * (logits + model(torch.flip(x, dims=[3])).float())
-        out.append(torch.sigmoid(logits).cpu())
-    return torch.cat(out).double().numpy() if out else np.zeros(0)
+        probs = []
+        for model in models:
+            with torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext():
+                logits = model(x).float()
+                if tta:
+                    logits = 0.5 * (logits + model(torch.flip(x, dims=[3])).float())
+            probs.append(torch.sigmoid(logits).cpu().double())
+        out.append(torch.stack(probs).mean(dim=0))
+    return torch.cat(out).numpy() if out else np.zeros(0)
 
 
 def predict_proba(
-    model: nn.Module,
+    model: nn.Module | Sequence[nn.Module],
     paths: Sequence[str | Path],
     image_size: int,
     batch_size: int = 64,
@@ -236,11 +240,12 @@ def predict_proba(
     """Probability of "female" for each image.
 
     Args:
-        model: A :class:`~facecom_utils.models.GenderClassifier` (or any images -> logit model).
+        model: A :class:`~facecom_utils.models.GenderClassifier` (or any images -> logit model), or a
+            sequence of them: then the mean of their probabilities, each image decoded once.
         paths: Image files.
         image_size: Model input side.
         batch_size: Prediction batch size.
-        device: Where to run (default: the model's device).
+        device: Where to run (default: the (first) model's device).
         tta: Average the logits of the image and its mirror image.
         distortion: Apply this FACECOM distortion (seeded per image) first.
         distortion_seed: Seed of the distortions.
@@ -249,12 +254,14 @@ def predict_proba(
     Returns:
         float64 array [N].
     """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    model.to(device)
+    models = list(model) if isinstance(model, (list, tuple)) else [model]
+    device = torch.device(device) if device is not None else next(models[0].parameters()).device
+    for m in models:
+        m.to(device)
     dataset = ImageDataset(paths, None, build_transforms(image_size, train=False),
                            distortion=distortion, distortion_seed=distortion_seed)
     loader = make_loader(dataset, batch_size, train=False, num_workers=num_workers, pin_memory=device.type == "cuda")
-    return _predict_loader(model, loader, device, tta)
+    return _predict_loader(models, loader, device, tta)
 
 
 def load_gender_model(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> tuple[GenderClassifier, dict[str, Any]]:
@@ -664,7 +671,7 @@ def fit_gender(config: GenderConfig, pipeline: GenderPipeline) -> GenderFit:
         if p.recalibrate:
             recalibrate_batchnorm(m, p.recal_loader, p.device)
             m.eval()
-        prob = _predict_loader(m, p.fold_loader, p.device, cfg.tta)
+        prob = _predict_loader([m], p.fold_loader, p.device, cfg.tta)
         threshold = choose_threshold(p.y_fold, prob, cfg.threshold_criterion)
         metrics = binary_metrics(p.y_fold, prob, threshold)
         metrics["loss"] = float(F.binary_cross_entropy(torch.as_tensor(prob), torch.tensor(p.y_fold, dtype=torch.float64)))
@@ -723,7 +730,7 @@ def report_gender(config: GenderConfig, pipeline: GenderPipeline, fitted: Gender
     cfg, splits, result, model = config, pipeline.splits, fitted.result, fitted.model
     rank = distributed_info()[0]
     threshold = fold_threshold(fitted)
-    fold_prob = _predict_loader(model, pipeline.fold_loader, pipeline.device, cfg.tta)
+    fold_prob = _predict_loader([model], pipeline.fold_loader, pipeline.device, cfg.tta)
     fold_table = splits.fold[["path", "label", "person"]].assign(
         prob=fold_prob, pred=np.where(fold_prob >= threshold, "female", "male"))
     test_metrics, table = None, None

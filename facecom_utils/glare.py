@@ -79,9 +79,7 @@ class GlareCNN:
 
         if len(paths) == 0:
             return np.zeros(0)
-        paths = [str(p) for p in paths]
-        return np.mean([predict_proba(m, paths, self.image_size, batch_size, device, tta=True) for m in self.models],
-                       axis=0)
+        return predict_proba(self.models, [str(p) for p in paths], self.image_size, batch_size, device, tta=True)
 
     def margin(self, paths: Sequence[str | Path], **kwargs: Any) -> np.ndarray:
         """``logit(P(female)) - logit(threshold)``: positive means female."""
@@ -299,10 +297,7 @@ def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: S
                 else f"to cross-fit {members} members")
         raise GlareDataError(f"the glare CNN needs at least {parts} persons of each label {need}; got "
                              f"{int((per_person == 0).sum())} male and {int((per_person == 1).sum())} female persons")
-    if members == 1:
-        splits = [held_out_persons(persons, y, holdout_folds, seed)]
-    else:
-        splits = person_folds(persons, y, members, 1, seed)
+    splits = person_folds(persons, y, parts, 1, seed)[:1 if members == 1 else None]  # 1: held_out_persons
     for fit_idx, held_idx in splits:
         if len(set(y[fit_idx])) < 2 or len(set(y[held_idx])) < 2:
             raise GlareDataError("the glare CNN needs images of both labels in the training and held-out persons "
