@@ -237,6 +237,16 @@ def _loaded(path: str, device: str) -> Any:
     return _net_module().from_dat(path).to(device)
 
 
+def _device_key(device: Any) -> str:
+    """One name per device, so that ``"cuda"`` and ``"cuda:0"`` share one loaded network."""
+    import torch
+
+    d = torch.device(device)
+    if d.type == "cuda" and d.index is None:
+        d = torch.device("cuda", torch.cuda.current_device())
+    return str(d)
+
+
 def torch_descriptors(chips: np.ndarray, path: str | Path, device: str = "cpu", batch: int = 64) -> np.ndarray:
     """Raw 128-d descriptors ``float32 [N, 128]`` of uint8 RGB chips ``[N, 150, 150, 3]`` (dlib's weights at ``path``)."""
     import torch
@@ -244,6 +254,7 @@ def torch_descriptors(chips: np.ndarray, path: str | Path, device: str = "cpu", 
     chips = np.ascontiguousarray(chips, dtype=np.uint8)
     if chips.ndim == 3:
         chips = chips[None]
+    device = _device_key(device)
     net = _loaded(str(path), device)
     out = []
     with torch.inference_mode():

@@ -50,8 +50,10 @@ __all__ = [
     "LinearHead",
     "cross_validate",
     "fit_gender_face",
+    "female_labels",
     "fit_linear",
     "grouped_folds",
+    "logit",
     "oof_linear",
     "person_folds",
     "score_rows",
@@ -139,9 +141,15 @@ def person_folds(persons: Sequence[str], labels: Sequence[int], k: int = 5, repe
     return out
 
 
+def logit(p: Any, eps: float = 1e-12) -> Any:
+    """``log(p / (1 - p))`` with ``p`` clipped to ``[eps, 1 - eps]``: a float for a scalar, else an array."""
+    q = np.clip(np.asarray(p, np.float64), eps, 1 - eps)
+    out = np.log(q / (1 - q))
+    return float(out) if out.ndim == 0 else out
+
+
 def _logit(p: float) -> float:
-    p = min(max(float(p), 1e-12), 1 - 1e-12)
-    return float(np.log(p / (1 - p)))
+    return float(logit(p))
 
 
 def usable_folds(persons: Sequence[str], labels: Sequence[int], k: int) -> int:
@@ -301,7 +309,8 @@ class FaceHeadRecipe:
         return pooled_features(rows["path"].tolist(), cache_dir=self.feature_cache)
 
 
-def _labels(rows: pd.DataFrame) -> np.ndarray:
+def female_labels(rows: pd.DataFrame) -> np.ndarray:
+    """1 for rows labelled female, 0 otherwise (int64)."""
     return (rows["label"].to_numpy() == "female").astype(np.int64)
 
 
@@ -379,7 +388,7 @@ def fit_gender_face(rows: pd.DataFrame, recipe: FaceHeadRecipe, n_boot: int = 0)
        (its threshold on a held-out fifth of their persons, or out of fold over all of them with several
        cross-fitted members), which then takes the routed images.
     """
-    y, persons = _labels(rows), rows["person"].to_numpy()
+    y, persons = female_labels(rows), rows["person"].to_numpy()
     estimator = None
     q = None
     if recipe.restore:
@@ -398,7 +407,7 @@ def fit_gender_face(rows: pd.DataFrame, recipe: FaceHeadRecipe, n_boot: int = 0)
     glare = None
     if recipe.glare_expert and recipe.restore:
         sunny = (rows["kind"] == "sunny").to_numpy()
-        y_s, p_s = _labels(rows)[sunny], rows["person"].to_numpy()[sunny]
+        y_s, p_s = female_labels(rows)[sunny], rows["person"].to_numpy()[sunny]
         if sunny.any() and usable_folds(p_s, y_s, recipe.k) >= 2:
             F = recipe.frames(rows[sunny])
             g_oof = threshold_from_oof(y_s, oof_linear(F, y_s, p_s, None, recipe.C, recipe.k, 1, recipe.seed), p_s,
@@ -423,7 +432,7 @@ def fit_gender_face(rows: pd.DataFrame, recipe: FaceHeadRecipe, n_boot: int = 0)
 
 def score_rows(rows: pd.DataFrame, prob: np.ndarray, threshold: float) -> dict[str, Any]:
     """Metrics of one scored set: clean images (headline) and each distortion type's copies."""
-    y = _labels(rows)
+    y = female_labels(rows)
     kinds = rows["kind"].to_numpy()
     clean = kinds == "clean"
     out = binary_metrics(y[clean], prob[clean], threshold, ("male", "female"))
@@ -456,8 +465,8 @@ def cross_validate(rows: pd.DataFrame, recipe: FaceHeadRecipe, k: int = 5, repea
     recipe = dataclasses.replace(recipe, glare_cnn=False)
     clean = (rows["kind"] == "clean").to_numpy()
     base = rows[clean]
-    k = usable_folds(base["person"].to_numpy(), _labels(base), k)
-    folds = grouped_folds(base["person"].to_numpy(), _labels(base), k, repeats, seed)
+    k = usable_folds(base["person"].to_numpy(), female_labels(base), k)
+    folds = grouped_folds(base["person"].to_numpy(), female_labels(base), k, repeats, seed)
     out = []
     for i, (tr, te) in enumerate(folds):
         train = rows[rows["person"].isin(set(base["person"].iloc[tr]))]
@@ -589,7 +598,7 @@ def gender_tracks(config: Any, splits: Any, run: Any) -> GenderTracks:
     report_folder = "train" if splits.report_split == "heldout_from_train" else splits.report_split
     report_rows = with_distorted_copies(splits.report, root, report_folder).reset_index(drop=True)
     clean_train = train_rows[train_rows["kind"] == "clean"]
-    can_cv = usable_folds(clean_train["person"].to_numpy(), _labels(clean_train), cfg.face_cv_folds) >= 3
+    can_cv = usable_folds(clean_train["person"].to_numpy(), female_labels(clean_train), cfg.face_cv_folds) >= 3
     if cfg.face_cv_repeats and not can_cv:
         print("face-model CV skipped: it needs at least three training persons of each label")
     cv = (cross_validate(train_rows, recipe, k=cfg.face_cv_folds, repeats=cfg.face_cv_repeats, seed=cfg.seed)
@@ -677,7 +686,7 @@ def run_gender_tracks(config: Any, splits: Any, run: Any) -> GenderTracks | None
     if not face_tracks_wanted(config.face_model, "the FACECOM-only CNN"):
         return None
     persons = pd.concat([splits.train, splits.fold])
-    if usable_folds(persons["person"].to_numpy(), _labels(persons), 2) < 2:
+    if usable_folds(persons["person"].to_numpy(), female_labels(persons), 2) < 2:
         print("face-model tracks skipped: their out-of-fold thresholds need at least two training persons of "
               "each label")
         return None

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .gender_face import _logit
+from .gender_face import _logit, logit
 
 __all__ = ["GlareCNN", "GlareDataError", "fit_glare_cnn", "held_out_persons", "person_balanced_accuracy",
            "person_balanced_threshold", "person_weights", "sampling_weights"]
@@ -83,8 +83,7 @@ class GlareCNN:
 
     def margin(self, paths: Sequence[str | Path], **kwargs: Any) -> np.ndarray:
         """``logit(P(female)) - logit(threshold)``: positive means female."""
-        p = np.clip(self.probabilities(paths, **kwargs), 1e-6, 1 - 1e-6)
-        return np.log(p / (1 - p)) - _logit(self.threshold)
+        return logit(self.probabilities(paths, **kwargs), eps=1e-6) - _logit(self.threshold)
 
     def state_dict(self) -> dict[str, Any]:
         """Tensors and plain values (``torch.load(..., weights_only=True)`` reads it back)."""

@@ -25,7 +25,7 @@ import pandas as pd
 
 from facecom_utils.data import scan_task_a
 from facecom_utils.evaluation import binary_metrics
-from facecom_utils.gender_face import _labels, with_distorted_copies
+from facecom_utils.gender_face import female_labels, with_distorted_copies
 from facecom_utils.glare import fit_glare_cnn, person_balanced_accuracy
 
 
@@ -49,12 +49,12 @@ def main() -> None:
     summary = []
     for f, root in enumerate(args.fold_roots):
         train, test = sunny_rows(root, "train"), sunny_rows(root, "val")
-        y_test, p_test = _labels(test), test["person"].to_numpy()
+        y_test, p_test = female_labels(test), test["person"].to_numpy()
         for members in (int(m) for m in args.members.split(",")):
             file = out / f"fold{f}_members{members}_epochs{args.epochs}_size{args.image_size}_seed{args.seed}.npz"
             if not file.is_file():
                 t0 = time.perf_counter()
-                cnn = fit_glare_cnn(train["path"], _labels(train), train["person"], image_size=args.image_size,
+                cnn = fit_glare_cnn(train["path"], female_labels(train), train["person"], image_size=args.image_size,
                                     epochs=args.epochs, seed=args.seed, channels_last=True, members=members,
                                     device=args.device)
                 prob = cnn.probabilities(test["path"].tolist(), device=args.device)

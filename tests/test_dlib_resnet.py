@@ -123,3 +123,14 @@ def test_worker_processes_give_the_same_descriptors_in_order(tmp_path) -> None:
     np.testing.assert_allclose(pooled.descriptors, alone, atol=1e-6)
     gaps = np.linalg.norm(alone[:, None] - alone[None], axis=2)[np.triu_indices(len(paths), 1)]
     assert gaps.min() > 1e-3  # every image has its own descriptor: a shuffled order could not pass
+
+
+def test_device_key_names_each_device_once():
+    import torch
+
+    from facecom_utils.dlib_resnet import _device_key
+
+    assert _device_key("cpu") == "cpu"
+    assert _device_key(torch.device("cpu")) == "cpu"
+    if torch.cuda.is_available():
+        assert _device_key("cuda") == _device_key(f"cuda:{torch.cuda.current_device()}")

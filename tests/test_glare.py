@@ -314,3 +314,15 @@ def test_config_refuses_a_glare_cnn_without_networks_or_epochs(bad: dict, tmp_pa
 
     with pytest.raises(ValueError, match="face_glare_cnn_members and face_glare_cnn_epochs must be >= 1"):
         GenderConfig(data_root=str(tmp_path), output_dir=str(tmp_path / "run"), **bad)
+
+
+def test_logit_matches_its_definition_and_clips():
+    from facecom_utils.gender_face import _logit, female_labels, logit
+
+    p = np.array([0.5, 0.9, 0.1, 0.0, 1.0])
+    out = logit(p, eps=1e-6)
+    np.testing.assert_allclose(out[:3], [0.0, np.log(9.0), -np.log(9.0)], atol=1e-12)
+    np.testing.assert_allclose(out[3:], [np.log(1e-6 / (1 - 1e-6)), np.log((1 - 1e-6) / 1e-6)], rtol=1e-9)
+    assert isinstance(logit(0.9), float) and _logit(0.9) == pytest.approx(np.log(9.0))
+    rows = pd.DataFrame({"label": ["female", "male", "female"]})
+    assert female_labels(rows).tolist() == [1, 0, 1]
