@@ -1,0 +1,62 @@
+"""scripts/measure_sunny_strict.py: identity top-1 with the source left out, and query expansion by face agreement."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("measure_sunny_strict", ROOT / "scripts" / "measure_sunny_strict.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["measure_sunny_strict"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _data(m):
+    """Gallery: A1, A2, A3 (person A), B1, C1. One probe, a copy of A1 (its source), true identity A."""
+    d = m.StrictSunny.__new__(m.StrictSunny)
+    d.uniq = np.array(["A", "B", "C"])
+    d.codes = np.array([0, 0, 0, 1, 2])
+    d.truth = np.array([0])
+    d.source = np.array([0])
+    # FACECOM cosines: the source A1 first (left out), then B1, then A2, A3, C1
+    d.g = np.eye(5, dtype=np.float64)
+    d.p = np.array([[0.99, 0.50, 0.45, 0.60, 0.10]])
+    # dlib: A's three photos agree with each other, B and C agree with nobody
+    faces = np.array([[1, 0, 0], [1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float64)
+    d.faces = faces
+    return d
+
+
+def test_source_is_left_out_and_ties_count_against_the_probe():
+    m = _script()
+    d = _data(m)
+    s = d.scores()
+    assert np.isneginf(s[0, 0])
+    assert d.top1(s) == 0.0                      # B1 (0.60) beats A's best remaining photo (0.50)
+    s[0, 1] = 0.60                               # a tie with the true identity counts against the probe
+    assert d.top1(s) == 0.0
+    s[0, 1] = 0.61
+    assert d.top1(s) == 1.0
+
+
+def test_query_expansion_lifts_the_identity_whose_faces_agree():
+    m = _script()
+    d = _data(m)
+    assert d.top1(d.expanded(k=3, tau=10.0, lam=0.0, loo=True)) == 0.0   # lam 0: the plain scores
+    out = d.expanded(k=3, tau=10.0, lam=1.0, loo=True)
+    # top-3 without the source: B1 (0.60), A2 (0.50), A3 (0.45). A2 and A3 each get the other's vote
+    # (weights nearly equal at tau 10): about 1/2; B1 agrees with neither A photo: 0
+    assert np.isneginf(out[0, 0])
+    assert out[0, 1] > 0.50 + 0.45 and out[0, 2] > 0.45 + 0.45
+    np.testing.assert_allclose(out[0, 3], 0.60, atol=1e-12)
+    assert d.top1(out) == 1.0
+    # letting a photo vote for itself gives B1 its own vote too
+    assert d.expanded(k=3, tau=10.0, lam=1.0, loo=False)[0, 3] > 0.60
