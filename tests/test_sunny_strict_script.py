@@ -29,8 +29,9 @@ def _data(m):
     # FACECOM cosines: the source A1 first (left out), then B1, then A2, A3, C1
     d.g = np.eye(5, dtype=np.float64)
     d.p = np.array([[0.99, 0.50, 0.45, 0.60, 0.10]])
-    # dlib: A's three photos agree with each other, B and C agree with nobody
-    faces = np.array([[1, 0, 0], [1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float64)
+    # dlib: A2 and A3 agree with each other; the source A1's face agrees with B1 only (were the source let
+    # into the expansion, B1 would get its vote and win); C agrees with nobody
+    faces = np.array([[0, 1, 0], [1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float64)
     d.faces = faces
     return d
 
@@ -50,13 +51,17 @@ def test_source_is_left_out_and_ties_count_against_the_probe():
 def test_query_expansion_lifts_the_identity_whose_faces_agree():
     m = _script()
     d = _data(m)
-    assert d.top1(d.expanded(k=3, tau=10.0, lam=0.0, loo=True)) == 0.0   # lam 0: the plain scores
-    out = d.expanded(k=3, tau=10.0, lam=1.0, loo=True)
-    # top-3 without the source: B1 (0.60), A2 (0.50), A3 (0.45). A2 and A3 each get the other's vote
-    # (weights nearly equal at tau 10): about 1/2; B1 agrees with neither A photo: 0
+    np.testing.assert_array_equal(d.expanded(k=3, tau=0.1, lam=0.0, loo=True), d.scores())  # lam 0: plain scores
+    tau = 0.1
+    out = d.expanded(k=3, tau=tau, lam=1.0, loo=True)
+    # top-3 without the source: B1 (0.60), A2 (0.50), A3 (0.45), weights exp((s - 0.60) / tau)
+    w_b1, w_a2, w_a3 = 1.0, np.exp(-0.10 / tau), np.exp(-0.15 / tau)
     assert np.isneginf(out[0, 0])
-    assert out[0, 1] > 0.50 + 0.45 and out[0, 2] > 0.45 + 0.45
-    np.testing.assert_allclose(out[0, 3], 0.60, atol=1e-12)
+    np.testing.assert_allclose(out[0, 1], 0.50 + w_a3 / (w_b1 + w_a3), rtol=1e-12)  # A2: A3 agrees, B1 not
+    np.testing.assert_allclose(out[0, 2], 0.45 + w_a2 / (w_b1 + w_a2), rtol=1e-12)  # A3: A2 agrees, B1 not
+    np.testing.assert_allclose(out[0, 3], 0.60, rtol=1e-12)                          # B1: neither A photo agrees
+    np.testing.assert_allclose(out[0, 4], 0.10, rtol=1e-12)                          # C1: nobody agrees
     assert d.top1(out) == 1.0
     # letting a photo vote for itself gives B1 its own vote too
-    assert d.expanded(k=3, tau=10.0, lam=1.0, loo=False)[0, 3] > 0.60
+    np.testing.assert_allclose(d.expanded(k=3, tau=tau, lam=1.0, loo=False)[0, 3],
+                               0.60 + w_b1 / (w_b1 + w_a2 + w_a3), rtol=1e-12)
