@@ -6,8 +6,9 @@ run's reported split (people the run never trained on):
 
 * **oracle periphery**: the embedder is given the clean source photo with exactly the pixels that
   glare saturated (every channel >= ``--saturated``) set to white. Every pixel the glare did not
-  saturate is then perfect, so no restoration of the sunny copy can do better. Printed beside the
-  sunny probes as they are, and the saturated share of the frame.
+  saturate is then perfect: a ceiling for restorations that repair the unsaturated pixels (only one
+  that invents the hidden face could pass it). Printed beside the sunny probes as they are, and the
+  saturated share of the frame.
 * **query expansion with dlib**: each gallery photo's FACECOM cosine plus ``lam`` times how well
   dlib's descriptor of that (clean) photo agrees with the probe's other top-``k`` photos (weights
   ``softmax(cosine / tau)``; ``--no-loo`` lets a photo vote for itself). The source is left out
