@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_script
+
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("cv_notebooks", ROOT / "scripts" / "cv_notebooks.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["cv_notebooks"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("cv_notebooks")
 
 
 def _layout(root: Path) -> dict[str, str]:

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_script
+
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("measure_sunny_strict", ROOT / "scripts" / "measure_sunny_strict.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["measure_sunny_strict"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("measure_sunny_strict")
 
 
 def _data(m):
