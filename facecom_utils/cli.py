@@ -32,9 +32,11 @@ row per image: ``path, prediction, score, decision, error`` (``error``: see belo
 
 * predict-gender: ``prediction`` = female/male at the checkpoint's threshold, ``score`` = P(female),
   ``decision`` = the rule applied, e.g. ``score>=0.412``;
-* identify: ``prediction`` = the best-scoring gallery identity, ``score`` = its cosine similarity (max
-  over the identity's gallery images), ``decision`` = ``match`` when the score clears the checkpoint's
-  match threshold, else ``no_match`` (the probe is probably nobody in the gallery).
+* identify: ``prediction`` = the best-scoring gallery identity, ``score`` = its similarity (max over
+  the identity's gallery images: the cosine for a ``best.pt``; for a run directory the headline track's
+  score, which for ``fused`` is put on one scale per estimated type, 0 = the 99.9th percentile of that
+  type's impostor scores on the run's validation fold), ``decision`` = ``match`` when the score clears
+  the checkpoint's match threshold, else ``no_match`` (the probe is probably nobody in the gallery).
 
 IMAGES / PROBES may be files or folders (searched recursively for .jpg/.jpeg/.png; hidden files such
 as ``.DS_Store`` are ignored). Bad paths and checkpoints of the wrong task give a one-line error and

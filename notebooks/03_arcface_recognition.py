@@ -227,6 +227,13 @@ plt.show()
 #   for the probe's own photo, 0 for nearly all others, and never dependent on the rest of the gallery, so the
 #   strict protocol (own photo removed) is scored as if that photo had never been enrolled.
 #
+#   Its score is then put on **one scale for every probe**: a probe of estimated type k scores
+#   (s − h_k) / (h_k − m_k), where m_k and h_k are the median and the 99.9th percentile of that type's impostor
+#   scores on the validation fold. The mixes differ by type (dlib's impostor cosines sit near 0.6, the FACECOM
+#   embedder's near 0), so uncalibrated a glare probe's true match can score below a blurred probe's impostor,
+#   and one threshold or one ROC over all probes compares unlike numbers. The map is affine per probe: every
+#   top-1 stays exactly as it was; thresholds, ROC AUC and TAR@FAR change.
+#
 # Every track's thresholds come from the validation fold, as the FACECOM-only track's do.
 
 # %%
@@ -234,6 +241,15 @@ tracks = face_tracks.run_recognition_tracks(config, splits, run)
 if tracks is not None:
     display(tracks.fusion.table().rename_axis("chosen on the fold, per estimated type"))
     display(tracks.selector.round(3))
+
+# %%
+if tracks is not None:
+    strict_scores = thresholds.score_analysis(tracks.table, tracks.embeddings[tracks.headline], strict=True)
+    plots.similarity_histograms(*strict_scores.genuine_impostor(),
+                                threshold=tracks.tracks[tracks.headline]["strict_threshold"],
+                                title=f"{tracks.headline} track: genuine vs impostor identity scores "
+                                      f"({run.metrics['reported_split']}, strict protocol)")
+    plt.show()
 
 # %%
 if tracks is not None:

@@ -117,7 +117,9 @@ def retrack(run_dir: Path) -> dict:
 def _fold_values(notebook: str, t: dict) -> dict[str, float]:
     if notebook == "03":
         values = {"main top-1": t["top1"], "strict top-1": t["strict_top1"], "roc_auc": t.get("roc_auc"),
-                  "strict roc_auc": t.get("strict_roc_auc")}
+                  "strict roc_auc": t.get("strict_roc_auc"), "tar@far1e-3": t.get("tar_at_far_1e-3"),
+                  "strict tar@far1e-3": t.get("strict_tar_at_far_1e-3"), "match_f1": t.get("match_f1"),
+                  "strict match_f1": t.get("strict_match_f1")}
         values.update({f"main {k}": v for k, v in t["per_distortion"].items()})
         values.update({f"strict {k}": v for k, v in t["strict_per_distortion"].items()})
         return values

@@ -248,6 +248,8 @@ def test_notebooks_02_03_04_run_on_the_tiny_demo(demo_root: Path, tmp_path: Path
 
         assert set(recognition["tracks"]) == set(TRACKS)
         assert set(recognition["fusion_copy_weights"]) == set(recognition["fusion_weights"])
+        scales = recognition["fusion_score_calibration"]  # the fused score's scale per estimated type
+        assert "*" in scales and all(s["impostor_high"] > s["impostor_median"] for s in scales.values())
         assert recognition["tracks"]["pixel_copies"]["outside_face_data"] is False
     for key in ("top1", "strict_top1", "roc_auc"):
         assert again[key] == pytest.approx(recognition[key], abs=1e-6), key

@@ -18,7 +18,11 @@ tracks are reported apart from the FACECOM-only one. Five tracks, one protocol:
   applied unchanged to the reported split. Copy evidence (:func:`~.copies.copy_evidence`) is the
   copy correlation's excess over the probe's best correlation with a cohort of the run's training
   people's clean photos: about 1 for a probe's own source photo, 0 for nearly every other photo. Glare (sunny) keeps a low w: dlib finds no face there,
-  the FACECOM model still does.
+  the FACECOM model still does. The fused score is then put on one scale per estimated type
+  (:func:`calibrate_scores`): each (w, gamma) mixes two cosines of different ranges, so without it a
+  glare probe's genuine score can sit below another type's impostor scores, and one threshold (or one
+  ROC) over all probes mixes incomparable numbers. An affine map per probe leaves every probe's
+  ranking of the gallery, hence top-1, exactly as it was.
 
 Every track's thresholds are chosen on the fold, as the FACECOM-only track's are.
 """
@@ -39,8 +43,8 @@ from ..restoration import RESTORATION_VERSIONS, check_restoration_versions
 from .copies import COHORT_SIZE, copy_descriptors, copy_evidence
 from .protocol import _quick_scores, choose_thresholds, protocol_metrics
 
-__all__ = ["TRACKS", "Fusion", "RecognitionTracks", "choose_fusion", "evaluate_run", "fuse_embeddings",
-           "recognition_tracks", "run_embeddings", "run_recognition_tracks"]
+__all__ = ["TRACKS", "Fusion", "RecognitionTracks", "calibrate_scores", "choose_fusion", "evaluate_run",
+           "fuse_embeddings", "recognition_tracks", "run_embeddings", "run_recognition_tracks"]
 
 TRACKS: tuple[str, ...] = ("facecom_only", "face_model", "face_model_restored", "pixel_copies", "fused")
 #: Tracks that read dlib's descriptor (trained on outside face data).
@@ -49,6 +53,12 @@ OUTSIDE_FACE_DATA: tuple[str, ...] = ("face_model", "face_model_restored", "fuse
 WEIGHT_GRID: tuple[float, ...] = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
 #: The copy evidence's weight is searched on this grid, per estimated type.
 GAMMA_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
+#: The fused score of an estimated type is anchored at this quantile of its impostor scores (FAR 1e-3 per photo).
+IMPOSTOR_QUANTILE = 0.999
+#: An estimated type with fewer impostor scores on the fold takes the scale of all probes pooled.
+MIN_IMPOSTORS = 200
+#: Key of the pooled scale in :attr:`Fusion.calibration` (types not seen on the fold use it too).
+POOLED = "*"
 
 
 def fuse_embeddings(face: np.ndarray, facecom: np.ndarray, weight: np.ndarray, gallery: np.ndarray,
@@ -88,6 +98,50 @@ def fuse_embeddings(face: np.ndarray, facecom: np.ndarray, weight: np.ndarray, g
     return np.concatenate(parts, axis=1).astype(np.float32)
 
 
+def _impostor_scale(scores: np.ndarray, quantile: float) -> tuple[float, float]:
+    """``(median, high quantile)`` of impostor scores, the high end kept above the median."""
+    median, high = (float(v) for v in np.quantile(scores, [0.5, quantile]))
+    return median, max(high, median + 1e-6)
+
+
+def calibrate_scores(table: pd.DataFrame, emb: np.ndarray, kinds: np.ndarray,
+                     quantile: float = IMPOSTOR_QUANTILE, min_impostors: int = MIN_IMPOSTORS,
+                     ) -> dict[str, tuple[float, float]]:
+    """Each estimated type's impostor scale on a fold: ``{type: (median, high)}`` plus the pooled one.
+
+    The impostor scores of a type are its probes' dot products with every gallery photo of another
+    identity. A probe's calibrated score against a photo is ``(s - high) / (high - median)``: 0 where
+    only ``1 - quantile`` of that type's impostor photos reach, -1 at the median impostor. Types with
+    fewer than ``min_impostors`` such scores get the scale of all probes pooled (key :data:`POOLED`).
+    Call it on the validation fold only.
+
+    Args:
+        table: :func:`~.embedding.embedding_table` rows (gallery rows have no distortion).
+        emb: Their (fused, uncalibrated) embeddings.
+        kinds: ``[N]`` each row's estimated type (gallery rows are ignored).
+
+    Raises:
+        ValueError: No probe has an impostor (the fold holds one identity).
+    """
+    gallery = table["distortion"].isna().to_numpy()
+    identity = table["identity"].astype(str).to_numpy()
+    kinds = np.asarray(kinds).astype(str)
+    g_emb, g_id = np.asarray(emb)[gallery], identity[gallery]
+    per_type: dict[str, np.ndarray] = {}
+    for kind in sorted(set(kinds[~gallery])):
+        rows = np.flatnonzero(~gallery & (kinds == kind))
+        scores = np.asarray(emb)[rows] @ g_emb.T
+        per_type[str(kind)] = scores[identity[rows][:, None] != g_id[None, :]]
+    pooled = np.concatenate(list(per_type.values())) if per_type else np.zeros(0)
+    if pooled.size == 0:
+        raise ValueError("calibrate_scores: no probe has an impostor photo (the fold needs two or more identities)")
+    out = {POOLED: _impostor_scale(pooled, quantile)}
+    for kind, scores in per_type.items():
+        if scores.size >= min_impostors:
+            out[kind] = _impostor_scale(scores, quantile)
+    return out
+
+
 @dataclass
 class Fusion:
     """The fused track's per-type choices: the face model's weight and the copy evidence's weight.
@@ -97,11 +151,15 @@ class Fusion:
             Types not in the table get 0 (the FACECOM model alone).
         cohort: ``[C, D]`` copy descriptors of the cohort (clean photos of the run's training
             people), needed when any gamma is above 0.
+        calibration: ``{estimated type: (median, high)}`` impostor scales (:func:`calibrate_scores`),
+            with the pooled one under :data:`POOLED`; empty: scores are left uncalibrated (files
+            written before calibration existed).
     """
 
     weights: dict[str, float]
     gammas: dict[str, float] = field(default_factory=dict)
     cohort: np.ndarray | None = field(default=None, repr=False, compare=False)
+    calibration: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def per_probe(self, kinds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(w, gamma)`` of each row from its estimated type."""
@@ -120,30 +178,55 @@ class Fusion:
             raise ValueError("this fusion adds copy evidence: pass the rows' copy descriptors, and load a "
                              "face_tracks.pt that holds the copy cohort (one written before the cohort "
                              "existed must be re-scored: run notebook 03's tracks stage again)")
-        return fuse_embeddings(face, facecom, w, gallery, copies if self.uses_copies else None, g, self.cohort)
+        emb = fuse_embeddings(face, facecom, w, gallery, copies if self.uses_copies else None, g, self.cohort)
+        return self.calibrate(emb, kinds, gallery)
+
+    def calibrate(self, emb: np.ndarray, kinds: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+        """Fused embeddings whose dot products are the calibrated scores (unchanged without a calibration).
+
+        A probe row becomes ``[e / (high - median), -high / (high - median)]`` and a gallery row ``[e, 1]``
+        (the scale of the probe's estimated type), so ``probe . photo = (s - high) / (high - median)``.
+        """
+        if not self.calibration:
+            return emb
+        gallery = np.asarray(gallery, bool)
+        pooled = self.calibration[POOLED]
+        scale = np.array([self.calibration.get(str(k), pooled) for k in kinds], np.float64)
+        a = np.where(gallery, 1.0, 1.0 / (scale[:, 1] - scale[:, 0]))
+        b = np.where(gallery, 1.0, -scale[:, 1] * a)
+        return np.concatenate([emb * a[:, None], b[:, None]], axis=1).astype(np.float32)
 
     def state_dict(self) -> dict[str, Any]:
         """Plain floats and one float16 tensor (part of ``face_tracks.pt``, read with ``weights_only=True``)."""
         import torch
 
-        state: dict[str, Any] = {"weights": {k: float(v) for k, v in self.weights.items()},
-                                 "gammas": {k: float(v) for k, v in self.gammas.items()}}
+        state: dict[str, Any] = {"weights": {str(k): float(v) for k, v in self.weights.items()},
+                                 "gammas": {str(k): float(v) for k, v in self.gammas.items()},
+                                 "calibration": {str(k): [float(v[0]), float(v[1])] for k, v in self.calibration.items()}}
         if self.cohort is not None and self.uses_copies:
             state["copy_cohort"] = torch.from_numpy(np.asarray(self.cohort, np.float16))
         return state
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> "Fusion":
-        """Also reads files written before the copy term (no ``gammas``: none)."""
+        """Also reads files written before the copy term (no ``gammas``: none) or the calibration (none)."""
         cohort = state.get("copy_cohort")
         return cls({k: float(v) for k, v in state["weights"].items()},
                    {k: float(v) for k, v in state.get("gammas", {}).items()},
-                   None if cohort is None else cohort.float().numpy())
+                   None if cohort is None else cohort.float().numpy(),
+                   {k: (float(v[0]), float(v[1])) for k, v in state.get("calibration", {}).items()})
 
     def table(self) -> pd.DataFrame:
-        """One row per estimated type: ``face-model weight``, ``copy weight``."""
-        return pd.DataFrame({"face-model weight": self.weights,
-                             "copy weight": {k: self.gammas.get(k, 0.0) for k in self.weights}}).T
+        """One row per estimated type: ``face-model weight``, ``copy weight`` and, when calibrated, the
+        impostor ``median`` and ``99.9th pct`` score the calibration maps to -1 and 0."""
+        columns: dict[str, Any] = {"face-model weight": self.weights,
+                                   "copy weight": {k: self.gammas.get(k, 0.0) for k in self.weights}}
+        if self.calibration:
+            pooled = self.calibration[POOLED]
+            columns["impostor median"] = {k: self.calibration.get(k, pooled)[0] for k in self.weights}
+            columns[f"impostor {IMPOSTOR_QUANTILE:.1%} quantile"] = {
+                k: self.calibration.get(k, pooled)[1] for k in self.weights}
+        return pd.DataFrame(columns).T
 
 
 def _mean_top1(table: pd.DataFrame, emb: np.ndarray) -> float:
@@ -216,10 +299,15 @@ class RecognitionTracks:
         return worst_failures(self.table, self.embeddings[track or self.headline], per_type=per_type)
 
     def side_by_side(self) -> pd.DataFrame:
-        """Tracks as columns; main and strict top-1 overall and per type as rows."""
+        """Tracks as columns; rows: main and strict top-1, their verification figures (ROC AUC, TAR at
+        FAR 1e-3, F1 at the fold's threshold), then top-1 per type."""
         cols = {}
         for name, m in self.tracks.items():
             col = {"main top-1": m["top1"], "strict top-1": m["strict_top1"]}
+            for prefix, label in (("", "main"), ("strict_", "strict")):
+                col.update({f"{label} ROC AUC": m.get(f"{prefix}roc_auc"),
+                            f"{label} TAR@FAR 1e-3": m.get(f"{prefix}tar_at_far_1e-3"),
+                            f"{label} match F1": m.get(f"{prefix}match_f1")})
             col.update({f"main {t}": v for t, v in m["per_distortion"].items()})
             col.update({f"strict {t}": v for t, v in m["strict_per_distortion"].items()})
             cols[name + (" (headline)" if name == self.headline else "")] = col
@@ -274,6 +362,10 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
                               workers=workers, cache_dir=cache).astype(np.float16).astype(np.float32)  # as saved
     fusion = choose_fusion(fold["table"], fold["face_model_restored"], fold["facecom"], fold["kinds"],
                            fold["pixel_copies"], cohort)
+    fusion.calibration = calibrate_scores(
+        fold["table"], fusion.embed(fold["face_model_restored"], fold["facecom"], fold["kinds"],
+                                    fold["table"]["distortion"].isna().to_numpy(), fold["pixel_copies"]),
+        fold["kinds"])
 
     def embeddings(d: dict[str, Any], track: str) -> np.ndarray:
         if track == "facecom_only":  # as saved: its thresholds were chosen on these very scores
@@ -318,6 +410,8 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
     metrics["headline_track"] = headline
     metrics["fusion_weights"] = fusion.weights
     metrics["fusion_copy_weights"] = fusion.gammas
+    metrics["fusion_score_calibration"] = {k: {"impostor_median": m, "impostor_high": h, "quantile": IMPOSTOR_QUANTILE}
+                                           for k, (m, h) in fusion.calibration.items()}
     metrics["selector"] = {t: {k: float(v) for k, v in r.items()} for t, r in selector.to_dict(orient="index").items()}
     metrics.update({k: v for k, v in tracks[headline].items() if k not in ("threshold_source", "outside_face_data")})
     rundir.write_metrics(metrics, cfg, splits.data_root)
