@@ -583,7 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("probes", nargs="+", help="probe image files or folders")
     p.add_argument("--gallery", required=True, help="folder with one subfolder of clean images per identity")
     p.add_argument("--out", default=None, help="CSV file (default: stdout)")
-    p.add_argument("--threshold", type=float, default=None, help="override the checkpoint's match threshold")
+    p.add_argument("--threshold", type=float, default=None, help="override the checkpoint's match threshold (a run directory's fused track: on its "
+                        "calibrated scale, 0 = each type's 99.9th-percentile impostor on the fold)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image (exit 2, nothing written) instead of skipping it")

@@ -435,6 +435,7 @@ def similarity_histograms(
     threshold: float | None = None,
     title: str = "Genuine vs impostor cosine similarity",
     bins: int = 50,
+    xlabel: str = "cosine similarity",
 ) -> Figure:
     """Density histograms of genuine and impostor scores, with the threshold as a vertical line."""
     g = np.asarray(genuine, dtype=float).reshape(-1)
@@ -450,7 +451,7 @@ def similarity_histograms(
         ax.hist(g, bins=edges, density=True, alpha=0.55, color="tab:green", label=f"genuine (n={g.size:,})")
     if threshold is not None:
         ax.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.3f}")
-    ax.set_xlabel("cosine similarity")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
     ax.set_title(title)
     ax.grid(alpha=0.3)

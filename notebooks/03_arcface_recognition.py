@@ -248,7 +248,8 @@ if tracks is not None:
     plots.similarity_histograms(*strict_scores.genuine_impostor(),
                                 threshold=tracks.tracks[tracks.headline]["strict_threshold"],
                                 title=f"{tracks.headline} track: genuine vs impostor identity scores "
-                                      f"({run.metrics['reported_split']}, strict protocol)")
+                                      f"({run.metrics['reported_split']}, strict protocol)",
+                                xlabel="score (fused: per-type calibrated, 0 = the type's 99.9th-pct impostor)")
     plt.show()
 
 # %%

@@ -7,7 +7,15 @@ import pandas as pd
 import pytest
 import torch
 
-from facecom_utils.recognition.face_tracks import POOLED, Fusion, calibrate_scores, fuse_embeddings
+from facecom_utils.recognition.face_tracks import (
+    IMPOSTOR_QUANTILE,
+    MIN_PROBES,
+    MIN_SPREAD,
+    POOLED,
+    Fusion,
+    calibrate_scores,
+    fuse_embeddings,
+)
 from facecom_utils.recognition.protocol import protocol_metrics
 
 
@@ -48,24 +56,55 @@ def _two_kinds(n_id: int = 30, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray,
     return table, _unit(np.asarray(face)), _unit(np.asarray(facecom)), kinds
 
 
+def _impostors(emb: np.ndarray, table: pd.DataFrame, probes: np.ndarray) -> list[float]:
+    """Brute force: every given probe against every gallery photo of another person."""
+    gallery = table["distortion"].isna().to_numpy()
+    ident = table["identity"].to_numpy()
+    return [float(emb[p] @ emb[g]) for p in probes for g in np.flatnonzero(gallery) if ident[p] != ident[g]]
+
+
 def test_scales_are_the_impostor_quantiles_of_each_type() -> None:
     table, face, facecom, kinds = _two_kinds()
     fusion = Fusion({"face": 1.0, "glare": 0.0})
     gallery = table["distortion"].isna().to_numpy()
     emb = fusion.embed(face, facecom, kinds, gallery)
-    scale = calibrate_scores(table, emb, kinds, quantile=0.99, min_impostors=10)
-    ident = table["identity"].to_numpy()
-    pooled = []
-    for kind in ("face", "glare"):  # brute force: every probe of the kind against every other person's photo
-        imp = [float(emb[p] @ emb[g]) for p in np.flatnonzero(kinds == kind) for g in np.flatnonzero(gallery)
-               if ident[p] != ident[g]]
-        pooled += imp
+    scale = calibrate_scores(table, emb, kinds, quantile=0.99, min_probes=10)
+    default = calibrate_scores(table, emb, kinds)
+    assert IMPOSTOR_QUANTILE == 0.999 and set(scale) == set(default) == {"face", "glare"}
+    for kind in ("face", "glare"):
+        imp = _impostors(emb, table, np.flatnonzero(kinds == kind))
         assert scale[kind] == pytest.approx((np.quantile(imp, 0.5), np.quantile(imp, 0.99)), abs=1e-6)
-    assert scale[POOLED] == pytest.approx((np.quantile(pooled, 0.5), np.quantile(pooled, 0.99)), abs=1e-6)
+        assert default[kind] == pytest.approx((np.quantile(imp, 0.5), np.quantile(imp, 0.999)), abs=1e-6)
     # the two recognisers' impostors live on different scales: what the calibration is for
     assert scale["face"][0] > 0.4 and abs(scale["glare"][0]) < 0.1
-    # each kind has 60 probes x 58 other people's photos = 3,480 impostor scores: below the minimum, pooled
-    assert set(calibrate_scores(table, emb, kinds, min_impostors=3481)) == {POOLED}
+    # each kind has 60 probes: a type needs min_probes of them to be scaled on its own
+    assert set(calibrate_scores(table, emb, kinds, min_probes=60)) == {"face", "glare"}
+    assert calibrate_scores(table, emb, kinds, min_probes=61) == {}
+
+
+def test_small_and_unseen_types_are_scaled_on_every_probe_scored_their_way() -> None:
+    table, face, facecom, kinds = _two_kinds()
+    gallery = table["distortion"].isna().to_numpy()
+    rare = kinds.copy()
+    rare[np.flatnonzero(kinds == "face")[: MIN_PROBES - 1]] = "rare"  # too few probes for a scale of its own
+    fusion = Fusion({"face": 1.0, "glare": 0.0, "rare": 1.0})
+    fusion.fit_calibration(table, face, facecom, rare)
+    assert set(fusion.calibration) == {"face", "glare", "rare", POOLED}
+    probes = np.flatnonzero(~gallery)
+    q = [0.5, IMPOSTOR_QUANTILE]
+    own = _impostors(face, table, np.flatnonzero(rare == "face"))  # w = 1: the face model's cosine
+    assert fusion.calibration["face"] == pytest.approx(tuple(np.quantile(own, q)), abs=1e-6)
+    every_face = _impostors(face, table, probes)  # "rare" has w = 1 too: all probes, face-model cosine
+    assert fusion.calibration["rare"] == pytest.approx(tuple(np.quantile(every_face, q)), abs=1e-6)
+    every_facecom = _impostors(facecom, table, probes)  # a type never seen: w = 0, the FACECOM cosine
+    assert fusion.calibration[POOLED] == pytest.approx(tuple(np.quantile(every_facecom, q)), abs=1e-6)
+
+
+def test_a_degenerate_scale_keeps_a_minimum_spread() -> None:
+    table, face, facecom, kinds = _two_kinds(n_id=4)
+    same = np.tile(face[:1], (len(face), 1))  # every image alike: every impostor scores the same
+    (median, high), = calibrate_scores(table, same, np.where(kinds == "clean", "clean", "x"), min_probes=1).values()
+    assert high - median == pytest.approx(MIN_SPREAD)
 
 
 def test_calibrated_dot_product_is_the_affine_map_and_top1_is_unchanged() -> None:
@@ -73,7 +112,8 @@ def test_calibrated_dot_product_is_the_affine_map_and_top1_is_unchanged() -> Non
     gallery = table["distortion"].isna().to_numpy()
     plain = Fusion({"face": 1.0, "glare": 0.0})
     raw = plain.embed(face, facecom, kinds, gallery)
-    calibrated = Fusion(plain.weights, calibration=calibrate_scores(table, raw, kinds))
+    calibrated = Fusion(plain.weights)
+    calibrated.fit_calibration(table, face, facecom, kinds)
     emb = calibrated.embed(face, facecom, kinds, gallery)
     probes = np.flatnonzero(~gallery)
     for p in probes[:: len(probes) // 7]:
@@ -95,7 +135,7 @@ def test_calibration_round_trips_weights_only_and_old_files_stay_uncalibrated(tm
     table, face, facecom, kinds = _two_kinds(n_id=12)
     gallery = table["distortion"].isna().to_numpy()
     fusion = Fusion({"face": 0.8, "glare": 0.1}, {"face": 0.0, "glare": 0.0})
-    fusion.calibration = calibrate_scores(table, fusion.embed(face, facecom, kinds, gallery), kinds)
+    fusion.fit_calibration(table, face, facecom, kinds)
     torch.save(fusion.state_dict(), tmp_path / "face_tracks.pt")
     loaded = Fusion.from_state_dict(torch.load(tmp_path / "face_tracks.pt", weights_only=True))
     assert loaded == fusion
@@ -121,4 +161,4 @@ def test_a_fold_of_one_identity_cannot_be_calibrated() -> None:
     table, face, facecom, kinds = _two_kinds(n_id=3)
     one = table["identity"].eq("id00").to_numpy()
     with pytest.raises(ValueError, match="no probe has an impostor"):
-        calibrate_scores(table[one].reset_index(drop=True), facecom[one], kinds[one])
+        Fusion({"face": 1.0}).fit_calibration(table[one].reset_index(drop=True), face[one], facecom[one], kinds[one])

@@ -43,8 +43,9 @@ from ..restoration import RESTORATION_VERSIONS, check_restoration_versions
 from .copies import COHORT_SIZE, copy_descriptors, copy_evidence
 from .protocol import _quick_scores, choose_thresholds, protocol_metrics
 
-__all__ = ["TRACKS", "Fusion", "RecognitionTracks", "calibrate_scores", "choose_fusion", "evaluate_run",
-           "fuse_embeddings", "recognition_tracks", "run_embeddings", "run_recognition_tracks"]
+__all__ = ["TRACKS", "Fusion", "RecognitionTracks", "calibrate_scores", "choose_fusion", "copy_cohort", "evaluate_run",
+           "fit_estimator", "fit_fusion", "fuse_embeddings", "recognition_tracks", "run_embeddings",
+           "run_recognition_tracks", "track_inputs"]
 
 TRACKS: tuple[str, ...] = ("facecom_only", "face_model", "face_model_restored", "pixel_copies", "fused")
 #: Tracks that read dlib's descriptor (trained on outside face data).
@@ -55,9 +56,12 @@ WEIGHT_GRID: tuple[float, ...] = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
 GAMMA_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
 #: The fused score of an estimated type is anchored at this quantile of its impostor scores (FAR 1e-3 per photo).
 IMPOSTOR_QUANTILE = 0.999
-#: An estimated type with fewer impostor scores on the fold takes the scale of all probes pooled.
-MIN_IMPOSTORS = 200
-#: Key of the pooled scale in :attr:`Fusion.calibration` (types not seen on the fold use it too).
+#: An estimated type with fewer probes on the fold is scaled on all the fold's probes, scored with its (w, gamma).
+MIN_PROBES = 25
+#: The smallest (high - median) a scale keeps, so that a degenerate fold cannot blow the scores up.
+MIN_SPREAD = 1e-3
+#: Key of the scale for probes of a type the fold never estimated: they get w = gamma = 0 (the FACECOM
+#: embedder's cosine), scaled on all the fold's probes scored that way.
 POOLED = "*"
 
 
@@ -99,46 +103,37 @@ def fuse_embeddings(face: np.ndarray, facecom: np.ndarray, weight: np.ndarray, g
 
 
 def _impostor_scale(scores: np.ndarray, quantile: float) -> tuple[float, float]:
-    """``(median, high quantile)`` of impostor scores, the high end kept above the median."""
+    """``(median, high quantile)`` of impostor scores, the high end at least :data:`MIN_SPREAD` above the median."""
     median, high = (float(v) for v in np.quantile(scores, [0.5, quantile]))
-    return median, max(high, median + 1e-6)
+    return median, max(high, median + MIN_SPREAD)
 
 
 def calibrate_scores(table: pd.DataFrame, emb: np.ndarray, kinds: np.ndarray,
-                     quantile: float = IMPOSTOR_QUANTILE, min_impostors: int = MIN_IMPOSTORS,
+                     quantile: float = IMPOSTOR_QUANTILE, min_probes: int = MIN_PROBES,
                      ) -> dict[str, tuple[float, float]]:
-    """Each estimated type's impostor scale on a fold: ``{type: (median, high)}`` plus the pooled one.
+    """The impostor scale ``{type: (median, high)}`` of each estimated type with ``min_probes`` or more probes.
 
     The impostor scores of a type are its probes' dot products with every gallery photo of another
     identity. A probe's calibrated score against a photo is ``(s - high) / (high - median)``: 0 where
     only ``1 - quantile`` of that type's impostor photos reach, -1 at the median impostor. Types with
-    fewer than ``min_impostors`` such scores get the scale of all probes pooled (key :data:`POOLED`).
-    Call it on the validation fold only.
+    fewer probes (or no impostor) are left out; :meth:`Fusion.fit_calibration` scales them. Call it on
+    the validation fold only.
 
     Args:
         table: :func:`~.embedding.embedding_table` rows (gallery rows have no distortion).
         emb: Their (fused, uncalibrated) embeddings.
         kinds: ``[N]`` each row's estimated type (gallery rows are ignored).
-
-    Raises:
-        ValueError: No probe has an impostor (the fold holds one identity).
     """
     gallery = table["distortion"].isna().to_numpy()
     identity = table["identity"].astype(str).to_numpy()
     kinds = np.asarray(kinds).astype(str)
     g_emb, g_id = np.asarray(emb)[gallery], identity[gallery]
-    per_type: dict[str, np.ndarray] = {}
+    out: dict[str, tuple[float, float]] = {}
     for kind in sorted(set(kinds[~gallery])):
         rows = np.flatnonzero(~gallery & (kinds == kind))
-        scores = np.asarray(emb)[rows] @ g_emb.T
-        per_type[str(kind)] = scores[identity[rows][:, None] != g_id[None, :]]
-    pooled = np.concatenate(list(per_type.values())) if per_type else np.zeros(0)
-    if pooled.size == 0:
-        raise ValueError("calibrate_scores: no probe has an impostor photo (the fold needs two or more identities)")
-    out = {POOLED: _impostor_scale(pooled, quantile)}
-    for kind, scores in per_type.items():
-        if scores.size >= min_impostors:
-            out[kind] = _impostor_scale(scores, quantile)
+        scores = (np.asarray(emb)[rows] @ g_emb.T)[identity[rows][:, None] != g_id[None, :]]
+        if len(rows) >= min_probes and scores.size:
+            out[str(kind)] = _impostor_scale(scores, quantile)
     return out
 
 
@@ -151,9 +146,9 @@ class Fusion:
             Types not in the table get 0 (the FACECOM model alone).
         cohort: ``[C, D]`` copy descriptors of the cohort (clean photos of the run's training
             people), needed when any gamma is above 0.
-        calibration: ``{estimated type: (median, high)}`` impostor scales (:func:`calibrate_scores`),
-            with the pooled one under :data:`POOLED`; empty: scores are left uncalibrated (files
-            written before calibration existed).
+        calibration: ``{estimated type: (median, high)}`` impostor scales (:meth:`fit_calibration`),
+            with the one for types the fold never estimated under :data:`POOLED`; empty: scores are
+            left uncalibrated (files written before calibration existed).
     """
 
     weights: dict[str, float]
@@ -173,13 +168,41 @@ class Fusion:
     def embed(self, face: np.ndarray, facecom: np.ndarray, kinds: np.ndarray, gallery: np.ndarray,
               copies: np.ndarray | None = None) -> np.ndarray:
         """The fused embeddings of rows (see :func:`fuse_embeddings`)."""
+        return self.calibrate(self._fused(face, facecom, kinds, gallery, copies), kinds, gallery)
+
+    def _fused(self, face: np.ndarray, facecom: np.ndarray, kinds: np.ndarray, gallery: np.ndarray,
+               copies: np.ndarray | None = None) -> np.ndarray:
         w, g = self.per_probe(kinds)
         if self.uses_copies and (copies is None or self.cohort is None):
             raise ValueError("this fusion adds copy evidence: pass the rows' copy descriptors, and load a "
                              "face_tracks.pt that holds the copy cohort (one written before the cohort "
                              "existed must be re-scored: run notebook 03's tracks stage again)")
-        emb = fuse_embeddings(face, facecom, w, gallery, copies if self.uses_copies else None, g, self.cohort)
-        return self.calibrate(emb, kinds, gallery)
+        return fuse_embeddings(face, facecom, w, gallery, copies if self.uses_copies else None, g, self.cohort)
+
+    def fit_calibration(self, table: pd.DataFrame, face: np.ndarray, facecom: np.ndarray, kinds: np.ndarray,
+                        copies: np.ndarray | None = None) -> None:
+        """Sets :attr:`calibration` on a validation fold: every type of :attr:`weights` and :data:`POOLED`.
+
+        A type with :data:`MIN_PROBES` or more probes is scaled on its own probes
+        (:func:`calibrate_scores`); a type with fewer is scaled on all the fold's probes scored with
+        its (w, gamma), and :data:`POOLED` on all of them scored with w = gamma = 0, the scores a probe
+        of a type the fold never estimated gets. So a scale always belongs to the mix it rescales.
+
+        Raises:
+            ValueError: No probe of the fold has an impostor (it holds one identity).
+        """
+        gallery = np.asarray(table["distortion"].isna().to_numpy(), bool)
+        kinds = np.asarray(kinds).astype(str)
+        scales = calibrate_scores(table, self._fused(face, facecom, kinds, gallery, copies), kinds)
+        for kind in [k for k in self.weights if k not in scales] + [POOLED]:
+            as_kind = np.where(gallery, kinds, kind)
+            scale = calibrate_scores(table, self._fused(face, facecom, as_kind, gallery, copies), as_kind,
+                                     min_probes=1).get(kind)
+            if scale is None:
+                raise ValueError("fit_calibration: no probe has an impostor photo (the fold needs two or more "
+                                 "identities)")
+            scales[kind] = scale
+        self.calibration = scales
 
     def calibrate(self, emb: np.ndarray, kinds: np.ndarray, gallery: np.ndarray) -> np.ndarray:
         """Fused embeddings whose dot products are the calibrated scores (unchanged without a calibration).
@@ -217,8 +240,8 @@ class Fusion:
                    {k: (float(v[0]), float(v[1])) for k, v in state.get("calibration", {}).items()})
 
     def table(self) -> pd.DataFrame:
-        """One row per estimated type: ``face-model weight``, ``copy weight`` and, when calibrated, the
-        impostor ``median`` and ``99.9th pct`` score the calibration maps to -1 and 0."""
+        """One row per estimated type: ``face-model weight``, ``copy weight`` and, when calibrated,
+        ``impostor median`` and ``impostor 99.9% quantile``, the scores the calibration maps to -1 and 0."""
         columns: dict[str, Any] = {"face-model weight": self.weights,
                                    "copy weight": {k: self.gammas.get(k, 0.0) for k in self.weights}}
         if self.calibration:
@@ -314,6 +337,48 @@ class RecognitionTracks:
         return pd.DataFrame(cols)
 
 
+def fit_estimator(train: pd.DataFrame, seed: int, workers: int, cache: Path,
+                  n_images: int = 4000) -> DistortionEstimator:
+    """The restoration selector, fitted on a seeded sample of ``n_images`` training images and their types."""
+    sample = train.sample(n=min(n_images, len(train)), random_state=seed)
+    return DistortionEstimator.fit(quality_feature_matrix(sample["path"], workers=workers, cache_dir=cache),
+                                   sample["distortion"].fillna("clean").tolist(), seed=seed)
+
+
+def copy_cohort(train: pd.DataFrame, seed: int, workers: int, cache: Path) -> np.ndarray:
+    """Copy descriptors of a seeded cohort of the training people's clean photos, rounded as ``face_tracks.pt`` keeps them."""
+    clean = train[train["distortion"].isna()]
+    paths = clean.sample(n=min(COHORT_SIZE, len(clean)), random_state=seed)["path"].tolist()
+    return copy_descriptors(paths, workers=workers, cache_dir=cache).astype(np.float16).astype(np.float32)
+
+
+def track_inputs(table: pd.DataFrame, emb: np.ndarray, estimator: DistortionEstimator, store: Any, workers: int,
+                 cache: Path) -> dict[str, Any]:
+    """Everything the tracks read about one embedded split: estimated types, restorations, dlib and copy
+    descriptors (cached by content), the FACECOM embeddings raw and L2-normalised."""
+    q = quality_feature_matrix(table["path"], workers=workers, cache_dir=cache)
+    restorations = estimator.restorations(q)
+    plain = store.describe(table["path"].tolist())
+    restored = store.describe(table["path"].tolist(), restorations)
+    return {"table": table, "kinds": estimator.predict(q), "restorations": np.asarray(restorations),
+            "facecom_raw": emb,
+            "facecom": emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12),
+            "detected": plain.detected, "detected_restored": restored.detected,
+            "face_model": plain.normalised(),
+            "pixel_copies": copy_descriptors(table["path"].tolist(), workers=workers, cache_dir=cache),
+            "face_model_restored": restored.normalised()}
+
+
+def fit_fusion(fold: dict[str, Any], cohort: np.ndarray) -> Fusion:
+    """The fused track's choices on a validation fold (:func:`track_inputs`): (w, gamma) per estimated
+    type (:func:`choose_fusion`), then the score scale per type (:func:`calibrate_scores`)."""
+    fusion = choose_fusion(fold["table"], fold["face_model_restored"], fold["facecom"], fold["kinds"],
+                           fold["pixel_copies"], cohort)
+    fusion.fit_calibration(fold["table"], fold["face_model_restored"], fold["facecom"], fold["kinds"],
+                           fold["pixel_copies"])
+    return fusion
+
+
 def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
     """Stage 5: scores every track on the reported split; choices (weights, thresholds) on the fold.
 
@@ -334,38 +399,17 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
     cache = (Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()) / "face_model"
     workers = cfg.face_workers or max(1, min(4, os.cpu_count() or 1))
     store = DescriptorStore(cache, workers=workers, progress=cfg.progress)
-    train = splits.train.sample(n=min(4000, len(splits.train)), random_state=cfg.seed)
-    estimator = DistortionEstimator.fit(quality_feature_matrix(train["path"], workers=workers, cache_dir=cache),
-                                        train["distortion"].fillna("clean").tolist(), seed=cfg.seed)
+    estimator = fit_estimator(splits.train, cfg.seed, workers, cache)
     roles = {FOLD_ROLE: rundir.load_embeddings(FOLD_ROLE)}
     reported = run.metrics.get("reported_role", REPORT_ROLE)
     if reported == FOLD_ROLE:
-        warnings.warn("the run reports its validation fold: the fusion weights are chosen on the reported "
-                      "images themselves (optimistic)", stacklevel=2)
+        warnings.warn("the run reports its validation fold: the fusion weights, the score calibration and the "
+                      "thresholds are chosen on the reported images themselves (optimistic)", stacklevel=2)
     roles.setdefault(reported, rundir.load_embeddings(reported))
-    data = {}
-    for role, (table, emb) in roles.items():
-        q = quality_feature_matrix(table["path"], workers=workers, cache_dir=cache)
-        restorations = estimator.restorations(q)
-        plain = store.describe(table["path"].tolist())
-        restored = store.describe(table["path"].tolist(), restorations)
-        data[role] = {"table": table, "kinds": estimator.predict(q), "restorations": np.asarray(restorations),
-                      "facecom_raw": emb,
-                      "facecom": emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12),
-                      "detected": plain.detected, "detected_restored": restored.detected,
-                      "face_model": plain.normalised(),
-                      "pixel_copies": copy_descriptors(table["path"].tolist(), workers=workers, cache_dir=cache),
-                      "face_model_restored": restored.normalised()}
+    data = {role: track_inputs(table, emb, estimator, store, workers, cache) for role, (table, emb) in roles.items()}
     fold = data[FOLD_ROLE]
-    clean = splits.train[splits.train["distortion"].isna()]
-    cohort = copy_descriptors(clean.sample(n=min(COHORT_SIZE, len(clean)), random_state=cfg.seed)["path"].tolist(),
-                              workers=workers, cache_dir=cache).astype(np.float16).astype(np.float32)  # as saved
-    fusion = choose_fusion(fold["table"], fold["face_model_restored"], fold["facecom"], fold["kinds"],
-                           fold["pixel_copies"], cohort)
-    fusion.calibration = calibrate_scores(
-        fold["table"], fusion.embed(fold["face_model_restored"], fold["facecom"], fold["kinds"],
-                                    fold["table"]["distortion"].isna().to_numpy(), fold["pixel_copies"]),
-        fold["kinds"])
+    cohort = copy_cohort(splits.train, cfg.seed, workers, cache)
+    fusion = fit_fusion(fold, cohort)
 
     def embeddings(d: dict[str, Any], track: str) -> np.ndarray:
         if track == "facecom_only":  # as saved: its thresholds were chosen on these very scores
