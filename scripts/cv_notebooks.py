@@ -2,6 +2,7 @@
 
     python scripts/cv_notebooks.py --notebook 03 --out reports/cv_recognition   # Task B, 3 folds
     python scripts/cv_notebooks.py --notebook 03 --out reports/cv_recognition --retrack   # re-score the tracks
+    python scripts/cv_notebooks.py --notebook 03 --out reports/cv_recognition --cheap-repeats 10  # cheap stages x10
     python scripts/cv_notebooks.py --notebook 02 --out reports/cv_gender       # Task A, 3 folds
 
 The training split's people are divided (``--seed``) into ``--folds`` disjoint parts: for notebook 03
@@ -16,6 +17,13 @@ A finished fold (its ``metrics.json`` has ``tracks``) is skipped, so an interrup
 
 The summary (``summary.json``, ``summary.md``) gives every track's headline metrics, overall and per
 distortion type, as mean, SD and mean - SD over the folds.
+
+``--cheap-repeats R`` (notebook 03) then re-chooses the cheap stages R times per fold on its fixed
+embeddings: the restoration selector (its own training sample), the copy cohort, and on a seeded 80 %
+of the validation fold's identities the fusion weights, the score calibration and the thresholds. The
+fused track is scored on the fold's ``val`` each time; ``cheap_repeats.md`` gives each fold's mean and
+SD over its repeats, the spread within folds (the cheap stages') and between folds (the embedder's and
+the people's). Finished repeats are kept in ``cheap_repeats.json``, so it resumes too.
 """
 
 from __future__ import annotations
@@ -92,13 +100,12 @@ def run_fold(root: Path, out: Path, i: int, preset: str, notebook: str) -> None:
     (out / "runs" / f"fold{i}" / "cv_seconds.txt").write_text(f"{time.perf_counter() - t0:.0f}\n")
 
 
-def retrack(run_dir: Path) -> dict:
-    """Re-scores every track of a finished fold from its saved embeddings with the installed package."""
+def _run_context(run_dir: Path):
+    """``(config, splits, run, rundir)`` of a finished notebook-03 fold, rebuilt from its ``metrics.json``."""
     from types import SimpleNamespace
 
     from facecom_utils import recognition as rec
     from facecom_utils.recognition import RecognitionConfig
-    from facecom_utils.recognition.face_tracks import recognition_tracks
     from facecom_utils.rundir import RunDir
 
     rundir = RunDir(run_dir / NOTEBOOKS["03"])
@@ -110,8 +117,119 @@ def retrack(run_dir: Path) -> dict:
     splits = rec.recognition_splits(config)
     run = SimpleNamespace(output_dir=str(rundir.path), metrics=metrics, threshold=metrics["tracks"]["facecom_only"]["threshold"],
                           strict_threshold=metrics["tracks"]["facecom_only"]["strict_threshold"])
+    return config, splits, run, rundir
+
+
+def retrack(run_dir: Path) -> dict:
+    """Re-scores every track of a finished fold from its saved embeddings with the installed package."""
+    from facecom_utils.recognition.face_tracks import recognition_tracks
+
+    config, splits, run, rundir = _run_context(run_dir)
     recognition_tracks(config, splits, run)
     return rundir.read_metrics()
+
+
+#: What each repeat of the cheap stages records about the fused track on the reported split.
+CHEAP_KEYS = ("top1", "strict_top1", "roc_auc", "strict_roc_auc", "tar_at_far_1e-3", "strict_tar_at_far_1e-3",
+              "match_f1", "strict_match_f1")
+
+
+def subset_identities(data: dict, fraction: float, seed: int) -> dict:
+    """The rows of a seeded ``fraction`` of a split's identities: every per-row array and the table cut alike."""
+    table = data["table"]
+    names = np.array(sorted(table["identity"].astype(str).unique()))
+    keep = np.random.default_rng(seed).choice(names, size=max(2, int(round(fraction * len(names)))), replace=False)
+    rows = table["identity"].astype(str).isin(set(keep)).to_numpy()
+    out = {k: (v[rows] if isinstance(v, np.ndarray) and len(v) == len(table) else v) for k, v in data.items()}
+    out["table"] = table[rows].reset_index(drop=True)
+    return out
+
+
+def cheap_repeats(run_dir: Path, repeats: list[int], fraction: float) -> list[dict]:
+    """Task B's cheap stages re-chosen ``len(repeats)`` times on one fold's fixed embeddings.
+
+    Repeat ``r`` refits the restoration selector on its own seeded sample of the training images,
+    draws its own copy cohort, keeps a seeded ``fraction`` of the validation fold's identities, and on
+    them chooses the fusion weights, the score calibration and the thresholds (seed ``r``); the
+    fused track is then scored on the reported people, which no choice saw. The embedder is the fold's.
+    """
+    from facecom_utils.cache import default_cache_dir
+    from facecom_utils.face_model import DescriptorStore
+    from facecom_utils.recognition.face_tracks import copy_cohort, fit_estimator, fit_fusion, track_inputs
+    from facecom_utils.recognition.protocol import choose_thresholds, protocol_metrics
+    from facecom_utils.rundir import FOLD_ROLE, REPORT_ROLE
+
+    config, splits, run, rundir = _run_context(run_dir)
+    cache = (Path(config.cache_dir) if config.cache_dir else default_cache_dir()) / "face_model"
+    workers = config.face_workers or 2
+    store = DescriptorStore(cache, workers=workers)
+    roles = {role: rundir.load_embeddings(role) for role in (FOLD_ROLE, run.metrics.get("reported_role", REPORT_ROLE))}
+    records = []
+    for r in repeats:
+        t0 = time.perf_counter()
+        estimator = fit_estimator(splits.train, r, workers, cache)
+        fold, rep = (track_inputs(t, e, estimator, store, workers, cache) for t, e in roles.values())
+        fold = subset_identities(fold, fraction, r)
+        fusion = fit_fusion(fold, copy_cohort(splits.train, r, workers, cache))
+
+        def fused(d: dict) -> np.ndarray:
+            return fusion.embed(d["face_model_restored"], d["facecom"], d["kinds"],
+                                d["table"]["distortion"].isna().to_numpy(), d["pixel_copies"])
+
+        th = choose_thresholds(fold["table"], fused(fold), method=config.threshold_method, seed=r)
+        m = protocol_metrics(rep["table"], fused(rep), th["threshold"], th["strict_threshold"], seed=r)
+        values = {k: float(m[k]) for k in CHEAP_KEYS}
+        values.update({f"main {k}": float(v) for k, v in m["per_distortion"].items()})
+        values.update({f"strict {k}": float(v) for k, v in m["strict_per_distortion"].items()})
+        values.update({f"w {k}": float(v) for k, v in fusion.weights.items()})
+        records.append({"repeat": r, "seconds": time.perf_counter() - t0, "values": values})
+        print(f"  repeat {r}: strict top-1 {values['strict_top1']:.3f}, strict sunny {values.get('strict sunny', float('nan')):.3f}, "
+              f"strict AUC {values['strict_roc_auc']:.3f} ({records[-1]['seconds']:.0f} s)", flush=True)
+    return records
+
+
+def summarise_repeats(records: dict[str, list[dict]]) -> pd.DataFrame:
+    """Rows: metrics; columns: each fold's mean and SD over its repeats, then the mean of the fold means,
+    the SD within folds (root mean of the folds' variances: the cheap stages' own spread), the SD between
+    the fold means (the embedder's and the people's) and mean - SD between."""
+    cols = {}
+    for fold, recs in sorted(records.items()):
+        frame = pd.DataFrame([r["values"] for r in recs])
+        cols[f"{fold} mean"] = frame.mean()
+        cols[f"{fold} sd"] = frame.std(ddof=1)
+    table = pd.DataFrame(cols)
+    means = table[[c for c in table.columns if c.endswith(" mean")]]
+    sds = table[[c for c in table.columns if c.endswith(" sd")]]
+    table["mean"] = means.mean(axis=1)
+    table["sd within"] = np.sqrt((sds ** 2).mean(axis=1))
+    table["sd between"] = means.std(axis=1, ddof=1)
+    table["mean - sd between"] = table["mean"] - table["sd between"]
+    return table
+
+
+def run_cheap_repeats(out: Path, folds: int, repeats: int, fraction: float) -> pd.DataFrame:
+    """Resumable: ``cheap_repeats.json`` keeps every finished repeat; the summary goes to ``cheap_repeats.md``."""
+    file = out / "cheap_repeats.json"
+    done: dict[str, list[dict]] = json.loads(file.read_text()) if file.is_file() else {}
+    for i in range(folds):
+        key = f"fold{i}"
+        have = {r["repeat"] for r in done.get(key, [])}
+        todo = [r for r in range(repeats) if r not in have]
+        if not todo:
+            continue
+        print(f"{key}: cheap stages, repeats {todo[0]}-{todo[-1]}", flush=True)
+        for r in todo:  # one at a time, so an interrupted run keeps what it finished
+            done.setdefault(key, []).extend(cheap_repeats(out / "runs" / key, [r], fraction))
+            tmp = file.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(done, indent=1))
+            tmp.replace(file)
+    table = summarise_repeats({k: [r for r in v if r["repeat"] < repeats] for k, v in done.items()})
+    try:
+        text = table.round(3).to_markdown()
+    except ImportError:
+        text = table.round(3).to_string()
+    (out / "cheap_repeats.md").write_text(text)
+    return table
 
 
 def _fold_values(notebook: str, t: dict) -> dict[str, float]:
@@ -160,6 +278,11 @@ def main() -> None:
     ap.add_argument("--preset", default="facecom_cpu")
     ap.add_argument("--retrack", action="store_true",
                     help="notebook 03: re-score the finished folds' tracks with today's code")
+    ap.add_argument("--cheap-repeats", type=int, default=0,
+                    help="notebook 03: afterwards, re-choose the cheap stages (selector, fusion, calibration, "
+                         "thresholds) this many times per fold on its fixed embeddings (cheap_repeats.md)")
+    ap.add_argument("--cheap-fraction", type=float, default=0.8,
+                    help="share of the validation fold's identities each cheap repeat chooses on")
     args = ap.parse_args()
     out = Path(args.out or f"reports/cv_notebook{args.notebook}").absolute()
     roots = make_fold_roots(Path(args.data_root).absolute(), out, args.notebook, args.folds, args.seed)
@@ -182,6 +305,10 @@ def main() -> None:
     (out / "summary.md").write_text(text)
     with pd.option_context("display.width", 200, "display.max_rows", 200):
         print(table.round(3))
+    if args.cheap_repeats and args.notebook == "03":
+        repeated = run_cheap_repeats(out, args.folds, args.cheap_repeats, args.cheap_fraction)
+        with pd.option_context("display.width", 200, "display.max_rows", 200):
+            print(repeated.round(3))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import load_script
@@ -54,3 +55,33 @@ def test_fold_roots_are_person_disjoint_and_cover_everyone(tmp_path: Path) -> No
                     assert all(f.parent.name == labels[f.name.rsplit("_", 1)[0]] for f in files)
                 assert {labels[p] for p in val} == {"female", "male"}
         assert sorted(p for part in held for p in part) == sorted(labels)  # each person held out exactly once
+
+
+def test_cheap_repeat_subset_keeps_whole_identities_and_aligned_rows() -> None:
+    import pandas as pd
+
+    cv = _script()
+    table = pd.DataFrame({"identity": [f"id{i % 10}" for i in range(40)], "path": [f"/x/{i}.jpg" for i in range(40)]})
+    data = {"table": table, "kinds": np.array([f"k{i}" for i in range(40)]), "facecom": np.arange(80.0).reshape(40, 2),
+            "cohort_like": np.zeros((7, 2))}  # not a per-row array: left whole
+    sub = cv.subset_identities(data, 0.8, seed=3)
+    kept = set(sub["table"]["identity"])
+    assert len(kept) == 8
+    assert sub["table"]["identity"].value_counts().eq(4).all()  # every row of a kept identity, none of the others
+    rows = [int(p[3:-4]) for p in sub["table"]["path"]]
+    assert [int(k[1:]) for k in sub["kinds"]] == rows and sub["facecom"][:, 0].tolist() == [2.0 * i for i in rows]
+    assert sub["cohort_like"].shape == (7, 2)
+    assert set(cv.subset_identities(data, 0.8, seed=3)["table"]["identity"]) == kept  # seeded
+    assert set(cv.subset_identities(data, 0.8, seed=4)["table"]["identity"]) != kept
+
+
+def test_repeat_summary_separates_the_spread_within_and_between_folds() -> None:
+    cv = _script()
+    records = {"fold0": [{"values": {"m": v}} for v in (0.1, 0.3)],   # mean 0.2, SD 0.1414
+               "fold1": [{"values": {"m": v}} for v in (0.5, 0.5)]}   # mean 0.5, SD 0
+    row = cv.summarise_repeats(records).loc["m"]
+    assert row["fold0 mean"] == pytest.approx(0.2) and row["fold0 sd"] == pytest.approx(np.sqrt(0.02))
+    assert row["mean"] == pytest.approx(0.35)
+    assert row["sd within"] == pytest.approx(np.sqrt((0.02 + 0.0) / 2))
+    assert row["sd between"] == pytest.approx(np.std([0.2, 0.5], ddof=1))
+    assert row["mean - sd between"] == pytest.approx(0.35 - np.std([0.2, 0.5], ddof=1))
