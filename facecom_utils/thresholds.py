@@ -52,6 +52,8 @@ class ThresholdConfig:
             threshold notebook 03 chose on its validation fold (k-fold, balanced pairs).
         n_examples: image pairs shown per kind of error.
         seed: seed of the balanced impostor-pair draw.
+        track: the track analysed: ``"headline"`` (the run's ``headline_track``), ``"facecom_only"``
+            (its saved embeddings) or another track of notebook 03 (``fused``, ``face_model``, ...).
     """
 
     run_dir: str
@@ -59,6 +61,7 @@ class ThresholdConfig:
     target_far: float | None = None
     n_examples: int = 6
     seed: int = 0
+    track: str = "headline"
 
 
 @dataclasses.dataclass
@@ -73,13 +76,30 @@ class RecognitionRunFiles:
     threshold: float
     strict_threshold: float
     data_root: str | None
+    track: str = "facecom_only"
+    threshold_details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def score_name(self) -> str:
+        """What the track's scores are, for axis labels."""
+        if self.track == "fused":
+            return "fused score (per-type calibrated; 0 = the type's 99.9th-pct impostor)"
+        return "cosine similarity"
 
 
-def load_recognition_run(run_dir: str | Path) -> RecognitionRunFiles:
-    """Read a notebook-03 output folder: its metrics and the saved embeddings of fold and reported split.
+def load_recognition_run(run_dir: str | Path, track: str = "facecom_only") -> RecognitionRunFiles:
+    """Read a notebook-03 output folder: its metrics and one track's embeddings of fold and reported split.
+
+    Args:
+        run_dir: The notebook-03 output folder.
+        track: ``"facecom_only"`` (the saved embeddings), ``"headline"`` (the run's ``headline_track``)
+            or another track of the run (rebuilt from ``face_tracks.pt`` and the descriptor caches,
+            :func:`~facecom_utils.recognition.face_tracks.saved_track_embeddings`). Thresholds are the
+            ones notebook 03 chose for that track on the validation fold.
 
     Raises:
         FileNotFoundError: naming the folder and what it should hold (run notebook 03 first).
+        ValueError: a track the run did not score.
     """
     from facecom_utils.rundir import FOLD_ROLE, REPORT_ROLE, RunDir
 
@@ -91,13 +111,29 @@ def load_recognition_run(run_dir: str | Path) -> RecognitionRunFiles:
             f"{folder}: no metrics.json; expected the output_dir of a finished notebook 03 run "
             "(metrics.json + embeddings/fold.npz); run 03_arcface_recognition first"
         )
-    fold = outputs.load_embeddings(FOLD_ROLE)
     role = metrics.get("reported_role") or REPORT_ROLE
-    report = outputs.load_embeddings(role) if role != FOLD_ROLE and outputs.has_embeddings(role) else fold
-    role = role if report is not fold else FOLD_ROLE
-    # the saved embeddings are the FACECOM-only embedder's: take its thresholds (the headline on
-    # top of metrics.json may be a fused track with thresholds of its own)
-    own = (metrics.get("tracks") or {}).get("facecom_only", metrics)
+    role = role if role != FOLD_ROLE and outputs.has_embeddings(role) else FOLD_ROLE
+    tracks = metrics.get("tracks") or {}
+    if track == "headline":
+        track = str(metrics.get("headline_track", "facecom_only"))
+    if track != "facecom_only" and track not in tracks:
+        raise ValueError(f"{folder}: the run has no {track!r} track (it scored: "
+                         f"{', '.join(tracks) or 'facecom_only only'})")
+    details = metrics.get("threshold_details") or {}
+    if track == "facecom_only":
+        fold, report = outputs.load_embeddings(FOLD_ROLE), outputs.load_embeddings(role)
+    else:
+        from facecom_utils.recognition.face_tracks import saved_track_embeddings
+        from facecom_utils.recognition.protocol import choose_thresholds
+
+        params = metrics.get("parameters") or {}
+        rebuilt = saved_track_embeddings(folder, sorted({FOLD_ROLE, role}), track, params.get("cache_dir"))
+        fold, report = rebuilt[FOLD_ROLE], rebuilt[role]
+        # the per-fold thresholds behind the track's threshold (notebook 03 keeps only the result)
+        details = choose_thresholds(*fold, method=params.get("threshold_method", "kfold"),
+                                    seed=int(params.get("seed", 0)))["details"]
+    # the thresholds notebook 03 chose for this track (the top of metrics.json may be another track's)
+    own = tracks.get(track, metrics)
     threshold = float(own["threshold"])
     strict = own.get("strict_threshold")
     return RecognitionRunFiles(
@@ -109,6 +145,8 @@ def load_recognition_run(run_dir: str | Path) -> RecognitionRunFiles:
         threshold=threshold,
         strict_threshold=float(strict) if strict is not None else threshold,
         data_root=metrics.get("data_root") or (metrics.get("parameters") or {}).get("data_root"),
+        track=track,
+        threshold_details=dict(details),
     )
 
 
@@ -120,7 +158,7 @@ class ScoreAnalysis:
         probes: one row per evaluable probe: ``path``, ``identity``, ``distortion``, ``genuine``
             (score of its own identity), ``impostor`` (best other identity's score), ``impostor_identity``,
             ``top1_correct``.
-        scores: ``[P, I]`` identity scores (max cosine over the identity's gallery images).
+        scores: ``[P, I]`` identity scores (max score over the identity's gallery images).
         true_idx: ``[P]`` column of each probe's identity.
         identities: the ``I`` gallery identities.
         gallery: the gallery rows (``path``, ``identity``) and their embeddings, for picking images.
@@ -297,18 +335,22 @@ def plot_error_pairs(errors: pd.DataFrame, title: str, ncols: int = 3) -> Figure
                      errors["caption"].tolist(), ncols=ncols, title=title)
 
 
-def plot_fold_thresholds(metrics: Mapping[str, Any], title: str = "Match threshold chosen per fold (k-fold on the validation fold)") -> Figure:
-    """How notebook 03's k-fold threshold moved across folds (from its ``threshold_details``)."""
+def plot_fold_thresholds(run: RecognitionRunFiles | Mapping[str, Any],
+                         title: str = "Match threshold chosen per fold (k-fold on the validation fold)") -> Figure:
+    """How notebook 03's k-fold threshold moved across folds: a run's track (its ``threshold_details``),
+    or a notebook-03 ``metrics.json`` (the FACECOM-only embedder's)."""
     from facecom_utils.plots import fold_thresholds_plot
 
-    details = metrics.get("threshold_details") or {}
+    details = (run.threshold_details if isinstance(run, RecognitionRunFiles)
+               else run.get("threshold_details")) or {}
     if not details.get("fold_thresholds"):
         return message_figure(title, f"threshold method {details.get('method', 'unknown')!r}: no per-fold thresholds")
     return fold_thresholds_plot(details["fold_thresholds"], details.get("fold_accuracies"), title=title)
 
 
-def plot_histograms_per_distortion(analysis: ScoreAnalysis, threshold: float | None = None, bins: int = 40) -> Figure:
-    """Genuine vs impostor cosine histograms, one small panel per distortion type."""
+def plot_histograms_per_distortion(analysis: ScoreAnalysis, threshold: float | None = None, bins: int = 40,
+                                   xlabel: str = "cosine similarity") -> Figure:
+    """Genuine vs impostor score histograms, one small panel per distortion type."""
     kinds = analysis.distortions
     ncols = min(4, len(kinds))
     nrows = math.ceil(len(kinds) / ncols)
@@ -323,7 +365,7 @@ def plot_histograms_per_distortion(analysis: ScoreAnalysis, threshold: float | N
         if threshold is not None:
             ax.axvline(threshold, color="black", ls="--", lw=1)
         ax.set_title(f"{kind} (n={len(g)} probes)", fontsize=9)
-        ax.set_xlabel("cosine similarity")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("density")
     for ax in list(axes.flat)[len(kinds):]:
         ax.axis("off")
@@ -346,7 +388,7 @@ def threshold_metrics(
     from facecom_utils.evaluation import choose_threshold
     from facecom_utils.verification import match_metrics, match_pairs
 
-    out: dict[str, Any] = {"reported_split": run.reported_split, "run_dir": str(run.run_dir)}
+    out: dict[str, Any] = {"reported_split": run.reported_split, "run_dir": str(run.run_dir), "track": run.track}
     for prefix, analysis, rec in (("", report, recommendation), ("strict_", strict_report, strict_recommendation)):
         g, i = analysis.genuine_impostor()
         t = float(rec["threshold"])
@@ -371,7 +413,7 @@ def threshold_metrics(
             f"{prefix}oracle_threshold": float(oracle),
             f"{prefix}per_distortion": {k: {"tar": r["tar"], "far": r["far"]} for k, r in per.drop(index="all").iterrows()},
         })
-    details = run.metrics.get("threshold_details") or {}
+    details = run.threshold_details or {}
     if details.get("fold_thresholds"):
         out["threshold_fold_mean"] = float(np.mean(details["fold_thresholds"]))
         out["threshold_fold_std"] = float(np.std(details["fold_thresholds"]))

@@ -17,14 +17,18 @@
 # # 04 · Threshold analysis of a recognition run
 #
 # Takes the output folder of a notebook-03 run (`run_dir`: its `metrics.json` and saved embeddings) and
-# looks at the match threshold from every side: genuine vs impostor cosine histograms, overall and per
+# looks at the match threshold from every side: genuine vs impostor score histograms, overall and per
 # distortion type; ROC and DET curves; precision, recall and F1 against the threshold; how the threshold
 # chosen by k-fold cross-validation moves across folds; the hardest false matches and misses as image pairs;
-# and a recommended operating threshold with the false accept rate it implies. It analyses the run's saved
-# embeddings, i.e. the **FACECOM-only** track (`tracks.facecom_only` in notebook 03's metrics.json).
+# and a recommended operating threshold with the false accept rate it implies. It analyses one of the run's
+# tracks (`track`): by default the **headline** (`headline_track` in notebook 03's metrics.json: `fused` when
+# dlib is installed, whose scores are calibrated per estimated type, 0 = that type's 99.9th-percentile impostor
+# on the validation fold), or `facecom_only` (the saved embeddings of the FACECOM-trained embedder alone), or
+# any other track notebook 03 scored. Face-model tracks are rebuilt from the saved embeddings, `face_tracks.pt`
+# and the descriptor caches; they use dlib's descriptor, trained on outside face data.
 #
 # **Protocol.** The same as notebook 03: gallery = every clean image of the evaluated identities, probes =
-# every distorted image; identity score = max cosine over the identity's gallery images; genuine scores =
+# every distorted image; identity score = max score over the identity's gallery images; genuine scores =
 # each probe against its own identity, impostor scores = each probe against every other identity. The
 # **recommended threshold is decided on the validation fold only** (by default the k-fold threshold of
 # notebook 03; with `target_far` set, the lowest fold threshold whose FAR stays under it) and then
@@ -40,6 +44,7 @@ output_dir: Optional[str] = None  # where metrics.json is written; None: reports
 target_far: Optional[float] = None  # None: the fold threshold of notebook 03; a FAR such as 1e-3: the lowest fold threshold under it
 n_examples: int = 6  # image pairs shown per kind of error
 seed: int = 0  # seed of the balanced impostor-pair draw
+track: str = "headline"  # "headline" (the run's headline_track), "facecom_only", "fused", "face_model_restored", ...
 
 # %%
 import matplotlib.pyplot as plt
@@ -51,9 +56,10 @@ from facecom_utils import notebook, plots, thresholds
 run_dir = run_dir or notebook.default_output_dir("03_arcface_recognition")
 output_dir = notebook.resolve_output_dir(output_dir, "04_threshold_analysis")
 config = thresholds.ThresholdConfig(run_dir=str(run_dir), output_dir=str(output_dir), target_far=target_far,
-                                    n_examples=n_examples, seed=seed)
-run = thresholds.load_recognition_run(config.run_dir)
+                                    n_examples=n_examples, seed=seed, track=track)
+run = thresholds.load_recognition_run(config.run_dir, config.track)
 notebook.data_banner(run.data_root)
+print(f"track analysed: {run.track} (scores: {run.score_name})")
 
 # %%
 report = thresholds.score_analysis(*run.report)
@@ -76,18 +82,19 @@ for name, a in (("main", report), ("strict", strict_report), ("fold", fold)):
 
 # %%
 genuine, impostor = report.genuine_impostor()
-plots.similarity_histograms(genuine, impostor, threshold=recommendation["threshold"],
-                            title=f"Genuine vs impostor identity scores on {run.reported_split} (main protocol)")
+plots.similarity_histograms(genuine, impostor, threshold=recommendation["threshold"], xlabel=run.score_name,
+                            title=f"Genuine vs impostor identity scores on {run.reported_split} (main protocol, {run.track})")
 plt.show()
 
 # %%
-thresholds.plot_histograms_per_distortion(report, recommendation["threshold"])
+thresholds.plot_histograms_per_distortion(report, recommendation["threshold"], xlabel=run.score_name)
 plt.show()
 
 # %%
 strict_genuine, strict_impostor = strict_report.genuine_impostor()
 plots.similarity_histograms(strict_genuine, strict_impostor, threshold=strict_recommendation["threshold"],
-                            title=f"Genuine vs impostor scores on {run.reported_split} (strict: own source removed)")
+                            xlabel=run.score_name,
+                            title=f"Genuine vs impostor scores on {run.reported_split} (strict: own source removed, {run.track})")
 plt.show()
 
 # %% [markdown]
@@ -118,7 +125,7 @@ plt.show()
 # Notebook 03 chose its threshold by k-fold cross-validation on the validation fold: each point is the threshold chosen on k-1 folds, with the accuracy it reached on the held-out fold.
 
 # %%
-thresholds.plot_fold_thresholds(run.metrics)
+thresholds.plot_fold_thresholds(run)
 plt.show()
 
 # %% [markdown]

@@ -229,9 +229,12 @@ def test_notebooks_02_03_04_run_on_the_tiny_demo(demo_root: Path, tmp_path: Path
         assert key in recognition, key
     analysis = metrics["04_threshold_analysis"]
     assert analysis["run_dir"] == str(tmp_path / "tiny" / "03_arcface_recognition")
-    # notebook 04 analyses the saved embeddings: the FACECOM-only track (the headline may be the fused one)
-    facecom_only = recognition.get("tracks", {}).get("facecom_only", recognition)
-    assert analysis["match_f1_macro"] == pytest.approx(facecom_only["match_f1_macro"])
+    # notebook 04 analyses the headline track by default (fused with dlib installed, else the FACECOM-only one)
+    headline = recognition.get("headline_track", "facecom_only")
+    assert analysis["track"] == headline
+    analysed = recognition.get("tracks", {}).get(headline, recognition)
+    assert analysis["recommended_threshold"] == pytest.approx(analysed["threshold"])
+    assert analysis["match_f1_macro"] == pytest.approx(analysed["match_f1_macro"])
     for key in ("recommended_threshold", "far_at_recommended", "tar_at_recommended", "strict_recommended_threshold"):
         assert key in analysis, key
     for stem in ("02_gender_classification", "03_arcface_recognition", "04_threshold_analysis"):
@@ -250,6 +253,19 @@ def test_notebooks_02_03_04_run_on_the_tiny_demo(demo_root: Path, tmp_path: Path
         assert set(recognition["fusion_copy_weights"]) == set(recognition["fusion_weights"])
         scales = recognition["fusion_score_calibration"]  # the fused score's scale per estimated type
         assert set(scales) == set(recognition["fusion_weights"]) | {"*"}  # "*": types the fold never estimated
+        # every track rebuilt from the run folder without re-embedding is the one notebook 03 scored
+        from facecom_utils.recognition.protocol import protocol_metrics
+        from facecom_utils.thresholds import load_recognition_run
+
+        for name in ("facecom_only", "face_model_restored", "fused"):
+            files = load_recognition_run(rec_dir, name)
+            assert files.track == name and files.threshold == recognition["tracks"][name]["threshold"]
+            again_track = protocol_metrics(*files.report, files.threshold, files.strict_threshold,
+                                           seed=recognition["parameters"]["seed"])
+            for key in ("top1", "strict_top1", "roc_auc", "strict_roc_auc", "match_f1"):
+                assert again_track[key] == pytest.approx(recognition["tracks"][name][key], abs=1e-9), (name, key)
+        with pytest.raises(ValueError, match="no 'nonsense' track"):
+            load_recognition_run(rec_dir, "nonsense")
         # the CV script's cheap-stage repeat, on the whole fold at the run's own seed, is the notebook's fused track
         from conftest import load_script
 

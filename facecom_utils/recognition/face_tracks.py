@@ -45,7 +45,7 @@ from .protocol import _quick_scores, choose_thresholds, protocol_metrics
 
 __all__ = ["TRACKS", "Fusion", "RecognitionTracks", "calibrate_scores", "choose_fusion", "copy_cohort", "evaluate_run",
            "fit_estimator", "fit_fusion", "fuse_embeddings", "recognition_tracks", "run_embeddings",
-           "run_recognition_tracks", "track_inputs"]
+           "run_recognition_tracks", "saved_track_embeddings", "track_inputs"]
 
 TRACKS: tuple[str, ...] = ("facecom_only", "face_model", "face_model_restored", "pixel_copies", "fused")
 #: Tracks that read dlib's descriptor (trained on outside face data).
@@ -486,7 +486,6 @@ def run_embeddings(run_dir: str | Path, paths: list[str], gallery: np.ndarray, d
 
     from ..cache import default_cache_dir
     from ..checkpoints import load_checkpoint
-    from ..face_model import DescriptorStore
     from ..rundir import RunDir
     from .embedding import extract_embeddings
     from .model import load_recognition_model
@@ -506,22 +505,68 @@ def run_embeddings(run_dir: str | Path, paths: list[str], gallery: np.ndarray, d
     headline = str(tracks["headline"])
     if headline == "facecom_only":
         return facecom, list(tracks["thresholds"][headline]), headline
+    cache = (Path(cache_dir) if cache_dir else default_cache_dir()) / "face_model"
+    emb = _track_embeddings(tracks, headline, paths, facecom, np.asarray(gallery, bool), cache,
+                            max(1, min(4, os.cpu_count() or 1)), str(file))
+    return emb, list(tracks["thresholds"][headline]), headline
+
+
+def _track_embeddings(saved: dict[str, Any], track: str, paths: list[str], facecom: np.ndarray, gallery: np.ndarray,
+                      cache: Path, workers: int, source: str) -> np.ndarray:
+    """One face-model track's embeddings of images, from a loaded ``face_tracks.pt`` (``saved``) and the
+    images' FACECOM embeddings (read by ``fused`` only); descriptors come from the cache in ``cache``."""
+    from ..face_model import DescriptorStore
+
+    if track == "pixel_copies":
+        return copy_descriptors(paths, workers=workers, cache_dir=cache)
+    estimator = DistortionEstimator.from_state_dict(saved["estimator"])
+    q = quality_feature_matrix(paths, workers=workers, cache_dir=cache)
+    restored = track in ("face_model_restored", "fused")
+    if restored:
+        check_restoration_versions(saved.get("restoration_versions"), source)
+    face = DescriptorStore(cache, workers=workers).describe(paths, estimator.restorations(q) if restored
+                                                            else "identity").normalised()
+    if track != "fused":
+        return face
+    fusion = Fusion.from_state_dict(saved)
+    copies = copy_descriptors(paths, workers=workers, cache_dir=cache) if fusion.uses_copies else None
     facecom = facecom / np.maximum(np.linalg.norm(facecom, axis=1, keepdims=True), 1e-12)
-    estimator = DistortionEstimator.from_state_dict(tracks["estimator"])
+    return fusion.embed(face, facecom, estimator.predict(q), gallery, copies)
+
+
+def saved_track_embeddings(run_dir: str | Path, roles: list[str], track: str,
+                           cache_dir: str | Path | None = None) -> dict[str, tuple[pd.DataFrame, np.ndarray]]:
+    """A notebook-03 run's embeddings of its saved splits (``roles``) by one track, without re-embedding.
+
+    ``facecom_only`` is the saved embeddings themselves; the other tracks are rebuilt from them,
+    ``face_tracks.pt`` (estimator, fusion, calibration) and the descriptor caches (computed where
+    missing), so they match the run's ``metrics.json`` ``tracks.<track>``.
+
+    Raises:
+        ValueError: An unknown track.
+        FileNotFoundError: A face-model track asked of a run without ``face_tracks.pt``.
+    """
+    import torch
+
+    from ..cache import default_cache_dir
+    from ..rundir import RunDir
+
+    if track not in TRACKS:
+        raise ValueError(f"unknown track {track!r}; expected one of {', '.join(TRACKS)}")
+    rundir = RunDir(run_dir)
+    loaded = {role: rundir.load_embeddings(role) for role in roles}
+    if track == "facecom_only":
+        return loaded
+    file = rundir.path / "face_tracks.pt"
+    if not file.is_file():
+        raise FileNotFoundError(f"{rundir.path}: no face_tracks.pt, so no {track!r} track; run notebook 03 with "
+                                "face_model='auto' and dlib installed, or analyse track='facecom_only'")
+    saved = torch.load(file, map_location="cpu", weights_only=True)
     cache = (Path(cache_dir) if cache_dir else default_cache_dir()) / "face_model"
     workers = max(1, min(4, os.cpu_count() or 1))
-    q = quality_feature_matrix(paths, workers=workers, cache_dir=cache)
-    store = DescriptorStore(cache, workers=workers)
-    restored = headline in ("face_model_restored", "fused")
-    if restored:
-        check_restoration_versions(tracks.get("restoration_versions"), f"{rundir.path / 'face_tracks.pt'}")
-    face = store.describe(paths, estimator.restorations(q) if restored else "identity").normalised()
-    if headline != "fused":
-        return face, list(tracks["thresholds"][headline]), headline
-    fusion = Fusion.from_state_dict(tracks)
-    copies = copy_descriptors(paths, workers=workers, cache_dir=cache) if fusion.uses_copies else None
-    emb = fusion.embed(face, facecom, estimator.predict(q), np.asarray(gallery, bool), copies)
-    return emb, list(tracks["thresholds"][headline]), headline
+    return {role: (table, _track_embeddings(saved, track, table["path"].tolist(), emb,
+                                            table["distortion"].isna().to_numpy(), cache, workers, str(file)))
+            for role, (table, emb) in loaded.items()}
 
 
 def evaluate_run(run_dir: str | Path, data_root: str | Path, split: str = "val", device: str = "auto",
