@@ -83,16 +83,19 @@ class RecognitionRunFiles:
     def score_name(self) -> str:
         """What the track's scores are, for axis labels."""
         if self.track == "fused":
-            return "fused score (per-type calibrated; 0 = the type's 99.9th-pct impostor)"
+            if self.metrics.get("fusion_score_calibration"):
+                return "fused score (per-type calibrated; 0 = the type's 99.9th-pct impostor)"
+            return "fused score (w cos face model + (1 - w) cos FACECOM + copy evidence)"
         return "cosine similarity"
 
 
-def load_recognition_run(run_dir: str | Path, track: str = "facecom_only") -> RecognitionRunFiles:
+def load_recognition_run(run_dir: str | Path, track: str = "headline") -> RecognitionRunFiles:
     """Read a notebook-03 output folder: its metrics and one track's embeddings of fold and reported split.
 
     Args:
         run_dir: The notebook-03 output folder.
-        track: ``"facecom_only"`` (the saved embeddings), ``"headline"`` (the run's ``headline_track``)
+        track: ``"headline"`` (the run's ``headline_track``; the FACECOM-only one, with a warning, when
+            the folder lacks the ``face_tracks.pt`` it needs), ``"facecom_only"`` (the saved embeddings)
             or another track of the run (rebuilt from ``face_tracks.pt`` and the descriptor caches,
             :func:`~facecom_utils.recognition.face_tracks.saved_track_embeddings`). Thresholds are the
             ones notebook 03 chose for that track on the validation fold.
@@ -116,6 +119,12 @@ def load_recognition_run(run_dir: str | Path, track: str = "facecom_only") -> Re
     tracks = metrics.get("tracks") or {}
     if track == "headline":
         track = str(metrics.get("headline_track", "facecom_only"))
+        if track != "facecom_only" and not (folder / "face_tracks.pt").is_file():
+            import warnings
+
+            warnings.warn(f"{folder}: no face_tracks.pt, so its headline track {track!r} cannot be rebuilt; "
+                          "analysing the FACECOM-only track", stacklevel=2)
+            track = "facecom_only"
     if track != "facecom_only" and track not in tracks:
         raise ValueError(f"{folder}: the run has no {track!r} track (it scored: "
                          f"{', '.join(tracks) or 'facecom_only only'})")

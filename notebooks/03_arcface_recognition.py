@@ -249,7 +249,8 @@ if tracks is not None:
                                 threshold=tracks.tracks[tracks.headline]["strict_threshold"],
                                 title=f"{tracks.headline} track: genuine vs impostor identity scores "
                                       f"({run.metrics['reported_split']}, strict protocol)",
-                                xlabel="score (fused: per-type calibrated, 0 = the type's 99.9th-pct impostor)")
+                                xlabel="fused score (per-type calibrated; 0 = the type's 99.9th-pct impostor)"
+                                if tracks.headline == "fused" else "cosine similarity")
     plt.show()
 
 # %%

@@ -163,7 +163,11 @@ def cheap_repeats(run_dir: Path, repeats: list[int], fraction: float) -> list[di
     cache = (Path(config.cache_dir) if config.cache_dir else default_cache_dir()) / "face_model"
     workers = config.face_workers or 2
     store = DescriptorStore(cache, workers=workers)
-    roles = {role: rundir.load_embeddings(role) for role in (FOLD_ROLE, run.metrics.get("reported_role", REPORT_ROLE))}
+    reported = run.metrics.get("reported_role", REPORT_ROLE)
+    if reported == FOLD_ROLE:
+        raise ValueError(f"{run_dir}: the run reported its validation fold, so no people are left unseen by the "
+                         "cheap stages; re-run it with a reported split")
+    roles = {role: rundir.load_embeddings(role) for role in (FOLD_ROLE, reported)}
     records = []
     for r in repeats:
         t0 = time.perf_counter()
@@ -182,7 +186,7 @@ def cheap_repeats(run_dir: Path, repeats: list[int], fraction: float) -> list[di
         values.update({f"main {k}": float(v) for k, v in m["per_distortion"].items()})
         values.update({f"strict {k}": float(v) for k, v in m["strict_per_distortion"].items()})
         values.update({f"w {k}": float(v) for k, v in fusion.weights.items()})
-        records.append({"repeat": r, "seconds": time.perf_counter() - t0, "values": values})
+        records.append({"repeat": r, "fraction": fraction, "seconds": time.perf_counter() - t0, "values": values})
         print(f"  repeat {r}: strict top-1 {values['strict_top1']:.3f}, strict sunny {values.get('strict sunny', float('nan')):.3f}, "
               f"strict AUC {values['strict_roc_auc']:.3f} ({records[-1]['seconds']:.0f} s)", flush=True)
     return records
@@ -211,6 +215,9 @@ def run_cheap_repeats(out: Path, folds: int, repeats: int, fraction: float) -> p
     """Resumable: ``cheap_repeats.json`` keeps every finished repeat; the summary goes to ``cheap_repeats.md``."""
     file = out / "cheap_repeats.json"
     done: dict[str, list[dict]] = json.loads(file.read_text()) if file.is_file() else {}
+    other = sorted({r.get("fraction") for recs in done.values() for r in recs} - {fraction})
+    if other:
+        raise ValueError(f"{file} holds repeats with --cheap-fraction {other}, not {fraction}: move it aside first")
     for i in range(folds):
         key = f"fold{i}"
         have = {r["repeat"] for r in done.get(key, [])}

@@ -158,9 +158,12 @@ def test_preset_runs_as_shipped_with_plain_papermill(preset: Path, kind: str, ro
         assert proc.returncode == 0, proc.stderr[-4000:]
         analysis = json.loads((tmp_path / "04" / "metrics.json").read_text())
         assert analysis["reported_split"] == metrics["reported_split"]
-        # notebook 04 analyses the saved FACECOM-only embeddings (the headline may be the fused track)
-        facecom_only = metrics.get("tracks", {}).get("facecom_only", metrics)
-        assert analysis["match_f1_macro"] == pytest.approx(facecom_only["match_f1_macro"])
+        # notebook 04 analyses the headline track (fused with dlib installed), with that track's fold threshold
+        headline = metrics.get("headline_track", "facecom_only")
+        analysed = metrics.get("tracks", {}).get(headline, metrics)
+        assert analysis["track"] == headline
+        assert analysis["recommended_threshold"] == pytest.approx(analysed["threshold"])
+        assert analysis["match_f1_macro"] == pytest.approx(analysed["match_f1_macro"])
 
 
 def test_papermill_help_lists_typed_parameters() -> None:
