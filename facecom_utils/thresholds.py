@@ -128,21 +128,18 @@ def load_recognition_run(run_dir: str | Path, track: str = "headline") -> Recogn
     if track != "facecom_only" and track not in tracks:
         raise ValueError(f"{folder}: the run has no {track!r} track (it scored: "
                          f"{', '.join(tracks) or 'facecom_only only'})")
-    details = metrics.get("threshold_details") or {}
     if track == "facecom_only":
         fold, report = outputs.load_embeddings(FOLD_ROLE), outputs.load_embeddings(role)
     else:
         from facecom_utils.recognition.face_tracks import saved_track_embeddings
-        from facecom_utils.recognition.protocol import choose_thresholds
 
-        params = metrics.get("parameters") or {}
-        rebuilt = saved_track_embeddings(folder, sorted({FOLD_ROLE, role}), track, params.get("cache_dir"))
+        rebuilt = saved_track_embeddings(folder, sorted({FOLD_ROLE, role}), track,
+                                         (metrics.get("parameters") or {}).get("cache_dir"))
         fold, report = rebuilt[FOLD_ROLE], rebuilt[role]
-        # the per-fold thresholds behind the track's threshold (notebook 03 keeps only the result)
-        details = choose_thresholds(*fold, method=params.get("threshold_method", "kfold"),
-                                    seed=int(params.get("seed", 0)))["details"]
-    # the thresholds notebook 03 chose for this track (the top of metrics.json may be another track's)
+    # the thresholds notebook 03 chose for this track (the top of metrics.json may be another track's) and
+    # their per-fold details (a run written before tracks kept them: only the FACECOM-only ones)
     own = tracks.get(track, metrics)
+    details = own.get("threshold_details") or (metrics.get("threshold_details") if track == "facecom_only" else {})
     threshold = float(own["threshold"])
     strict = own.get("strict_threshold")
     return RecognitionRunFiles(

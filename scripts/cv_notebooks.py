@@ -155,7 +155,8 @@ def cheap_repeats(run_dir: Path, repeats: list[int], fraction: float) -> list[di
     """
     from facecom_utils.cache import default_cache_dir
     from facecom_utils.face_model import DescriptorStore
-    from facecom_utils.recognition.face_tracks import copy_cohort, fit_estimator, fit_fusion, track_inputs
+    from facecom_utils.recognition.face_tracks import (copy_cohort, fit_estimator, fit_fusion, fused_embeddings,
+                                                       track_inputs)
     from facecom_utils.recognition.protocol import choose_thresholds, protocol_metrics
     from facecom_utils.rundir import FOLD_ROLE, REPORT_ROLE
 
@@ -175,13 +176,9 @@ def cheap_repeats(run_dir: Path, repeats: list[int], fraction: float) -> list[di
         fold, rep = (track_inputs(t, e, estimator, store, workers, cache) for t, e in roles.values())
         fold = subset_identities(fold, fraction, r)
         fusion = fit_fusion(fold, copy_cohort(splits.train, r, workers, cache))
-
-        def fused(d: dict) -> np.ndarray:
-            return fusion.embed(d["face_model_restored"], d["facecom"], d["kinds"],
-                                d["table"]["distortion"].isna().to_numpy(), d["pixel_copies"])
-
-        th = choose_thresholds(fold["table"], fused(fold), method=config.threshold_method, seed=r)
-        m = protocol_metrics(rep["table"], fused(rep), th["threshold"], th["strict_threshold"], seed=r)
+        th = choose_thresholds(fold["table"], fused_embeddings(fusion, fold), method=config.threshold_method, seed=r)
+        m = protocol_metrics(rep["table"], fused_embeddings(fusion, rep), th["threshold"], th["strict_threshold"],
+                             seed=r)
         values = {k: float(m[k]) for k in CHEAP_KEYS}
         values.update({f"main {k}": float(v) for k, v in m["per_distortion"].items()})
         values.update({f"strict {k}": float(v) for k, v in m["strict_per_distortion"].items()})

@@ -44,7 +44,7 @@ from .copies import COHORT_SIZE, copy_descriptors, copy_evidence
 from .protocol import _quick_scores, choose_thresholds, protocol_metrics
 
 __all__ = ["TRACKS", "Fusion", "RecognitionTracks", "calibrate_scores", "choose_fusion", "copy_cohort", "evaluate_run",
-           "fit_estimator", "fit_fusion", "fuse_embeddings", "recognition_tracks", "run_embeddings",
+           "fit_estimator", "fit_fusion", "fuse_embeddings", "fused_embeddings", "recognition_tracks", "run_embeddings",
            "run_recognition_tracks", "saved_track_embeddings", "track_inputs"]
 
 TRACKS: tuple[str, ...] = ("facecom_only", "face_model", "face_model_restored", "pixel_copies", "fused")
@@ -369,6 +369,12 @@ def track_inputs(table: pd.DataFrame, emb: np.ndarray, estimator: DistortionEsti
             "face_model_restored": restored.normalised()}
 
 
+def fused_embeddings(fusion: Fusion, inputs: dict[str, Any]) -> np.ndarray:
+    """The fused track's embeddings of one split's :func:`track_inputs`."""
+    return fusion.embed(inputs["face_model_restored"], inputs["facecom"], inputs["kinds"],
+                        inputs["table"]["distortion"].isna().to_numpy(), inputs["pixel_copies"])
+
+
 def fit_fusion(fold: dict[str, Any], cohort: np.ndarray) -> Fusion:
     """The fused track's choices on a validation fold (:func:`track_inputs`): (w, gamma) per estimated
     type (:func:`choose_fusion`), then the score scale per type (:func:`calibrate_scores`)."""
@@ -415,8 +421,7 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
         if track == "facecom_only":  # as saved: its thresholds were chosen on these very scores
             return d["facecom_raw"]
         if track == "fused":
-            return fusion.embed(d["face_model_restored"], d["facecom"], d["kinds"],
-                                d["table"]["distortion"].isna().to_numpy(), d["pixel_copies"])
+            return fused_embeddings(fusion, d)
         return d[track]
 
     rep = data[reported]
@@ -424,7 +429,8 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
     tracks, chosen_thresholds = {}, {}
     for track in TRACKS:
         if track == "facecom_only":  # the run's own thresholds (chosen on the same fold by its threshold_method)
-            thresholds = {"threshold": run.threshold, "strict_threshold": run.strict_threshold}
+            thresholds = {"threshold": run.threshold, "strict_threshold": run.strict_threshold,
+                          "details": run.metrics.get("threshold_details") or {}}
         else:
             thresholds = choose_thresholds(fold["table"], embeddings(fold, track), method=cfg.threshold_method,
                                            seed=cfg.seed)
@@ -432,6 +438,7 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
         m = protocol_metrics(rep["table"], reported_embeddings[track], thresholds["threshold"],
                              thresholds["strict_threshold"], seed=cfg.seed)
         m["threshold_source"] = "validation fold"
+        m["threshold_details"] = thresholds["details"]  # the per-fold thresholds notebook 04 plots
         m["outside_face_data"] = track in OUTSIDE_FACE_DATA
         tracks[track] = m
     headline = "fused" if cfg.headline_track == "auto" else cfg.headline_track
@@ -457,7 +464,8 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
     metrics["fusion_score_calibration"] = {k: {"impostor_median": m, "impostor_high": h, "quantile": IMPOSTOR_QUANTILE}
                                            for k, (m, h) in fusion.calibration.items()}
     metrics["selector"] = {t: {k: float(v) for k, v in r.items()} for t, r in selector.to_dict(orient="index").items()}
-    metrics.update({k: v for k, v in tracks[headline].items() if k not in ("threshold_source", "outside_face_data")})
+    metrics.update({k: v for k, v in tracks[headline].items()
+                    if k not in ("threshold_source", "outside_face_data", "threshold_details")})
     rundir.write_metrics(metrics, cfg, splits.data_root)
     run.metrics.update(metrics)
     return out
@@ -519,13 +527,13 @@ def _track_embeddings(saved: dict[str, Any], track: str, paths: list[str], facec
 
     if track == "pixel_copies":
         return copy_descriptors(paths, workers=workers, cache_dir=cache)
+    store = DescriptorStore(cache, workers=workers)
+    if track == "face_model":
+        return store.describe(paths).normalised()
     estimator = DistortionEstimator.from_state_dict(saved["estimator"])
     q = quality_feature_matrix(paths, workers=workers, cache_dir=cache)
-    restored = track in ("face_model_restored", "fused")
-    if restored:
-        check_restoration_versions(saved.get("restoration_versions"), source)
-    face = DescriptorStore(cache, workers=workers).describe(paths, estimator.restorations(q) if restored
-                                                            else "identity").normalised()
+    check_restoration_versions(saved.get("restoration_versions"), source)
+    face = store.describe(paths, estimator.restorations(q)).normalised()
     if track != "fused":
         return face
     fusion = Fusion.from_state_dict(saved)
