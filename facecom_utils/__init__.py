@@ -1,12 +1,10 @@
 """facecom_utils: the tested library behind the FACECOM notebooks.
 
-Data flows one way (see ../shared/docs/ARCHITECTURE.md)::
+The folders are the architecture (docs/architecture.md); a folder imports only from those before it::
 
-    data / distortions / demo -> datasets -> models + heads -> training
-        -> evaluation + verification -> plots -> gender / recognition -> notebook
-        -> eda / thresholds / run / cli / bench
+    common -> data -> face -> nn -> train -> metrics -> {gender, recognition} -> reporting -> {cli, bench}
 
-Import the module you need (``from facecom_utils.data import scan_task_b``); importing the package
+Import the module you need (``from facecom_utils.data.layout import scan_task_b``); importing the package
 itself is cheap and does not import torch.
 """
 

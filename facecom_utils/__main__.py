@@ -2,7 +2,7 @@
 
 import sys
 
-from facecom_utils.cli import main
+from facecom_utils.cli.commands import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -23,7 +23,7 @@
 #
 # **Protocol.** The folders are read as published (`Task_A/{train,val}/{female,male}/`,
 # `Task_B/{train,val}/<identity>/` with distorted copies in `<identity>/distortion/`) by
-# `facecom_utils.data`; nothing is modified. Pixel statistics are measured as in
+# `facecom_utils.data.layout`; nothing is modified. Pixel statistics are measured as in
 # `docs/FACECOM_DISTORTIONS.md` on a seeded sample per group (`property_sample`). The leakage check
 # looks for (1) people/identities present in both splits (Task A people from file names,
 # `First_Last_0001.jpg` → `First_Last`), (2) people filed under both labels, and (3) near-duplicate
@@ -52,7 +52,8 @@ seed: int = 0  # seed of every sample drawn
 import matplotlib.pyplot as plt
 from IPython.display import display
 
-from facecom_utils import eda, notebook
+from facecom_utils.reporting import eda
+from facecom_utils.reporting import notebook
 
 data_root, output_dir = notebook.notebook_paths(data_root, output_dir, "01_eda")
 config = eda.EDAConfig(

@@ -28,7 +28,7 @@
 # instead and the metrics say so). Metrics at the naive threshold 0.5 are shown beside. Calibration:
 # reliability curve, Brier score and ECE. Robustness: the same metrics after each of the seven FACECOM
 # distortions applied (seeded) to the reported images. The run is shown stage by stage, one cell each, with
-# the stages of `facecom_utils.gender` (`train_gender` runs the same four in one call, for the CLI and
+# the stages of `facecom_utils.gender.pipeline` (`train_gender` runs the same four in one call, for the CLI and
 # torchrun): the splits (`gender_splits`), the data pipeline (`gender_pipeline`: class-balanced sampling,
 # FACECOM distortion augmentation), training (`fit_gender`: AdamW with cosine schedule, AMP on CUDA,
 # batch-norm statistics recomputed before evaluation) and the fold threshold with the report
@@ -99,8 +99,11 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from facecom_utils import gender, gender_face, notebook, plots
-from facecom_utils.gender import GenderConfig
+from facecom_utils.gender import pipeline as gender
+from facecom_utils.gender import tracks as gender_face
+from facecom_utils.reporting import notebook
+from facecom_utils.reporting import plots
+from facecom_utils.gender.pipeline import GenderConfig
 
 data_root, output_dir = notebook.notebook_paths(data_root, output_dir, "02_gender_classification")
 config = notebook.build_config(GenderConfig, globals(), data_root=str(data_root), output_dir=str(output_dir))

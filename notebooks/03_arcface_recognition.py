@@ -108,7 +108,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from facecom_utils import notebook, plots, thresholds
+from facecom_utils.reporting import notebook
+from facecom_utils.reporting import plots
+from facecom_utils.recognition import analysis as thresholds
 from facecom_utils import recognition as rec
 from facecom_utils.recognition import face_tracks
 from facecom_utils.recognition import RecognitionConfig, load_embeddings

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -51,7 +51,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from facecom_utils import notebook, plots, thresholds
+from facecom_utils.reporting import notebook
+from facecom_utils.reporting import plots
+from facecom_utils.recognition import analysis as thresholds
 
 run_dir = run_dir or notebook.default_output_dir("03_arcface_recognition")
 output_dir = notebook.resolve_output_dir(output_dir, "04_threshold_analysis")
@@ -87,7 +89,7 @@ plots.similarity_histograms(genuine, impostor, threshold=recommendation["thresho
 plt.show()
 
 # %%
-thresholds.plot_histograms_per_distortion(report, recommendation["threshold"], xlabel=run.score_name)
+plots.plot_histograms_per_distortion(report, recommendation["threshold"], xlabel=run.score_name)
 plt.show()
 
 # %%
@@ -125,7 +127,7 @@ plt.show()
 # Notebook 03 chose its threshold by k-fold cross-validation on the validation fold: each point is the threshold chosen on k-1 folds, with the accuracy it reached on the held-out fold.
 
 # %%
-thresholds.plot_fold_thresholds(run)
+plots.plot_fold_thresholds(run)
 plt.show()
 
 # %% [markdown]
@@ -134,12 +136,12 @@ plt.show()
 
 # %%
 false_matches = thresholds.hardest_errors(report, recommendation["threshold"], "false_match", config.n_examples)
-thresholds.plot_error_pairs(false_matches, "Hardest false matches (probe | closest image of the wrong identity)")
+plots.plot_error_pairs(false_matches, "Hardest false matches (probe | closest image of the wrong identity)")
 plt.show()
 
 # %%
 misses = thresholds.hardest_errors(report, recommendation["threshold"], "miss", config.n_examples)
-thresholds.plot_error_pairs(misses, "Hardest misses (probe | closest image of its own identity)")
+plots.plot_error_pairs(misses, "Hardest misses (probe | closest image of its own identity)")
 plt.show()
 
 # %% [markdown]

@@ -1,7 +1,7 @@
 """nbval run of the notebooks (``pytest --nbval-lax --nbval-current-env notebooks/``).
 
 nbval throws its kernels' stderr away and gives up on a kernel that dies at start. Here its kernel
-is :class:`facecom_utils.nbval_kernel.CapturingKernel`: connected over IPC instead of localhost TCP
+is :class:`facecom_utils.reporting.kernel.CapturingKernel`: connected over IPC instead of localhost TCP
 ports (which another process can take between jupyter_client's pick and the kernel's bind), stderr
 kept and quoted when a kernel dies or fails to start, and a failed START retried (at most 3
 attempts; cells are never retried).
@@ -20,7 +20,7 @@ except ImportError:  # nbval not installed: nothing here runs the notebooks
 def pytest_configure(config: pytest.Config) -> None:
     if _nbval_plugin is None:
         return
-    from facecom_utils.nbval_kernel import CapturingKernel
+    from facecom_utils.reporting.kernel import CapturingKernel
 
     # IPyNbFile.setup looks up RunningKernel in nbval.plugin's namespace at call time.
     _nbval_plugin.RunningKernel = CapturingKernel
@@ -32,7 +32,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = outcome.get_result()
     if _nbval_plugin is None or not report.failed or not isinstance(item, _nbval_plugin.IPyNbCell):
         return
-    from facecom_utils.nbval_kernel import KernelDiedError, KernelStartError
+    from facecom_utils.reporting.kernel import KernelDiedError, KernelStartError
 
     if call.excinfo is not None and call.excinfo.errisinstance(KernelStartError):
         # pytest re-raises the notebook's setup error for each of its cells: the attempts and their

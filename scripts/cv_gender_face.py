@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from facecom_utils.cache import default_cache_dir
-from facecom_utils.data import scan_task_a
-from facecom_utils.face_model import DescriptorStore
-from facecom_utils.gender_face import FaceHeadRecipe, sample_copies, cross_validate, summarise_folds, with_distorted_copies
+from facecom_utils.data.cache import default_cache_dir
+from facecom_utils.data.layout import scan_task_a
+from facecom_utils.face.descriptors import DescriptorStore
+from facecom_utils.gender.tracks import FaceHeadRecipe, sample_copies, cross_validate, summarise_folds, with_distorted_copies
 
 VARIANTS = {
     # name: (restore, distorted_weight, glare_expert); a variant's "face" track is its face head alone

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from facecom_utils.data import scan_task_a
-from facecom_utils.evaluation import binary_metrics
-from facecom_utils.gender_face import female_labels, with_distorted_copies
-from facecom_utils.glare import fit_glare_cnn, person_balanced_accuracy
+from facecom_utils.data.layout import scan_task_a
+from facecom_utils.metrics.classification import binary_metrics
+from facecom_utils.gender.tracks import female_labels, with_distorted_copies
+from facecom_utils.gender.glare import fit_glare_cnn, person_balanced_accuracy
 
 
 def sunny_rows(root: str, split: str) -> pd.DataFrame:

@@ -54,8 +54,8 @@ def held_out_people(data_root: Path, notebook: str, folds: int, seed: int) -> li
     if notebook == "03":
         order = np.random.default_rng(seed).permutation(len(identities))
         return [{identities[j] for j in part} for part in np.array_split(order, folds)]
-    from facecom_utils.data import scan_task_a
-    from facecom_utils.gender_face import person_folds
+    from facecom_utils.data.layout import scan_task_a
+    from facecom_utils.data.splits import person_folds
 
     a = scan_task_a(data_root, splits=("train",))
     persons = a["person"].to_numpy()
@@ -77,7 +77,7 @@ def make_fold_roots(data_root: Path, out: Path, notebook: str, folds: int, seed:
         for name in identities:
             _link(root / "Task_B" / ("val" if name in held else "train") / name, train / name)
         if notebook == "02":
-            from facecom_utils.data import scan_task_a
+            from facecom_utils.data.layout import scan_task_a
 
             for row in scan_task_a(data_root, splits=("train",)).itertuples():
                 path = Path(row.path)
@@ -106,7 +106,7 @@ def _run_context(run_dir: Path):
 
     from facecom_utils import recognition as rec
     from facecom_utils.recognition import RecognitionConfig
-    from facecom_utils.rundir import RunDir
+    from facecom_utils.train.rundir import RunDir
 
     rundir = RunDir(run_dir / NOTEBOOKS["03"])
     metrics = rundir.read_metrics()
@@ -153,12 +153,12 @@ def cheap_repeats(run_dir: Path, repeats: list[int], fraction: float) -> list[di
     them chooses the fusion weights, the score calibration and the thresholds (seed ``r``); the
     fused track is then scored on the reported people, which no choice saw. The embedder is the fold's.
     """
-    from facecom_utils.cache import default_cache_dir
-    from facecom_utils.face_model import DescriptorStore
+    from facecom_utils.data.cache import default_cache_dir
+    from facecom_utils.face.descriptors import DescriptorStore
     from facecom_utils.recognition.face_tracks import (copy_cohort, fit_estimator, fit_fusion, fused_embeddings,
                                                        track_inputs)
     from facecom_utils.recognition.protocol import choose_thresholds, protocol_metrics
-    from facecom_utils.rundir import FOLD_ROLE, REPORT_ROLE
+    from facecom_utils.train.rundir import FOLD_ROLE, REPORT_ROLE
 
     config, splits, run, rundir = _run_context(run_dir)
     cache = (Path(config.cache_dir) if config.cache_dir else default_cache_dir()) / "face_model"

@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from facecom_utils.cache import default_cache_dir
-from facecom_utils.data import scan_task_b
-from facecom_utils.face_model import DescriptorStore
-from facecom_utils.quality import RESTORATION_FOR, quality_feature_matrix
+from facecom_utils.data.cache import default_cache_dir
+from facecom_utils.data.layout import scan_task_b
+from facecom_utils.face.descriptors import DescriptorStore
+from facecom_utils.face.quality import RESTORATION_FOR, quality_feature_matrix
 
 
 def main() -> None:

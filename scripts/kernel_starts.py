@@ -83,7 +83,7 @@ def start_fixed(startup_timeout: float, stderr_path: Path):
     """The start notebooks/conftest.py gives nbval (capture + bounded retry of the start)."""
     from nbval.kernel import CURRENT_ENV_KERNEL_NAME
 
-    from facecom_utils.nbval_kernel import CapturingKernel
+    from facecom_utils.reporting.kernel import CapturingKernel
 
     return CapturingKernel(CURRENT_ENV_KERNEL_NAME, cwd=str(NOTEBOOK_DIR), startup_timeout=startup_timeout)
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from facecom_utils.data import DISTORTION_TYPES
-from facecom_utils.distortions import (
+from facecom_utils.data.layout import DISTORTION_TYPES
+from facecom_utils.data.distortions import (
     FACECOM_REFERENCE,
     STATISTICS,
     apply_distortion,

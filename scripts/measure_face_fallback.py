@@ -1,12 +1,12 @@
 """Measure the face front end's fallback box and its detection rates on FACECOM.
 
 1. A seeded sample of ``--clean`` clean images of ``Task_B/train``: detection rate, and the
-   median detected box and landmarks (:func:`~facecom_utils.face.measure_fallback_box`), printed
-   as the constants of ``facecom_utils.face.DEFAULT_FALLBACK``; plus how far the fallback
+   median detected box and landmarks (:func:`~facecom_utils.face.detect.measure_fallback_box`), printed
+   as the constants of ``facecom_utils.face.detect.DEFAULT_FALLBACK``; plus how far the fallback
    landmarks sit from the detected ones (mean distance over the 5 points, in inter-ocular
    distances: outer eye corners).
 2. ``--identities`` seeded identities with all their images (clean and distorted): the detection
-   rate per distortion type (:func:`~facecom_utils.face.detection_rates`), and for the distorted
+   rate per distortion type (:func:`~facecom_utils.face.detect.detection_rates`), and for the distorted
    images without a detection whose clean image has one, the same fallback landmark error
    against the clean image's landmarks (the copies share the clean image's geometry).
 
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from facecom_utils.data import scan_task_b
-from facecom_utils.face import FaceRecord, FallbackBox, detection_rates, face_records, measure_fallback_box
+from facecom_utils.data.layout import scan_task_b
+from facecom_utils.face.detect import FaceRecord, FallbackBox, detection_rates, face_records, measure_fallback_box
 
 
 def landmark_error(fallback: np.ndarray, truth: np.ndarray) -> float:

@@ -9,7 +9,7 @@ the same for SSIM, and the cost of each restoration on the clean images themselv
 PSNR of restore(clean) to clean; higher is better, 50 dB means "nearly untouched").
 
 With ``--tune`` it also scores a few settings of each restoration's parameters on the type it
-is for (and on the clean images), which is how the defaults in ``facecom_utils.restoration``
+is for (and on the clean images), which is how the defaults in ``facecom_utils.face.restoration``
 were chosen. The type labels are used here only to score; the restorations never see them.
 
 Usage:
@@ -29,8 +29,8 @@ import numpy as np
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from facecom_utils.data import DISTORTION_TYPES, load_image
-from facecom_utils.restoration import RESTORATIONS, deblur, dehaze, denoise, derain, lowlight
+from facecom_utils.data.layout import DISTORTION_TYPES, load_image
+from facecom_utils.face.restoration import RESTORATIONS, deblur, dehaze, denoise, derain, lowlight
 
 # A few settings per restoration, scored on the type each is for ("--tune").
 TUNING: dict[str, tuple[str, dict[str, Callable[[np.ndarray], np.ndarray]]]] = {

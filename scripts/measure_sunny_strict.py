@@ -16,7 +16,7 @@ run's reported split (people the run never trained on):
   split; the one best on the fold is the estimate, the mean over all settings is printed beside it.
 
 Top-1 is scored by identity (the maximum over an identity's photos), ties against the probe, on
-probes whose identity has two or more clean photos, as in :mod:`facecom_utils.scoring`.
+probes whose identity has two or more clean photos, as in :mod:`facecom_utils.metrics.scoring`.
 
 Usage:
     python scripts/measure_sunny_strict.py /work/cvB/runs/fold0/03_arcface_recognition --out sunny_fold0.json
@@ -33,11 +33,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from facecom_utils.cache import default_cache_dir
-from facecom_utils.face_model import DescriptorStore
+from facecom_utils.data.cache import default_cache_dir
+from facecom_utils.face.descriptors import DescriptorStore
 from facecom_utils.recognition.embedding import extract_embeddings
 from facecom_utils.recognition.model import load_recognition_model
-from facecom_utils.rundir import FOLD_ROLE, REPORT_ROLE, RunDir
+from facecom_utils.train.rundir import FOLD_ROLE, REPORT_ROLE, RunDir
 
 GRID = {"k": (5, 10, 20), "tau": (0.05, 0.2), "lam": (0.25, 0.5, 1.0), "loo": (True, False)}
 

@@ -131,7 +131,7 @@ def execute_checked_outputs(nb: NotebookNode, cwd: Path = NOTEBOOK_DIR) -> Noteb
     """Run ``nb`` with its default parameters on the demo data and store its checked cells' outputs."""
     from nbclient import NotebookClient
 
-    from facecom_utils.run import KERNEL_ENV, CurrentEnvKernelManager, _environment
+    from facecom_utils.reporting.runner import KERNEL_ENV, CurrentEnvKernelManager, _environment
 
     executed = copy.deepcopy(nb)
     client = NotebookClient(executed, kernel_name="python3", kernel_manager_class=CurrentEnvKernelManager,

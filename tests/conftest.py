@@ -60,7 +60,7 @@ requires_facecom = pytest.mark.skipif(
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny synthetic FACECOM-layout dataset (64 px), generated once per test session."""
-    from facecom_utils.demo import make_demo_dataset
+    from facecom_utils.data.demo import make_demo_dataset
 
     root = tmp_path_factory.mktemp("demo") / "demo_synthetic"
     return make_demo_dataset(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from facecom_utils import bench
+from facecom_utils.bench import speed as bench
 
 REQUIRED = ("data_naive_images_per_second", "data_cached_images_per_second", "data_speedup",
             "epoch_task_a_naive_seconds", "epoch_task_a_cached_seconds", "epoch_task_a_speedup",

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from facecom_utils.cache import (
+from facecom_utils.data.cache import (
     BatchAugment,
     CachedImageDataset,
     ImageCache,
@@ -21,8 +21,8 @@ from facecom_utils.cache import (
     cached_dataset,
     resolve_cache_mode,
 )
-from facecom_utils.data import load_image, scan_task_a, scan_task_b
-from facecom_utils.datasets import build_transforms, make_loader
+from facecom_utils.data.layout import load_image, scan_task_a, scan_task_b
+from facecom_utils.data.datasets import build_transforms, make_loader
 from facecom_utils.recognition import build_recognition_transforms
 
 
@@ -145,7 +145,7 @@ def test_resolve_cache_mode(tmp_path):
 
 @pytest.mark.parametrize("cache", ["off", "memory"])
 def test_train_gender_with_and_without_the_cache_keeps_the_contract(demo_root, tmp_path, cache):
-    from facecom_utils.gender import GenderConfig, train_gender
+    from facecom_utils.gender.pipeline import GenderConfig, train_gender
 
     cfg = GenderConfig(data_root=str(demo_root), output_dir=str(tmp_path / cache), image_size=32, epochs=1,
                        batch_size=8, eval_batch_size=16, val_fraction=0.3, device="cpu", progress=False,
@@ -174,7 +174,7 @@ def test_one_augmentation_spec_for_both_data_paths() -> None:
     """The per-image transforms and the on-device batch augmentation are built from the same recipe."""
     import torchvision.transforms as T
 
-    from facecom_utils.datasets import AugmentSpec, build_transforms
+    from facecom_utils.data.datasets import AugmentSpec, build_transforms
     from facecom_utils.recognition import build_recognition_transforms
 
     spec = AugmentSpec.recognition((0.6, 1.0), 0.3)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from facecom_utils import cli
+from facecom_utils.cli import commands as cli
 
 TINY = dict(backbone="resnet10t", pretrained=None, image_size=32, epochs=1, batch_size=16,
             device="cpu", progress=False, resume=False)
@@ -21,7 +21,7 @@ TINY = dict(backbone="resnet10t", pretrained=None, image_size=32, epochs=1, batc
 
 @pytest.fixture(scope="module")
 def gender_checkpoint(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from facecom_utils.gender import GenderConfig, train_gender
+    from facecom_utils.gender.pipeline import GenderConfig, train_gender
 
     out = tmp_path_factory.mktemp("gender")
     run = train_gender(GenderConfig(data_root=str(demo_root), output_dir=str(out), evaluate_distortions=False, **TINY))

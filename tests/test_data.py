@@ -1,4 +1,4 @@
-"""Tests of facecom_utils.data: scanning FACECOM layouts, bad inputs, image loading, splits."""
+"""Tests of facecom_utils.data.layout: scanning FACECOM layouts, bad inputs, image loading, splits."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from conftest import FACECOM_ROOT, requires_facecom
-from facecom_utils.splits import split_by_identity
-from facecom_utils.data import (
+from facecom_utils.data.splits import split_by_identity
+from facecom_utils.data.layout import (
     central_crop,
     DISTORTION_TYPES,
     TASK_A_LAYOUT,

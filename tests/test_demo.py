@@ -1,4 +1,4 @@
-"""Tests for facecom_utils.demo: layout, determinism, reuse, data-root resolution, learnability."""
+"""Tests for facecom_utils.data.demo: layout, determinism, reuse, data-root resolution, learnability."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facecom_utils import demo
-from facecom_utils.data import DISTORTION_TYPES, person_from_filename, scan_task_a, scan_task_b
-from facecom_utils.demo import (
+from facecom_utils.data import demo
+from facecom_utils.data.layout import DISTORTION_TYPES, person_from_filename, scan_task_a, scan_task_b
+from facecom_utils.data.demo import (
     DEMO_MARKER,
     ensure_demo_dataset,
     is_demo_root,
@@ -123,7 +123,7 @@ def test_resolve_data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_default_demo_has_facecom_like_imbalance(tmp_path: Path) -> None:
     """The default demo (80 people): about 1 female to 5 male people. (Its generation time is
-    measured by ``python -m facecom_utils.bench``, not asserted here.)"""
+    measured by ``python -m facecom_utils.bench.speed``, not asserted here.)"""
     root = make_demo_dataset(tmp_path / "demo_synthetic")
     people = scan_task_a(root).assign(person=lambda df: df["path"].map(person_from_filename))
     counts = people.drop_duplicates("person")["label"].value_counts()

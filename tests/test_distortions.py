@@ -1,4 +1,4 @@
-"""Tests for facecom_utils.distortions: direction of change, determinism, and FACECOM statistics."""
+"""Tests for facecom_utils.data.distortions: direction of change, determinism, and FACECOM statistics."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facecom_utils.data import DISTORTION_TYPES
-from facecom_utils.distortions import (
+from facecom_utils.data.layout import DISTORTION_TYPES
+from facecom_utils.data.distortions import (
     DISTORTIONS,
     FACECOM_REFERENCE,
     STATISTICS,

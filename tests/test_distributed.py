@@ -1,7 +1,7 @@
 """Multi-process training as torchrun runs it: 2 CPU processes, gloo, the demo data, the real entry point.
 
 Each process gets torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT on
-127.0.0.1) and runs ``facecom_utils.launch.main(["train-...", ...])``, the function behind
+127.0.0.1) and runs ``facecom_utils.cli.launch.main(["train-...", ...])``, the function behind
 ``facecom train-gender`` / ``facecom train-recognition``. The samplers are wrapped to record the
 indices each rank drew.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from facecom_utils.checkpoints import load_checkpoint
+from facecom_utils.common.checkpoints import load_checkpoint
 
 TINY = {"backbone": "efficientnet_lite0", "pretrained": None, "image_size": 32, "batch_size": 4, "epochs": 1,
         "device": "cpu", "amp": "none", "progress": False, "seed": 0}
@@ -34,8 +34,8 @@ def _worker(rank: int, world: int, jobs: list[tuple[str, str, str, int]], cache_
     torch.set_num_threads(1)
     from torch.utils.data import DistributedSampler
 
-    from facecom_utils import launch
-    from facecom_utils.datasets import DistributedWeightedSampler
+    from facecom_utils.cli import launch
+    from facecom_utils.data.datasets import DistributedWeightedSampler
 
     seen: list[dict] = []
     for cls in (DistributedSampler, DistributedWeightedSampler):

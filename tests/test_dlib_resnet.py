@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facecom_utils import face_model as fm
-from facecom_utils.dlib_resnet import MODEL_FILE, read_dlib_face_net, torch_descriptors
-from facecom_utils.distortions import apply_distortion
+from facecom_utils.face import descriptors as fm
+from facecom_utils.face.dlib_network import MODEL_FILE, read_dlib_face_net, torch_descriptors
+from facecom_utils.data.distortions import apply_distortion
 
 pytest.importorskip("face_recognition_models")  # the .dat file; the parser and the torch network need no dlib
-from facecom_utils.face import _model_file  # noqa: E402
+from facecom_utils.face.detect import _model_file  # noqa: E402
 
 MODEL = _model_file(MODEL_FILE)
 needs_dlib = pytest.mark.skipif(not fm.face_model_available(), reason="dlib not installed")
@@ -128,7 +128,7 @@ def test_worker_processes_give_the_same_descriptors_in_order(tmp_path) -> None:
 def test_device_key_names_each_device_once():
     import torch
 
-    from facecom_utils.dlib_resnet import _device_key
+    from facecom_utils.face.dlib_network import _device_key
 
     assert _device_key("cpu") == "cpu"
     assert _device_key(torch.device("cpu")) == "cpu"

@@ -1,4 +1,4 @@
-"""facecom_utils.eda: count tables, pixel statistics, perceptual hashes and the leakage check."""
+"""facecom_utils.reporting.eda: count tables, pixel statistics, perceptual hashes and the leakage check."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageEnhance
 
 from conftest import FACECOM_ROOT, requires_facecom
-from facecom_utils import eda
+from facecom_utils.reporting import eda
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
-from facecom_utils.evaluation import (
+from facecom_utils.metrics.classification import (
     THRESHOLD_CRITERIA,
     binary_metrics,
     choose_threshold,
@@ -134,7 +134,7 @@ def test_choose_threshold_is_optimal_against_brute_force(criterion: str) -> None
 def test_sample_weights_count_like_repeated_samples(criterion: str) -> None:
     """Integer weights give the criterion of the data with each sample repeated that often (checked
     against scikit-learn's weighted scorers too); unit weights give the unweighted answer."""
-    from facecom_utils.evaluation import threshold_criterion
+    from facecom_utils.metrics.classification import threshold_criterion
 
     rng = np.random.default_rng(5)
     y = (rng.random(50) < 0.35).astype(int)

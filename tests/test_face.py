@@ -18,8 +18,8 @@ pytest.importorskip("skimage")
 
 from conftest import FACECOM_ROOT, requires_facecom  # noqa: E402
 
-import facecom_utils.face as face  # noqa: E402
-from facecom_utils.face import (  # noqa: E402
+import facecom_utils.face.detect as face  # noqa: E402
+from facecom_utils.face.detect import (  # noqa: E402
     DEFAULT_FALLBACK,
     FaceRecord,
     align_face,

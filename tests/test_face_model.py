@@ -15,22 +15,22 @@ import torch
 from PIL import Image
 
 from conftest import KindsEstimator, noise_images
-from facecom_utils.distortions import DISTORTION_TYPES, apply_distortion
-from facecom_utils.face_model import Descriptions
-from facecom_utils.gender_face import (
+from facecom_utils.data.distortions import DISTORTION_TYPES, apply_distortion
+from facecom_utils.face.descriptors import Descriptions
+from facecom_utils.data.splits import grouped_folds
+from facecom_utils.gender.tracks import (
     FaceHeadRecipe,
     GenderFaceModel,
     cross_validate,
     fit_gender_face,
     fit_linear,
-    grouped_folds,
     oof_linear,
     score_rows,
     summarise_folds,
     threshold_from_oof,
     with_distorted_copies,
 )
-from facecom_utils.quality import KINDS, RESTORATION_FOR, DistortionEstimator, quality_feature_matrix, quality_features
+from facecom_utils.face.quality import KINDS, RESTORATION_FOR, DistortionEstimator, quality_feature_matrix, quality_features
 
 
 def _astronaut_face(size: int = 112) -> Image.Image:
@@ -131,7 +131,7 @@ def astronaut_file(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def test_store_describes_once_and_keys_by_content(tmp_path, astronaut_file, monkeypatch) -> None:
-    import facecom_utils.face_model as fm
+    import facecom_utils.face.descriptors as fm
 
     store = fm.DescriptorStore(tmp_path / "store")
     first = store.describe([astronaut_file], "identity")
@@ -152,7 +152,7 @@ def test_store_describes_once_and_keys_by_content(tmp_path, astronaut_file, monk
 
 
 def test_restored_noisy_face_is_closer_to_its_clean_self(tmp_path, astronaut_file) -> None:
-    import facecom_utils.face_model as fm
+    import facecom_utils.face.descriptors as fm
 
     noisy = tmp_path / "noisy.png"
     apply_distortion(Image.open(astronaut_file), "noisy", rng=0).save(noisy)
@@ -219,7 +219,7 @@ def _toy_matrix(noise: float = 0.6):
 
 
 def test_every_out_of_fold_prediction_comes_from_a_head_that_never_saw_the_person(monkeypatch) -> None:
-    import facecom_utils.gender_face as gf
+    import facecom_utils.gender.tracks as gf
 
     rows, _, X, y, persons = _toy_matrix()
     seen: list[set[str]] = []
@@ -291,7 +291,7 @@ def test_score_rows_per_type() -> None:
 
 
 def test_with_distorted_copies_matches_task_b_by_file_name(demo_root) -> None:
-    from facecom_utils.data import scan_task_a
+    from facecom_utils.data.layout import scan_task_a
 
     a = scan_task_a(demo_root, splits=("train",))
     rows = with_distorted_copies(a, demo_root, "train")
@@ -305,7 +305,7 @@ def test_with_distorted_copies_matches_task_b_by_file_name(demo_root) -> None:
 
 
 def test_fused_track_routes_glare_images_to_the_glare_head_with_one_threshold() -> None:
-    from facecom_utils.gender_face import LinearHead
+    from facecom_utils.gender.tracks import LinearHead
 
     rows, store, X, y, persons = _toy_matrix()
     kinds = np.where(np.arange(len(rows)) % 3 == 0, "sunny", "clean")
@@ -333,9 +333,9 @@ def test_predict_and_evaluate_gender_run_the_headline_track_of_a_run_directory(t
     """A run directory's face_tracks.pt (weights_only) drives `facecom predict-gender RUN_DIR`."""
     import csv
 
-    from facecom_utils import cli
-    from facecom_utils.face_model import DescriptorStore
-    from facecom_utils.gender_face import LinearHead, load_run_tracks
+    from facecom_utils.cli import commands as cli
+    from facecom_utils.face.descriptors import DescriptorStore
+    from facecom_utils.gender.tracks import LinearHead, load_run_tracks
 
     monkeypatch.setenv("FACECOM_CACHE_DIR", str(tmp_path / "cache"))
     rng = np.random.default_rng(0)
@@ -449,7 +449,7 @@ def face_tracks_quick(table: pd.DataFrame, emb: np.ndarray, kinds: np.ndarray, k
 
 def test_fused_embeddings_add_the_weighted_copy_evidence() -> None:
     """Probe . gallery photo = w cos_face + (1 - w) cos_facecom + gamma * clip((corr - cohort max - 0.1) / 0.1, 0, 1)."""
-    from facecom_utils.recognition.copies import COPY_MARGIN, COPY_RAMP
+    from facecom_utils.face.copies import COPY_MARGIN, COPY_RAMP
     from facecom_utils.recognition.face_tracks import fuse_embeddings
 
     rng = np.random.default_rng(2)
@@ -485,7 +485,7 @@ def test_copy_evidence_marks_only_the_source_photo() -> None:
     from skimage import data as skdata
     from skimage.transform import resize
 
-    from facecom_utils.recognition.copies import copy_descriptor, copy_evidence
+    from facecom_utils.face.copies import copy_descriptor, copy_evidence
 
     names = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "camera", "moon", "page")
     photos = {n: getattr(skdata, n)() for n in names}
@@ -512,7 +512,7 @@ def test_copy_detector_finds_each_distorted_copy_of_its_source_photo() -> None:
     from skimage import data as skdata
     from skimage.transform import resize
 
-    from facecom_utils.recognition.copies import copy_descriptor
+    from facecom_utils.face.copies import copy_descriptor
 
     photos = {name: getattr(skdata, name)() for name in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")}
     photos = {k: (resize(v, (224, 224), anti_aliasing=True) * 255).astype(np.uint8) for k, v in photos.items()}
@@ -532,7 +532,7 @@ def test_copy_detector_finds_each_distorted_copy_of_its_source_photo() -> None:
 
 
 def test_copy_descriptors_are_cached_by_content(tmp_path: Path) -> None:
-    from facecom_utils.recognition import copies
+    from facecom_utils.face import copies
 
     paths = noise_images(tmp_path, 3, seed=3)
     first = copies.copy_descriptors(paths, cache_dir=tmp_path / "cache")
@@ -586,7 +586,7 @@ def test_error_gallery_names_the_wrong_and_the_true_identity_photos() -> None:
 def test_descriptor_store_files_follow_the_restoration_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A restoration whose output changed gets a new store file (its old descriptors are not reused);
     the others keep theirs."""
-    from facecom_utils import face_model
+    from facecom_utils.face import descriptors as face_model
 
     store = face_model.DescriptorStore(tmp_path)
     before = {name: store._file(name) for name in ("identity", "denoise", "derain")}
@@ -605,8 +605,8 @@ def test_face_heads_record_their_restoration_versions_and_warn_on_a_mismatch() -
     same versions it does not."""
     import warnings
 
-    from facecom_utils.gender_face import LinearHead
-    from facecom_utils.restoration import RESTORATION_VERSIONS, check_restoration_versions
+    from facecom_utils.gender.tracks import LinearHead
+    from facecom_utils.face.restoration import RESTORATION_VERSIONS, check_restoration_versions
 
     rng = np.random.default_rng(0)
     q = rng.normal(size=(40, 3))

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from facecom_utils.data import DISTORTION_TYPES, scan_task_a
-from facecom_utils.splits import person_grouped_split
-from facecom_utils.datasets import IMAGENET_MEAN, IMAGENET_STD
-from facecom_utils.gender import (
+from facecom_utils.data.layout import DISTORTION_TYPES, scan_task_a
+from facecom_utils.data.splits import person_grouped_split
+from facecom_utils.data.datasets import IMAGENET_MEAN, IMAGENET_STD
+from facecom_utils.gender.pipeline import (
     GenderConfig,
     evaluate_gender,
     gender_pipeline,
@@ -151,7 +151,7 @@ def test_person_grouped_fold_on_facecom():
 
 def test_the_stages_as_notebook_02_calls_them_give_train_gender_s_numbers(demo_root, tmp_path, one_thread):
     """Splits, pipeline, a display batch, fit, report: the same run as one train_gender call."""
-    from facecom_utils.gender import fit_gender, report_gender
+    from facecom_utils.gender.pipeline import fit_gender, report_gender
 
     cfg = _stage_config(demo_root, tmp_path, epochs=1, evaluate_distortions=False, output_dir=str(tmp_path / "a"))
     whole = train_gender(cfg)

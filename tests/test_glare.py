@@ -1,4 +1,4 @@
-"""Tests for facecom_utils.glare: the glare CNN fine-tuned on sunny copies (tiny images, tiny backbone, CPU)."""
+"""Tests for facecom_utils.gender.glare: the glare CNN fine-tuned on sunny copies (tiny images, tiny backbone, CPU)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from conftest import KindsEstimator
-from facecom_utils.evaluation import binary_metrics, choose_threshold
-from facecom_utils.glare import (GlareCNN, fit_glare_cnn, held_out_persons, person_balanced_accuracy,
+from facecom_utils.metrics.classification import binary_metrics, choose_threshold
+from facecom_utils.gender.glare import (GlareCNN, fit_glare_cnn, held_out_persons, person_balanced_accuracy,
                                  person_balanced_threshold, sampling_weights)
 
 
@@ -85,7 +85,7 @@ def test_glare_cnn_threshold_comes_from_its_held_out_persons_only(fitted) -> Non
 def test_fit_glare_cnn_samples_and_thresholds_by_person(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With one person owning most images, the fit samples with the person weights of its fitted persons and
     chooses the threshold person-weighted on exactly its held-out persons (not image-counted)."""
-    import facecom_utils.glare as glare
+    import facecom_utils.gender.glare as glare
 
     rows = pd.concat([_glare_images(tmp_path / "a", persons=10, per_person=1, seed=3),
                       _glare_images(tmp_path / "b", persons=1, per_person=12, seed=4)], ignore_index=True)
@@ -170,7 +170,7 @@ def test_glare_cnn_round_trips_through_a_weights_only_file(fitted, tmp_path: Pat
 def test_fused_track_routes_glare_images_to_the_glare_cnn_with_one_threshold() -> None:
     """Images the selector calls sunny take the glare CNN's margin, shifted onto the face head's threshold;
     the others keep the face head's probability; the frame head is not consulted."""
-    from facecom_utils.gender_face import FaceHeadRecipe, GenderFaceModel, LinearHead
+    from facecom_utils.gender.tracks import FaceHeadRecipe, GenderFaceModel, LinearHead
 
     rows = pd.DataFrame({"path": [f"/x/{i}.jpg" for i in range(9)]})
     kinds = np.where(np.arange(9) % 3 == 0, "sunny", "clean")
@@ -208,7 +208,7 @@ def test_fused_track_routes_glare_images_to_the_glare_cnn_with_one_threshold() -
 def test_glare_cnn_refuses_too_few_persons_of_a_label_before_training() -> None:
     """Four women cannot give a held-out fifth with both labels: a GlareDataError (a ValueError, which the
     fused track turns into a fall-back to the frame head) names the counts, before any image is read."""
-    from facecom_utils.glare import GlareDataError
+    from facecom_utils.gender.glare import GlareDataError
 
     persons = [f"p{i}" for i in range(12) for _ in range(2)]
     labels = [int(i < 4) for i in range(12) for _ in range(2)]
@@ -220,7 +220,7 @@ def test_glare_cnn_refuses_too_few_persons_of_a_label_before_training() -> None:
 @pytest.fixture(scope="module")
 def ensemble(tmp_path_factory: pytest.TempPathFactory):
     """A 3-member cross-fitted glare CNN, with what each member trained on and what the threshold was chosen on."""
-    import facecom_utils.glare as glare
+    import facecom_utils.gender.glare as glare
 
     root = tmp_path_factory.mktemp("glare_ensemble")
     train = _glare_images(root / "train", persons=21, per_person=3, seed=5)
@@ -260,7 +260,7 @@ def test_ensemble_threshold_comes_from_out_of_fold_predictions_of_every_training
     """Member i trains on all person-grouped parts but the i-th; every training image gets exactly one
     probability, from the member that never saw its person, paired with its own label, and the threshold
     is the person-weighted optimum of exactly those (y, probability, person) triples."""
-    from facecom_utils.gender_face import person_folds
+    from facecom_utils.data.splits import person_folds
 
     cnn, train, _, seen = ensemble
     splits = person_folds(train["person"].to_numpy(), train["label"].to_numpy(), 3, 1, 0)
@@ -297,7 +297,7 @@ def test_ensemble_round_trips_and_old_single_network_files_still_load(ensemble, 
 
 
 def test_ensemble_refuses_fewer_persons_of_a_label_than_members() -> None:
-    from facecom_utils.glare import GlareDataError
+    from facecom_utils.gender.glare import GlareDataError
 
     persons = [f"p{i}" for i in range(8) for _ in range(2)]
     labels = [int(i < 2) for i in range(8) for _ in range(2)]
@@ -310,19 +310,20 @@ def test_ensemble_refuses_fewer_persons_of_a_label_than_members() -> None:
 @pytest.mark.parametrize("bad", [{"face_glare_cnn_members": 0}, {"face_glare_cnn_epochs": 0}])
 def test_config_refuses_a_glare_cnn_without_networks_or_epochs(bad: dict, tmp_path: Path) -> None:
     """Caught when the run is configured, not after every descriptor has been computed."""
-    from facecom_utils.gender import GenderConfig
+    from facecom_utils.gender.pipeline import GenderConfig
 
     with pytest.raises(ValueError, match="face_glare_cnn_members and face_glare_cnn_epochs must be >= 1"):
         GenderConfig(data_root=str(tmp_path), output_dir=str(tmp_path / "run"), **bad)
 
 
 def test_logit_matches_its_definition_and_clips():
-    from facecom_utils.gender_face import _logit, female_labels, logit
+    from facecom_utils.gender.tracks import female_labels
+    from facecom_utils.metrics.classification import logit
 
     p = np.array([0.5, 0.9, 0.1, 0.0, 1.0])
     out = logit(p, eps=1e-6)
     np.testing.assert_allclose(out[:3], [0.0, np.log(9.0), -np.log(9.0)], atol=1e-12)
     np.testing.assert_allclose(out[3:], [np.log(1e-6 / (1 - 1e-6)), np.log((1 - 1e-6) / 1e-6)], rtol=1e-9)
-    assert isinstance(logit(0.9), float) and _logit(0.9) == pytest.approx(np.log(9.0))
+    assert isinstance(logit(0.9), float) and logit(0.9) == pytest.approx(np.log(9.0))
     rows = pd.DataFrame({"label": ["female", "male", "female"]})
     assert female_labels(rows).tolist() == [1, 0, 1]

@@ -37,8 +37,8 @@ import numpy as np
 import pytest
 import torch
 
-from facecom_utils.demo import make_demo_dataset
-from facecom_utils.gender import GenderConfig, train_gender
+from facecom_utils.data.demo import make_demo_dataset
+from facecom_utils.gender.pipeline import GenderConfig, train_gender
 from facecom_utils.recognition import RecognitionConfig, train_recognition
 
 GOLDEN_PATH = Path(__file__).parent / "golden" / "tiny_demo_metrics.json"

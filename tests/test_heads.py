@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from facecom_utils.heads import AdaFace, ArcMarginProduct, CosFace, MarginHead, build_head
+from facecom_utils.nn.heads import AdaFace, ArcMarginProduct, CosFace, MarginHead, build_head
 
 B, D, C = 5, 4, 3
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from facecom_utils import cli
-from facecom_utils.launch import LaunchError, build_config
+from facecom_utils.cli import commands as cli
+from facecom_utils.cli.launch import LaunchError, build_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def test_build_config_merges_flat_keys_section_and_params(tmp_path: Path) -> Non
 
 def test_the_repository_presets_build_what_their_notebook_runs() -> None:
     """A preset lists what differs from its notebook's defaults, so those defaults are the base here too."""
-    from facecom_utils.run import notebook_defaults
+    from facecom_utils.reporting.runner import notebook_defaults
 
     for command, stem in (("train-gender", "02_gender_classification"), ("train-recognition", "03_arcface_recognition")):
         defaults = notebook_defaults(REPO_ROOT / "notebooks" / f"{stem}.ipynb")

@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
-from facecom_utils import gender as gender_mod
+from facecom_utils.gender import pipeline as gender_mod
 from facecom_utils import recognition as rec_mod
-from facecom_utils.demo import make_demo_dataset
+from facecom_utils.data.demo import make_demo_dataset
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from facecom_utils.datasets import IMAGENET_MEAN, IMAGENET_STD
-from facecom_utils.models import (
+from facecom_utils.data.datasets import IMAGENET_MEAN, IMAGENET_STD
+from facecom_utils.nn.backbones import (
     BN_MOMENTUM,
     FaceEmbedder,
     GenderClassifier,
@@ -20,8 +20,8 @@ from facecom_utils.models import (
     offline_efficientnet_lite0,
     recalibrate_batchnorm,
 )
-from facecom_utils.checkpoints import save_checkpoint
-from facecom_utils.training import TrainConfig, fit
+from facecom_utils.common.checkpoints import save_checkpoint
+from facecom_utils.train.fit import TrainConfig, fit
 
 
 
@@ -160,7 +160,7 @@ def test_backbone_reports_the_width_it_returns(name: str) -> None:
 
 def test_face_embedder_features_are_what_forward_normalises(one_thread) -> None:
     """One forward rule: forward() is the L2-normalised "neck" of features(); "pooled" is the backbone's."""
-    from facecom_utils.models import FaceEmbedder
+    from facecom_utils.nn.backbones import FaceEmbedder
 
     torch.manual_seed(0)
     model = FaceEmbedder("resnet10t", None, 16, image_size=32).eval()
@@ -179,8 +179,8 @@ def test_channels_last_weights_compute_the_same_step_and_checkpoint(tmp_path) ->
 
     import torch.nn.functional as F
 
-    from facecom_utils.cache import apply_speedups
-    from facecom_utils.models import GenderClassifier
+    from facecom_utils.data.cache import apply_speedups
+    from facecom_utils.nn.backbones import GenderClassifier
 
     torch.manual_seed(0)
     # no dropout (its mask is drawn in memory order) and 64 px x 8 images: batch-norm statistics over a

@@ -21,7 +21,7 @@ from jupyter_client.kernelspec import KernelSpec, KernelSpecManager  # noqa: E40
 from nbval.kernel import CURRENT_ENV_KERNEL_NAME  # noqa: E402
 
 from conftest import REPO_ROOT  # noqa: E402
-from facecom_utils.nbval_kernel import (  # noqa: E402
+from facecom_utils.reporting.kernel import (  # noqa: E402
     CapturingKernel,
     KernelDiedError,
     KernelStartError,

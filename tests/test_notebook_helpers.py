@@ -1,4 +1,4 @@
-"""facecom_utils.notebook: the plumbing every notebook shares (metrics.json, summary tables, banner)."""
+"""facecom_utils.reporting.notebook: the plumbing every notebook shares (metrics.json, summary tables, banner)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from facecom_utils import eda, notebook
+from facecom_utils.reporting import eda
+from facecom_utils.reporting import notebook
 
 
 def test_write_metrics_is_plain_json_with_parameters(tmp_path: Path, demo_root: Path) -> None:

@@ -22,11 +22,11 @@ import papermill as pm
 import pytest
 
 from conftest import REPO_ROOT
-from facecom_utils import run
-from facecom_utils.eda import EDAConfig
-from facecom_utils.gender import GenderConfig
+from facecom_utils.reporting import runner as run
+from facecom_utils.reporting.eda import EDAConfig
+from facecom_utils.gender.pipeline import GenderConfig
 from facecom_utils.recognition import RecognitionConfig
-from facecom_utils.thresholds import ThresholdConfig
+from facecom_utils.recognition.analysis import ThresholdConfig
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 EXPECTED = [f"{stem}.ipynb" for stem in run.NOTEBOOKS.values()]
@@ -240,7 +240,7 @@ def test_notebooks_02_03_04_run_on_the_tiny_demo(demo_root: Path, tmp_path: Path
     for stem in ("02_gender_classification", "03_arcface_recognition", "04_threshold_analysis"):
         assert (tmp_path / "tiny" / f"{stem}.nocode.html").is_file()
     # the run directory's headline track, re-run from disk, gives the notebook's numbers
-    from facecom_utils.gender_face import evaluate_with_run
+    from facecom_utils.gender.tracks import evaluate_with_run
     from facecom_utils.recognition.face_tracks import evaluate_run
 
     rec_dir = tmp_path / "tiny" / "03_arcface_recognition"
@@ -255,7 +255,7 @@ def test_notebooks_02_03_04_run_on_the_tiny_demo(demo_root: Path, tmp_path: Path
         assert set(scales) == set(recognition["fusion_weights"]) | {"*"}  # "*": types the fold never estimated
         # every track rebuilt from the run folder without re-embedding is the one notebook 03 scored
         from facecom_utils.recognition.protocol import protocol_metrics
-        from facecom_utils.thresholds import load_recognition_run
+        from facecom_utils.recognition.analysis import load_recognition_run
 
         for name in TRACKS:
             files = load_recognition_run(rec_dir, name)

@@ -13,8 +13,8 @@ import pytest
 from matplotlib.figure import Figure
 
 from conftest import noise_images
-from facecom_utils import plots
-from facecom_utils.evaluation import reliability_curve
+from facecom_utils.reporting import plots
+from facecom_utils.metrics.classification import reliability_curve
 
 
 @pytest.fixture(autouse=True)
@@ -128,7 +128,7 @@ def test_plots_never_show(monkeypatch: pytest.MonkeyPatch, image_paths: list[Pat
 def test_tensor_grid_undoes_the_normalisation() -> None:
     import torch
 
-    from facecom_utils.plots import tensor_grid
+    from facecom_utils.reporting.plots import tensor_grid
 
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     grey = torch.full((3, 3, 8, 8), 0.5)

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT
-from facecom_utils import run
+from facecom_utils.reporting import runner as run
 
 PRESETS = sorted((REPO_ROOT / "params").glob("*/*.yml"))
 SHRINKING = {"data_root", "output_dir", "epochs", "samples_per_epoch", "image_size", "batch_size",
@@ -77,7 +77,7 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     Larger than the session's tiny demo: without val, Task A's persons are split three ways (held out,
     validation fold, training part) and each part needs women.
     """
-    from facecom_utils.demo import make_demo_dataset
+    from facecom_utils.data.demo import make_demo_dataset
 
     demo_root = make_demo_dataset(tmp_path_factory.mktemp("presets") / "demo", seed=0, train_identities=30,
                                   val_identities=8, clean_per_identity=2, image_size=48)

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from facecom_utils import recognition as rec
-from facecom_utils.data import DISTORTION_TYPES, scan_task_b
-from facecom_utils.models import FaceEmbedder
+from facecom_utils.data.layout import DISTORTION_TYPES, scan_task_b
+from facecom_utils.nn.backbones import FaceEmbedder
 from facecom_utils.recognition import (
     METRIC_KEYS,
     RecognitionConfig,
@@ -30,7 +30,7 @@ from facecom_utils.recognition import (
     split_identities,
     train_recognition,
 )
-from facecom_utils.thresholds import load_recognition_run
+from facecom_utils.recognition.analysis import load_recognition_run
 
 TINY = dict(image_size=32, batch_size=8, samples_per_epoch=32, val_fraction=0.2, device="cpu",
             progress=False, patience=None, embedding_dim=32)
@@ -314,7 +314,7 @@ def test_the_stages_as_notebook_03_runs_them_give_the_cli_run(arcface_run: rec.R
 def test_preserved_random_state_leaves_every_generator_where_it_was() -> None:
     import random
 
-    from facecom_utils.training import preserved_random_state, seed_everything
+    from facecom_utils.train.fit import preserved_random_state, seed_everything
 
     seed_everything(3)
     expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))

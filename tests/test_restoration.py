@@ -1,9 +1,9 @@
-"""Tests for facecom_utils.restoration: each filter undoes its distortion, spares clean images,
+"""Tests for facecom_utils.face.restoration: each filter undoes its distortion, spares clean images,
 sees pixels only, and keeps the uint8 RGB contract.
 
 The test face is ``skimage.data.astronaut()`` (ships offline) cropped to the face and resized to
 FACECOM's 224 px; the degraded copies are made with the project's own seeded
-:mod:`facecom_utils.distortions` at severity 1 (FACECOM's level).
+:mod:`facecom_utils.data.distortions` at severity 1 (FACECOM's level).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from PIL import Image
 from skimage import data as skdata
 from skimage.metrics import peak_signal_noise_ratio
 
-from facecom_utils.distortions import apply_distortion
-from facecom_utils.restoration import RESTORATIONS, restore, restore_candidates
+from facecom_utils.data.distortions import apply_distortion
+from facecom_utils.face.restoration import RESTORATIONS, restore, restore_candidates
 
 # Each restoration and the FACECOM distortion it is for.
 TARGET = {"denoise": "noisy", "derain": "rainy", "deblur": "blurred", "dehaze": "foggy", "lowlight": "lowlight"}
@@ -121,7 +121,7 @@ def test_restore_and_candidates(face: np.ndarray) -> None:
 def test_denoise_gate_spares_sparse_impulses_and_clears_dense_noise(face: np.ndarray) -> None:
     """A few impulses: only they change. Dense FACECOM-like grey noise: every pixel is filtered,
     which beats switching impulses alone."""
-    from facecom_utils.restoration import denoise
+    from facecom_utils.face.restoration import denoise
 
     rng = np.random.default_rng(0)
     sparse = face.copy()

@@ -1,4 +1,4 @@
-"""facecom_utils.run: the papermill runner, on small throwaway notebooks."""
+"""facecom_utils.reporting.runner: the papermill runner, on small throwaway notebooks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from facecom_utils import run
+from facecom_utils.reporting import runner as run
 
 WRITE_METRICS = """
 import json, pathlib

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from facecom_utils.config import RunConfig
-from facecom_utils.rundir import FOLD_ROLE, REPORT_ROLE, RunDir, to_jsonable
+from facecom_utils.train.config import RunConfig
+from facecom_utils.train.rundir import FOLD_ROLE, REPORT_ROLE, RunDir, to_jsonable
 
 
 def test_metrics_are_written_once_with_parameters_and_provenance(demo_root: Path, tmp_path: Path) -> None:

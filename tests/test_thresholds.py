@@ -1,4 +1,4 @@
-"""facecom_utils.thresholds: threshold analysis of a recognition run (notebook 04)."""
+"""facecom_utils.recognition.analysis: threshold analysis of a recognition run (notebook 04)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from facecom_utils import thresholds
+from facecom_utils.recognition import analysis as thresholds
 
 
 def _toy_embeddings() -> tuple[pd.DataFrame, np.ndarray]:

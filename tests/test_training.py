@@ -10,9 +10,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from facecom_utils.datasets import DistributedWeightedSampler, balanced_sample_weights
-from facecom_utils.splits import person_grouped_split
-from facecom_utils.training import (
+from facecom_utils.data.datasets import DistributedWeightedSampler, balanced_sample_weights
+from facecom_utils.data.splits import person_grouped_split
+from facecom_utils.train.fit import (
     TrainConfig,
     build_optimizer,
     build_scheduler,

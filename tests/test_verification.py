@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from facecom_utils.scoring import cosine_scores, identity_scores, per_pair_loop_scores, score_table, topk_accuracy
-from facecom_utils.verification import (
+from facecom_utils.metrics.scoring import cosine_scores, identity_scores, per_pair_loop_scores, score_table, topk_accuracy
+from facecom_utils.metrics.verification import (
     choose_match_threshold,
     eer,
     eer_threshold,
@@ -152,7 +152,7 @@ def test_identity_scores_hand_example_with_exclusion() -> None:
 def test_scoring_3000_by_500_matches_the_per_pair_loop() -> None:
     """The benchmark's problem size (3,000 probes x 500 gallery images, 250 identities, 512-d):
     the vectorised path agrees with the per-pair reference. Speed is measured by
-    ``python -m facecom_utils.bench``, not here."""
+    ``python -m facecom_utils.bench.speed``, not here."""
     probes, gallery, labels, _ = _random_set(3000, 500, 250, dim=512)
     scores, ids = identity_scores(probes, gallery, labels, chunk_size=1024)
     assert scores.shape == (3000, 250)
@@ -490,7 +490,7 @@ def test_evaluate_protocol_rejects_probe_identity_missing_from_gallery() -> None
 
 def test_strict_table_and_identity_macro_top1_against_a_hand_count() -> None:
     """Identity a: 3 probes, b: 1 probe; the strict table drops each probe's source, unknown sources leave."""
-    from facecom_utils.scoring import identity_macro_top1, strict_score_table
+    from facecom_utils.metrics.scoring import identity_macro_top1, strict_score_table
 
     gallery = np.array([[1, 0], [1, 0], [0, 1]], dtype=np.float32)  # a, a, b
     probes = np.array([[1, 0], [0.6, 0.8], [1, 0], [0, 1]], dtype=np.float32)

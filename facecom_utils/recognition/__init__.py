@@ -27,7 +27,7 @@ The recipe (:func:`train_recognition`) and why:
 * **Loss**: cross-entropy with label smoothing over margin-head logits (ArcFace, CosFace or AdaFace,
   AdaFace with the neck's pre-normalisation feature norm); AdamW with a smaller learning rate for
   the pretrained backbone (``backbone_lr_scale``); per-step cosine annealing after a linear warm-up.
-  :func:`facecom_utils.training.fit` runs the loop (AMP on CUDA, checkpoints, resume, early stop).
+  :func:`facecom_utils.train.fit.fit` runs the loop (AMP on CUDA, checkpoints, resume, early stop).
 * **Model choice** after every epoch on the fold: gallery = the fold's clean images, probes = its
   distorted images. The monitored ``selection_score`` is the mean of the main top-1 and the
   strict top-1 averaged per identity (strict: the probe's own clean source removed from the
@@ -58,14 +58,14 @@ ImageNet features, no face training) and :func:`dlib_embeddings` / :func:`dlib_b
 
 from __future__ import annotations
 
-from .config import EMBEDDING_SOURCES, METRIC_KEYS, RecognitionConfig
-from .model import RecognitionModel, load_recognition_model, build_recognition_model
-from .sampling import identity_sample_weights
-from ..splits import split_identities
-from .embedding import build_recognition_transforms, extract_embeddings, embedding_table, protocol_inputs, load_embeddings
-from .protocol import choose_thresholds, protocol_metrics, evaluate_recognition
-from .baselines import imagenet_baseline, dlib_embeddings, dlib_baseline
-from .pipeline import RecognitionRun, RecognitionSplits, recognition_splits, RecognitionPipeline, recognition_pipeline, fit_recognition, report_recognition, train_recognition
+from facecom_utils.recognition.config import EMBEDDING_SOURCES, METRIC_KEYS, RecognitionConfig
+from facecom_utils.recognition.model import RecognitionModel, load_recognition_model, build_recognition_model
+from facecom_utils.recognition.sampling import identity_sample_weights
+from facecom_utils.data.splits import split_identities
+from facecom_utils.recognition.embedding import build_recognition_transforms, extract_embeddings, embedding_table, protocol_inputs, load_embeddings
+from facecom_utils.recognition.protocol import choose_thresholds, protocol_metrics, evaluate_recognition
+from facecom_utils.recognition.baselines import imagenet_baseline, dlib_embeddings, dlib_baseline
+from facecom_utils.recognition.pipeline import RecognitionRun, RecognitionSplits, recognition_splits, RecognitionPipeline, recognition_pipeline, fit_recognition, report_recognition, train_recognition
 
 __all__ = [
     "EMBEDDING_SOURCES",

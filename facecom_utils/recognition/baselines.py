@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..splits import subsample_identities
-from ..data import load_image, scan_task_b
-from ..demo import resolve_data_root
-from ..models import create_backbone
-from .embedding import embedding_table, extract_embeddings
-from .protocol import _threshold_table, choose_thresholds, protocol_metrics
+from facecom_utils.data.splits import subsample_identities
+from facecom_utils.data.layout import load_image, scan_task_b
+from facecom_utils.data.demo import resolve_data_root
+from facecom_utils.nn.backbones import create_backbone
+from facecom_utils.recognition.embedding import embedding_table, extract_embeddings
+from facecom_utils.recognition.protocol import _threshold_table, choose_thresholds, protocol_metrics
 
 __all__ = ["imagenet_baseline", "dlib_embeddings", "dlib_baseline"]
 

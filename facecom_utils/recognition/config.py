@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..data import DISTORTION_TYPES
-from ..config import RunConfig
+from facecom_utils.data.layout import DISTORTION_TYPES
+from facecom_utils.train.config import RunConfig
 
 __all__ = ["EMBEDDING_SOURCES", "METRIC_KEYS", "RecognitionConfig"]
 
@@ -24,7 +24,7 @@ METRIC_KEYS = (
 @dataclass
 class RecognitionConfig(RunConfig):
     """Everything that defines a Task B training run (saved in every checkpoint): the shared
-    :class:`~facecom_utils.config.RunConfig` (with Task B's own defaults for the learning rates,
+    :class:`~facecom_utils.train.config.RunConfig` (with Task B's own defaults for the learning rates,
     weight decay, label smoothing and patience) plus these.
 
     Attributes:
@@ -49,7 +49,7 @@ class RecognitionConfig(RunConfig):
         embedding_source: ``"neck"`` (the L2-normalised embedding), ``"pooled"`` (the backbone's
             pooled features, normalised) or ``"auto"`` (chosen on the fold).
         threshold_method: ``"kfold"``, ``"accuracy"`` or ``"far"`` (see
-            :func:`facecom_utils.verification.choose_match_threshold`).
+            :func:`facecom_utils.metrics.verification.choose_match_threshold`).
         flip_tta: Average each embedding with that of the mirrored image.
         tta_crops: Extra central-crop views (fractions of the image side, like ``face_crop``) for
             the fold, threshold and reported embeddings: each view is embedded on its own and the

@@ -20,12 +20,12 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
-from ..splits import clean_counts
-from ..data import central_crop, load_image
-from ..datasets import AugmentSpec, IMAGENET_MEAN, IMAGENET_STD, TorchSeededDistortion, make_loader
-from ..rundir import RunDir
-from ..models import FaceEmbedder
-from ..training import select_device
+from facecom_utils.data.splits import clean_counts
+from facecom_utils.data.layout import central_crop, load_image
+from facecom_utils.data.datasets import AugmentSpec, IMAGENET_MEAN, IMAGENET_STD, TorchSeededDistortion, make_loader
+from facecom_utils.train.rundir import RunDir
+from facecom_utils.nn.backbones import FaceEmbedder
+from facecom_utils.train.fit import select_device
 
 __all__ = ["build_recognition_transforms", "extract_embeddings", "embedding_table", "protocol_inputs", "load_embeddings"]
 
@@ -165,7 +165,7 @@ def extract_embeddings(
     """Embeds images in batches: float32 [N, D], every row L2-normalised.
 
     Args:
-        model: A :class:`RecognitionModel`, a :class:`~facecom_utils.models.FaceEmbedder` or any
+        model: A :class:`RecognitionModel`, a :class:`~facecom_utils.nn.backbones.FaceEmbedder` or any
             module mapping images [B, 3, S, S] to features [B, D] (e.g. a bare backbone).
         paths: Image files, embedded in this order.
         image_size: Input side (the training one).
@@ -222,7 +222,7 @@ def embedding_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def protocol_inputs(table: pd.DataFrame, emb: np.ndarray) -> dict[str, Any]:
-    """The keyword arguments of :func:`~facecom_utils.verification.evaluate_protocol` for a table.
+    """The keyword arguments of :func:`~facecom_utils.metrics.verification.evaluate_protocol` for a table.
 
     Args:
         table: An :func:`embedding_table` (rows aligned with ``emb``).
@@ -249,9 +249,9 @@ def protocol_inputs(table: pd.DataFrame, emb: np.ndarray) -> dict[str, Any]:
 
 
 def load_embeddings(run_dir: str | Path, role: str) -> tuple[pd.DataFrame, np.ndarray]:
-    """A Task B run's saved embeddings of one role (:data:`~facecom_utils.rundir.FOLD_ROLE` or
-    :data:`~facecom_utils.rundir.REPORT_ROLE`, a run's ``metrics["reported_role"]``); see
-    :meth:`facecom_utils.rundir.RunDir.load_embeddings`.
+    """A Task B run's saved embeddings of one role (:data:`~facecom_utils.train.rundir.FOLD_ROLE` or
+    :data:`~facecom_utils.train.rundir.REPORT_ROLE`, a run's ``metrics["reported_role"]``); see
+    :meth:`facecom_utils.train.rundir.RunDir.load_embeddings`.
 
     Returns:
         ``(table, embeddings)``.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .embedding import protocol_inputs
+from facecom_utils.recognition.embedding import protocol_inputs
 
 __all__ = ["identification_failures", "worst_failures"]
 

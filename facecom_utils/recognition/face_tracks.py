@@ -1,16 +1,16 @@
 """Task B with face-trained knowledge: dlib's descriptor beside the FACECOM embedder, fused per probe.
 
 Outside face data: dlib's descriptor was trained on public face datasets whose named identities
-look like LFW's, which may include people in FACECOM (see :mod:`facecom_utils.face_model`), so these
+look like LFW's, which may include people in FACECOM (see :mod:`facecom_utils.face.descriptors`), so these
 tracks are reported apart from the FACECOM-only one. Five tracks, one protocol:
 
 - ``facecom_only``: the run's own embeddings (notebook 03's model);
 - ``face_model``: dlib's descriptor of the face front end's aligned crop (no restoration);
 - ``face_model_restored``: the same after the restoration the distortion estimator
-  (:class:`~facecom_utils.quality.DistortionEstimator`, fitted on the run's training images) picks
+  (:class:`~facecom_utils.face.quality.DistortionEstimator`, fitted on the run's training images) picks
   from each image's pixels;
 - ``pixel_copies``: the training-free pixel copy detector alone
-  (:mod:`~facecom_utils.recognition.copies`; no face data): it shows that the main protocol
+  (:mod:`~facecom_utils.face.copies`; no face data): it shows that the main protocol
   measures finding a probe's own source photo, the strict protocol recognising the person;
 - ``fused``: per probe, score = w * cos(face model, restored) + (1 - w) * cos(FACECOM embedder)
   + gamma * copy evidence, with one (w, gamma) per **estimated** type (the estimator's output is
@@ -38,10 +38,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..quality import RESTORATION_FOR, DistortionEstimator, quality_feature_matrix
-from ..restoration import RESTORATION_VERSIONS, check_restoration_versions
-from .copies import COHORT_SIZE, copy_descriptors, copy_evidence
-from .protocol import _quick_scores, choose_thresholds, protocol_metrics
+from facecom_utils.face.quality import RESTORATION_FOR, DistortionEstimator, quality_feature_matrix
+from facecom_utils.face.restoration import RESTORATION_VERSIONS, check_restoration_versions
+from facecom_utils.face.copies import COHORT_SIZE, copy_descriptors, copy_evidence
+from facecom_utils.recognition.protocol import _quick_scores, choose_thresholds, protocol_metrics
 
 __all__ = ["TRACKS", "Fusion", "RecognitionTracks", "calibrate_scores", "choose_fusion", "copy_cohort", "evaluate_run",
            "fit_estimator", "fit_fusion", "fuse_embeddings", "fused_embeddings", "recognition_tracks", "run_embeddings",
@@ -317,7 +317,7 @@ class RecognitionTracks:
 
     def failures(self, per_type: int = 2, track: str | None = None) -> pd.DataFrame:
         """The error gallery: the worst main and strict failures per type of a track (the headline by default)."""
-        from .errors import worst_failures
+        from facecom_utils.recognition.errors import worst_failures
 
         return worst_failures(self.table, self.embeddings[track or self.headline], per_type=per_type)
 
@@ -396,9 +396,9 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
     """
     import torch
 
-    from ..cache import default_cache_dir
-    from ..face_model import DescriptorStore
-    from ..rundir import FOLD_ROLE, REPORT_ROLE, RunDir
+    from facecom_utils.data.cache import default_cache_dir
+    from facecom_utils.face.descriptors import DescriptorStore
+    from facecom_utils.train.rundir import FOLD_ROLE, REPORT_ROLE, RunDir
 
     cfg = config
     rundir = RunDir(run.output_dir)
@@ -473,7 +473,7 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
 
 def run_recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks | None:
     """:func:`recognition_tracks` when ``config.face_model`` asks for it and dlib is installed, else None."""
-    from ..face_model import face_tracks_wanted
+    from facecom_utils.face.descriptors import face_tracks_wanted
 
     if not face_tracks_wanted(config.face_model, "the FACECOM-only embedder"):
         return None
@@ -492,11 +492,11 @@ def run_embeddings(run_dir: str | Path, paths: list[str], gallery: np.ndarray, d
     """
     import torch
 
-    from ..cache import default_cache_dir
-    from ..checkpoints import load_checkpoint
-    from ..rundir import RunDir
-    from .embedding import extract_embeddings
-    from .model import load_recognition_model
+    from facecom_utils.data.cache import default_cache_dir
+    from facecom_utils.common.checkpoints import load_checkpoint
+    from facecom_utils.train.rundir import RunDir
+    from facecom_utils.recognition.embedding import extract_embeddings
+    from facecom_utils.recognition.model import load_recognition_model
 
     rundir = RunDir(run_dir)
     model, payload = load_recognition_model(rundir.best_checkpoint, device)
@@ -523,7 +523,7 @@ def _track_embeddings(saved: dict[str, Any], track: str, paths: list[str], facec
                       cache: Path, workers: int, source: str) -> np.ndarray:
     """One face-model track's embeddings of images, from a loaded ``face_tracks.pt`` (``saved``) and the
     images' FACECOM embeddings (read by ``fused`` only); descriptors come from the cache in ``cache``."""
-    from ..face_model import DescriptorStore
+    from facecom_utils.face.descriptors import DescriptorStore
 
     if track == "pixel_copies":
         return copy_descriptors(paths, workers=workers, cache_dir=cache)
@@ -556,8 +556,8 @@ def saved_track_embeddings(run_dir: str | Path, roles: list[str], track: str,
     """
     import torch
 
-    from ..cache import default_cache_dir
-    from ..rundir import RunDir
+    from facecom_utils.data.cache import default_cache_dir
+    from facecom_utils.train.rundir import RunDir
 
     if track not in TRACKS:
         raise ValueError(f"unknown track {track!r}; expected one of {', '.join(TRACKS)}")
@@ -580,8 +580,8 @@ def saved_track_embeddings(run_dir: str | Path, roles: list[str], track: str,
 def evaluate_run(run_dir: str | Path, data_root: str | Path, split: str = "val", device: str = "auto",
                  batch_size: int = 64, seed: int = 0) -> dict[str, Any]:
     """The Task B protocol (main and strict) of a run's headline track on ``Task_B/<split>``, thresholds from its fold."""
-    from ..data import scan_task_b
-    from .embedding import embedding_table
+    from facecom_utils.data.layout import scan_task_b
+    from facecom_utils.recognition.embedding import embedding_table
 
     table = embedding_table(scan_task_b(data_root, splits=(split,)))
     emb, (threshold, strict), track = run_embeddings(run_dir, table["path"].tolist(),

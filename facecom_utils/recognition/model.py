@@ -9,25 +9,25 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..cache import apply_speedups
-from ..heads import build_head
-from ..models import FaceEmbedder
-from ..checkpoints import load_checkpoint
-from ..training import select_device
-from .config import RecognitionConfig
+from facecom_utils.data.cache import apply_speedups
+from facecom_utils.nn.heads import build_head
+from facecom_utils.nn.backbones import FaceEmbedder
+from facecom_utils.common.checkpoints import load_checkpoint
+from facecom_utils.train.fit import select_device
+from facecom_utils.recognition.config import RecognitionConfig
 
 __all__ = ["RecognitionModel", "load_recognition_model", "build_recognition_model"]
 
 
 class RecognitionModel(nn.Module):
-    """A :class:`~facecom_utils.models.FaceEmbedder` with its margin head, for training.
+    """A :class:`~facecom_utils.nn.backbones.FaceEmbedder` with its margin head, for training.
 
     ``model(images)`` returns embeddings; ``model(images, labels)`` returns the head's scaled
     logits with the margin applied (training mode), which is what the loss needs.
 
     Args:
         embedder: The face embedder.
-        head: A margin head from :func:`facecom_utils.heads.build_head`.
+        head: A margin head from :func:`facecom_utils.nn.heads.build_head`.
         head_config: Plain description of the head (name, kwargs, number of classes).
     """
 

@@ -16,20 +16,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DistributedSampler
 
-from ..cache import BatchAugment, cached_dataset, resolve_cache_mode
-from ..data import scan_task_b
-from ..datasets import AugmentSpec, DistributedWeightedSampler, make_loader
-from ..rundir import FOLD_ROLE, REPORT_ROLE, RunDir, to_jsonable
-from ..demo import resolve_data_root
-from ..distributed import distributed_info
-from ..splits import split_identities, subsample_identities
-from ..checkpoints import load_checkpoint, save_checkpoint
-from ..training import FitResult, fit, preserved_random_state
-from .config import RecognitionConfig
-from .model import RecognitionModel, build_recognition_model
-from .sampling import identity_sample_weights
-from .embedding import _FaceImages, _extract, build_recognition_transforms, embedding_table, extract_embeddings
-from .protocol import _quick_scores, _scalar_view, choose_thresholds, protocol_metrics
+from facecom_utils.data.cache import BatchAugment, cached_dataset, resolve_cache_mode
+from facecom_utils.data.layout import scan_task_b
+from facecom_utils.data.datasets import AugmentSpec, DistributedWeightedSampler, make_loader
+from facecom_utils.train.rundir import FOLD_ROLE, REPORT_ROLE, RunDir, to_jsonable
+from facecom_utils.data.demo import resolve_data_root
+from facecom_utils.common.distributed import distributed_info
+from facecom_utils.data.splits import split_identities, subsample_identities
+from facecom_utils.common.checkpoints import load_checkpoint, save_checkpoint
+from facecom_utils.train.fit import FitResult, fit, preserved_random_state
+from facecom_utils.recognition.config import RecognitionConfig
+from facecom_utils.recognition.model import RecognitionModel, build_recognition_model
+from facecom_utils.recognition.sampling import identity_sample_weights
+from facecom_utils.recognition.embedding import _FaceImages, _extract, build_recognition_transforms, embedding_table, extract_embeddings
+from facecom_utils.recognition.protocol import _quick_scores, _scalar_view, choose_thresholds, protocol_metrics
 
 __all__ = ["RecognitionRun", "RecognitionSplits", "recognition_splits", "RecognitionPipeline", "recognition_pipeline", "fit_recognition", "report_recognition", "train_recognition"]
 

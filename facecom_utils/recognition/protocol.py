@@ -11,13 +11,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..data import OnError, drop_unreadable, scan_task_b
-from ..demo import resolve_data_root
-from ..splits import subsample_identities
-from ..scoring import identity_macro_top1, score_table, strict_score_table, topk_accuracy
-from ..verification import choose_match_threshold, evaluate_protocol
-from .model import load_recognition_model
-from .embedding import embedding_table, extract_embeddings, protocol_inputs
+from facecom_utils.data.layout import OnError, drop_unreadable, scan_task_b
+from facecom_utils.data.demo import resolve_data_root
+from facecom_utils.data.splits import subsample_identities
+from facecom_utils.metrics.scoring import identity_macro_top1, score_table, strict_score_table, topk_accuracy
+from facecom_utils.metrics.verification import choose_match_threshold, evaluate_protocol
+from facecom_utils.recognition.model import load_recognition_model
+from facecom_utils.recognition.embedding import embedding_table, extract_embeddings, protocol_inputs
 
 __all__ = ["choose_thresholds", "protocol_metrics", "evaluate_recognition"]
 
@@ -28,7 +28,7 @@ def choose_thresholds(table: pd.DataFrame, emb: np.ndarray, method: str = "kfold
     Args:
         table: :func:`embedding_table` rows of the validation fold.
         emb: Their embeddings.
-        method: See :func:`facecom_utils.verification.choose_match_threshold`.
+        method: See :func:`facecom_utils.metrics.verification.choose_match_threshold`.
         seed: Seed of the impostor draw and the folds.
 
     Returns:
@@ -61,7 +61,7 @@ def protocol_metrics(
 ) -> dict[str, Any]:
     """The issue's Task B metrics for one embedded split, main and strict.
 
-    Delegates to :func:`facecom_utils.verification.evaluate_protocol` and flattens its output:
+    Delegates to :func:`facecom_utils.metrics.verification.evaluate_protocol` and flattens its output:
     ``per_distortion`` maps each type to its top-1 (the full per-type metrics stay under
     ``per_distortion_metrics``); the same for the ``strict_`` keys. ``strict_top1_identity_macro``
     averages the strict top-1 per identity first (one many-photo identity can otherwise decide
@@ -91,7 +91,7 @@ def _quick_scores(table: pd.DataFrame, emb: np.ndarray) -> dict[str, float]:
     """Model-choice scores of an embedded fold.
 
     ``top1`` / ``strict_top1``: main and strict top-1 over probes; ``strict_top1_macro``: the strict
-    top-1 averaged per identity first (:func:`~facecom_utils.scoring.identity_macro_top1`);
+    top-1 averaged per identity first (:func:`~facecom_utils.metrics.scoring.identity_macro_top1`);
     ``selection_score``: the mean of ``top1`` and ``strict_top1_macro`` (``top1`` alone when the fold
     has no strict probe).
     """
@@ -125,14 +125,14 @@ def evaluate_recognition(
 ) -> dict[str, Any]:
     """Evaluates a trained checkpoint on a split with the full protocol and its stored threshold.
 
-    The split's images are screened first (:func:`~facecom_utils.data.drop_unreadable`): with
+    The split's images are screened first (:func:`~facecom_utils.data.layout.drop_unreadable`): with
     ``on_error="raise"`` the first unreadable one stops the evaluation; with ``"skip"`` each is left
     out with a warning (a distorted probe whose clean image is unreadable keeps ``source=None``; an
     identity left with no readable clean image drops out of the protocol, see :func:`embedding_table`).
 
     Args:
         checkpoint_path: ``best.pt`` written by :func:`train_recognition`.
-        data_root: FACECOM root (None: see :func:`facecom_utils.demo.resolve_data_root`).
+        data_root: FACECOM root (None: see :func:`facecom_utils.data.demo.resolve_data_root`).
         split: ``"val"`` or ``"train"`` (all of ``Task_B/<split>``), or ``"holdout"``: the training
             identities the run held out and reported on (when ``data_root`` had no ``Task_B/val``).
         batch_size: Embedding batch size.

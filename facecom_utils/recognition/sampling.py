@@ -7,8 +7,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from ..data import DISTORTION_TYPES
-from ..splits import clean_counts
+from facecom_utils.data.layout import DISTORTION_TYPES
+from facecom_utils.data.splits import clean_counts
 
 __all__ = ["identity_sample_weights"]
 

@@ -1,0 +1,1 @@
+"""The ``facecom`` command (``commands``) and ``train-*`` under torchrun (``launch``)."""

@@ -1,0 +1,1 @@
+"""Shared plumbing every other folder may use: the repository paths, torch.distributed, checkpoint I/O."""

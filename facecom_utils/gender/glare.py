@@ -1,0 +1,340 @@
+"""Task A's glare expert: a small CNN fine-tuned on FACECOM's real *sunny* copies.
+
+FACECOM's ``sunny`` distortion saturates the centre of the crop to white (on 250 training pairs,
+86 % of the central face pixels are 255): the face that dlib's descriptor and the face head read is
+gone, while hair, outline and the edges of the face remain. A logistic regression on frozen
+ImageNet features of the whole frame (the glare *head* of :mod:`facecom_utils.gender.tracks`)
+reads some of that; fine-tuning the whole network on the training persons' real sunny copies
+reads more of it.
+
+One network with its threshold chosen on a held-out fifth of the training persons (about 20 women
+on a FACECOM fold) was unstable: on 3 person-disjoint folds of the training split that threshold
+ranged from 0.07 to 0.47, and on one fold it found 46 % of the unseen women's sunny copies where
+the best threshold would have given 0.82 balanced accuracy. The shipped presets therefore
+cross-fit an ensemble (``members=3``): each network trains on two thirds of the persons and
+predicts the third it never saw, so the threshold is chosen on out-of-fold predictions of *every*
+training person, and P(female) is the members' mean. On the same 3 folds (``scripts/cv_glare.py``)
+balanced accuracy on unseen people's sunny copies went from 0.786 ± 0.069 (one network, 6 epochs;
+ROC AUC 0.887) to 0.833 ± 0.017 with the presets' 3 members x 4 epochs (AUC 0.915; 0.834 ± 0.037
+with 6 epochs each, at 1.6x the time); the README has these and the notebook-level figures.
+
+This is FACECOM-only knowledge (ImageNet initialisation, FACECOM images and labels; no face
+data). Every threshold maximises balanced accuracy with every person weighing the same (one
+FACECOM person has 236 images); the number of epochs is fixed, so nothing else is chosen on data.
+
+Example:
+    >>> cnn = fit_glare_cnn(paths, labels, persons, image_size=128, epochs=6, members=3)   # doctest: +SKIP
+    >>> cnn.probabilities(new_sunny_paths)                                                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from facecom_utils.data.splits import person_folds, usable_folds
+from facecom_utils.metrics.classification import logit
+
+__all__ = ["GlareCNN", "GlareDataError", "fit_glare_cnn", "held_out_persons", "person_balanced_accuracy",
+           "person_balanced_threshold", "person_weights", "sampling_weights"]
+
+
+class GlareDataError(ValueError):
+    """Too few images or persons of a label to fit the glare CNN and hold its threshold's persons out."""
+
+
+@dataclass
+class GlareCNN:
+    """One or more fine-tuned :class:`~facecom_utils.nn.backbones.GenderClassifier` networks and one threshold.
+
+    With several members (:func:`fit_glare_cnn` with ``members >= 2``) P(female) is the mean of the
+    members' probabilities and the threshold comes from their out-of-fold predictions over every
+    training person; with one, the threshold comes from a held-out fifth of the persons.
+
+    Attributes:
+        models: The networks (images -> logit of "female").
+        threshold: P(female) at or above which an image is called female.
+        image_size: Input side.
+        info: How it was fitted (images, persons, held-out or out-of-fold metrics, seconds).
+    """
+
+    models: list[Any]
+    threshold: float
+    image_size: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model(self) -> Any:
+        """The first member (the only one of a single-network glare CNN)."""
+        return self.models[0]
+
+    def probabilities(self, paths: Sequence[str | Path], batch_size: int = 64, device: Any = None) -> np.ndarray:
+        """P(female) of image files: per member the mean logit of the image and its mirror, then the members' mean probability."""
+        from facecom_utils.gender.pipeline import predict_proba
+
+        if len(paths) == 0:
+            return np.zeros(0)
+        return predict_proba(self.models, [str(p) for p in paths], self.image_size, batch_size, device, tta=True)
+
+    def margin(self, paths: Sequence[str | Path], **kwargs: Any) -> np.ndarray:
+        """``logit(P(female)) - logit(threshold)``: positive means female."""
+        return logit(self.probabilities(paths, **kwargs), eps=1e-6) - logit(self.threshold)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain values (``torch.load(..., weights_only=True)`` reads it back)."""
+        return {"members": [{k: v.detach().cpu() for k, v in m.state_dict().items()} for m in self.models],
+                "model_config": dict(self.model.model_config), "threshold": float(self.threshold),
+                "image_size": int(self.image_size), "info": dict(self.info)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "GlareCNN":
+        """Reads :meth:`state_dict` (and the single-network ``weights`` of runs saved before ensembles)."""
+        from facecom_utils.nn.backbones import GenderClassifier
+
+        cfg = state["model_config"]
+        models = []
+        for weights in state["members"] if "members" in state else [state["weights"]]:
+            model = GenderClassifier(cfg["backbone"], pretrained=None, dropout=float(cfg.get("dropout", 0.2)),
+                                     image_size=cfg.get("image_size"))
+            model.load_state_dict(weights)
+            models.append(model.eval())
+        return cls(models, float(state["threshold"]), int(state["image_size"]), dict(state.get("info", {})))
+
+
+def _load(paths: Sequence[str], image_size: int) -> Any:
+    """Eval-transformed images as one float16 tensor ``[N, 3, S, S]`` (as :func:`~facecom_utils.gender.pipeline.predict_proba` sees them)."""
+    import torch
+
+    from facecom_utils.data.layout import load_image
+    from facecom_utils.data.datasets import build_transforms
+
+    tf = build_transforms(image_size, train=False)
+    return torch.stack([tf(load_image(p)) for p in paths]).half()
+
+
+def held_out_persons(persons: Sequence[str], labels: Sequence[int], k: int = 5,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(fit_idx, held_idx)`` of images: the first of ``k`` label-stratified parts of the *persons* is held out.
+
+    :func:`~facecom_utils.data.splits.person_folds`: about 1/k of each label's persons whatever their
+    numbers of images (an image-balanced group fold held out 26 of 584 persons on a FACECOM fold);
+    ``k`` is lowered to the rarer label's number of persons when that is smaller.
+    """
+
+    return person_folds(persons, labels, k, 1, seed)[0]
+
+
+def person_weights(persons: Sequence[str]) -> np.ndarray:
+    """``1 / (the person's number of images)`` per image: every person's images sum to 1."""
+    persons = pd.Series(np.asarray(persons))
+    return 1.0 / persons.map(persons.value_counts()).to_numpy(np.float64)
+
+
+def sampling_weights(y: Sequence[int], persons: Sequence[str]) -> np.ndarray:
+    """Per-image sampling weights: every person the same total (within their label), both labels the same.
+
+    :func:`person_weights`, normalised so that each label sums to 1 (a person whose images carry both
+    labels splits their share between the labels).
+    """
+    y = np.asarray(y, np.int64)
+    w = person_weights(persons)
+    for label in (0, 1):
+        if (y == label).any():
+            w[y == label] /= w[y == label].sum()
+    return w
+
+
+def _both_labels(y: Sequence[int]) -> None:
+    if len(set(np.asarray(y).tolist())) < 2:
+        raise ValueError("a balanced accuracy needs images of both labels")
+
+
+def person_balanced_accuracy(y: Sequence[int], prob: Sequence[float], persons: Sequence[str],
+                             thresholds: Sequence[float] | float) -> np.ndarray | float:
+    """Balanced accuracy of ``prob >= threshold`` with every *person* weighing the same, per threshold.
+
+    :func:`~facecom_utils.metrics.classification.threshold_criterion` with :func:`person_weights`; a scalar
+    threshold gives a float.
+    """
+    from facecom_utils.metrics.classification import threshold_criterion
+
+    _both_labels(y)
+    score = threshold_criterion(y, np.asarray(prob, np.float64), np.atleast_1d(thresholds), "balanced_accuracy",
+                                person_weights(persons))
+    return float(score[0]) if np.ndim(thresholds) == 0 else score
+
+
+def person_balanced_threshold(y: Sequence[int], prob: Sequence[float], persons: Sequence[str]) -> float:
+    """The threshold on ``prob`` that maximises :func:`person_balanced_accuracy`.
+
+    One person with hundreds of images (FACECOM's training split has one with 236) counts as one
+    person, not as most of their label. :func:`~facecom_utils.metrics.classification.choose_threshold` with
+    :func:`person_weights` (its candidates and tie rule: closest to 0.5, the lower on an exact tie).
+    Predict female when ``prob >= threshold``.
+    """
+    from facecom_utils.metrics.classification import choose_threshold
+
+    _both_labels(y)
+    return choose_threshold(y, np.asarray(prob, np.float64), "balanced_accuracy", sample_weight=person_weights(persons))
+
+
+def _train_network(X: Any, y: np.ndarray, persons: np.ndarray, *, image_size: int, epochs: int, batch_size: int,
+                   lr: float, seed: int, device: Any, backbone: str, pretrained: str | None, label_smoothing: float,
+                   max_minutes: float | None, channels_last: bool) -> tuple[Any, int]:
+    """Fine-tunes one network on ``X`` (float16 ``[N, 3, S, S]``): ``(model in eval mode on ``device``, epochs done)``.
+
+    ``max_minutes`` counts from this call: after each epoch, training stops once it has run that long.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from facecom_utils.data.cache import apply_speedups
+    from facecom_utils.nn.backbones import GenderClassifier
+
+    torch.manual_seed(seed)
+    model = apply_speedups(GenderClassifier(backbone, pretrained, image_size=image_size), channels_last).to(device)
+    t0 = time.perf_counter()
+    yf = torch.as_tensor(y, dtype=torch.float32)
+    weights = torch.as_tensor(sampling_weights(y, persons))
+    steps_per_epoch = max(1, len(y) // batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15)
+    gen = torch.Generator().manual_seed(seed)
+    done_epochs = 0
+    for _ in range(epochs):
+        model.train()
+        order = torch.multinomial(weights, steps_per_epoch * batch_size, replacement=True, generator=gen)
+        for step in range(steps_per_epoch):
+            idx = order[step * batch_size:(step + 1) * batch_size]
+            x = X[idx].float()
+            flip = torch.rand(len(idx), generator=gen) < 0.5
+            x[flip] = x[flip].flip(3)
+            target = yf[idx] * (1 - label_smoothing) + label_smoothing / 2
+            loss = F.binary_cross_entropy_with_logits(model(x.to(device)), target.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        done_epochs += 1
+        if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
+            break
+    return model.eval(), done_epochs
+
+
+def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: Sequence[str], image_size: int = 128,
+                  epochs: int = 6, batch_size: int = 32, lr: float = 1e-3, holdout_folds: int = 5, seed: int = 0,
+                  device: Any = "cpu", backbone: str = "efficientnet_lite0", pretrained: str | None = "offline",
+                  label_smoothing: float = 0.05, max_minutes: float | None = None,
+                  channels_last: bool = False, members: int = 1) -> GlareCNN:
+    """Fine-tunes :class:`~facecom_utils.nn.backbones.GenderClassifier` networks on (sunny) images and chooses one threshold.
+
+    Every network trains for ``epochs`` epochs (AdamW, one-cycle schedule, person- and class-balanced
+    sampling (:func:`sampling_weights`), random mirror, label smoothing). The threshold maximises
+    person-weighted balanced accuracy (:func:`person_balanced_threshold`) on predictions for persons
+    the predicting network never saw:
+
+    * ``members == 1``: the persons are split label-stratified into ``holdout_folds`` parts
+      (:func:`held_out_persons`); one network trains on all but one part, the threshold comes from
+      the held-out part (a fifth of the persons: on FACECOM's folds about 20 women, and the threshold
+      it gave ranged from 0.07 to 0.47 across three folds).
+    * ``members >= 2`` (a cross-fitted ensemble, by design): the persons are split label-stratified
+      into ``members`` parts (:func:`~facecom_utils.data.splits.person_folds`); member ``i`` trains
+      on every part but the ``i``-th and predicts that part, so each training person gets one
+      out-of-fold probability and the threshold is chosen on all of them. The ensemble's P(female)
+      is the mean of its members' probabilities.
+
+    Args:
+        paths, labels, persons: The training images, 1 = female, and each image's person.
+        image_size, epochs, batch_size, lr: Training settings (per network).
+        holdout_folds: With one member, one of this many person-grouped parts holds the threshold's persons.
+        seed: Seeds the split, the sampling and the initialisation of the head (member ``i``: ``seed + i``).
+        device: Where to train.
+        backbone, pretrained: See :func:`~facecom_utils.nn.backbones.create_backbone` (``"offline"``:
+            the ImageNet Lite0 weights that install from PyPI).
+        label_smoothing: Targets ``y * (1 - ls) + ls / 2``.
+        max_minutes: Training budget in minutes, shared equally by the members (each stops after the
+            epoch that crosses its share; loading the images and predicting held-out persons are not
+            counted).
+        channels_last: Channels-last weights (:func:`~facecom_utils.data.cache.apply_speedups`; about 1.35x
+            faster training steps on a 2-core CPU, the same arithmetic up to float rounding).
+        members: Networks in the ensemble (1: a single network and a held-out threshold).
+
+    Raises:
+        GlareDataError: Fewer persons of either label than the parts need (``holdout_folds`` or ``members``).
+        ValueError: ``paths``, ``labels`` and ``persons`` differ in length, or ``members < 1``.
+
+    The ``info`` of the result gives the ROC AUC and the balanced accuracy at the chosen threshold of
+    the predictions the threshold was chosen on (held-out or out-of-fold), counted per image and
+    with every person weighing the same (optimistic: the threshold maximised the latter on them).
+    With several members those ``holdout_*`` figures describe single members trained on part of the
+    persons; the ensemble averages all of them, so its probabilities are less spread, and the
+    threshold chosen on single members is applied to that mean (the cross-validated figures in the
+    README measure exactly this).
+    """
+    import torch
+
+    from facecom_utils.metrics.classification import binary_metrics
+
+    paths = [str(p) for p in paths]
+    y = np.asarray(labels, np.int64)
+    persons = np.asarray(persons)
+    if not (len(paths) == len(y) == len(persons)):
+        raise ValueError("paths, labels and persons must have one entry per image")
+    if members < 1:
+        raise ValueError(f"members must be at least 1, got {members}")
+    parts = holdout_folds if members == 1 else members
+    if usable_folds(persons, y, parts) < parts:  # the folds' own per-person label count
+        per_person = pd.Series(y).groupby(persons).first()
+        need = (f"to hold a 1/{parts} of them out for its threshold" if members == 1
+                else f"to cross-fit {members} members")
+        raise GlareDataError(f"the glare CNN needs at least {parts} persons of each label {need}; got "
+                             f"{int((per_person == 0).sum())} male and {int((per_person == 1).sum())} female persons")
+    splits = person_folds(persons, y, parts, 1, seed)[:1 if members == 1 else None]  # 1: held_out_persons
+    for fit_idx, held_idx in splits:
+        if len(set(y[fit_idx])) < 2 or len(set(y[held_idx])) < 2:
+            raise GlareDataError("the glare CNN needs images of both labels in the training and held-out persons "
+                                 "of every member")
+    device = torch.device(device)
+    settings = dict(image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, device=device,
+                    backbone=backbone, pretrained=pretrained, label_smoothing=label_smoothing,
+                    max_minutes=None if max_minutes is None else max_minutes / len(splits),
+                    channels_last=channels_last)
+    t0 = time.perf_counter()
+    X = _load(paths, image_size)
+    models, done, held_prob = [], [], np.full(len(paths), np.nan)
+    for i, (fit_idx, held_idx) in enumerate(splits):
+        model, n = _train_network(X[torch.as_tensor(fit_idx)], y[fit_idx], persons[fit_idx], seed=seed + i,
+                                  **settings)
+        models.append(model)
+        done.append(n)
+        held_prob[held_idx] = GlareCNN([model], 0.5, image_size).probabilities([paths[j] for j in held_idx],
+                                                                                device=device)
+    del X
+    held = np.concatenate([h for _, h in splits])
+    threshold = person_balanced_threshold(y[held], held_prob[held], persons[held])
+    m = binary_metrics(y[held], held_prob[held], threshold)
+    fits = [fit for fit, _ in splits]
+    info: dict[str, Any] = {"members": len(models),
+                            "n_fit": int(len(fits[0])) if members == 1 else [int(len(f)) for f in fits],
+                            "n_holdout": int(len(held)),
+                            "persons_fit": (int(len(set(persons[fits[0]]))) if members == 1
+                                            else [int(len(set(persons[f]))) for f in fits]),
+                            "persons_holdout": int(len(set(persons[held]))),
+                            "epochs": done[0] if len(done) == 1 else done, "image_size": int(image_size),
+                            "threshold_source": (f"held-out persons (1/{holdout_folds} of them)" if members == 1 else
+                                                 f"out-of-fold predictions of {members} cross-fitted members over "
+                                                 "every training person"),
+                            "holdout_roc_auc": float(m["roc_auc"]),
+                            "holdout_balanced_accuracy_at_own_threshold": float(m["balanced_accuracy"]),
+                            "holdout_person_balanced_accuracy_at_own_threshold": person_balanced_accuracy(
+                                y[held], held_prob[held], persons[held], threshold),
+                            "seconds": round(time.perf_counter() - t0, 1)}
+    for model in models:
+        model.to("cpu")
+    return GlareCNN(models, threshold, image_size, info)

@@ -1,0 +1,1 @@
+"""Metrics: binary classification (Task A), identity scoring and the top-1 rule, verification (Task B)."""

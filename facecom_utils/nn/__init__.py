@@ -1,0 +1,1 @@
+"""Networks: backbones by name (with honest weight loading), the task models, margin heads."""
