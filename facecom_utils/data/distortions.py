@@ -6,7 +6,7 @@ dataset can carry the same distortions and (b) training can use them as on-the-f
 
 Each distortion is a function ``(image, severity, rng) -> image`` on PIL images. It keeps the
 image's size and mode, is deterministic for a given seed, and at the default ``severity=1.0``
-reproduces the statistics measured on FACECOM itself (``../shared/docs/FACECOM_DISTORTIONS.md``;
+reproduces the statistics measured on FACECOM itself (``docs/facecom-distortions.md``;
 ``scripts/measure_distortions.py`` recomputes that table for these functions). Severity 0 leaves
 the image (almost) unchanged and larger values make the distortion stronger. Spatial parameters
 (blur radius, streak length, glare size) scale with the image, relative to FACECOM's 224 px.
@@ -446,7 +446,7 @@ STATISTICS = (
 )
 
 # Per-type statistics of FACECOM's own distorted images against their clean sources, as
-# ``(median, p10, p90)`` over 200 training identities (``../shared/docs/FACECOM_DISTORTIONS.md``).
+# ``(median, p10, p90)`` over 200 training identities (``docs/facecom-distortions.md``).
 # At severity 1.0 each distortion here should land inside these bands.
 FACECOM_REFERENCE: dict[str, dict[str, tuple[float, float, float]]] = {
     "blurred": {
@@ -529,7 +529,7 @@ def _edge_energy(grey: np.ndarray) -> float:
 
 
 def distortion_statistics(clean: Image.Image, distorted: Image.Image) -> dict[str, float]:
-    """Statistics of a distorted image against its clean source (FACECOM_DISTORTIONS.md).
+    """Statistics of a distorted image against its clean source (docs/facecom-distortions.md).
 
     Brightness and differences are in 0-255 grey levels (ITU-R 601 luma); ratios are
     distorted / clean. Edge energy is the mean absolute Laplacian of the grey image;

@@ -4,7 +4,7 @@ What notebook 01 shows is computed here, so it is tested and reusable:
 
 * count tables per split, class, identity and distortion (:func:`task_a_counts`, :func:`task_b_counts`);
 * per-image properties -- size, mode, brightness, contrast, sharpness (:func:`image_properties`),
-  measured the way ``docs/FACECOM_DISTORTIONS.md`` measures them;
+  measured the way ``docs/facecom-distortions.md`` measures them;
 * a leakage check: people/identities on both sides of a split, people under both labels, and
   near-duplicate images found with a perceptual hash (:func:`dhash`, :func:`phash`,
   :func:`near_duplicate_pairs`, :func:`leakage_report`, :func:`leakage_examples`);
@@ -208,7 +208,7 @@ def _laplacian(grey: np.ndarray) -> np.ndarray:
 def pixel_statistics(image: Image.Image) -> dict[str, float]:
     """Brightness, contrast, sharpness and colour statistics of one image.
 
-    Measured as in ``docs/FACECOM_DISTORTIONS.md``: brightness = mean grey level (0-255), contrast =
+    Measured as in ``docs/facecom-distortions.md``: brightness = mean grey level (0-255), contrast =
     standard deviation of the grey levels, sharpness = mean absolute Laplacian ("edge energy"),
     colourfulness = mean per-pixel standard deviation across R, G, B, saturated / black = fraction of
     pixels with all channels > 250 / < 5.
