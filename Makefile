@@ -57,7 +57,7 @@ lab: $(STAMP)
 # outputs of the "# NBVAL_CHECK_OUTPUT" cells. NB=... limits it to some notebooks; EXECUTE=1 re-runs them on
 # the demo data to refresh those checked outputs.
 notebooks: $(STAMP)
-	$(BIN)/python scripts/sync_notebooks.py $(if $(EXECUTE),--execute) $(NB)
+	$(BIN)/python tools/sync_notebooks.py $(if $(EXECUTE),--execute) $(NB)
 
 clean:
 	rm -rf reports/nbval .pytest_cache

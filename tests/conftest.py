@@ -85,13 +85,21 @@ def one_thread():
 
 
 def load_script(name: str):
-    """Imports ``scripts/<name>.py`` as a module (the scripts folder is not a package)."""
+    """Imports ``experiments/<name>.py`` or ``tools/<name>.py`` as a module (neither folder is a package).
+
+    The script's folder is on ``sys.path`` while it loads, as when it runs as ``python experiments/<name>.py``,
+    so it can import its sibling helpers (``experiments/_common.py``).
+    """
     import importlib.util
     import sys
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    (path,) = [p for p in (REPO_ROOT / "experiments" / f"{name}.py", REPO_ROOT / "tools" / f"{name}.py") if p.is_file()]
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
     return module

@@ -1,4 +1,4 @@
-"""scripts/cv_notebooks.py: the fold data roots it links are person-disjoint and cover everyone once."""
+"""experiments/cv_notebooks.py: the fold data roots it links are person-disjoint and cover everyone once."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The committed notebooks: structure, typed parameters, clean outputs, in step with their jupytext twins.
 
 The notebooks are the source people edit (in JupyterLab); each ``NN_name.ipynb`` is paired with
-``NN_name.py`` (jupytext ``py:percent``), and ``make notebooks`` (``scripts/sync_notebooks.py``) syncs
+``NN_name.py`` (jupytext ``py:percent``), and ``make notebooks`` (``tools/sync_notebooks.py``) syncs
 the pair and strips what a JupyterLab save stores. Executing them is nbval's job
 (``pytest --nbval-lax notebooks/``), the runner's (``test_notebooks_run_on_the_tiny_demo`` below) and,
 for every shipped preset, ``tests/test_presets.py``.
@@ -44,7 +44,7 @@ CONFIGS: dict[str, tuple[type, set[str]]] = {
 
 
 def _sync_module():
-    spec = importlib.util.spec_from_file_location("sync_notebooks", REPO_ROOT / "scripts" / "sync_notebooks.py")
+    spec = importlib.util.spec_from_file_location("sync_notebooks", REPO_ROOT / "tools" / "sync_notebooks.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -1,4 +1,4 @@
-"""scripts/measure_sunny_strict.py: identity top-1 with the source left out, and query expansion by face agreement."""
+"""experiments/measure_sunny_strict.py: identity top-1 with the source left out, and query expansion by face agreement."""
 
 from __future__ import annotations
 

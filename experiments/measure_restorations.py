@@ -13,7 +13,7 @@ is for (and on the clean images), which is how the defaults in ``facecom_utils.f
 were chosen. The type labels are used here only to score; the restorations never see them.
 
 Usage:
-    python scripts/measure_restorations.py --data-root ../shared/facecom --identities 30 --tune
+    python experiments/measure_restorations.py --data-root ../shared/facecom --identities 30 --tune
 """
 
 from __future__ import annotations

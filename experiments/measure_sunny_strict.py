@@ -19,7 +19,7 @@ Top-1 is scored by identity (the maximum over an identity's photos), ties agains
 probes whose identity has two or more clean photos, as in :mod:`facecom_utils.metrics.scoring`.
 
 Usage:
-    python scripts/measure_sunny_strict.py /work/cvB/runs/fold0/03_arcface_recognition --out sunny_fold0.json
+    python experiments/measure_sunny_strict.py /work/cvB/runs/fold0/03_arcface_recognition --out sunny_fold0.json
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ It prints one markdown table: per type and statistic, ours as median [p10, p90],
 median measured here, and the reference band from the doc, flagging medians outside it.
 
 Usage:
-    python scripts/measure_distortions.py --data-root ../shared/facecom --identities 200
+    python experiments/measure_distortions.py --data-root ../shared/facecom --identities 200
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """Repeated person-grouped CV of Task A's face-model head (resumable): the numbers the README quotes.
 
-    python scripts/cv_gender_face.py --data-root ../shared/facecom --out reports/cv_gender_face
+    python experiments/cv_gender_face.py --data-root ../shared/facecom --out reports/cv_gender_face
 
 Every choice is made inside each outer fold's training part: the restoration selector (fitted on
 the training persons' pixels and image types), the head, and its threshold (an inner person-grouped
 out-of-fold pass over the training persons). Test persons are scored clean and on each of their
 real distorted copies (Task B's distortion folders). One CSV row per fold and variant is appended
 as soon as it is done, so an interrupted run resumes. Descriptors come from the content-keyed cache
-(``scripts/face_features.py`` warms it; missing ones are computed).
+(``experiments/face_features.py`` warms it; missing ones are computed).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Task A's glare CNN on unseen persons' real sunny copies, per fold and variant (resumable).
 
-    python scripts/cv_glare.py --fold-roots /work/cvA2/fold0/data /work/cvA2/fold1/data ... --out reports/cv_glare
+    python experiments/cv_glare.py --fold-roots /work/cvA2/fold0/data /work/cvA2/fold1/data ... --out reports/cv_glare
 
 Each fold root is a FACECOM layout whose ``Task_A/train`` and ``Task_A/val`` hold disjoint persons
-(``scripts/cv_notebooks.py`` builds them). The glare CNN is fitted as notebook 02's fused track fits
+(``experiments/cv_notebooks.py`` builds them). The glare CNN is fitted as notebook 02's fused track fits
 it with the CPU preset (every real sunny copy of the training persons, in the same order; seed 0,
 128 px, channels-last, ``--members`` networks of ``--epochs`` epochs; its threshold chosen inside
 them) and scored on the ``val`` persons' sunny copies: that is the fused track's

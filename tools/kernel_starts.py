@@ -6,11 +6,11 @@ manager for the parent environment, its startup timeout, its IOPub handshake, cw
 the environment the Makefile exports), except that the kernel's stderr goes to a file we read
 instead of /dev/null.
 
-    python scripts/kernel_starts.py --starts 100 --load 2                 # nbval as it is
-    python scripts/kernel_starts.py --starts 100 --load 2 --mode fixed    # notebooks/conftest.py's start
-    python scripts/kernel_starts.py --starts 40 --fresh-home              # first-start costs (fresh HOME)
-    python scripts/kernel_starts.py --starts 100 --workers 4 --load 2     # several test runs at once
-    python scripts/kernel_starts.py --starts 100 --port-churn 1           # other processes taking ports
+    python tools/kernel_starts.py --starts 100 --load 2                 # nbval as it is
+    python tools/kernel_starts.py --starts 100 --load 2 --mode fixed    # notebooks/conftest.py's start
+    python tools/kernel_starts.py --starts 40 --fresh-home              # first-start costs (fresh HOME)
+    python tools/kernel_starts.py --starts 100 --workers 4 --load 2     # several test runs at once
+    python tools/kernel_starts.py --starts 100 --port-churn 1           # other processes taking ports
 
 ``--load N`` runs N busy processes beside the starts (``spin``: a Python busy loop; ``torch``: a
 matmul loop) for the whole measurement; ``--port-churn N`` runs N processes that keep taking and
@@ -31,8 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+from facecom_utils.common.paths import NOTEBOOKS_DIR, REPO_ROOT
+
 # What `make test` exports for the nbval run (Makefile: export PYTHONHASHSEED/MPLBACKEND, then the line).
 MAKE_TEST_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -73,7 +73,7 @@ def start_nbval(startup_timeout: float, stderr_path: Path):
             startup_timeout=startup_timeout,
             kernel_name=CURRENT_ENV_KERNEL_NAME,
             stderr=stderr,
-            cwd=str(NOTEBOOK_DIR),
+            cwd=str(NOTEBOOKS_DIR),
         )
     kernel._ensure_iopub_up()
     return kernel
@@ -85,7 +85,7 @@ def start_fixed(startup_timeout: float, stderr_path: Path):
 
     from facecom_utils.reporting.kernel import CapturingKernel
 
-    return CapturingKernel(CURRENT_ENV_KERNEL_NAME, cwd=str(NOTEBOOK_DIR), startup_timeout=startup_timeout)
+    return CapturingKernel(CURRENT_ENV_KERNEL_NAME, cwd=str(NOTEBOOKS_DIR), startup_timeout=startup_timeout)
 
 
 def exit_code(kernel_or_none) -> int | None:

@@ -1,9 +1,9 @@
 """Person-disjoint K-fold CV of notebook 02 or 03 as shipped (resumable): the estimates the README quotes.
 
-    python scripts/cv_notebooks.py --notebook 03 --out reports/cv_recognition   # Task B, 3 folds
-    python scripts/cv_notebooks.py --notebook 03 --out reports/cv_recognition --retrack   # re-score the tracks
-    python scripts/cv_notebooks.py --notebook 03 --out reports/cv_recognition --cheap-repeats 10  # cheap stages x10
-    python scripts/cv_notebooks.py --notebook 02 --out reports/cv_gender       # Task A, 3 folds
+    python experiments/cv_notebooks.py --notebook 03 --out reports/cv_recognition   # Task B, 3 folds
+    python experiments/cv_notebooks.py --notebook 03 --out reports/cv_recognition --retrack   # re-score the tracks
+    python experiments/cv_notebooks.py --notebook 03 --out reports/cv_recognition --cheap-repeats 10  # cheap stages x10
+    python experiments/cv_notebooks.py --notebook 02 --out reports/cv_gender       # Task A, 3 folds
 
 The training split's people are divided (``--seed``) into ``--folds`` disjoint parts: for notebook 03
 the identities are shuffled; for notebook 02 the split is person-grouped and stratified by gender.

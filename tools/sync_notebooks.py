@@ -5,9 +5,9 @@ jupytext with ``NN_name.py`` (``py:percent``), which gives readable diffs. A Jup
 every output, execution counts and run metadata; this script puts a notebook back in the committed
 form::
 
-    python scripts/sync_notebooks.py            # sync each pair (the newer file wins), strip outputs
-    python scripts/sync_notebooks.py --execute  # also re-run on the demo data to refresh checked outputs
-    python scripts/sync_notebooks.py --check    # exit 1 (and say why) if anything is out of sync or unstripped
+    python tools/sync_notebooks.py            # sync each pair (the newer file wins), strip outputs
+    python tools/sync_notebooks.py --execute  # also re-run on the demo data to refresh checked outputs
+    python tools/sync_notebooks.py --check    # exit 1 (and say why) if anything is out of sync or unstripped
 
 Stripping keeps the outputs of the cells marked ``# NBVAL_CHECK_OUTPUT`` (deterministic numbers on the
 demo data that ``pytest --nbval-lax notebooks/`` compares with a fresh run), minus anything written to
@@ -28,8 +28,8 @@ import jupytext
 import nbformat
 from nbformat.notebooknode import NotebookNode
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+from facecom_utils.common.paths import NOTEBOOKS_DIR, REPO_ROOT
+
 CHECK = "# NBVAL_CHECK_OUTPUT"
 PAIRING = "ipynb,py:percent"
 # Notebook-level metadata worth keeping; the rest (widgets state, papermill, timings) is run residue.
@@ -127,7 +127,7 @@ def problems(ipynb: Path) -> list[str]:
     return found
 
 
-def execute_checked_outputs(nb: NotebookNode, cwd: Path = NOTEBOOK_DIR) -> NotebookNode:
+def execute_checked_outputs(nb: NotebookNode, cwd: Path = NOTEBOOKS_DIR) -> NotebookNode:
     """Run ``nb`` with its default parameters on the demo data and store its checked cells' outputs."""
     from nbclient import NotebookClient
 
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--execute", action="store_true", help="re-run on the demo data to refresh the checked outputs")
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 when a notebook needs syncing")
     args = parser.parse_args(argv)
-    paths = [p.with_suffix(".ipynb") for p in args.notebooks] or sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+    paths = [p.with_suffix(".ipynb") for p in args.notebooks] or sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
     if args.check:
         found = [line for path in paths for line in problems(path)]
         print("\n".join(found) or f"{len(paths)} notebook(s) in sync and stripped", file=sys.stderr)

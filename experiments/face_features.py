@@ -1,6 +1,6 @@
 """Precompute (resumably) what the face-model tracks read: quality features and dlib descriptors.
 
-    python scripts/face_features.py --data-root ../shared/facecom --workers 2
+    python experiments/face_features.py --data-root ../shared/facecom --workers 2
 
 Everything is cached by file content under ``--cache`` (default: $FACECOM_CACHE_DIR or the
 project cache), so an interrupted run resumes and the notebooks / CV scripts reuse it.

@@ -11,7 +11,7 @@
    against the clean image's landmarks (the copies share the clean image's geometry).
 
 Usage:
-    python scripts/measure_face_fallback.py --data-root ../shared/facecom --clean 150 --identities 40
+    python experiments/measure_face_fallback.py --data-root ../shared/facecom --clean 150 --identities 40
 """
 
 from __future__ import annotations
