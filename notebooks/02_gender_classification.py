@@ -243,7 +243,7 @@ tracks = gender_face.run_gender_tracks(config, splits, run)
 # selector, the heads and their thresholds are fitted on the fold's training part only. Mean, SD and
 # mean - 1 SD (the bar counts as met when mean - 1 SD clears it). The fine-tuned glare CNN is not refitted per
 # fold here (too slow on a CPU): `fused_glare_head` routes glare to the frozen-feature head instead, and the
-# shipped `fused` track's estimate comes from `scripts/cv_notebooks.py --notebook 02` (README).
+# shipped `fused` track's estimate comes from `experiments/cv_notebooks.py --notebook 02` (README).
 
 # %%
 if tracks is not None and len(tracks.cv):

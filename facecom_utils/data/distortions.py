@@ -7,7 +7,7 @@ dataset can carry the same distortions and (b) training can use them as on-the-f
 Each distortion is a function ``(image, severity, rng) -> image`` on PIL images. It keeps the
 image's size and mode, is deterministic for a given seed, and at the default ``severity=1.0``
 reproduces the statistics measured on FACECOM itself (``docs/facecom-distortions.md``;
-``scripts/measure_distortions.py`` recomputes that table for these functions). Severity 0 leaves
+``experiments/measure_distortions.py`` recomputes that table for these functions). Severity 0 leaves
 the image (almost) unchanged and larger values make the distortion stronger. Spatial parameters
 (blur radius, streak length, glare size) scale with the image, relative to FACECOM's 224 px.
 

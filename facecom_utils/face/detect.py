@@ -36,7 +36,7 @@ coordinates (pixel i's centre at i), as ``dlib.get_face_chip(image, shape, S, p)
 dlib's face descriptor chips.
 
 The fallback (FACECOM crops are 224 x 224 and their faces sit at a steady place), measured by
-``scripts/measure_face_fallback.py`` on a seeded sample of 150 clean images of
+``experiments/measure_face_fallback.py`` on a seeded sample of 150 clean images of
 ``Task_B/train`` (seed 0, HOG, upsample 1)::
 
     detected 150/150 = 1.000; median score 1.687
@@ -196,7 +196,7 @@ def _fallback_from_constants(box: Box, landmarks: list[list[float]], n: int) -> 
     return FallbackBox(box=box, landmarks=array, n=n)
 
 
-#: Measured by ``scripts/measure_face_fallback.py`` (see the module doc).
+#: Measured by ``experiments/measure_face_fallback.py`` (see the module doc).
 DEFAULT_FALLBACK: FallbackBox = _fallback_from_constants(
     (0.2946, 0.3393, 0.6964, 0.7455),
     [[0.7889, 0.2895], [0.6333, 0.2967], [0.2333, 0.3022], [0.3889, 0.2967], [0.5111, 0.6009]],

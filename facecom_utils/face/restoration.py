@@ -24,7 +24,7 @@ name, no distortion label, no randomness, so a later per-probe selector can run 
 - ``lowlight``: low light is a multiplicative darkening. A gain that brings a high luminance
   percentile up to a target (never below 1) undoes it; a well-exposed image is left unchanged.
 
-Measured on FACECOM's own pairs (``scripts/measure_restorations.py --identities 30 --tune``:
+Measured on FACECOM's own pairs (``experiments/measure_restorations.py --identities 30 --tune``:
 30 training identities, 69 clean images, 483 distorted copies, 69 per type). Mean PSNR gain in
 dB on the type each filter is for, at the shipped defaults, and clean cost as the mean / min
 PSNR of restore(clean) to clean over the 69 clean images (60 = unchanged)::

@@ -13,7 +13,7 @@ ranged from 0.07 to 0.47, and on one fold it found 46 % of the unseen women's su
 the best threshold would have given 0.82 balanced accuracy. The shipped presets therefore
 cross-fit an ensemble (``members=3``): each network trains on two thirds of the persons and
 predicts the third it never saw, so the threshold is chosen on out-of-fold predictions of *every*
-training person, and P(female) is the members' mean. On the same 3 folds (``scripts/cv_glare.py``)
+training person, and P(female) is the members' mean. On the same 3 folds (``experiments/cv_glare.py``)
 balanced accuracy on unseen people's sunny copies went from 0.786 ± 0.069 (one network, 6 epochs;
 ROC AUC 0.887) to 0.833 ± 0.017 with the presets' 3 members x 4 epochs (AUC 0.915; 0.834 ± 0.037
 with 6 epochs each, at 1.6x the time); the README has these and the notebook-level figures.

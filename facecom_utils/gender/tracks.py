@@ -210,7 +210,7 @@ class FaceHeadRecipe:
             ``glare_cnn_epochs`` epochs, ``glare_cnn_members`` cross-fitted networks, on ``device``,
             channels-last weights with ``channels_last``).
             :func:`cross_validate` leaves it out (it
-            fits cheap heads only; the fine-tuned CNN's estimate comes from ``scripts/cv_notebooks.py``).
+            fits cheap heads only; the fine-tuned CNN's estimate comes from ``experiments/cv_notebooks.py``).
         feature_cache: Where quality and frame features are cached (by file content).
         workers: Worker processes for quality features.
         k, seed: Inner person-grouped folds for thresholds, and the seed.
@@ -396,7 +396,7 @@ def cross_validate(rows: pd.DataFrame, recipe: FaceHeadRecipe, k: int = 5, repea
 
     The fine-tuned glare CNN is not refitted per fold (too slow for a notebook on a CPU): with
     ``recipe.glare_cnn`` the fused row is the glare *head*'s routing and is named
-    ``fused_glare_head``; ``scripts/cv_notebooks.py`` estimates the shipped fused track.
+    ``fused_glare_head``; ``experiments/cv_notebooks.py`` estimates the shipped fused track.
 
     Returns:
         One row per fold and track: ``track``, ``repeat``, ``fold``, ``threshold``, the clean
