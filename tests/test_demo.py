@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from facecom_utils.common import paths
 from facecom_utils.data import demo
 from facecom_utils.data.layout import DISTORTION_TYPES, person_from_filename, scan_task_a, scan_task_b
 from facecom_utils.data.demo import (
@@ -100,7 +101,7 @@ def test_resolve_data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     # No FACECOM images at the repo root: fall back to the demo, with a warning.
     fake_repo = tmp_path / "repo"
     (fake_repo / "Task_A").mkdir(parents=True)
-    monkeypatch.setattr(demo, "REPO_ROOT", fake_repo)
+    monkeypatch.setattr(paths, "REPO_ROOT", fake_repo)  # the one repo-root rule: common.paths
     monkeypatch.setattr(demo, "DEFAULT_DEMO_ROOT", tmp_path / "data" / "demo_synthetic")
     calls: list[Path] = []
     monkeypatch.setattr(demo, "ensure_demo_dataset", lambda root: calls.append(root) or root)

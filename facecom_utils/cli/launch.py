@@ -36,7 +36,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from facecom_utils.common.paths import REPO_ROOT
 
 __all__ = ["TASKS", "add_train_arguments", "build_config", "init_distributed", "main", "train_from_args"]
 
@@ -77,14 +76,6 @@ def init_distributed() -> bool:
     return True
 
 
-def _resolve_path(value: str) -> str:
-    """A relative data root from a preset: relative to the working directory, else to the repository."""
-    path = Path(value).expanduser()
-    if path.is_absolute() or path.exists() or not (REPO_ROOT / path).exists():
-        return str(path)
-    return str(REPO_ROOT / path)
-
-
 def build_config(command: str, presets: Sequence[str | Path], params: Sequence[Sequence[str]] = (),
                  **overrides: Any) -> Any:
     """The task's config dataclass from presets (merged in order), ``-p NAME VALUE`` pairs and overrides.
@@ -116,8 +107,6 @@ def build_config(command: str, presets: Sequence[str | Path], params: Sequence[S
                               f"(known: {', '.join(sorted(fields))})")
         values[name] = parse_value(text)
     values.update({k: v for k, v in overrides.items() if v is not None})
-    if values.get("data_root"):
-        values["data_root"] = _resolve_path(str(values["data_root"]))
     if isinstance(values.get("crop_scale"), list):
         values["crop_scale"] = tuple(values["crop_scale"])
     try:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -35,9 +34,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from facecom_utils.data.layout import DISTORTION_TYPES, IMAGE_EXTENSIONS
+from facecom_utils.data.layout import DISTORTION_TYPES
 from facecom_utils.data.distortions import apply_distortion
-from facecom_utils.common.paths import DEMO_ROOT, REPO_ROOT
+from facecom_utils.common import paths
+from facecom_utils.common.paths import DEMO_ROOT
 
 __all__ = [
     "DEFAULT_DEMO_ROOT",
@@ -678,26 +678,22 @@ def ensure_demo_dataset(root: str | Path = DEFAULT_DEMO_ROOT, **kwargs: Any) -> 
     return make_demo_dataset(root, overwrite=True, **{**defaults, **kwargs})
 
 
-def _has_images(folder: Path) -> bool:
-    """Whether any image sits two levels below ``folder`` (``<split>/<class>/<image>``)."""
-    if not folder.is_dir():
-        return False
-    for path in folder.glob("*/*/*"):
-        if path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith("."):
-            return True
-    return False
+def resolve_data_root(data_root: str | Path | None, generate: bool = True) -> Path:
+    """The dataset root to use: the one given, real FACECOM in the repository, or the demo.
 
-
-def resolve_data_root(data_root: str | Path | None) -> Path:
-    """The dataset root to use: the one given, real FACECOM at the repo root, or the demo.
+    The rules are :mod:`facecom_utils.common.paths`' (what holds FACECOM, the environment variable);
+    this function adds the one step they cannot take: generating the demo.
 
     Args:
         data_root: A folder holding ``Task_A``/``Task_B``. None or ``""`` means: the folder in
             the environment variable ``FACECOM_DATA_ROOT`` when set (the value ``demo`` forces the
             synthetic demo: ``make test`` uses it so that nbval's checked counts never depend on
             what sits in ``Task_A/``), else the repository root when its ``Task_A/`` and
-            ``Task_B/`` hold images, else the synthetic demo at :data:`DEFAULT_DEMO_ROOT`
-            (generated on first use, with a warning).
+            ``Task_B/`` hold FACECOM images, else the synthetic demo at :data:`DEFAULT_DEMO_ROOT`
+            (generated on first use, with a warning). A relative path is read as
+            :func:`~facecom_utils.common.paths.repo_path` reads it.
+        generate: False returns the demo's folder without generating it (and without the warning):
+            where the data would come from, for a plan.
 
     Returns:
         An absolute path.
@@ -706,18 +702,20 @@ def resolve_data_root(data_root: str | Path | None) -> Path:
         FileNotFoundError: ``data_root`` was given and does not exist.
     """
     if data_root in (None, ""):
-        data_root = os.environ.get("FACECOM_DATA_ROOT") or None
-    if data_root == "demo":
-        return ensure_demo_dataset(DEFAULT_DEMO_ROOT)
+        data_root = paths.data_root_from_env()
+    if data_root == paths.DEMO_DATA_ROOT:
+        return ensure_demo_dataset(DEFAULT_DEMO_ROOT) if generate else Path(DEFAULT_DEMO_ROOT).resolve()
     if data_root not in (None, ""):
-        path = Path(data_root).expanduser().resolve()
+        path = paths.repo_path(data_root)
         if not path.exists():
             raise FileNotFoundError(f"{path}: data root not found; expected a folder holding Task_A/ and Task_B/")
         return path
-    if _has_images(REPO_ROOT / "Task_A") and _has_images(REPO_ROOT / "Task_B"):
-        return REPO_ROOT
+    if paths.facecom_in_repo():
+        return paths.REPO_ROOT.resolve()
+    if not generate:
+        return Path(DEFAULT_DEMO_ROOT).resolve()
     warnings.warn(
-        f"No FACECOM images in {REPO_ROOT / 'Task_A'} and {REPO_ROOT / 'Task_B'}; using the "
+        f"No FACECOM images in {paths.REPO_ROOT / 'Task_A'} and {paths.REPO_ROOT / 'Task_B'}; using the "
         f"SYNTHETIC demo dataset at {DEFAULT_DEMO_ROOT}. Results on it say nothing about real faces.",
         stacklevel=2,
     )

@@ -55,6 +55,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from facecom_utils.common.paths import IMAGE_EXTENSIONS
+
 __all__ = [
     "DISTORTION_TYPES",
     "central_crop",
@@ -79,7 +81,6 @@ __all__ = [
 ]
 
 DISTORTION_TYPES: tuple[str, ...] = ("blurred", "foggy", "lowlight", "noisy", "rainy", "resized", "sunny")
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 SPLITS: tuple[str, ...] = ("train", "val")
 TASK_A_CLASSES: tuple[str, ...] = ("female", "male")
 DISTORTION_DIR = "distortion"
