@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from facecom_utils.common.progress import ProgressLog
+
 __all__ = ["cached_features", "file_digest"]
 
 
@@ -80,12 +82,13 @@ def cached_features(
     table = _load(file)
     todo = list(dict.fromkeys(k for k in keys if k not in table))
     where = dict(zip(keys, paths))
-    with tqdm(total=len(todo), desc=desc, leave=False, disable=not progress) as bar:
+    with tqdm(total=len(todo), desc=desc, leave=False, disable=not progress) as bar, ProgressLog(len(todo), desc) as log:
         for start in range(0, len(todo), batch):
             chunk = todo[start:start + batch]
             rows = np.asarray(compute([where[k] for k in chunk]), dtype=np.float32)
             table.update(zip(chunk, rows))
             bar.update(len(chunk))
+            log.update(len(chunk))
             if file is not None:
                 _save(file, table)
     if not keys:

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from facecom_utils.common.progress import ProgressLog
 from facecom_utils.data.layout import load_image
 from facecom_utils.data.features import file_digest
 from facecom_utils.face.dlib_network import CHIP, MODEL_FILE
@@ -282,6 +283,7 @@ class DescriptorStore:
         chunks = [jobs[i:i + self.chunk] for i in starts]
         describe = functools.partial(_describe_paths, upsample=self.upsample, backend=self.backend)
         bar = tqdm(total=len(jobs), desc="face descriptors", leave=False, disable=not self.progress)
+        log = ProgressLog(len(jobs), "face descriptors")
         dirty: set[str] = set()
         since = 0
 
@@ -292,6 +294,7 @@ class DescriptorStore:
             dirty.add(name)
             since += 1
             bar.update(1)
+            log.update()
             if since >= self.save_every:
                 for n in dirty:
                     self._save(n)
@@ -314,3 +317,4 @@ class DescriptorStore:
             for n in dirty:
                 self._save(n)
             bar.close()
+            log.close()

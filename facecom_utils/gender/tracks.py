@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from facecom_utils.common.progress import ProgressLog
 from facecom_utils.data.layout import find_task_dir, scan_task_b
 from facecom_utils.metrics.classification import binary_metrics, choose_threshold
 from facecom_utils.face.descriptors import face_tracks_wanted
@@ -409,6 +410,7 @@ def cross_validate(rows: pd.DataFrame, recipe: FaceHeadRecipe, k: int = 5, repea
     k = usable_folds(base["person"].to_numpy(), female_labels(base), k)
     folds = grouped_folds(base["person"].to_numpy(), female_labels(base), k, repeats, seed)
     out = []
+    log = ProgressLog(len(folds), "face-head CV folds")
     for i, (tr, te) in enumerate(folds):
         train = rows[rows["person"].isin(set(base["person"].iloc[tr]))]
         test = rows[rows["person"].isin(set(base["person"].iloc[te]))]
@@ -427,6 +429,8 @@ def cross_validate(rows: pd.DataFrame, recipe: FaceHeadRecipe, k: int = 5, repea
             if on_fold is not None:
                 on_fold(i, row)
             out.append(row)
+        log.update(detail=f"repeat {i // k + 1}/{repeats}")
+    log.close()
     return pd.DataFrame(out)
 
 

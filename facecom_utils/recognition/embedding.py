@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
+from facecom_utils.common.progress import ProgressLog, steps
 from facecom_utils.data.splits import clean_counts
 from facecom_utils.data.layout import central_crop, load_image
 from facecom_utils.data.datasets import AugmentSpec, IMAGENET_MEAN, IMAGENET_STD, TorchSeededDistortion, make_loader
@@ -134,7 +135,9 @@ def _extract(
     model.to(device).eval()
     chunks: dict[str, list[np.ndarray]] = {}
     t0 = time.perf_counter()
+    log = ProgressLog(steps(loader), "embedding batches")
     for x, _ in tqdm(loader, desc="embedding", leave=False, disable=not progress):
+        log.update()
         x = x.to(device)
         outs = _embed_batch(model, x, source)
         if flip_tta:
@@ -143,6 +146,7 @@ def _extract(
         for k, v in outs.items():
             chunks.setdefault(k, []).append(F.normalize(v, dim=1).cpu().numpy().astype(np.float32))
     seconds = time.perf_counter() - t0
+    log.close()
     model.train(was_training)
     result = {k: np.concatenate(v) if v else np.zeros((0, 1), np.float32) for k, v in chunks.items()}
     return result, len(paths) / max(seconds, 1e-9)

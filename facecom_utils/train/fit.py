@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 
 from facecom_utils.common.checkpoints import load_checkpoint, save_checkpoint, to_plain
 from facecom_utils.common.distributed import distributed_info
+from facecom_utils.common.progress import ProgressLog, steps
 
 __all__ = [
     "FitResult",
@@ -426,6 +427,7 @@ def fit(
         }
 
     epoch_bar = tqdm(total=cfg.epochs, initial=state["epochs_done"], desc="epochs", disable=not (cfg.progress and is_main))
+    log = ProgressLog(steps(train_loader, cfg.epochs - state["epochs_done"]), "training batches", enabled=is_main)
     for epoch in range(state["epochs_done"], cfg.epochs):
         if state["stopped"]:
             break
@@ -456,6 +458,7 @@ def fit(
             n_images += _batch_size(batch)
             if n_batches % 10 == 0:
                 bar.set_postfix(loss=f"{loss_sum.item() / n_batches:.4f}")
+            log.update(detail=f"epoch {epoch + 1}/{cfg.epochs}")
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
@@ -519,6 +522,7 @@ def fit(
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, state["history"][-1])
     epoch_bar.close()
+    log.close()
 
     if world_size > 1:
         dist.barrier()
