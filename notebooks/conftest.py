@@ -3,8 +3,9 @@
 nbval throws its kernels' stderr away and gives up on a kernel that dies at start. Here its kernel
 is :class:`facecom_utils.reporting.kernel.CapturingKernel`: connected over IPC instead of localhost TCP
 ports (which another process can take between jupyter_client's pick and the kernel's bind), stderr
-kept and quoted when a kernel dies or fails to start, and a failed START retried (at most 3
-attempts; cells are never retried).
+kept and quoted when a kernel dies or fails to start, and a failed START retried by the report
+runner's own retry (``facecom_utils.reporting.execution.start_with_retries``: at most 3 attempts;
+cells are never retried).
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """notebooks/conftest.py's nbval kernel: stderr kept, a failed START retried, cells never retried.
 
+The retry is the report runner's (``execution.start_with_retries``, tested on its own in tests/test_run.py).
+
 Fake kernels (a command that writes to stderr and exits, then execs the real ipykernel) stand in
 for a kernel that dies at start; no notebook is run.
 """
@@ -21,6 +23,7 @@ from jupyter_client.kernelspec import KernelSpec, KernelSpecManager  # noqa: E40
 from nbval.kernel import CURRENT_ENV_KERNEL_NAME  # noqa: E402
 
 from conftest import REPO_ROOT  # noqa: E402
+from facecom_utils.reporting import execution  # noqa: E402
 from facecom_utils.reporting.kernel import (  # noqa: E402
     CapturingKernel,
     KernelDiedError,
@@ -68,15 +71,25 @@ def _run(kernel: CapturingKernel, code: str) -> None:
     kernel.await_reply(kernel.execute_cell_input(code), timeout=60)
 
 
-def test_a_kernel_that_dies_once_at_start_is_started_again_and_its_stderr_kept(tmp_path, fake_specs):
-    with pytest.warns(RuntimeWarning, match=r"(?s)attempt 2 of 3.*Address already in use \(simulated\)"):
+def test_a_kernel_that_dies_once_at_start_is_started_again_and_its_stderr_kept(tmp_path, fake_specs, monkeypatch):
+    calls = []
+    shared = execution.start_with_retries
+
+    def spy(*args, **kwargs):  # the one retry the report runner uses too
+        calls.append(args[1])
+        return shared(*args, **kwargs)
+
+    monkeypatch.setattr(execution, "start_with_retries", spy)
+    with pytest.warns(RuntimeWarning, match=r"(?s)attempt 1 of 3 failed.*Address already in use \(simulated\)"
+                                            r".*starting a new one"):
         kernel = CapturingKernel(
             "fake", cwd=str(tmp_path), startup_timeout=60, attempts=3, kernel_spec_manager=fake_specs("once")
         )
     try:
+        assert calls == [3]
         assert kernel.start_attempts == 2
         [failure] = kernel.start_failures
-        assert "attempt 1 failed" in failure and "exit code 3" in failure
+        assert "attempt 1 of 3 failed" in failure and "exit code 3" in failure
         assert "Address already in use (simulated)" in failure
         assert kernel.is_alive()
         _run(kernel, "x = 6 * 7")
@@ -85,12 +98,12 @@ def test_a_kernel_that_dies_once_at_start_is_started_again_and_its_stderr_kept(t
 
 
 def test_a_kernel_that_always_dies_fails_with_the_stderr_of_every_attempt(tmp_path, fake_specs):
-    with pytest.raises(KernelStartError) as info:
+    with pytest.raises(KernelStartError) as info, pytest.warns(RuntimeWarning, match="starting a new one"):
         CapturingKernel("fake", cwd=str(tmp_path), startup_timeout=60, attempts=3, kernel_spec_manager=fake_specs("always"))
     message = str(info.value)
-    assert "failed to start 3 times" in message
+    assert "failed to start 3 times" in message and len(info.value.failures) == 3
     for attempt in (1, 2, 3):
-        assert f"attempt {attempt} failed" in message
+        assert f"attempt {attempt} of 3 failed" in message
     assert message.count("Address already in use (simulated)") == 3
     assert message.count("exit code 3") == 3
     assert "Kernel died before replying to kernel_info" in message

@@ -1,4 +1,4 @@
-"""facecom_utils.reporting.runner: the papermill runner, on small throwaway notebooks."""
+"""facecom_utils.reporting.runner: the papermill runner, on small throwaway notebooks; its plan; the kernel-start retry."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from facecom_utils.common import paths
+from facecom_utils.reporting import execution
+from facecom_utils.reporting import plan as planning
 from facecom_utils.reporting import runner as run
 
 WRITE_METRICS = """
@@ -175,7 +178,7 @@ def test_presets_for_plain_papermill_work_with_the_runner(notebook_dir: Path, de
     assert not (tmp_path / "somewhere").exists()
 
 
-@pytest.mark.parametrize("preset", sorted((run.REPO_ROOT / "params").glob("*/*.yml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("preset", sorted(paths.PARAMS_DIR.glob("*/*.yml")), ids=lambda p: p.name)
 def test_committed_presets_fit_the_committed_notebooks(preset: Path) -> None:
     """A preset in params/<notebook>/ applies to that notebook only, and every key is one of its parameters."""
     declared = {stem: run.notebook_parameters(run.NOTEBOOK_DIR / f"{stem}.ipynb") for stem in run.NOTEBOOKS.values()}
@@ -184,7 +187,7 @@ def test_committed_presets_fit_the_committed_notebooks(preset: Path) -> None:
     for scope in [parameters, *(v for v in parameters.values() if isinstance(v, dict))]:
         scope.pop("data_root", None)
         scope.pop("output_dir", None)
-    routed = run._route_parameters(parameters, declared)
+    routed = planning._route_parameters(parameters, declared)
     assert [stem for stem, values in routed.items() if values] == [preset.parent.name]
 
 
@@ -239,3 +242,167 @@ def test_a_kernel_that_dies_starting_is_started_again(monkeypatch: pytest.Monkey
     assert len(calls) == 1 and "ZeroDivisionError" in error
     assert run.is_kernel_start_failure("zmq.error.ZMQError: Address already in use (addr='tcp://127.0.0.1:1')")
     assert not run.is_kernel_start_failure("ValueError: bad parameter")
+
+
+# --------------------------------------------------------------------------------------------------
+# The one kernel-start retry
+# --------------------------------------------------------------------------------------------------
+
+
+def test_start_with_retries_retries_start_failures_only() -> None:
+    """Start failures are tried again up to the limit, with a line each; any other failure is raised at once."""
+    told: list[str] = []
+    results = iter([RuntimeError("Kernel died before replying to kernel_info"), "started"])
+
+    def start(attempt: int) -> str:
+        result = next(results)
+        if isinstance(result, Exception):
+            raise result
+        return f"{result} at {attempt}"
+
+    value, failures = execution.start_with_retries(start, 3, notify=told.append)
+    assert value == "started at 2" and len(failures) == 1 and "attempt 1 of 3 failed" in failures[0]
+    assert len(told) == 1 and "starting a new one" in told[0] and "kernel_info" in told[0]
+
+    attempts: list[int] = []
+
+    def never(attempt: int) -> None:
+        attempts.append(attempt)
+        raise RuntimeError(f"dead {attempt}")
+
+    with pytest.raises(execution.KernelStartError) as info:
+        execution.start_with_retries(never, 3, notify=told.append)
+    assert attempts == [1, 2, 3] and len(info.value.failures) == 3
+    assert "failed to start 3 times" in str(info.value) and str(info.value.__cause__) == "dead 3"
+
+    attempts.clear()
+    with pytest.raises(RuntimeError, match="dead 1"):  # not a start failure: never retried
+        execution.start_with_retries(never, 3, retryable=lambda error: False)
+    assert attempts == [1]
+
+
+def test_run_notebook_uses_the_shared_retry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import papermill as pm
+
+    calls: list[int] = []
+    shared = execution.start_with_retries
+
+    def spy(*args: object, **kwargs: object) -> object:
+        calls.append(args[1])
+        return shared(*args, **kwargs)
+
+    monkeypatch.setattr(execution, "start_with_retries", spy)
+    monkeypatch.setattr(pm, "execute_notebook", lambda *args, **kwargs: None)
+    _, error, _ = run.run_notebook(tmp_path / "nb.ipynb", tmp_path / "out.ipynb", {})
+    assert error is None and calls == [run.KERNEL_START_ATTEMPTS]
+
+
+# --------------------------------------------------------------------------------------------------
+# Never silent: sections and progress lines reach the terminal
+# --------------------------------------------------------------------------------------------------
+
+
+def test_the_terminal_sees_each_section_and_the_progress_lines(tmp_path: Path) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell("output_dir = None")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# A notebook"), params,
+        nbformat.v4.new_markdown_cell("## 1. Counting\nSome text."),
+        nbformat.v4.new_code_cell("from facecom_utils.common.progress import ProgressLog\n"
+                                  "log = ProgressLog(4, 'things', every_s=0)\nfor _ in range(4):\n    log.update()\nlog.close()"),
+        nbformat.v4.new_code_cell("print('not a progress line')"),
+        nbformat.v4.new_markdown_cell("## 2. Done"),
+        nbformat.v4.new_code_cell("x = 1"),
+    ]
+    nbformat.write(nb, tmp_path / "counting.ipynb")
+    lines: list[str] = []
+    _, error, _ = run.run_notebook(tmp_path / "counting.ipynb", tmp_path / "out.ipynb", {"output_dir": str(tmp_path)},
+                                   say=lines.append)
+    assert error is None, error
+    sections = [line for line in lines if "(code cell" in line]
+    assert [line.split(" (")[0] for line in sections] == ["[counting] setup", "[counting] 1. Counting", "[counting] 2. Done"]
+    assert "code cell 3 of 5" in sections[1]  # the injected parameters cell counts: papermill runs it
+    assert "[counting] things: 2/4 (50%)" in "\n".join(lines) and "[counting] things: done, 4 in" in "\n".join(lines)
+    assert not any("not a progress line" in line for line in lines)
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)  # the report keeps the lines too
+    assert "[progress] things: 4/4 (100%)" in "".join(o.get("text", "") for o in executed.cells[4].outputs)
+
+
+# --------------------------------------------------------------------------------------------------
+# FACECOM in, headline out: the plan
+# --------------------------------------------------------------------------------------------------
+
+
+def _facecom_tree(root: Path) -> Path:
+    """A tiny tree in FACECOM's layout (one image per folder), standing in for a clone with FACECOM placed."""
+    from PIL import Image
+
+    for rel in ("Task_A/train/female/a_0001.jpg", "Task_A/train/male/b_0001.jpg",
+                "Task_B/train/Some_One/Some_One_0001.jpg", "Task_B/train/Some_One/distortion/Some_One_0001_foggy.jpg"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(root / rel)
+    return root
+
+
+@pytest.fixture()
+def clone_with_facecom(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The repository-root detection points at a folder whose Task_A/, Task_B/ hold FACECOM; no GPU."""
+    clone = _facecom_tree(tmp_path / "clone")
+    monkeypatch.setattr(paths, "REPO_ROOT", clone)
+    monkeypatch.delenv(paths.DATA_ROOT_ENV, raising=False)
+    monkeypatch.setattr(planning, "device_summary", lambda: ("cpu", "cpu: 2 cores, no CUDA GPU"))
+    return clone
+
+
+def test_plan_on_facecom_in_the_clone_uses_the_cpu_preset(clone_with_facecom: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """`facecom run --plan` in a clone with FACECOM in Task_A/, Task_B/: facecom_cpu, 02 at 128 px; nothing runs."""
+    from facecom_utils.cli.commands import main as facecom
+
+    assert facecom(["run", "--plan", "--name", "p", "--reports-dir", str(tmp_path / "reports")]) == 0
+    out = capsys.readouterr().out
+    assert f"data:    {clone_with_facecom} (FACECOM, from the repository's Task_A/, Task_B/)" in out
+    assert "presets: facecom_cpu, chosen for FACECOM on this machine (no CUDA GPU)" in out
+    for stem in ("02_gender_classification", "03_arcface_recognition"):
+        line = next(ln for ln in out.splitlines() if ln.startswith(f"  {stem}"))
+        assert f"{stem}/facecom_cpu.yml" in line and "expected about" in line and "min" in line
+    section_02 = out.split("02_gender_classification:")[1].split("03_arcface_recognition:")[0]
+    assert "image_size: 128   (default 64)" in section_02
+    assert f"data_root: '{clone_with_facecom}'" in section_02
+    assert "01_eda" in out and "notebook defaults; time: not estimated" in out
+    assert not (tmp_path / "reports").exists()  # the plan runs nothing
+
+
+def test_plan_respects_named_presets_overrides_and_the_gpu(clone_with_facecom: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = planning.plan_run("02", overrides=[("epochs", "1")])
+    assert plan.auto_preset == "facecom_cpu" and plan.parameters["02_gender_classification"]["epochs"] == 1
+    assert plan.parameters["02_gender_classification"]["image_size"] == 128  # -p on top of the preset
+    assert "(before the -p overrides)" in plan.banner()
+    own = planning.plan_run("02", presets=["defaults"])  # the demo-sized defaults, by name only
+    assert own.auto_preset is None and own.preset_files == [] and "image_size" not in own.parameters["02_gender_classification"]
+    monkeypatch.setattr(planning, "device_summary", lambda: ("cuda", "cuda: a GPU (1 GPU)"))
+    gpu = planning.plan_run("02,03")
+    assert gpu.auto_preset == "facecom_gpu" and gpu.parameters["02_gender_classification"]["image_size"] == 224
+    assert [p.name for p in gpu.preset_files] == ["facecom_gpu.yml", "facecom_gpu.yml"]
+    assert all(gpu.expected[stem] for stem in gpu.notebooks)
+
+
+def test_plan_on_the_demo_keeps_the_notebook_defaults(demo_root: Path, clone_with_facecom: Path) -> None:
+    """The demo (even with FACECOM in the clone) gets no preset; a FACECOM root given by --data-root gets one."""
+    demo = planning.plan_run(data_root=demo_root)
+    assert demo.synthetic and not demo.facecom and demo.auto_preset is None and demo.preset_files == []
+    assert "SYNTHETIC" in demo.banner() and "none: the notebooks' own defaults" in demo.banner()
+    elsewhere = _facecom_tree(clone_with_facecom.parent / "FACECOM")
+    given = planning.plan_run("03", data_root=elsewhere)
+    assert given.facecom and given.auto_preset == "facecom_cpu" and given.data_source == "--data-root"
+
+
+def test_expected_minutes_is_read_from_the_preset_comment(tmp_path: Path) -> None:
+    preset = tmp_path / "p.yml"
+    preset.write_text("# for the tests\n# expected_minutes: 12.5  (on 2 cores)\nepochs: 3\n")
+    assert planning.expected_minutes(preset) == 12.5
+    preset.write_text("epochs: 3  # expected_minutes: 4 is not a comment line\n")
+    assert planning.expected_minutes(preset) is None

@@ -86,6 +86,8 @@ class RunResult:
     notebooks: list[NotebookResult]
     index: str | None = None
     summary: str | None = None
+    device: str | None = None
+    presets: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # per notebook, the preset files applied
 
     @property
     def ok(self) -> bool:
@@ -185,6 +187,8 @@ def write_index(run: RunResult) -> Path:
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
         "data_root": run.data_root,
         "synthetic": run.synthetic,
+        "device": run.device,
+        "presets": run.presets,
         "ok": run.ok,
         "python": sys.executable,
         "headline": {
@@ -203,6 +207,9 @@ def write_index(run: RunResult) -> Path:
         if run.synthetic
         else f"<p>Data: <code>{html.escape(run.data_root)}</code></p>"
     )
+    applied = sorted({p for files in run.presets.values() for p in files})
+    banner += (f"<p>Presets: {', '.join(f'<code>{html.escape(p)}</code>' for p in applied) or 'none (notebook defaults)'}"
+               + (f" · device: {html.escape(run.device)}" if run.device else "") + "</p>")
     failed = [r for r in run.notebooks if r.status != "ok"]
     status = (
         f'<p class="failed">{len(failed)} of {len(run.notebooks)} notebook(s) did not finish: '

@@ -19,7 +19,8 @@ every cell of the notebook and nothing about why. ``notebooks/conftest.py`` puts
   stderr (:class:`KernelDiedError`), and the later cells report the dead kernel with its stderr;
 * starts the kernel again when a START fails (the process died, or it did not answer
   ``kernel_info`` / IOPub within nbval's startup timeout), up to :data:`START_ATTEMPTS` times,
-  warning about every retried start so that a flaky machine stays visible. Nothing here runs a cell:
+  warning about every retried start so that a flaky machine stays visible. The retry is the report
+  runner's own, :func:`facecom_utils.reporting.execution.start_with_retries`. Nothing here runs a cell:
   once a kernel has started, a failing cell fails as before and is never retried.
 
 Only the test tools import this module (it needs nbval, from the ``dev`` extra).
@@ -40,8 +41,14 @@ from queue import Empty
 from jupyter_client.manager import KernelManager
 from nbval.kernel import NbvalKernelspecManager, RunningKernel
 
+from facecom_utils.reporting import execution
+from facecom_utils.reporting.execution import KERNEL_START_ATTEMPTS, KernelStartError
+
+__all__ = ["CapturingKernel", "KernelDiedError", "KernelStartError", "START_ATTEMPTS", "kernel_transport",
+           "start_attempts", "tail"]
+
 #: Attempts at starting one notebook's kernel (``FACECOM_NBVAL_START_ATTEMPTS`` overrides).
-START_ATTEMPTS = 3
+START_ATTEMPTS = KERNEL_START_ATTEMPTS
 #: How much of a kernel's stderr a message quotes (its last lines).
 STDERR_TAIL_LINES = 30
 STDERR_TAIL_CHARS = 4000
@@ -106,8 +113,8 @@ def start_attempts() -> int:
     return max(1, int(value)) if value else START_ATTEMPTS
 
 
-class KernelStartError(RuntimeError):
-    """Every attempt at starting a notebook's kernel failed; the message quotes each one's stderr."""
+class _FailedStart(RuntimeError):
+    """One failed start, described (its cause is the original error)."""
 
 
 class KernelDiedError(RuntimeError):
@@ -130,33 +137,29 @@ class CapturingKernel(RunningKernel):
         attempts = start_attempts() if attempts is None else max(1, int(attempts))
         self.kernel_name = kernel_name
         self.stderr_path: Path | None = None
-        self.start_failures: list[str] = []
-        for attempt in range(1, attempts + 1):
+
+        def start(attempt: int) -> Path:
             stderr_path = _new_stderr_path()
             t0 = time.monotonic()
             try:
                 self._start_once(kernel_name, cwd, startup_timeout, stderr_path, kernel_spec_manager)
             except Exception as error:  # noqa: BLE001 - any failure of the START is retried
                 code = self._discard_failed_start()
-                self.start_failures.append(
-                    self._describe(attempt, time.monotonic() - t0, error, code, stderr_path)
-                )
+                failed = _FailedStart(self._describe(time.monotonic() - t0, error, code, stderr_path))
                 stderr_path.unlink(missing_ok=True)
-                continue
-            self.stderr_path = stderr_path
-            self.start_attempts = attempt
-            if self.start_failures:
-                warnings.warn(
-                    f"kernel {kernel_name!r} started at attempt {attempt} of {attempts}; before that:\n"
-                    + "\n".join(self.start_failures),
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-            return
-        raise KernelStartError(
-            f"kernel {kernel_name!r} failed to start {attempts} times "
-            f"(startup timeout {startup_timeout:g} s each):\n" + "\n".join(self.start_failures)
-        )
+                raise failed from error
+            return stderr_path
+
+        def warn(line: str) -> None:
+            warnings.warn(line, RuntimeWarning, stacklevel=4)
+
+        try:
+            self.stderr_path, self.start_failures = execution.start_with_retries(
+                start, attempts, describe=str, notify=warn, what=f"kernel {kernel_name!r}")
+        except KernelStartError as error:
+            raise KernelStartError(f"kernel {kernel_name!r} failed to start {attempts} times (startup timeout "
+                                   f"{startup_timeout:g} s each):\n" + "\n".join(error.failures), error.failures) from None
+        self.start_attempts = len(self.start_failures) + 1
 
     def _start_once(self, kernel_name, cwd, startup_timeout, stderr_path, kernel_spec_manager) -> None:
         """nbval.kernel.start_new_kernel + RunningKernel._ensure_iopub_up; stderr to ``stderr_path``, IPC."""
@@ -187,14 +190,11 @@ class CapturingKernel(RunningKernel):
         return code
 
     @staticmethod
-    def _describe(attempt: int, seconds: float, error: BaseException, code: int | None, stderr_path: Path) -> str:
+    def _describe(seconds: float, error: BaseException, code: int | None, stderr_path: Path) -> str:
         status = "still running (killed)" if code is None else f"exit code {code}"
         err = tail(stderr_path)
         quoted = f"kernel stderr (last lines):\n{_indent(err)}" if err else "kernel stderr: (empty)"
-        return (
-            f"attempt {attempt} failed after {seconds:.1f} s: {type(error).__name__}: {error}; "
-            f"kernel process {status}; {quoted}"
-        )
+        return f"after {seconds:.1f} s: {type(error).__name__}: {error}; kernel process {status}; {quoted}"
 
     def await_reply(self, msg_id, timeout=None):
         """nbval's await_reply, failing at once (with stderr) when the kernel process has died.
