@@ -1,13 +1,22 @@
-"""Repeated person-grouped CV of Task A's face-model head (resumable): the numbers the README quotes.
+"""Repeated person-grouped CV of Task A's face-model head (resumable): the estimate the docs quote.
 
-    python experiments/cv_gender_face.py --data-root ../shared/facecom --out reports/cv_gender_face
+Feeds ``docs/results.md`` § "Task A — face-model head, 3 × 5-fold CV" with
+``<out>/results_table_copies<N>.md`` (one row per variant and track: balanced accuracy and female
+recall as mean ± SD (mean − SD) over the folds, ROC AUC, the worst distortion type, every type),
+rewritten from the saved folds every time the driver runs::
+
+    python experiments/cv_gender_face.py                      # FACECOM in the repository -> reports/cv_gender_face/
+    python experiments/cv_gender_face.py --data-root /data/facecom --variants face_model_restored
 
 Every choice is made inside each outer fold's training part: the restoration selector (fitted on
 the training persons' pixels and image types), the head, and its threshold (an inner person-grouped
 out-of-fold pass over the training persons). Test persons are scored clean and on each of their
-real distorted copies (Task B's distortion folders). One CSV row per fold and variant is appended
-as soon as it is done, so an interrupted run resumes. Descriptors come from the content-keyed cache
-(``experiments/face_features.py`` warms it; missing ones are computed).
+real distorted copies (Task B's distortion folders). One CSV row per fold and variant
+(``folds_<variant>_copies<N>.csv``) is appended as soon as it is done, so an interrupted run resumes;
+``summary_copies<N>.json`` keeps every metric's mean, SD and mean − SD. Descriptors come from the
+content-keyed cache (``experiments/face_features.py`` warms it, about 21 min on 2 CPU cores for Task B's
+training images; missing ones are computed here). With a warm cache each fold fits logistic-regression
+heads only (3 × 5 folds per variant; not timed).
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from _common import add_data_root, data_root, gender_table, write_text
+from facecom_utils.common.paths import REPORTS_DIR
 from facecom_utils.data.cache import default_cache_dir
 from facecom_utils.data.layout import scan_task_a
 from facecom_utils.face.descriptors import DescriptorStore
@@ -31,10 +42,31 @@ VARIANTS = {
 }
 
 
+def results_table(stats: dict[str, pd.DataFrame]) -> str:
+    """The docs' table from each variant's :func:`~facecom_utils.gender.tracks.summarise_folds` frame.
+
+    Args:
+        stats: Variant name -> its summary (index ``(track, metric)``, columns ``mean`` and ``std``;
+            metrics ``bal_acc_<type>`` per type). A variant's ``face`` track is named after the variant,
+            its other tracks ``<track> (<variant>)``.
+
+    Returns:
+        :func:`_common.gender_table` of all of them, in the order given.
+    """
+    parts = []
+    for variant, frame in stats.items():
+        frame = frame.rename(columns={"std": "sd"})
+        frame.index = pd.MultiIndex.from_tuples(
+            [(variant if track == "face" else f"{track} ({variant})", metric.replace("bal_acc_", "bal_acc ", 1))
+             for track, metric in frame.index])
+        parts.append(frame)
+    return gender_table(pd.concat(parts))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-root", default="../shared/facecom")
-    ap.add_argument("--out", default="reports/cv_gender_face")
+    add_data_root(ap)
+    ap.add_argument("--out", default=str(REPORTS_DIR / "cv_gender_face"))
     ap.add_argument("--cache", default=None)
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
@@ -45,10 +77,11 @@ def main() -> None:
     cache = Path(args.cache or default_cache_dir()) / "face_model"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = with_distorted_copies(scan_task_a(args.data_root, splits=("train",)), args.data_root, "train")
+    root = data_root(args.data_root, ("Task_A/train", "Task_B/train"))
+    rows = with_distorted_copies(scan_task_a(root, splits=("train",)), root, "train")
     rows = sample_copies(rows, None if args.copies < 0 else args.copies, 0).reset_index(drop=True)
     store = DescriptorStore(cache, workers=args.workers, progress=True)
-    summaries = {}
+    summaries, stats_by_variant = {}, {}
     for name in args.variants.split(","):
         restore, weight, glare = VARIANTS[name]
         recipe = FaceHeadRecipe(store, restore=restore, distorted_weight=weight, glare_expert=glare,
@@ -66,10 +99,11 @@ def main() -> None:
             folds = cross_validate(rows, recipe, k=args.k, repeats=args.repeats, on_fold=save)
         else:
             folds = done
-        stats = summarise_folds(folds)
+        stats = stats_by_variant[name] = summarise_folds(folds)
         summaries[name] = {f"{t}/{m}": v for (t, m), v in stats.round(4).to_dict(orient="index").items()}
         print(f"\n{name} ({time.perf_counter() - t0:.0f} s)\n{stats.round(3)}", flush=True)
     (out / f"summary_copies{args.copies}.json").write_text(json.dumps(summaries, indent=1))
+    write_text(out / f"results_table_copies{args.copies}.md", results_table(stats_by_variant))
 
 
 if __name__ == "__main__":

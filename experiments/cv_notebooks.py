@@ -1,11 +1,24 @@
-"""Person-disjoint K-fold CV of notebook 02 or 03 as shipped (resumable): the estimates the README quotes.
+"""Person-disjoint K-fold CV of notebook 02 or 03 as shipped (resumable): the estimates the docs quote.
 
-    python experiments/cv_notebooks.py --notebook 03 --out reports/cv_recognition   # Task B, 3 folds
-    python experiments/cv_notebooks.py --notebook 03 --out reports/cv_recognition --retrack   # re-score the tracks
-    python experiments/cv_notebooks.py --notebook 03 --out reports/cv_recognition --cheap-repeats 10  # cheap stages x10
-    python experiments/cv_notebooks.py --notebook 02 --out reports/cv_gender       # Task A, 3 folds
+Feeds ``docs/results.md`` § "Task B — 3-fold CV of notebook 03" (its two tables: top-1 per track and
+type, verification per track), § "Task A — 3-fold CV of notebook 02" and, with ``--cheap-repeats``,
+§ "Task B — the cheap stages, repeated". Each is a Markdown file in ``--out``, rewritten from the
+finished folds every time the driver runs (so ``--retrack`` or a resumed fold refreshes it)::
 
-The training split's people are divided (``--seed``) into ``--folds`` disjoint parts: for notebook 03
+    python experiments/cv_notebooks.py --notebook 03                    # Task B, 3 folds: reports/cv_notebook03/
+    python experiments/cv_notebooks.py --notebook 03 --retrack          # re-score the finished folds' tracks
+    python experiments/cv_notebooks.py --notebook 03 --cheap-repeats 20 # then the cheap stages x20 per fold
+    python experiments/cv_notebooks.py --notebook 02                    # Task A, 3 folds: reports/cv_notebook02/
+
+Writes ``results_table.md`` (the table(s) the docs quote: mean ± SD over the folds, with mean − SD in
+brackets), ``summary.md`` / ``summary.json`` (every metric of every track, per fold, mean, SD,
+mean − SD) and, for the cheap repeats, ``cheap_repeats.md`` / ``cheap_repeats.json``. Cost on 2 CPU
+cores: notebook 03 about 25 min per fold (23.9-27.8 min measured), notebook 02 about 20 min per fold;
+each fold's time is kept in ``runs/fold<i>/cv_seconds.txt``, each cheap repeat prints its own.
+
+FACECOM is read from ``--data-root``, else ``$FACECOM_DATA_ROOT``, else the repository's ``Task_A/``
+and ``Task_B/`` (where their READMEs put the images). The training split's people are divided
+(``--seed``) into ``--folds`` disjoint parts: for notebook 03
 the identities are shuffled; for notebook 02 the split is person-grouped and stratified by gender.
 Fold ``i`` gets a data root of symbolic links (nothing is copied): ``train`` holds the other parts'
 people and ``val`` holds part ``i``, in both ``Task_A`` (image files) and ``Task_B`` (identity
@@ -14,9 +27,6 @@ the preset exactly as shipped (``facecom run --preset facecom_cpu --notebooks NN
 ``train`` minus its own person-disjoint validation fold, makes every choice there (epoch,
 thresholds, restoration selector, heads, fusion weights) and reports ``val``, which it never saw.
 A finished fold (its ``metrics.json`` has ``tracks``) is skipped, so an interrupted run resumes.
-
-The summary (``summary.json``, ``summary.md``) gives every track's headline metrics, overall and per
-distortion type, as mean, SD and mean - SD over the folds.
 
 ``--cheap-repeats R`` (notebook 03) then re-chooses the cheap stages R times per fold on its fixed
 embeddings: the restoration selector (its own training sample), the copy cohort, and on a seeded 80 %
@@ -37,6 +47,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from _common import (MISSING, add_data_root, data_root, frame_table, gender_table, markdown_table, number, stat_cell,
+                     write_text)
+from facecom_utils.common.paths import REPORTS_DIR
+from facecom_utils.data.layout import DISTORTION_TYPES
 
 NOTEBOOKS = {"02": "02_gender_classification", "03": "03_arcface_recognition"}
 
@@ -228,11 +243,7 @@ def run_cheap_repeats(out: Path, folds: int, repeats: int, fraction: float) -> p
             tmp.write_text(json.dumps(done, indent=1))
             tmp.replace(file)
     table = summarise_repeats({k: [r for r in v if r["repeat"] < repeats] for k, v in done.items()})
-    try:
-        text = table.round(3).to_markdown()
-    except ImportError:
-        text = table.round(3).to_string()
-    (out / "cheap_repeats.md").write_text(text)
+    write_text(out / "cheap_repeats.md", frame_table(table.rename_axis("metric")))
     return table
 
 
@@ -272,11 +283,58 @@ def summarise(metrics: list[dict], notebook: str = "03") -> pd.DataFrame:
     return table
 
 
+#: Task B's verification table: (column, metric row of :func:`summarise`).
+VERIFICATION = (("main ROC AUC", "roc_auc"), ("main TAR@FAR 1e-3", "tar@far1e-3"), ("main match F1", "match_f1"),
+                ("strict ROC AUC", "strict roc_auc"), ("strict TAR@FAR 1e-3", "strict tar@far1e-3"),
+                ("strict match F1", "strict match_f1"))
+
+
+def results_table(table: pd.DataFrame, notebook: str) -> str:
+    """The table(s) ``docs/results.md`` quotes, from :func:`summarise`'s frame (the selector's rows left out).
+
+    Args:
+        table: :func:`summarise`'s output (columns ``mean`` and ``sd`` are read).
+        notebook: ``"02"``: Task A's table (:func:`_common.gender_table`). ``"03"``: two tables, top-1 per
+            track (main and strict as mean ± SD (mean − SD), then each type's mean, in
+            :data:`~facecom_utils.data.layout.DISTORTION_TYPES` order) and verification per track (mean ± SD).
+
+    Returns:
+        Markdown; two tables are separated by a blank line.
+    """
+    stats = table.loc[[key for key in table.index if key[0] != "selector"], ["mean", "sd"]]
+    if notebook == "02":
+        return gender_table(stats)
+    tracks = list(dict.fromkeys(stats.index.get_level_values(0)))
+    types = [t for t in DISTORTION_TYPES if any((track, f"main {t}") in stats.index for track in tracks)]
+
+    def per_type(track: str, protocol: str) -> str:
+        keys = [(track, f"{protocol} {t}") for t in types]
+        return " ".join(number(stats.loc[k, "mean"], 2) if k in stats.index else MISSING for k in keys)
+
+    names = ", ".join(types)
+    top1 = markdown_table(
+        ["track", "main top-1", "strict top-1", f"main per type ({names})", f"strict per type ({names})"],
+        [[f"`{t}`", stat_cell(stats, t, "main top-1"), stat_cell(stats, t, "strict top-1"), per_type(t, "main"),
+          per_type(t, "strict")] for t in tracks])
+    verification = markdown_table(["track", *(column for column, _ in VERIFICATION)],
+                                  [[f"`{t}`", *(stat_cell(stats, t, m, floor=False) for _, m in VERIFICATION)]
+                                   for t in tracks])
+    return f"{top1}\n\n{verification}"
+
+
+def write_summary(out: Path, table: pd.DataFrame, notebook: str) -> None:
+    """``summary.json``, ``summary.md`` (every row of :func:`summarise`) and ``results_table.md`` in ``out``."""
+    (out / "summary.json").write_text(json.dumps(
+        {f"{t}/{k}": v for (t, k), v in table.round(4).to_dict(orient="index").items()}, indent=1))
+    write_text(out / "summary.md", frame_table(table.rename_axis(["track", "metric"])))
+    write_text(out / "results_table.md", results_table(table, notebook))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--notebook", choices=sorted(NOTEBOOKS), default="03")
-    ap.add_argument("--data-root", default="../shared/facecom")
-    ap.add_argument("--out", default=None, help="default: reports/cv_notebook<NN>")
+    add_data_root(ap)
+    ap.add_argument("--out", default=None, help="default: reports/cv_notebook<NN> in the repository")
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--preset", default="facecom_cpu")
@@ -288,8 +346,9 @@ def main() -> None:
     ap.add_argument("--cheap-fraction", type=float, default=0.8,
                     help="share of the validation fold's identities each cheap repeat chooses on")
     args = ap.parse_args()
-    out = Path(args.out or f"reports/cv_notebook{args.notebook}").absolute()
-    roots = make_fold_roots(Path(args.data_root).absolute(), out, args.notebook, args.folds, args.seed)
+    out = Path(args.out).absolute() if args.out else REPORTS_DIR / f"cv_notebook{args.notebook}"
+    need = ("Task_B/train",) if args.notebook == "03" else ("Task_A/train", "Task_B/train")
+    roots = make_fold_roots(data_root(args.data_root, need), out, args.notebook, args.folds, args.seed)
     metrics = []
     for i, root in enumerate(roots):
         run_dir = out / "runs" / f"fold{i}"
@@ -300,13 +359,7 @@ def main() -> None:
             retrack(run_dir)
         metrics.append(json.loads((run_dir / NOTEBOOKS[args.notebook] / "metrics.json").read_text()))
     table = summarise(metrics, args.notebook)
-    (out / "summary.json").write_text(json.dumps(
-        {f"{t}/{k}": v for (t, k), v in table.round(4).to_dict(orient="index").items()}, indent=1))
-    try:
-        text = table.round(3).to_markdown()
-    except ImportError:  # tabulate is optional
-        text = table.round(3).to_string()
-    (out / "summary.md").write_text(text)
+    write_summary(out, table, args.notebook)
     with pd.option_context("display.width", 200, "display.max_rows", 200):
         print(table.round(3))
     if args.cheap_repeats and args.notebook == "03":

@@ -1,19 +1,25 @@
 """Score every restoration on FACECOM's own (distorted, clean) pairs.
 
+Feeds the table in ``facecom_utils.face.restoration``'s docstring and ``docs/results.md`` § "Restorations
+on FACECOM's pairs" with ``<out>/restorations.md``, rewritten from ``<out>/measurements.json`` (which a
+run with the same arguments reuses)::
+
+    python experiments/measure_restorations.py --tune    # FACECOM in the repository -> reports/measure_restorations/
+    python experiments/measure_restorations.py --data-root /data/facecom --identities 30 --tune
+
 Every distorted training image ``<id>/distortion/<stem>_<type>.jpg`` has its clean source
 ``<id>/<stem>.jpg``, so a restoration can be scored directly: PSNR (and SSIM) of the distorted
 image to the clean one, and of the restored image to the clean one. For a seeded sample of
-``--identities`` Task B training identities (all their clean images and distorted copies) this
-prints one markdown table of the mean PSNR gain in dB per (distortion type x restoration) cell,
-the same for SSIM, and the cost of each restoration on the clean images themselves (the mean
-PSNR of restore(clean) to clean; higher is better, 50 dB means "nearly untouched").
+``--identities`` Task B training identities (all their clean images and distorted copies) the file
+holds one table of the mean PSNR gain in dB per (distortion type x restoration) cell, the same for
+SSIM, and the cost of each restoration on the clean images themselves (the mean PSNR of
+restore(clean) to clean; higher is better, 50 dB means "nearly untouched").
 
 With ``--tune`` it also scores a few settings of each restoration's parameters on the type it
 is for (and on the clean images), which is how the defaults in ``facecom_utils.face.restoration``
 were chosen. The type labels are used here only to score; the restorations never see them.
-
-Usage:
-    python experiments/measure_restorations.py --data-root ../shared/facecom --identities 30 --tune
+Cost: 4 identities with ``--tune`` (119 copies) took 77 s of CPU, 398 s of wall time on a busy 2-core
+machine; the default 30 identities hold about 4 times as many copies. The file's first line gives the seconds.
 """
 
 from __future__ import annotations
@@ -24,11 +30,14 @@ from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from _common import add_data_root, cached, data_root, markdown_table, write_text
+from facecom_utils.common.paths import REPORTS_DIR
 from facecom_utils.data.layout import DISTORTION_TYPES, load_image
 from facecom_utils.face.restoration import RESTORATIONS, deblur, dehaze, denoise, derain, lowlight
 
@@ -84,20 +93,34 @@ def load_pair(distorted: Path, clean: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def scores(image: np.ndarray, clean: np.ndarray) -> tuple[float, float]:
     """(PSNR in dB, SSIM) of ``image`` to ``clean``; PSNR capped at 60 dB for identical images."""
-    psnr = min(60.0, float(peak_signal_noise_ratio(clean, image, data_range=255)))
+    with np.errstate(divide="ignore"):  # identical images: infinite PSNR, capped
+        psnr = min(60.0, float(peak_signal_noise_ratio(clean, image, data_range=255)))
     ssim = float(structural_similarity(clean, image, channel_axis=2, data_range=255))
     return psnr, ssim
 
 
-def measure(data_root: Path, identities: int, seed: int, tune: bool) -> None:
-    """Print the gain table (and with ``tune`` the tuning tables)."""
+def measure(data_root: Path, identities: int, seed: int, tune: bool) -> dict[str, Any]:
+    """Scores every restoration (and with ``tune`` every setting of :data:`TUNING`) on a sample of pairs.
+
+    Args:
+        data_root: FACECOM's root.
+        identities: How many Task B training identities to sample.
+        seed: The sample's seed.
+        tune: Whether to score :data:`TUNING` too.
+
+    Returns:
+        JSON-able: ``pairs`` and ``clean`` (counts), ``seconds``, ``base`` (type -> [n, PSNR, SSIM] of
+        distorted to clean), ``gain`` (type -> restoration -> mean [PSNR, SSIM] gain), ``cost``
+        (restoration or tuned setting -> [mean, min] PSNR of restore(clean) to clean) and ``tuned``
+        (``"<restoration> <setting>"`` -> mean PSNR gain on its type).
+    """
     start = time.perf_counter()
     pairs = sample_pairs(data_root, identities, seed)
     cleans = sorted({c for _, c, _ in pairs})
     gain: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     base: dict[str, list[tuple[float, float]]] = defaultdict(list)
     cost: dict[str, list[float]] = defaultdict(list)
-    tuned: dict[tuple[str, str], list[float]] = defaultdict(list)
+    tuned: dict[str, list[float]] = defaultdict(list)
     for distorted, clean, kind in pairs:
         image, target = load_pair(distorted, clean)
         p0, s0 = scores(image, target)
@@ -105,62 +128,75 @@ def measure(data_root: Path, identities: int, seed: int, tune: bool) -> None:
         for name, fn in RESTORATIONS.items():
             p, s = scores(fn(image), target)
             gain[kind, name].append((p - p0, s - s0))
-        if tune:
-            for name, (for_kind, settings) in TUNING.items():
-                if kind == for_kind:
-                    for label, fn in settings.items():
-                        tuned[name, label].append(scores(fn(image), target)[0] - p0)
+        for name, (for_kind, settings) in (TUNING.items() if tune else ()):
+            for label, fn in (settings.items() if kind == for_kind else ()):
+                tuned[f"{name} {label}"].append(scores(fn(image), target)[0] - p0)
     for clean in cleans:
         target = np.asarray(load_image(clean))
         for name, fn in RESTORATIONS.items():
             cost[name].append(scores(fn(target), target)[0])
-        if tune:
-            for name, (_, settings) in TUNING.items():
-                for label, fn in settings.items():
-                    cost[f"{name} {label}"].append(scores(fn(target), target)[0])
+        for name, (_, settings) in (TUNING.items() if tune else ()):
+            for label, fn in settings.items():
+                cost[f"{name} {label}"].append(scores(fn(target), target)[0])
+    return {"pairs": len(pairs), "clean": len(cleans), "seconds": time.perf_counter() - start,
+            "base": {k: [len(v), *np.mean(v, axis=0).tolist()] for k, v in base.items()},
+            "gain": {k: {n: np.mean(gain[k, n], axis=0).tolist() for n in RESTORATIONS} for k in base},
+            "cost": {k: [float(np.mean(v)), float(np.min(v))] for k, v in cost.items()},
+            "tuned": {k: float(np.mean(v)) for k, v in tuned.items()}}
 
+
+def restoration_tables(result: dict[str, Any], identities: int, seed: int) -> str:
+    """The Markdown of :func:`measure`'s result: PSNR gain, SSIM gain, clean cost and (when measured) the tuning.
+
+    Args:
+        result: :func:`measure`'s result (as read back from JSON).
+        identities: The sample's size, for the first line.
+        seed: The sample's seed, for the first line.
+
+    Returns:
+        A first line (what was measured, in how many seconds), then each table under a one-line title.
+    """
     names = list(RESTORATIONS)
-    print(f"{identities} identities (seed {seed}): {len(cleans)} clean images, {len(pairs)} distorted copies, "
-          f"{time.perf_counter() - start:.0f} s\n")
-    print("Mean PSNR gain (dB) of restored-vs-clean over distorted-vs-clean; base = distorted-vs-clean PSNR / SSIM\n")
-    print("| type | n | base PSNR | base SSIM | " + " | ".join(names) + " |")
-    print("|---|---|---|---|" + "---|" * len(names))
-    for kind in DISTORTION_TYPES:
-        if base[kind]:
-            b = np.mean(base[kind], axis=0)
-            cells = [f"{np.mean([g[0] for g in gain[kind, n]]):+.2f}" for n in names]
-            print(f"| {kind} | {len(base[kind])} | {b[0]:.2f} | {b[1]:.3f} | " + " | ".join(cells) + " |")
-    print("\nMean SSIM gain\n")
-    print("| type | " + " | ".join(names) + " |")
-    print("|---|" + "---|" * len(names))
-    for kind in DISTORTION_TYPES:
-        if base[kind]:
-            cells = [f"{np.mean([g[1] for g in gain[kind, n]]):+.3f}" for n in names]
-            print(f"| {kind} | " + " | ".join(cells) + " |")
-    print("\nClean-image cost: PSNR(restore(clean), clean), mean and min over clean images (60 = identical)\n")
-    print("| restoration | mean dB | min dB |")
-    print("|---|---|---|")
-    for name in names:
-        print(f"| {name} | {np.mean(cost[name]):.2f} | {np.min(cost[name]):.2f} |")
-    if tune:
-        print("\nTuning: PSNR gain on the type each restoration is for, and clean cost (mean / min dB)\n")
-        print("| restoration | setting | type | gain dB | clean mean dB | clean min dB |")
-        print("|---|---|---|---|---|---|")
-        for name, (kind, settings) in TUNING.items():
-            for label in settings:
-                c = cost[f"{name} {label}"]
-                print(f"| {name} | {label} | {kind} | {np.mean(tuned[name, label]):+.2f} | "
-                      f"{np.mean(c):.2f} | {np.min(c):.2f} |")
+    kinds = [k for k in DISTORTION_TYPES if k in result["base"]]
+    b = result["base"]
+    g = result["gain"]
+    parts = [
+        f"{identities} identities (seed {seed}): {result['clean']} clean images, {result['pairs']} distorted copies, "
+        f"{result['seconds']:.0f} s",
+        "Mean PSNR gain (dB) of restored-vs-clean over distorted-vs-clean; base = distorted-vs-clean PSNR / SSIM",
+        markdown_table(["type", "n", "base PSNR", "base SSIM", *names],
+                       [[k, b[k][0], f"{b[k][1]:.2f}", f"{b[k][2]:.3f}", *(f"{g[k][n][0]:+.2f}" for n in names)]
+                        for k in kinds]),
+        "Mean SSIM gain",
+        markdown_table(["type", *names], [[k, *(f"{g[k][n][1]:+.3f}" for n in names)] for k in kinds]),
+        "Clean-image cost: PSNR(restore(clean), clean), mean and min over clean images (60 = identical)",
+        markdown_table(["restoration", "mean dB", "min dB"],
+                       [[n, f"{result['cost'][n][0]:.2f}", f"{result['cost'][n][1]:.2f}"] for n in names]),
+    ]
+    if result["tuned"]:
+        rows = [[name, label, kind, f"{result['tuned'][f'{name} {label}']:+.2f}",
+                 *(f"{v:.2f}" for v in result["cost"][f"{name} {label}"])]
+                for name, (kind, settings) in TUNING.items() for label in settings
+                if f"{name} {label}" in result["tuned"]]
+        parts += ["Tuning: PSNR gain on the type each restoration is for, and clean cost (mean / min dB)",
+                  markdown_table(["restoration", "setting", "type", "gain dB", "clean mean dB", "clean min dB"], rows)]
+    return "\n\n".join(parts)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", type=Path, default=Path("../shared/facecom"))
+    add_data_root(parser)
     parser.add_argument("--identities", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tune", action="store_true", help="also score a few settings of each restoration")
+    parser.add_argument("--out", type=Path, default=REPORTS_DIR / "measure_restorations")
     args = parser.parse_args()
-    measure(args.data_root, args.identities, args.seed, args.tune)
+    root = data_root(args.data_root)
+    result = cached(args.out / "measurements.json",
+                    {"data_root": str(root), "identities": args.identities, "seed": args.seed, "tune": args.tune},
+                    lambda: measure(root, args.identities, args.seed, args.tune))
+    text = restoration_tables(result, args.identities, args.seed)
+    print(write_text(args.out / "restorations.md", text).read_text())
 
 
 if __name__ == "__main__":

@@ -1,25 +1,33 @@
-"""What bounds strict sunny: two measurements on a finished notebook-03 run (a CV fold's, for instance).
+"""What bounds strict sunny: two measurements on finished notebook-03 runs (the CV folds', by default).
+
+Feeds ``docs/results.md`` § "Task B — what bounds strict sunny" with ``<out>/sunny_strict.md`` (one row
+per run: its strict sunny probes, the saturated share of their frames, top-1 as is, with the oracle
+periphery, and with query expansion chosen on the run's validation fold, beside the mean over every
+setting), rewritten from the saved ``<out>/<run>.json`` results every time the driver runs::
+
+    python experiments/measure_sunny_strict.py            # reports/cv_notebook03/runs/fold*/03_arcface_recognition
+    python experiments/measure_sunny_strict.py /x/runs/fold0/03_arcface_recognition --out reports/sunny_strict
 
 The strict protocol scores a sunny probe against the gallery with the probe's own clean source left
-out, so the probe must be recognised from another photo of the person. This script measures, on the
+out, so the probe must be recognised from another photo of the person. This driver measures, on each
 run's reported split (people the run never trained on):
 
 * **oracle periphery**: the embedder is given the clean source photo with exactly the pixels that
   glare saturated (every channel >= ``--saturated``) set to white. Every pixel the glare did not
   saturate is then perfect: a ceiling for restorations that repair the unsaturated pixels (only one
-  that invents the hidden face could pass it). Printed beside the sunny probes as they are, and the
+  that invents the hidden face could pass it). Shown beside the sunny probes as they are, and the
   saturated share of the frame.
 * **query expansion with dlib**: each gallery photo's FACECOM cosine plus ``lam`` times how well
   dlib's descriptor of that (clean) photo agrees with the probe's other top-``k`` photos (weights
-  ``softmax(cosine / tau)``; ``--no-loo`` lets a photo vote for itself). The source is left out
-  of the expansion too. Each setting is scored on the run's validation fold and on the reported
-  split; the one best on the fold is the estimate, the mean over all settings is printed beside it.
+  ``softmax(cosine / tau)``; with ``loo`` off a photo may vote for itself). The source is left out
+  of the expansion too. Each setting of :data:`GRID` is scored on the run's validation fold and on the
+  reported split; the one best on the fold is the estimate, the mean over all settings is shown beside it.
 
 Top-1 is scored by identity (the maximum over an identity's photos), ties against the probe, on
 probes whose identity has two or more clean photos, as in :mod:`facecom_utils.metrics.scoring`.
-
-Usage:
-    python experiments/measure_sunny_strict.py /work/cvB/runs/fold0/03_arcface_recognition --out sunny_fold0.json
+A run whose JSON is in ``--out`` (same ``--saturated``) is not measured again. Cost per run (not timed):
+embedding its strict sunny probes' oracle images once on the CPU, then the 36 settings of :data:`GRID`
+(dlib descriptors of the gallery come from the cache, computed when missing).
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from _common import cached, markdown_table, number, write_text
+from facecom_utils.common.paths import REPORTS_DIR
 from facecom_utils.data.cache import default_cache_dir
 from facecom_utils.face.descriptors import DescriptorStore
 from facecom_utils.recognition.embedding import extract_embeddings
@@ -121,19 +131,13 @@ def oracle_periphery(rundir: RunDir, data: StrictSunny, saturated: int) -> dict[
             "oracle_periphery": data.top1(data.scores(_unit(emb)))}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("run_dir", help="a notebook-03 output folder (holds embeddings/ and checkpoints/)")
-    ap.add_argument("--saturated", type=int, default=245)
-    ap.add_argument("--cache-dir", default=None, help="dlib descriptor cache (default: the package's)")
-    ap.add_argument("--out", default=None, help="write the results as JSON here")
-    args = ap.parse_args()
-    rundir = RunDir(args.run_dir)
-    store = DescriptorStore(Path(args.cache_dir) if args.cache_dir else default_cache_dir() / "face_model")
+def measure(run_dir: Path, store: DescriptorStore, saturated: int) -> dict:
+    """Both measurements on one notebook-03 run: the oracle periphery, then query expansion over :data:`GRID`."""
+    rundir = RunDir(run_dir)
     fold, report = StrictSunny(rundir, FOLD_ROLE, store), StrictSunny(rundir, REPORT_ROLE, store)
     result = {"n_probes": {"fold": len(fold.rows), "report": len(report.rows)}}
-    result.update(oracle_periphery(rundir, report, args.saturated))
-    print(f"reported split: {len(report.rows)} strict sunny probes, saturated share {result['saturated_share']:.3f}; "
+    result.update(oracle_periphery(rundir, report, saturated))
+    print(f"{run_dir}: {len(report.rows)} strict sunny probes, saturated share {result['saturated_share']:.3f}; "
           f"top-1 as is {result['as_is']:.3f}, oracle periphery {result['oracle_periphery']:.3f}", flush=True)
     settings = []
     for k, tau, lam, loo in itertools.product(*GRID.values()):
@@ -144,9 +148,56 @@ def main() -> None:
     result.update(query_expansion_chosen=best, query_expansion_mean=float(np.mean([r["report"] for r in settings])),
                   query_expansion_fold_before=fold.top1(fold.scores()), query_expansion=settings)
     print(f"query expansion: chosen on the fold {best} -> reported {best['report']:.3f}; "
-          f"mean over {len(settings)} settings {result['query_expansion_mean']:.3f}")
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1))
+          f"mean over {len(settings)} settings {result['query_expansion_mean']:.3f}", flush=True)
+    return result
+
+
+def sunny_table(results: dict[str, dict]) -> str:
+    """The docs' table: one row per run, from :func:`measure`'s results.
+
+    Args:
+        results: Run name -> its result, in row order.
+
+    Returns:
+        Columns: run, strict sunny probes (reported), saturated share, top-1 as is, with the oracle
+        periphery, with query expansion (the setting best on the fold; the setting), the mean over all settings.
+    """
+    rows = []
+    for name, r in results.items():
+        best = r["query_expansion_chosen"]
+        setting = f"k={best['k']}, tau={best['tau']}, lam={best['lam']}, loo={'on' if best['loo'] else 'off'}"
+        rows.append([name, r["n_probes"]["report"], number(r["saturated_share"]), number(r["as_is"]),
+                     number(r["oracle_periphery"]), number(best["report"]), setting,
+                     number(r["query_expansion_mean"])])
+    return markdown_table(["run", "strict sunny probes", "saturated share", "top-1 as is", "oracle periphery",
+                           "query expansion (chosen on the fold)", "its setting", "mean over all settings"], rows)
+
+
+def run_name(run_dir: Path) -> str:
+    """A run's row name: its folder, or the folder above when it is named after the notebook (``fold0``)."""
+    return run_dir.parent.name if run_dir.name.startswith("03_") else run_dir.name
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run_dirs", nargs="*", type=Path,
+                    help="notebook-03 output folders (hold embeddings/ and checkpoints/); default: the folds of "
+                         "reports/cv_notebook03")
+    ap.add_argument("--saturated", type=int, default=245)
+    ap.add_argument("--cache-dir", default=None, help="dlib descriptor cache (default: the package's)")
+    ap.add_argument("--out", type=Path, default=REPORTS_DIR / "sunny_strict",
+                    help="folder of the per-run JSON results and sunny_strict.md")
+    args = ap.parse_args()
+    run_dirs = args.run_dirs or sorted((REPORTS_DIR / "cv_notebook03" / "runs").glob("fold*/03_arcface_recognition"))
+    if not run_dirs:
+        raise SystemExit("no notebook-03 runs given, and none in reports/cv_notebook03: run "
+                         "experiments/cv_notebooks.py --notebook 03 first, or name run folders")
+    store = DescriptorStore(Path(args.cache_dir) if args.cache_dir else default_cache_dir() / "face_model")
+    for run_dir in run_dirs:
+        cached(args.out / f"{run_name(run_dir)}.json", {"run_dir": str(run_dir.resolve()), "saturated": args.saturated},
+               lambda: measure(run_dir, store, args.saturated))
+    results = {f.stem: json.loads(f.read_text())["result"] for f in sorted(args.out.glob("*.json"))}
+    print(write_text(args.out / "sunny_strict.md", sunny_table(results)).read_text())
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""experiments/cv_notebooks.py: the fold data roots it links are person-disjoint and cover everyone once."""
+"""experiments/cv_notebooks.py: the fold data roots it links are person-disjoint and cover everyone once; the tables
+of the docs it writes from the folds' metrics and the saved cheap repeats."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import pytest
 from PIL import Image
 
 from conftest import load_script
-
 
 
 def _script():
@@ -85,3 +85,67 @@ def test_repeat_summary_separates_the_spread_within_and_between_folds() -> None:
     assert row["sd within"] == pytest.approx(np.sqrt((0.02 + 0.0) / 2))
     assert row["sd between"] == pytest.approx(np.std([0.2, 0.5], ddof=1))
     assert row["mean - sd between"] == pytest.approx(0.35 - np.std([0.2, 0.5], ddof=1))
+
+
+def _fold_metrics(top1: float, strict: float, sunny: float, auc: float | None) -> dict:
+    """One notebook-03 fold's metrics.json with two tracks (the second without verification metrics)."""
+    types = {"blurred": 1.0, "sunny": sunny}
+    track = {"top1": top1, "strict_top1": strict, "roc_auc": auc, "strict_roc_auc": 0.9, "tar_at_far_1e-3": 0.8,
+             "strict_tar_at_far_1e-3": 0.3, "match_f1": 0.99, "strict_match_f1": 0.87,
+             "per_distortion": types, "strict_per_distortion": {"blurred": 0.5, "sunny": sunny / 2}}
+    plain = {"top1": 0.7, "strict_top1": 0.6, "per_distortion": {"blurred": 0.9}, "strict_per_distortion": {}}
+    return {"tracks": {"fused": track, "face_model": plain}, "selector": {"sunny": {"type_accuracy": 1.0}}}
+
+
+def test_recognition_results_table_is_the_docs_table() -> None:
+    cv = _script()
+    table = cv.summarise([_fold_metrics(0.99, 0.80, 0.96, 1.0), _fold_metrics(0.97, 0.90, 0.98, None),
+                          _fold_metrics(0.98, 0.85, 1.00, 0.998)], "03")
+    assert table.loc[("fused", "strict top-1"), "sd"] == pytest.approx(0.05)
+    top1, verification = cv.results_table(table, "03").split("\n\n")
+    assert top1.splitlines() == [
+        "| track | main top-1 | strict top-1 | main per type (blurred, sunny) | strict per type (blurred, sunny) |",
+        "|---|---|---|---|---|",
+        "| `fused` | 0.980 ± 0.010 (0.970) | 0.850 ± 0.050 (0.800) | 1.00 0.98 | 0.50 0.49 |",
+        "| `face_model` | 0.700 ± 0.000 (0.700) | 0.600 ± 0.000 (0.600) | 0.90 n/a | n/a n/a |",
+    ]  # the selector's rows are not a track
+    assert verification.splitlines()[2] == (
+        "| `fused` | 0.999 ± 0.001 | 0.800 ± 0.000 | 0.990 ± 0.000 | 0.900 ± 0.000 | 0.300 ± 0.000 "
+        "| 0.870 ± 0.000 |")
+    assert verification.splitlines()[3] == "| `face_model` | n/a | n/a | n/a | n/a | n/a | n/a |"
+
+
+def test_gender_results_table_names_the_worst_type(tmp_path: Path) -> None:
+    cv = _script()
+    folds = [{"tracks": {"fused": {"balanced_accuracy": b, "recall_female": r, "roc_auc": 0.98, "threshold": 0.3,
+                                   "per_distortion": {"noisy": n, "sunny": s}}}}
+             for b, r, n, s in ((0.95, 0.96, 0.90, 0.80), (0.97, 0.98, 0.94, 0.84))]
+    table = cv.summarise(folds, "02")
+    cv.write_summary(tmp_path, table, "02")
+    assert (tmp_path / "results_table.md").read_text().splitlines() == [
+        "| track | balanced acc. | female recall | ROC AUC | worst type | noisy | sunny |",
+        "|---|---|---|---|---|---|---|",
+        "| `fused` | 0.960 ± 0.014 (0.946) | 0.970 ± 0.014 (0.956) | 0.980 ± 0.000 | sunny 0.820 ± 0.028 (0.792) "
+        "| 0.920 ± 0.028 | 0.820 ± 0.028 |",
+    ]
+    summary = (tmp_path / "summary.md").read_text().splitlines()
+    assert summary[0] == "| track | metric | fold0 | fold1 | mean | sd | mean - sd |"
+    assert "| fused | worst type bal_acc | 0.800 | 0.840 | 0.820 | 0.028 | 0.792 |" in summary
+
+
+def test_cheap_repeats_table_is_rewritten_from_the_saved_repeats(tmp_path: Path) -> None:
+    import json
+
+    cv = _script()
+    done = {f"fold{i}": [{"repeat": r, "fraction": 0.8, "seconds": 1.0, "values": {"strict_top1": v}}
+                         for r, v in enumerate(values)] for i, values in enumerate(((0.8, 0.9, 0.1), (0.7, 0.7)))}
+    (tmp_path / "cheap_repeats.json").write_text(json.dumps(done))
+    cv.run_cheap_repeats(tmp_path, folds=2, repeats=2, fraction=0.8)  # nothing left to run; repeat 2 is not asked for
+    assert (tmp_path / "cheap_repeats.md").read_text().splitlines() == [
+        "| metric | fold0 mean | fold0 sd | fold1 mean | fold1 sd | mean | sd within | sd between "
+        "| mean - sd between |",
+        "|---|---|---|---|---|---|---|---|---|",
+        "| strict_top1 | 0.850 | 0.071 | 0.700 | 0.000 | 0.775 | 0.050 | 0.106 | 0.669 |",
+    ]
+    with pytest.raises(ValueError, match="--cheap-fraction"):
+        cv.run_cheap_repeats(tmp_path, folds=2, repeats=2, fraction=0.5)

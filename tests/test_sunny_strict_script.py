@@ -1,12 +1,13 @@
-"""experiments/measure_sunny_strict.py: identity top-1 with the source left out, and query expansion by face agreement."""
+"""experiments/measure_sunny_strict.py: identity top-1 with the source left out, query expansion by face agreement,
+and the table of the docs from the saved results."""
 
 from __future__ import annotations
 
+import json
 
 import numpy as np
 
 from conftest import load_script
-
 
 
 def _script():
@@ -59,3 +60,25 @@ def test_query_expansion_lifts_the_identity_whose_faces_agree():
     # letting a photo vote for itself gives B1 its own vote too
     np.testing.assert_allclose(d.expanded(k=3, tau=tau, lam=1.0, loo=False)[0, 3],
                                0.60 + w_b1 / (w_b1 + w_a2 + w_a3), rtol=1e-12)
+
+
+def test_table_row_per_run_from_the_saved_results(tmp_path):
+    m = _script()
+    result = {"n_probes": {"fold": 91, "report": 365}, "saturated_share": 0.3812, "as_is": 0.26575,
+              "oracle_periphery": 0.3041,
+              "query_expansion_chosen": {"k": 10, "tau": 0.2, "lam": 0.5, "loo": True, "fold": 0.45, "report": 0.2959},
+              "query_expansion_mean": 0.2862, "query_expansion": []}
+    calls = []
+    file = tmp_path / "fold0.json"
+    for _ in range(2):  # the second run reads the saved result instead of measuring
+        m.cached(file, {"run_dir": "/x/fold0/03_arcface_recognition", "saturated": 245},
+                 lambda: calls.append(1) or result)
+    assert calls == [1]
+    results = {f.stem: json.loads(f.read_text())["result"] for f in sorted(tmp_path.glob("*.json"))}
+    assert m.sunny_table(results).splitlines() == [
+        "| run | strict sunny probes | saturated share | top-1 as is | oracle periphery "
+        "| query expansion (chosen on the fold) | its setting | mean over all settings |",
+        "|---|---|---|---|---|---|---|---|",
+        "| fold0 | 365 | 0.381 | 0.266 | 0.304 | 0.296 | k=10, tau=0.2, lam=0.5, loo=on | 0.286 |",
+    ]
+    assert m.run_name(tmp_path / "runs" / "fold2" / "03_arcface_recognition") == "fold2"

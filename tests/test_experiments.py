@@ -1,0 +1,219 @@
+"""experiments/: where the drivers find FACECOM, their cached measurements, and the Markdown tables they write.
+
+Each table writer is fed a tiny synthetic result and must give the exact rows the docs quote; the drivers'
+measurements themselves need FACECOM (``tests/test_cv_script.py`` and ``tests/test_sunny_strict_script.py``
+cover the two CV-side drivers' logic).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import REPO_ROOT, load_script
+
+
+def _common():
+    return load_script("_common")
+
+
+# ----------------------------------------------------------------------------- _common
+
+
+def test_markdown_table_and_cells() -> None:
+    c = _common()
+    assert c.markdown_table(["a", "b"], [[1, "x|y"], [None, 0.5]]).splitlines() == [
+        "| a | b |", "|---|---|", "| 1 | x\\|y |", "| None | 0.5 |"]
+    with pytest.raises(ValueError, match="2 columns"):
+        c.markdown_table(["a", "b"], [[1]])
+    assert c.spread(0.959, 0.0051) == "0.959 ± 0.005 (0.954)"
+    assert c.spread(0.959, 0.0051, floor=False) == "0.959 ± 0.005"
+    assert c.spread(0.9, float("nan")) == "0.900"  # one fold: no SD
+    assert c.spread(None, 0.1) == c.MISSING and c.number(float("nan")) == c.MISSING
+    frame = pd.DataFrame({"n": [61, 7], "share": [1.0, float("nan")], "note": ["x", "y"]},
+                         index=pd.Index(["clean", "sunny"], name="type"))
+    assert c.frame_table(frame).splitlines() == [
+        "| type | n | share | note |", "|---|---|---|---|", "| clean | 61 | 1.000 | x |", "| sunny | 7 | n/a | y |"]
+
+
+def _facecom(root: Path) -> Path:
+    (root / "Task_A" / "train").mkdir(parents=True)
+    (root / "Task_B" / "train").mkdir(parents=True)
+    return root
+
+
+def test_data_root_is_the_argument_then_the_environment_then_the_repository(tmp_path, monkeypatch) -> None:
+    c = _common()
+    given, from_env = _facecom(tmp_path / "given"), _facecom(tmp_path / "env")
+    monkeypatch.setenv("FACECOM_DATA_ROOT", str(from_env))
+    assert c.data_root(str(given)) == given.resolve()
+    assert c.data_root(None) == from_env.resolve()
+    monkeypatch.delenv("FACECOM_DATA_ROOT")
+    if (REPO_ROOT / "Task_B" / "train").is_dir():
+        assert c.data_root(None) == REPO_ROOT.resolve()
+    else:  # a clone without FACECOM: the driver stops and says where the images go
+        with pytest.raises(SystemExit, match="Task_A/ and Task_B/"):
+            c.data_root(None)
+    with pytest.raises(SystemExit, match="no Task_A/train"):
+        c.data_root(str(tmp_path / "given" / "Task_B"), need=("Task_A/train",))
+
+
+def test_cached_result_is_reused_only_for_the_same_parameters(tmp_path) -> None:
+    c = _common()
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"value": np.float64(0.5), "n": np.int64(len(calls))}
+
+    file = tmp_path / "m.json"
+    assert c.cached(file, {"seed": 0}, compute) == {"value": 0.5, "n": 1}
+    assert c.cached(file, {"seed": 0}, compute) == {"value": 0.5, "n": 1}  # read back, not measured
+    assert c.cached(file, {"seed": 1}, compute) == {"value": 0.5, "n": 2}  # other parameters: measured again
+    assert json.loads(file.read_text())["params"] == {"seed": 1}
+
+
+# ----------------------------------------------------------------------------- Task A drivers
+
+
+def test_face_head_table_names_variants_and_tracks() -> None:
+    from facecom_utils.gender.tracks import summarise_folds
+
+    m = load_script("cv_gender_face")
+    folds = pd.DataFrame([
+        {"track": track, "repeat": 0, "fold": f, "balanced_accuracy": b, "recall_female": 0.9, "roc_auc": 0.95,
+         "bal_acc_noisy": b - 0.1, "bal_acc_sunny": s}
+        for f, (b, s) in enumerate(((0.90, 0.60), (0.94, 0.70))) for track in ("face", "fused")])
+    plain = folds[folds["track"] == "face"].drop(columns="bal_acc_sunny")
+    table = m.results_table({"face_model": summarise_folds(plain), "face_model_restored": summarise_folds(folds)})
+    assert table.splitlines() == [
+        "| track | balanced acc. | female recall | ROC AUC | worst type | noisy | sunny |",
+        "|---|---|---|---|---|---|---|",
+        "| `face_model` | 0.920 ± 0.028 (0.892) | 0.900 ± 0.000 (0.900) | 0.950 ± 0.000 "
+        "| noisy 0.820 ± 0.028 (0.792) | 0.820 ± 0.028 | n/a |",
+        "| `face_model_restored` | 0.920 ± 0.028 (0.892) | 0.900 ± 0.000 (0.900) | 0.950 ± 0.000 "
+        "| sunny 0.650 ± 0.071 (0.579) | 0.820 ± 0.028 | 0.650 ± 0.071 |",
+        "| `fused (face_model_restored)` | 0.920 ± 0.028 (0.892) | 0.900 ± 0.000 (0.900) | 0.950 ± 0.000 "
+        "| sunny 0.650 ± 0.071 (0.579) | 0.820 ± 0.028 | 0.650 ± 0.071 |",
+    ]
+
+
+def test_glare_table_one_row_per_variant() -> None:
+    m = load_script("cv_glare")
+    summary = pd.DataFrame([
+        {"fold": f, "members": members, "epochs": 4, "image_size": 128, "balanced_accuracy": b, "recall_female": r,
+         "roc_auc": 0.9, "person_balanced_accuracy": b, "seconds": sec}
+        for members, rows in ((3, ((1, 0.80, 0.9, 240.4), (0, 0.86, 0.8, 216.0))), (1, ((0, 0.70, 0.5, 110.0),)))
+        for f, b, r, sec in rows])
+    assert m.glare_table(summary).splitlines() == [
+        "| glare expert | balanced acc. | female recall | ROC AUC | person bal. acc. | per fold | fit seconds |",
+        "|---|---|---|---|---|---|---|",
+        "| 1 network, 4 epochs, 128 px | 0.700 | 0.500 | 0.900 | 0.700 | 0.700 | 110-110 |",
+        "| 3 networks, 4 epochs, 128 px | 0.830 ± 0.042 (0.788) | 0.850 ± 0.071 (0.779) | 0.900 ± 0.000 "
+        "| 0.830 ± 0.042 | 0.860, 0.800 | 216-240 |",
+    ]
+
+
+def test_glare_fold_roots_default_to_those_of_the_notebook_02_cv(tmp_path, monkeypatch) -> None:
+    m = load_script("cv_glare")
+    monkeypatch.setattr(m, "REPORTS_DIR", tmp_path)
+    with pytest.raises(SystemExit, match="cv_notebooks.py --notebook 02"):
+        m.fold_roots(None)
+    for i in (1, 0):
+        (tmp_path / "cv_notebook02" / f"fold{i}" / "data").mkdir(parents=True)
+    assert m.fold_roots(None) == [str(tmp_path / "cv_notebook02" / f"fold{i}" / "data") for i in (0, 1)]
+    assert m.fold_roots(["/x/fold0/data"]) == ["/x/fold0/data"]
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def _values(ours: float, facecom: list[float]) -> dict:
+    from facecom_utils.data.distortions import STATISTICS
+    from facecom_utils.data.layout import DISTORTION_TYPES
+
+    return {"ours": {t: {s: [ours, ours, ours] for s in STATISTICS} for t in DISTORTION_TYPES},
+            "facecom": {t: {s: (facecom if t == "sunny" else []) for s in STATISTICS} for t in DISTORTION_TYPES}}
+
+
+def test_distortion_tables() -> None:
+    from facecom_utils.data.distortions import FACECOM_REFERENCE
+
+    m = load_script("measure_distortions")
+    values = _values(0.3, [0.0, 10.0, 20.0, 30.0, 40.0])
+    facecom = m.facecom_table(values).splitlines()
+    assert facecom[0] == ("| type | mean brightness delta | contrast ratio | edge energy ratio | saturated px frac "
+                          "| black px frac | colourfulness ratio | mean abs diff |")  # the doc's header
+    assert facecom[-1] == "| sunny" + " | 20.0 [4.0, 36.0]" * 7 + " |"  # median [p10, p90], printed as the doc prints
+    assert facecom[2] == "| blurred" + " | n/a" * 7 + " |"
+    lines = m.comparison_table(values, {"blurred": 5.934, "sunny": 5.4}).splitlines()
+    med, p10, p90 = FACECOM_REFERENCE["lowlight"]["contrast_ratio"]  # 0.3 lands in lowlight's contrast band
+    assert f"| lowlight | contrast_ratio | 0.300 [0.300, 0.300] | n/a | {med} [{p10}, {p90}] | yes |" in lines
+    assert "| sunny | contrast_ratio | 0.300 [0.300, 0.300] | 20.000 | 0.835 [0.566, 1.02] | **NO** |" in lines
+    assert lines[-1] == "ms per 224 px image: blurred 5.93, sunny 5.40"
+
+
+def _pairs(root: Path) -> Path:
+    """Two identities, one clean 32 px photo each with a noisy copy; the second also a foggy one."""
+    rng = np.random.default_rng(0)
+    for i, kinds in enumerate((("noisy",), ("noisy", "foggy"))):
+        folder = root / "Task_B" / "train" / f"Person_{i}"
+        (folder / "distortion").mkdir(parents=True)
+        clean = rng.integers(40, 200, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(clean).save(folder / f"Person_{i}_0001.jpg", quality=95)
+        for kind in kinds:
+            noisy = np.clip(clean.astype(int) + rng.integers(-60, 60, clean.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(noisy).save(folder / "distortion" / f"Person_{i}_0001_{kind}.jpg", quality=95)
+    return root
+
+
+def test_restoration_tables_from_a_measurement(tmp_path) -> None:
+    m = load_script("measure_restorations")
+    root = _pairs(tmp_path / "data")
+    result = json.loads(json.dumps(m.measure(root, identities=2, seed=0, tune=False)))  # as cached() reads it back
+    assert (result["pairs"], result["clean"], result["tuned"]) == (3, 2, {})
+    clean = root / "Task_B" / "train" / "Person_1" / "Person_1_0001.jpg"
+    image, target = m.load_pair(clean.parent / "distortion" / "Person_1_0001_foggy.jpg", clean)
+    psnr, ssim = m.scores(image, target)
+    assert result["base"]["foggy"] == pytest.approx([1, psnr, ssim])
+    text = m.restoration_tables(result, identities=2, seed=0)
+    names = list(m.RESTORATIONS)
+    gain = [f"{result['gain']['foggy'][n][0]:+.2f}" for n in names]
+    assert text.splitlines()[0].startswith("2 identities (seed 0): 2 clean images, 3 distorted copies, ")
+    assert f"| foggy | 1 | {psnr:.2f} | {ssim:.3f} | " + " | ".join(gain) + " |" in text.splitlines()
+    assert [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| ") and " | n | " not in line][:3] \
+        == ["| foggy", "| noisy", "| type"]  # the PSNR rows in the package's type order, then the SSIM table
+    assert "Tuning" not in text
+
+
+def test_face_fallback_report() -> None:
+    m = load_script("measure_face_fallback")
+    result = {
+        "settings": {"detector": "hog", "upsample": 1, "workers": 2},
+        "clean": {"sample": 150, "clean": 1926, "seed": 0, "sizes": [[224, 224]], "seconds": 12.34, "detected": 150,
+                  "median_score": 1.6871, "box": [0.2946, 0.3393, 0.6964, 0.7455], "landmarks": [[0.7889, 0.2895]],
+                  "image_landmarks": [[0.6116, 0.4569]], "box_width": 0.4018, "x0_iqr": 0.0, "error_median": 0.0781,
+                  "error_p90": 0.1291},
+        "types": {"identities": 40, "images": 122, "seconds": 30.0,
+                  "rates": [{"type": "clean", "n": 61, "detected": 1.0, "median_score": 1.608},
+                            {"type": "sunny", "n": 61, "detected": 0.0820, "median_score": None}],
+                  "errors": {"sunny": [56, 0.0712, 0.2081]}},
+    }
+    lines = m.fallback_report(result).splitlines()
+    assert "detected 150/150 = 1.000; median score 1.687" in lines
+    assert "fallback box (x0, y0, x1, y1) / image: (0.2946, 0.3393, 0.6964, 0.7455)" in lines  # DEFAULT_FALLBACK's
+    assert lines[lines.index("| type | n | detected | median_score |") + 2:][:2] == [
+        "| clean | 61 | 1.000 | 1.608 |", "| sunny | 61 | 0.082 | n/a |"]
+    assert lines[-1] == "| sunny | 56 | 0.071 | 0.208 |"
+
+
+def test_face_features_timing_table() -> None:
+    m = load_script("face_features")
+    stages = [("quality features", 15408, 300.4), ("descriptors, clean", 1926, 99.6)]
+    assert m.timing_table(stages, "/c", 2).splitlines() == ["cache /c, 2 workers", "", "| stage | images | seconds |", "|---|---|---|",
+            "| quality features | 15,408 | 300 |", "| descriptors, clean | 1,926 | 100 |", "| total |  | 400 |"]
