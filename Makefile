@@ -45,7 +45,9 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/facecom make-demo data/demo_synthetic
 
+# DATA_ROOT=DIR benchmarks FACECOM in DIR; without it, the synthetic demo (written first when missing).
 bench: $(STAMP)
+	$(if $(DATA_ROOT),,test -d data/demo_synthetic/Task_B || $(BIN)/facecom make-demo data/demo_synthetic)
 	$(BIN)/python -m facecom_utils.bench --data-root $(or $(DATA_ROOT),data/demo_synthetic) --out reports/bench.json
 
 # JupyterLab on this environment: the notebooks' python3 kernel is this .venv's interpreter, figures inline,
