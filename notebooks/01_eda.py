@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -49,6 +49,7 @@ grid_faces: int = 3  # faces in the distortion grid (a display setting, not part
 seed: int = 0  # seed of every sample drawn
 
 # %%
+# %matplotlib inline
 import matplotlib.pyplot as plt
 from IPython.display import display
 

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -95,6 +95,7 @@ resume: bool = False  # continue from <output_dir>/checkpoints/last.pt when it e
 progress: bool = False  # tqdm progress bars (turn on in JupyterLab)
 
 # %%
+# %matplotlib inline
 import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display

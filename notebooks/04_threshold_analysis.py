@@ -47,6 +47,7 @@ seed: int = 0  # seed of the balanced impostor-pair draw
 track: str = "headline"  # "headline" (the run's headline_track), "facecom_only", "fused", "face_model_restored", ...
 
 # %%
+# %matplotlib inline
 import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display

@@ -6,21 +6,27 @@ demo data, shrunk only through the overrides a user would pass (``SHRINKING``; f
 ``GPU_ON_CPU``). Any other override makes the test fail: a preset that needs one is not runnable as
 shipped. Each preset runs on a data root **without** a ``val`` split (the holdout path, as
 ``../shared/facecom``); the CPU presets also on one with it; notebook 04 reads each notebook-03 run.
+A preset names no data root (the notebooks' ``data_root=None`` reads FACECOM in the repository), says
+what it is for, and carries the one ``# expected_minutes:`` figure the runner shows.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import papermill as pm
 import pytest
 import yaml
 
 from conftest import REPO_ROOT
+from facecom_utils.reporting import execution
+from facecom_utils.reporting import plan
 from facecom_utils.reporting import runner as run
 
 PRESETS = sorted((REPO_ROOT / "params").glob("*/*.yml"))
@@ -63,11 +69,23 @@ def _papermill(notebook: Path, out: Path, preset: Path | None, overrides: dict) 
         cmd += ["-f", str(preset)]
     cmd += ["-y", yaml.safe_dump(overrides)]  # papermill's own YAML parameters: typed like a preset
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "MPLBACKEND": "Agg"}
-    for _ in range(run.KERNEL_START_ATTEMPTS):  # papermill's CLI does not retry a kernel that died starting
+
+    def once(_attempt: int) -> subprocess.CompletedProcess:
         proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
-        if proc.returncode == 0 or not run.is_kernel_start_failure(proc.stderr) or "Exception encountered" in proc.stderr:
-            break
-    return proc
+        if proc.returncode and execution.is_kernel_start_failure(proc.stderr) and "Exception encountered" not in proc.stderr:
+            raise _DiedStarting(proc)  # papermill's CLI does not retry a kernel that died starting: the runner's retry does
+        return proc
+
+    try:
+        return execution.start_with_retries(once, retryable=lambda error: isinstance(error, _DiedStarting))[0]
+    except execution.KernelStartError as error:
+        return error.__cause__.proc
+
+
+class _DiedStarting(RuntimeError):
+    def __init__(self, proc: subprocess.CompletedProcess) -> None:
+        super().__init__(proc.stderr[-2000:])
+        self.proc = proc
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +125,19 @@ def test_preset_keys_are_declared_and_differ_from_the_defaults(preset: Path) -> 
     assert not same, f"{preset}: {same} repeat the notebook's defaults (a preset lists only differences)"
 
 
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_preset_names_no_data_root_and_states_its_purpose_and_time(preset: Path) -> None:
+    """No path outside the repository; one expected time (read by the runner); the details live in docs/presets.md."""
+    text = preset.read_text()
+    assert "data_root" not in (yaml.safe_load(text) or {}), f"{preset}: data_root=None reads FACECOM in the repository"
+    assert "../" not in text and "shared" not in text, f"{preset}: names a path outside the repository"
+    assert len(re.findall(r"^# expected_minutes:", text, flags=re.MULTILINE)) == 1
+    minutes = plan.expected_minutes(preset)
+    assert minutes is not None and 1 <= minutes <= 180
+    assert "docs/presets.md" in text and text.startswith(f"# Notebook {preset.parent.name[:2]} ")
+    assert not re.search(r"\d+(\.\d+)? ?(\+-|±)", text), f"{preset}: measured figures belong in docs/presets.md"
+
+
 def test_shrinking_refuses_other_overrides(tmp_path: Path) -> None:
     cpu = next(p for p in PRESETS if p.stem == "facecom_cpu")
     overrides = shrinking_overrides(cpu, tmp_path, tmp_path)
@@ -136,6 +167,8 @@ def test_preset_runs_as_shipped_with_plain_papermill(preset: Path, kind: str, ro
     proc = _papermill(notebook, tmp_path / notebook.name, preset,
                       shrinking_overrides(preset, roots[kind], output_dir))
     assert proc.returncode == 0, f"{preset} on {kind}:\n{proc.stderr[-4000:]}"
+    executed = nbformat.read(tmp_path / notebook.name, as_version=4)  # MPLBACKEND=Agg, yet the figures are there
+    assert any("image/png" in o.get("data", {}) for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     metrics = json.loads((output_dir / "metrics.json").read_text())
     values = yaml.safe_load(preset.read_text())
     for key, value in values.items():  # the preset's own keys reached the notebook, unless shrunk
