@@ -4,7 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUN    ?=
-# PRESET=facecom_cpu (params/<notebook>/facecom_cpu.yml for each notebook that has one) or PRESET=path/to/file.yml
+# PRESET=facecom_cpu (params/<notebook>/facecom_cpu.yml for each notebook that has one) or PRESET=path/to/file.yml;
+# empty: the FACECOM preset for this machine when Task_A/, Task_B/ hold FACECOM, else the notebooks' demo defaults
 PRESET ?=
 # Extra arguments for the runner, e.g. make reports ARGS="-p epochs 3"
 ARGS   ?=
@@ -15,8 +16,8 @@ export MPLBACKEND := Agg
 .PHONY: help venv reports test test-fast demo bench lab notebooks clean
 
 help:
-	@echo "make reports   set up .venv, run notebooks 01-04 on the demo data (or FACECOM in Task_A/, Task_B/), write reports/<run>/index.html"
-	@echo "make test      set up .venv, run the unit tests, the real-data tests (skipped without ../shared/facecom) and nbval on the notebooks"
+	@echo "make reports   set up .venv, run notebooks 01-04 on FACECOM in Task_A/, Task_B/ with its preset for this machine (else on the demo data), write reports/<run>/index.html; ARGS=--plan shows the plan only"
+	@echo "make test      set up .venv, run the unit tests, the real-data tests (skipped without the FACECOM training split at FACECOM_TEST_ROOT) and nbval on the notebooks"
 	@echo "make demo      write the synthetic demo dataset to data/demo_synthetic"
 	@echo "make bench     run the speed benchmarks (prints JSON)"
 	@echo "make lab       start JupyterLab on the project's environment (notebooks/, progress bars on)"

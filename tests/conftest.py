@@ -18,8 +18,9 @@ import pytest  # noqa: E402
 os.environ.setdefault("FACECOM_CACHE_DIR", tempfile.mkdtemp(prefix="facecom-cache-"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# The FACECOM training split sits beside the checkout (../shared/facecom); users' machines lack it.
-FACECOM_ROOT = REPO_ROOT.parent / "shared" / "facecom"
+# The real-data tests read the FACECOM training split from ONE place: $FACECOM_TEST_ROOT, by default the
+# folder beside the checkout (../shared/facecom); they skip where it is absent (users' machines).
+FACECOM_ROOT = Path(os.environ.get("FACECOM_TEST_ROOT") or REPO_ROOT.parent / "shared" / "facecom").expanduser()
 
 def noise_images(folder: Path, n: int, size: tuple[int, int] = (40, 40), seed: int = 0,
                  prefix: str = "im") -> list[Path]:
@@ -53,7 +54,7 @@ class KindsEstimator:
 
 requires_facecom = pytest.mark.skipif(
     not (FACECOM_ROOT / "Task_B" / "train").is_dir(),
-    reason=f"real FACECOM training split not found at {FACECOM_ROOT}",
+    reason=f"real FACECOM training split not found at {FACECOM_ROOT} (set FACECOM_TEST_ROOT)",
 )
 
 
