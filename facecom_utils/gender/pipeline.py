@@ -14,7 +14,7 @@ call (the CLI and torchrun):
    best/last checkpoints, the threshold chosen on the fold after every epoch;
 4. :func:`report_gender` takes the best epoch's fold threshold (balanced accuracy by default),
    stores it in ``best.pt`` and applies it unchanged to the reported split (``Task_A/val``; when
-   the data root has none, e.g. ``../shared/facecom``, an identity-disjoint part of ``train`` is
+   the data root has none, e.g. FACECOM's training split alone, an identity-disjoint part of ``train`` is
    held out for it and the metrics say so). Metrics at 0.5 are reported beside; so are
    calibration (Brier score, reliability curve) and robustness (balanced accuracy after each of
    the seven FACECOM distortions, applied seeded to the reported images).
