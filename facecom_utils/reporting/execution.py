@@ -56,6 +56,7 @@ KERNEL_START_ATTEMPTS = 3
 """Attempts at starting one notebook's kernel, the first included."""
 KERNEL_START_FAILURES = ("Kernel died before replying to kernel_info", "Address already in use")
 SECTION_ENGINE = "facecom-sections"
+_registered = False  # SECTION_ENGINE is registered with papermill (once per process)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -251,7 +252,8 @@ def _section_engine() -> str:
     """Register (once) papermill's nbclient engine with a per-cell hook (``on_cell``); return its name."""
     from papermill.engines import NBClientEngine, papermill_engines
 
-    if SECTION_ENGINE in papermill_engines._engines:
+    global _registered
+    if _registered:
         return SECTION_ENGINE
 
     class SectionEngine(NBClientEngine):
@@ -270,6 +272,7 @@ def _section_engine() -> str:
             return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
 
     papermill_engines.register(SECTION_ENGINE, SectionEngine)
+    _registered = True
     return SECTION_ENGINE
 
 
