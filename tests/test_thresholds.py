@@ -51,6 +51,55 @@ def test_score_analysis_finds_the_planted_false_match() -> None:
     assert per.loc["all", "top1"] == pytest.approx(5 / 6) and per.loc["blurred", "probes"] == 6
 
 
+def _tie_table() -> tuple[pd.DataFrame, np.ndarray]:
+    """A: a0, a1; B: b0; C: c0 (orthogonal unit vectors). Probes: p_tie (A, from a0) scores exactly 1/sqrt(2)
+    for A and for B; p_hit (A, from a1) is a1 itself, so in the strict protocol (a1 removed) A, B and C all
+    score 0; p_b (B, from b0) is b0 itself (left out of strict: B has no other photo)."""
+    e = np.eye(4, dtype=np.float32)
+    rows = [("g/a0", "A", None, None, e[0]), ("g/a1", "A", None, None, e[1]), ("g/b0", "B", None, None, e[2]),
+            ("g/c0", "C", None, None, e[3]),
+            ("p/tie", "A", "noisy", "g/a0", (e[0] + e[2]) / np.sqrt(np.float32(2))),
+            ("p/hit", "A", "noisy", "g/a1", e[1]),
+            ("p/b", "B", "sunny", "g/b0", e[2])]
+    table = pd.DataFrame([r[:4] for r in rows], columns=["path", "identity", "distortion", "source"])
+    return table, np.stack([r[4] for r in rows]).astype(np.float32)
+
+
+def test_a_tie_for_first_place_is_a_miss_in_every_caller() -> None:
+    """The tie rule (metrics.scoring.identity_ranks) reaches every top-1 of Task B: a probe tied with another
+    identity is a miss. Counting ties as hits would give main top-1 1 and strict top-1 1/2 here."""
+    from facecom_utils.metrics.scoring import identity_macro_top1, score_table, strict_score_table, topk_accuracy
+    from facecom_utils.recognition.embedding import protocol_inputs
+    from facecom_utils.recognition.errors import identification_failures
+    from facecom_utils.recognition.protocol import _quick_scores, protocol_metrics
+
+    table, emb = _tie_table()
+    args = protocol_inputs(table, emb)
+    tie = args["probe_emb"][0]
+    assert tie @ emb[0] == tie @ emb[2]  # an exact tie, not a near one
+    main = score_table(args["probe_emb"], args["probe_identity"], args["gallery_emb"], args["gallery_identity"])
+    assert topk_accuracy(main.scores, main.true_idx, ks=(1,)) == {1: pytest.approx(2 / 3)}
+    assert identity_macro_top1(main, args["probe_identity"]) == pytest.approx((0.5 + 1.0) / 2)
+    strict = strict_score_table(args["probe_emb"], args["probe_identity"], args["gallery_emb"],
+                                args["gallery_identity"], args["probe_source_idx"])
+    assert identity_macro_top1(strict, args["probe_identity"]) == 0.0
+    m = protocol_metrics(table, emb, threshold=0.5)
+    assert m["top1"] == pytest.approx(2 / 3) and m["per_distortion"] == {"noisy": 0.5, "sunny": 1.0}
+    assert m["strict_top1"] == 0.0 and m["strict_n_probes"] == 2 and m["strict_top1_identity_macro"] == 0.0
+    quick = _quick_scores(table, emb)
+    assert quick["top1"] == pytest.approx(2 / 3) and quick["strict_top1"] == 0.0
+    analysis = thresholds.score_analysis(table, emb)
+    assert analysis.probes["top1_correct"].tolist() == [False, True, True]
+    assert thresholds.per_distortion_operating_points(analysis, 0.5).loc["noisy", "top1"] == 0.5
+    assert thresholds.score_analysis(table, emb, strict=True).probes["top1_correct"].tolist() == [False, False]
+    failures = identification_failures(table, emb)
+    assert failures[["probe", "predicted", "margin"]].values.tolist() == [["p/tie", "B", 0.0]]
+    assert failures.loc[0, ["wrong_image", "true_image"]].tolist() == ["g/b0", "g/a0"]
+    strict_failures = identification_failures(table, emb, strict=True)
+    assert strict_failures["probe"].tolist() == ["p/tie", "p/hit"]
+    assert strict_failures.loc[1, ["predicted", "margin"]].tolist() == ["B", 0.0]  # three-way tie at 0: first rival
+
+
 def test_strict_analysis_removes_the_own_source() -> None:
     table, emb = _toy_embeddings()
     strict = thresholds.score_analysis(table, emb, strict=True)

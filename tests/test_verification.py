@@ -181,6 +181,22 @@ def test_topk_accuracy_ties_count_against_the_probe() -> None:
         topk_accuracy(scores, [0, 1, 0, -1])
 
 
+def test_identity_ranks_and_best_rival_on_ties() -> None:
+    """The one rank rule: equal scores count against the probe; the rival is the first best other column."""
+    from facecom_utils.metrics.scoring import best_rival, identity_ranks
+
+    scores = np.array([[0.9, 0.1, 0.2],  # true 0: clear hit
+                       [0.5, 0.5, 0.1],  # true 0: tied with 1 -> rank 1
+                       [0.3, 0.3, 0.3],  # true 2: three-way tie -> rank 2
+                       [0.1, -np.inf, 0.4]], np.float32)  # true 2: an identity with no image left never ranks
+    ranks = identity_ranks(scores, [0, 0, 2, 2])
+    assert ranks.tolist() == [0, 1, 2, 0] and ranks.dtype == np.int64
+    column, score = best_rival(scores, [0, 0, 2, 2])
+    assert column.tolist() == [2, 1, 0, 0] and score.tolist() == pytest.approx([0.2, 0.5, 0.3, 0.1])
+    column, score = best_rival(scores[:, :1], [0, 0, 0, 0])  # a one-identity gallery: no rival
+    assert column.tolist() == [0] * 4 and np.isneginf(score).all()
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_topk_accuracy_equals_brute_force_sort_with_ties(seed: int) -> None:
     """Against a per-probe sort that breaks ties against the probe: identities ordered by

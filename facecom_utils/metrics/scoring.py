@@ -12,7 +12,8 @@ Vocabulary:
   scoring (:func:`strict_score_table`), so near-duplicate matching cannot help; probes whose identity
   then has no gallery image left get ``true_idx = -1``.
 * **rank rule** (identification): a probe is a top-k hit when fewer than k identities score at least
-  as high as its true identity; ties count against the probe (:func:`topk_accuracy`).
+  as high as its true identity; ties count against the probe (:func:`identity_ranks`, the one
+  place this rule is written).
 
 Verification metrics and the match protocol built on these scores live in
 :mod:`facecom_utils.metrics.verification`.
@@ -32,8 +33,10 @@ import numpy as np
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "ScoreTable",
+    "best_rival",
     "cosine_scores",
     "identity_macro_top1",
+    "identity_ranks",
     "identity_scores",
     "per_pair_loop_scores",
     "score_table",
@@ -381,6 +384,44 @@ def strict_score_table(
 # --------------------------------------------------------------------------------------------------
 
 
+def identity_ranks(scores: np.ndarray, true_idx: Sequence[int] | np.ndarray) -> np.ndarray:
+    """The rank rule: how many other identities score at least as high as each probe's true one.
+
+    The one place the identification tie rule is written: rank 0 is a top-1 hit, and an identity
+    scoring *exactly* as high as the true one counts against the probe (a tie for first place is a
+    miss). :func:`topk_accuracy`, :func:`identity_macro_top1`, the threshold analysis and the error
+    gallery of Task B all decide top-1 here.
+
+    Args:
+        scores: [P, I] identity scores.
+        true_idx: [P] column of each probe's identity (every entry a valid column).
+
+    Returns:
+        int64 [P] ranks (0 = top-1 hit).
+    """
+    s = np.asarray(scores)
+    t = np.asarray(true_idx, dtype=np.int64).reshape(-1)
+    genuine = s[np.arange(t.size), t]
+    return (s >= genuine[:, None]).sum(axis=1).astype(np.int64) - 1
+
+
+def best_rival(scores: np.ndarray, true_idx: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each probe's best-scoring *other* identity: ``(column [P], score [P])``.
+
+    Among rivals with the same score the first column wins; a probe with no other identity gets
+    column 0 and score ``-inf``. Whether the rival beats the probe is :func:`identity_ranks`' call.
+    """
+    s = np.asarray(scores)
+    t = np.asarray(true_idx, dtype=np.int64).reshape(-1)
+    rows = np.arange(t.size)
+    if s.shape[1] < 2:
+        return np.zeros(t.size, np.int64), np.full(t.size, -np.inf, np.float32)
+    masked = s.copy()
+    masked[rows, t] = -np.inf
+    column = masked.argmax(axis=1)
+    return column, masked[rows, column]
+
+
 def topk_accuracy(
     scores: np.ndarray, true_idx: Sequence[int] | np.ndarray, ks: Sequence[int] = (1, 5)
 ) -> dict[int, float]:
@@ -405,15 +446,8 @@ def topk_accuracy(
         raise ValueError("true_idx must index columns of scores; drop probes without a gallery identity first")
     if t.size == 0:
         return {int(k): float("nan") for k in ks}
-    rank = _ranks(s, t)
+    rank = identity_ranks(s, t)
     return {int(k): float(np.mean(rank < k)) for k in ks}
-
-
-def _ranks(scores: np.ndarray, true_idx: np.ndarray) -> np.ndarray:
-    """How many other identities score at least as high as each probe's true one (0: a top-1 hit;
-    ties count against the probe)."""
-    genuine = scores[np.arange(true_idx.size), true_idx]
-    return (scores >= genuine[:, None]).sum(axis=1) - 1
 
 
 def identity_macro_top1(table: ScoreTable, probe_identity: Sequence[Any] | np.ndarray) -> float:
@@ -425,6 +459,6 @@ def identity_macro_top1(table: ScoreTable, probe_identity: Sequence[Any] | np.nd
     rows = np.flatnonzero(table.valid)
     if rows.size == 0:
         return float("nan")
-    hit = (_ranks(table.scores[rows], table.true_idx[rows]) < 1).astype(np.float64)
+    hit = (identity_ranks(table.scores[rows], table.true_idx[rows]) == 0).astype(np.float64)
     _, group = np.unique(np.asarray([str(v) for v in np.asarray(probe_identity)[rows].tolist()]), return_inverse=True)
     return float(np.mean(np.bincount(group, weights=hit) / np.bincount(group)))

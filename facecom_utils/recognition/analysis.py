@@ -20,12 +20,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from facecom_utils.recognition.identification import ScoreAnalysis, best_gallery_images, score_analysis
+
 __all__ = [
     "ThresholdConfig",
     "RecognitionRunFiles",
     "load_recognition_run",
     "ScoreAnalysis",
     "score_analysis",
+    "best_gallery_images",
     "hardest_errors",
     "operating_point",
     "recommend_threshold",
@@ -149,98 +152,6 @@ def load_recognition_run(run_dir: str | Path, track: str = "headline") -> Recogn
     )
 
 
-@dataclasses.dataclass
-class ScoreAnalysis:
-    """Identity scores of every probe of one split, main or strict protocol.
-
-    Attributes:
-        probes: one row per evaluable probe: ``path``, ``identity``, ``distortion``, ``genuine``
-            (score of its own identity), ``impostor`` (best other identity's score), ``impostor_identity``,
-            ``top1_correct``.
-        scores: ``[P, I]`` identity scores (max score over the identity's gallery images).
-        true_idx: ``[P]`` column of each probe's identity.
-        identities: the ``I`` gallery identities.
-        gallery: the gallery rows (``path``, ``identity``) and their embeddings, for picking images.
-        probe_emb: ``[P, D]`` probe embeddings.
-        exclude: ``[P]`` gallery row excluded per probe (strict protocol) or ``-1``.
-        strict: whether the probe's own clean source was removed from the gallery.
-    """
-
-    probes: pd.DataFrame
-    scores: np.ndarray
-    true_idx: np.ndarray
-    identities: list[str]
-    gallery: pd.DataFrame
-    gallery_emb: np.ndarray
-    probe_emb: np.ndarray
-    exclude: np.ndarray
-    strict: bool
-
-    def genuine_impostor(self, distortion: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Genuine and impostor scores (all probe x identity pairs), optionally of one distortion type."""
-        from facecom_utils.metrics.verification import genuine_impostor_scores
-
-        mask = np.ones(len(self.probes), bool) if distortion is None else (self.probes["distortion"] == distortion).to_numpy()
-        return genuine_impostor_scores(self.scores[mask], self.true_idx[mask])
-
-    @property
-    def distortions(self) -> list[str]:
-        return sorted(self.probes["distortion"].astype(str).unique())
-
-
-def score_analysis(table: pd.DataFrame, emb: np.ndarray, strict: bool = False) -> ScoreAnalysis:
-    """Score every probe (distorted image) against the gallery (clean images) of one embedded split.
-
-    Args:
-        table: rows of :func:`facecom_utils.recognition.load_embeddings` (gallery rows have no distortion).
-        emb: their L2-normalised embeddings.
-        strict: remove each probe's own clean source from the gallery (probes left without any image of
-            their identity are dropped, as in the strict protocol).
-    """
-    from facecom_utils.recognition import protocol_inputs
-    from facecom_utils.metrics.scoring import score_table
-
-    args = protocol_inputs(table, emb)
-    exclude = args["probe_source_idx"] if strict else np.full(len(args["probe_emb"]), -1, np.int64)
-    st = score_table(args["probe_emb"], args["probe_identity"], args["gallery_emb"], args["gallery_identity"],
-                     exclude=exclude if strict else None)
-    if strict:
-        st.true_idx[exclude < 0] = -1
-    keep = st.true_idx >= 0
-    is_gallery = table["distortion"].isna().to_numpy()
-    probes = table[~is_gallery].reset_index(drop=True)[keep].reset_index(drop=True)
-    scores, true_idx = st.scores[keep], st.true_idx[keep]
-    rows = np.arange(len(true_idx))
-    genuine = scores[rows, true_idx]
-    masked = scores.copy()
-    masked[rows, true_idx] = -np.inf
-    best_other = masked.argmax(axis=1) if masked.shape[1] > 1 else np.zeros(len(rows), int)
-    impostor = masked[rows, best_other] if masked.shape[1] > 1 else np.full(len(rows), -np.inf, np.float32)
-    probes = pd.DataFrame({
-        "path": probes["path"].astype(str),
-        "identity": probes["identity"].astype(str),
-        "distortion": probes["distortion"].astype(str),
-        "genuine": genuine,
-        "impostor": impostor,
-        "impostor_identity": [str(st.identities[j]) for j in best_other],
-        "top1_correct": genuine > impostor,
-    })
-    gallery = table[is_gallery].reset_index(drop=True)[["path", "identity"]]
-    return ScoreAnalysis(
-        probes=probes, scores=scores, true_idx=true_idx, identities=[str(i) for i in st.identities],
-        gallery=gallery, gallery_emb=args["gallery_emb"], probe_emb=args["probe_emb"][keep],
-        exclude=exclude[keep], strict=strict,
-    )
-
-
-def _best_gallery_image(analysis: ScoreAnalysis, probe_row: int, identity: str) -> str:
-    """Path of the gallery image of ``identity`` closest to a probe (respecting the strict exclusion)."""
-    rows = np.flatnonzero(analysis.gallery["identity"].astype(str).to_numpy() == identity)
-    rows = rows[rows != analysis.exclude[probe_row]]
-    sims = analysis.gallery_emb[rows] @ analysis.probe_emb[probe_row]
-    return str(analysis.gallery["path"].iloc[rows[int(np.argmax(sims))]])
-
-
 def hardest_errors(analysis: ScoreAnalysis, threshold: float, kind: str = "false_match", n: int = 6) -> pd.DataFrame:
     """The worst mistakes at a threshold, as image pairs.
 
@@ -263,16 +174,13 @@ def hardest_errors(analysis: ScoreAnalysis, threshold: float, kind: str = "false
         identity_col, score_col = "identity", "genuine"
     else:
         raise ValueError(f"kind must be 'false_match' or 'miss', got {kind!r}")
-    rows = []
-    for k, row in chosen.iterrows():
-        claimed = str(row[identity_col])
-        rows.append({
-            "probe": row["path"],
-            "gallery": _best_gallery_image(analysis, int(k), claimed),
-            "score": float(row[score_col]),
-            "caption": f"{row['identity']} ({row['distortion']}) vs {claimed}"[:48],
-        })
-    return pd.DataFrame(rows, columns=["probe", "gallery", "score", "caption"])
+    claimed = chosen[identity_col].astype(str).tolist()
+    return pd.DataFrame({
+        "probe": chosen["path"].tolist(),
+        "gallery": best_gallery_images(analysis, chosen.index.tolist(), claimed),
+        "score": chosen[score_col].astype(float).tolist(),
+        "caption": [f"{i} ({d}) vs {c}"[:48] for i, d, c in zip(chosen["identity"], chosen["distortion"], claimed)],
+    }, columns=["probe", "gallery", "score", "caption"])
 
 
 def operating_point(genuine: np.ndarray, impostor: np.ndarray, threshold: float) -> dict[str, Any]:
