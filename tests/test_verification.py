@@ -282,6 +282,33 @@ def test_tar_at_far_by_hand_and_reachability() -> None:
     assert far_key(1e-4) == "tar_at_far_1e-4"
 
 
+def test_accept_rates_and_tar_at_far_agree_by_hand_at_the_threshold() -> None:
+    """FAR/TAR at a threshold is counted once (verification.accept_rates): a score equal to the threshold is
+    accepted (>=, not >), whether the threshold is given (notebook 04's operating_point) or chosen at a
+    target FAR (tar_at_far)."""
+    from facecom_utils.recognition.analysis import operating_point
+    from facecom_utils.metrics.verification import accept_rates
+
+    genuine = np.array([0.2, 0.5, 0.5, 0.9], np.float32)
+    impostor = np.array([0.1, 0.3, 0.5, 0.5, 0.7], np.float32)
+    at = accept_rates(genuine, impostor, 0.5)  # 0.5 itself is accepted: 3 of 4 genuine, 3 of 5 impostor
+    assert (at["tar"], at["far"], at["false_accepts"], at["n_genuine"], at["n_impostor"]) == (0.75, 0.6, 3, 4, 5)
+    above = accept_rates(genuine, impostor, float(np.nextafter(np.float32(0.5), np.float32(1))))
+    assert (above["tar"], above["far"], above["false_accepts"]) == (0.25, 0.2, 1)  # what > 0.5 would give
+    assert operating_point(genuine, impostor, 0.5) == {**at, "min_resolvable_far": 0.2}
+    # FAR -> threshold -> TAR: 1 false accept allowed (0.2 x 5) -> just above the second-highest impostor (0.5)
+    res = tar_at_far(genuine, impostor, fars=(0.2, 0.6))
+    assert res[0.2]["threshold"] == above["threshold"]
+    assert (res[0.2]["tar"], res[0.2]["far_achieved"]) == (0.25, 0.2)
+    # 3 allowed -> just above 0.3: the tied 0.5 genuines are accepted with the tied 0.5 impostors
+    assert res[0.6]["threshold"] == float(np.nextafter(np.float32(0.3), np.float32(1)))
+    assert (res[0.6]["tar"], res[0.6]["far_achieved"]) == (0.75, 0.6)
+    point = operating_point(genuine, impostor, res[0.6]["threshold"])
+    assert (point["tar"], point["far"]) == (res[0.6]["tar"], res[0.6]["far_achieved"])
+    empty = accept_rates([], impostor, 0.5)
+    assert math.isnan(empty["tar"]) and empty["far"] == 0.6 and math.isnan(accept_rates(genuine, [], 0.5)["far"])
+
+
 def test_tar_at_far_against_sklearn_roc_curve() -> None:
     rng = np.random.default_rng(1)
     g, i = rng.normal(2.0, 1.0, 300), rng.normal(0.0, 1.0, 5000)

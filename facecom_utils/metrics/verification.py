@@ -50,6 +50,7 @@ from facecom_utils.metrics.scoring import (
 
 __all__ = [
     "DEFAULT_FARS",
+    "accept_rates",
     "choose_match_threshold",
     "eer",
     "eer_threshold",
@@ -209,8 +210,41 @@ def _threshold_at_far_sorted(imp_desc: np.ndarray, far: float) -> float:
     return float(np.nextafter(imp_desc[k], imp_desc.dtype.type(np.inf)))
 
 
+def accept_rates(genuine: Any, impostor: Any, threshold: float) -> dict[str, Any]:
+    """FAR and TAR of the accept rule ``score >= threshold`` over all genuine and impostor scores.
+
+    The one place a FAR and a TAR at a given threshold are counted (:func:`tar_at_far` and the
+    threshold analysis of notebook 04 read them here). The scores are compared with the threshold as
+    given (in float64), so a threshold of :func:`threshold_at_far` (a value of the scores' own dtype)
+    accepts exactly the scores at or above it.
+
+    Args:
+        genuine: Genuine scores.
+        impostor: Impostor scores.
+        threshold: The decision threshold.
+
+    Returns:
+        ``threshold``, ``far`` (accepted impostors / impostors), ``tar`` (accepted genuines / genuines;
+        NaN where there are none), ``false_accepts``, ``n_genuine`` and ``n_impostor``.
+    """
+    g, i = _check_genuine_impostor(genuine, impostor)
+    t = np.float64(threshold)
+    false_accepts = int(np.count_nonzero(i >= t))
+    return {
+        "threshold": float(threshold),
+        "far": false_accepts / i.size if i.size else math.nan,
+        "tar": 1.0 - np.count_nonzero(g < t) / g.size if g.size else math.nan,  # 1 - share rejected
+        "false_accepts": false_accepts,
+        "n_genuine": int(g.size),
+        "n_impostor": int(i.size),
+    }
+
+
 def tar_at_far(genuine: Any, impostor: Any, fars: Sequence[float] = DEFAULT_FARS) -> dict[float, dict[str, Any]]:
     """True accept rate at target false accept rates.
+
+    The threshold of each target is :func:`threshold_at_far`'s; its TAR and achieved FAR are
+    :func:`accept_rates`'.
 
     Args:
         genuine: Genuine scores.
@@ -224,7 +258,7 @@ def tar_at_far(genuine: Any, impostor: Any, fars: Sequence[float] = DEFAULT_FARS
         zero false accepts is still given as ``tar_at_zero_far``).
     """
     g, i = _check_genuine_impostor(genuine, impostor)
-    g_sorted, i_desc = np.sort(g), np.sort(i)[::-1]
+    i_desc = np.sort(i)[::-1]
     out: dict[float, dict[str, Any]] = {}
     for far in fars:
         row: dict[str, Any] = {"n_genuine": int(g.size), "n_impostor": int(i.size)}
@@ -232,16 +266,16 @@ def tar_at_far(genuine: Any, impostor: Any, fars: Sequence[float] = DEFAULT_FARS
             row.update(tar=float("nan"), threshold=float("nan"), far_achieved=float("nan"), reachable=False)
         else:
             t = _threshold_at_far_sorted(i_desc, far)
-            tar = 1.0 - np.searchsorted(g_sorted, g.dtype.type(t), side="left") / g.size
+            rates = accept_rates(g, i, t)
             reachable = far * i.size >= 1 - 1e-9
             row.update(
-                tar=tar if reachable else float("nan"),
+                tar=rates["tar"] if reachable else float("nan"),
                 threshold=t,
-                far_achieved=float(np.searchsorted(-i_desc, -i.dtype.type(t), side="right") / i.size),
+                far_achieved=rates["far"],
                 reachable=bool(reachable),
             )
             if not reachable:
-                row["tar_at_zero_far"] = tar
+                row["tar_at_zero_far"] = rates["tar"]
         out[float(far)] = row
     return out
 

@@ -184,19 +184,16 @@ def hardest_errors(analysis: ScoreAnalysis, threshold: float, kind: str = "false
 
 
 def operating_point(genuine: np.ndarray, impostor: np.ndarray, threshold: float) -> dict[str, Any]:
-    """FAR and TAR of the decision ``score >= threshold`` over all genuine and impostor scores."""
-    g = np.asarray(genuine, dtype=np.float64)
-    i = np.asarray(impostor, dtype=np.float64)
-    accepts = int((i >= threshold).sum())
-    return {
-        "threshold": float(threshold),
-        "far": float(accepts / i.size) if i.size else math.nan,
-        "tar": float((g >= threshold).mean()) if g.size else math.nan,
-        "false_accepts": accepts,
-        "n_genuine": int(g.size),
-        "n_impostor": int(i.size),
-        "min_resolvable_far": float(1.0 / i.size) if i.size else math.nan,
-    }
+    """FAR and TAR of the decision ``score >= threshold`` over all genuine and impostor scores.
+
+    :func:`~facecom_utils.metrics.verification.accept_rates`, plus ``min_resolvable_far`` (one false
+    accept among this many impostor scores).
+    """
+    from facecom_utils.metrics.verification import accept_rates
+
+    point = accept_rates(genuine, impostor, threshold)
+    point["min_resolvable_far"] = 1.0 / point["n_impostor"] if point["n_impostor"] else math.nan
+    return point
 
 
 def recommend_threshold(fold: ScoreAnalysis, chosen: float, target_far: float | None = None) -> dict[str, Any]:
