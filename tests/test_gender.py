@@ -166,3 +166,51 @@ def test_the_stages_as_notebook_02_calls_them_give_train_gender_s_numbers(demo_r
     for key in ("balanced_accuracy", "roc_auc", "n_train_images", "n_val_fold_images", "n_report_persons"):
         assert staged.metrics[key] == pytest.approx(whole.metrics[key]), key
     assert json.loads((tmp_path / "b" / "metrics.json").read_text())["threshold"] == pytest.approx(whole.threshold)
+
+
+class _ConstantLogit(torch.nn.Module):
+    """An images -> logit model that says the same for every image."""
+
+    def __init__(self, logit: float) -> None:
+        super().__init__()
+        self.logit = torch.nn.Parameter(torch.tensor(float(logit)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logit.expand(len(x))
+
+
+def test_the_cnn_and_the_face_tracks_call_the_same_label_positive(demo_root, tmp_path):
+    """The CNN trains on the 0/1 the face tracks fit and score on (image for image), 1 is "female" for both,
+    a confident CNN decision names the class the tracks count as 1, and the tracks' female recall is label 1's."""
+    import pandas as pd
+
+    from facecom_utils.gender.labels import CLASS_TO_IDX, POSITIVE
+    from facecom_utils.gender.tracks import female_labels, score_rows
+
+    cfg = _stage_config(demo_root, tmp_path, cache="off")
+    splits = gender_splits(cfg)
+    pipeline = gender_pipeline(cfg, splits)
+    np.testing.assert_array_equal(pipeline.y_train, female_labels(splits.train))
+    np.testing.assert_array_equal(pipeline.y_fold, female_labels(splits.fold))
+    assert 0 < pipeline.y_train.sum() < len(pipeline.y_train)
+    assert set(splits.train.loc[pipeline.y_train == 1, "label"]) == {POSITIVE} == {"female"}
+    assert CLASS_TO_IDX[POSITIVE] == 1
+
+    paths = splits.fold["path"].tolist()[:4]
+    for logit, want in ((4.0, 1), (-4.0, 0)):
+        pred = predict_gender(_ConstantLogit(logit), paths, threshold=0.5, image_size=32, device="cpu")["pred"]
+        assert female_labels(pd.DataFrame({"label": pred})).tolist() == [want] * len(paths)
+
+    rows = splits.train.assign(kind="clean")
+    only_label_1 = score_rows(rows, pipeline.y_train.astype(float), 0.5)
+    assert only_label_1["recall_female"] == 1.0 and only_label_1["balanced_accuracy"] == 1.0
+
+
+def test_label_indices_refuse_names_that_are_not_task_a_classes():
+    from facecom_utils.gender.labels import CLASS_NAMES, label_indices, predicted_labels
+
+    assert label_indices(["female", "male", "female"]).tolist() == [1, 0, 1]
+    assert label_indices(np.array(CLASS_NAMES)).tolist() == [0, 1]
+    with pytest.raises(ValueError, match="'Female'"):
+        label_indices(["male", "Female"])
+    assert predicted_labels([0.7, 0.2, 0.5], 0.5).tolist() == ["female", "male", "female"]

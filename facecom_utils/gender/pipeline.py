@@ -19,7 +19,8 @@ call (the CLI and torchrun):
    calibration (Brier score, reliability curve) and robustness (balanced accuracy after each of
    the seven FACECOM distortions, applied seeded to the reported images).
 
-Positive class = ``"female"`` (the minority): ``class_to_idx = {"male": 0, "female": 1}``.
+Positive class = ``"female"`` (the minority): ``class_to_idx = {"male": 0, "female": 1}``, written once in
+:mod:`facecom_utils.gender.labels`.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from facecom_utils.data.splits import person_grouped_split
 from facecom_utils.train.rundir import RunDir, provenance
 from facecom_utils.data.demo import resolve_data_root
 from facecom_utils.common.distributed import distributed_info
+from facecom_utils.gender.labels import CLASS_TO_IDX, IDX_TO_CLASS, label_indices, predicted_labels
 from facecom_utils.metrics.classification import binary_metrics, choose_threshold, expected_calibration_error, reliability_curve
 from facecom_utils.nn.backbones import GenderClassifier, recalibrate_batchnorm
 from facecom_utils.train.fit import (
@@ -66,7 +68,6 @@ from facecom_utils.train.fit import (
 )
 
 __all__ = [
-    "CLASS_TO_IDX",
     "GenderConfig",
     "GenderFit",
     "GenderPipeline",
@@ -85,8 +86,6 @@ __all__ = [
     "train_gender",
 ]
 
-CLASS_TO_IDX = {"male": 0, "female": 1}
-IDX_TO_CLASS = {v: k for k, v in CLASS_TO_IDX.items()}
 HOLDOUT_SPLIT = "heldout_from_train"
 _AT_HALF_KEYS = ("accuracy", "balanced_accuracy", "f1_macro", "precision_female", "recall_female", "f1_female",
                  "recall_male", "mcc", "confusion_matrix")
@@ -203,10 +202,6 @@ class GenderRun:
 # ----------------------------------------------------------------------------- prediction
 
 
-def _labels(df: pd.DataFrame) -> np.ndarray:
-    return df["label"].map(CLASS_TO_IDX).to_numpy(dtype=np.int64)
-
-
 @torch.no_grad()
 def _predict_loader(models: Sequence[nn.Module], loader: Any, device: torch.device, tta: bool) -> np.ndarray:
     """Mean probability of class 1 over ``models`` for every image of an (ordered) loader (each batch read once)."""
@@ -320,7 +315,7 @@ def predict_gender(
         image_size = int(payload.get("config", {}).get("image_size") or getattr(model, "model_config", {}).get("image_size") or 224)
     prob = predict_proba(model, paths, image_size, batch_size, device, tta)
     return pd.DataFrame({"path": [str(p) for p in paths], "prob": prob,
-                         "pred": np.where(prob >= threshold, "female", "male")})
+                         "pred": predicted_labels(prob, threshold)})
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -361,7 +356,7 @@ def evaluate_gender_model(
         dict). ``table`` has one row per image: ``path``, ``label``, ``person``, ``prob``,
         ``pred``, ``correct`` and ``prob_<type>`` per distortion.
     """
-    y = _labels(df)
+    y = label_indices(df["label"])
     kw = dict(image_size=image_size, batch_size=batch_size, device=device, tta=tta, num_workers=num_workers)
     prob = predict_proba(model, df["path"].tolist(), **kw)
     metrics = binary_metrics(y, prob, threshold)
@@ -371,7 +366,7 @@ def evaluate_gender_model(
     metrics["reliability"] = reliability_curve(y, prob).to_dict(orient="list")
     table = df[[c for c in ("path", "label", "person") if c in df.columns]].copy()
     table["prob"] = prob
-    table["pred"] = np.where(prob >= threshold, "female", "male")
+    table["pred"] = predicted_labels(prob, threshold)
     table["correct"] = table["pred"] == table["label"]
     if distortions:
         metrics["per_distortion"] = {}
@@ -504,7 +499,7 @@ def gender_splits(config: GenderConfig) -> GenderSplits:
     if cfg.max_train_images is not None:
         train_df = _subsample_people(train_df, cfg.max_train_images, cfg.seed)
     fit_df, fold_df = person_grouped_split(train_df, cfg.val_fraction, seed=cfg.seed)
-    y_fit, y_fold = _labels(fit_df), _labels(fold_df)
+    y_fit, y_fold = label_indices(fit_df["label"]), label_indices(fold_df["label"])
     if len(np.unique(y_fit)) < 2 or len(np.unique(y_fold)) < 2:
         raise ValueError(f"{root}: the training part and the validation fold each need both classes "
                          f"(train: {np.bincount(y_fit, minlength=2).tolist()}, fold: {np.bincount(y_fold, minlength=2).tolist()} "
@@ -597,7 +592,7 @@ def gender_pipeline(config: GenderConfig, splits: GenderSplits, device: str | to
     cfg = config
     device = select_device(cfg.device if device is None else device)
     fit_df, fold_df = splits.train, splits.fold
-    y_fit, y_fold = _labels(fit_df), _labels(fold_df)
+    y_fit, y_fold = label_indices(fit_df["label"]), label_indices(fold_df["label"])
     pin = device.type == "cuda"
     augment = None
     recal_idx = np.random.default_rng(cfg.seed).permutation(len(fit_df))[: 8 * cfg.eval_batch_size]
@@ -732,7 +727,7 @@ def report_gender(config: GenderConfig, pipeline: GenderPipeline, fitted: Gender
     threshold = fold_threshold(fitted)
     fold_prob = _predict_loader([model], pipeline.fold_loader, pipeline.device, cfg.tta)
     fold_table = splits.fold[["path", "label", "person"]].assign(
-        prob=fold_prob, pred=np.where(fold_prob >= threshold, "female", "male"))
+        prob=fold_prob, pred=predicted_labels(fold_prob, threshold))
     test_metrics, table = None, None
     if rank == 0:
         test_metrics, table = evaluate_gender_model(

@@ -42,6 +42,7 @@ from facecom_utils.common.progress import ProgressLog
 from facecom_utils.data.layout import find_task_dir, scan_task_b
 from facecom_utils.metrics.classification import binary_metrics, choose_threshold
 from facecom_utils.face.descriptors import face_tracks_wanted
+from facecom_utils.gender.labels import CLASS_NAMES, label_indices, predicted_labels
 from facecom_utils.face.quality import RESTORATION_FOR, DistortionEstimator, quality_feature_matrix
 from facecom_utils.face.restoration import RESTORATION_VERSIONS, check_restoration_versions
 from facecom_utils.data.splits import grouped_folds, person_folds, usable_folds
@@ -68,8 +69,6 @@ __all__ = [
     "predict_with_run",
     "evaluate_with_run",
 ]
-
-FEMALE = 1
 
 
 def with_distorted_copies(task_a: pd.DataFrame, data_root: str | Path, split: str) -> pd.DataFrame:
@@ -191,7 +190,7 @@ def threshold_from_oof(y: np.ndarray, prob: np.ndarray, persons: np.ndarray, cri
     def interval(values: list[float]) -> list[float]:
         return [float(np.nanpercentile(values, 2.5)), float(np.nanpercentile(values, 97.5))] if values else [np.nan] * 2
 
-    return {"threshold": float(threshold), "oof": binary_metrics(yy, p, threshold, ("male", "female")),
+    return {"threshold": float(threshold), "oof": binary_metrics(yy, p, threshold, CLASS_NAMES),
             "recall_female_ci": interval(rec), "balanced_accuracy_ci": interval(bal), "repeats": repeats}
 
 
@@ -252,8 +251,8 @@ class FaceHeadRecipe:
 
 
 def female_labels(rows: pd.DataFrame) -> np.ndarray:
-    """1 for rows labelled female, 0 otherwise (int64)."""
-    return (rows["label"].to_numpy() == "female").astype(np.int64)
+    """The rows' ``label`` column as 0/1 (int64, 1 = female): :func:`~facecom_utils.gender.labels.label_indices`."""
+    return label_indices(rows["label"])
 
 
 def _copy_weights(rows: pd.DataFrame, distorted_weight: float) -> np.ndarray:
@@ -377,9 +376,9 @@ def score_rows(rows: pd.DataFrame, prob: np.ndarray, threshold: float) -> dict[s
     y = female_labels(rows)
     kinds = rows["kind"].to_numpy()
     clean = kinds == "clean"
-    out = binary_metrics(y[clean], prob[clean], threshold, ("male", "female"))
+    out = binary_metrics(y[clean], prob[clean], threshold, CLASS_NAMES)
     out["per_distortion"] = {
-        kind: binary_metrics(y[kinds == kind], prob[kinds == kind], threshold, ("male", "female"))["balanced_accuracy"]
+        kind: binary_metrics(y[kinds == kind], prob[kinds == kind], threshold, CLASS_NAMES)["balanced_accuracy"]
         for kind in sorted(set(kinds) - {"clean"})}
     if out["per_distortion"]:
         out["worst_distortion"] = min(out["per_distortion"], key=out["per_distortion"].get)
@@ -689,7 +688,7 @@ def predict_with_run(run_dir: str | Path, paths: Sequence[str | Path], cache_dir
     """P(female) of images by a run's headline track: ``(table path/prob/pred, threshold, track)``."""
     rows = pd.DataFrame({"path": [str(p) for p in paths]})
     prob, threshold, track = _headline_scores(run_dir, rows, cache_dir, device)
-    return rows.assign(prob=prob, pred=np.where(prob >= threshold, "female", "male")), threshold, track
+    return rows.assign(prob=prob, pred=predicted_labels(prob, threshold)), threshold, track
 
 
 def evaluate_with_run(run_dir: str | Path, data_root: str | Path, split: str = "val",
