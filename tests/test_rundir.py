@@ -55,3 +55,64 @@ def test_to_jsonable_never_leaves_a_nan() -> None:
     value = to_jsonable({"a": [math.inf, -math.inf, np.nan], Path("p"): (1, 2)})
     assert value == {"a": [None, None, None], "p": [1, 2]}
     json.dumps(value, allow_nan=False)
+
+
+# ----------------------------------------------------------------------------- face_tracks.pt
+
+FIXTURE = Path(__file__).parent / "fixtures" / "run_previous_layout"
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal nested values, tensors by dtype, shape and content; tuples stay tuples."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
+                and a.shape == b.shape and torch.equal(a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+def _state() -> dict:
+    return {"estimator": {"mean": torch.arange(3, dtype=torch.float64), "classes": ["clean", "sunny"]},
+            "weights": {"sunny": 0.2}, "copy_cohort": torch.ones(2, 4, dtype=torch.float16),
+            "thresholds": {"fused": [0.5, 0.25]}, "restoration_versions": {"denoise": 2}, "none": None}
+
+
+def test_write_tracks_writes_the_file_old_runs_wrote_and_the_metrics(demo_root: Path, tmp_path: Path) -> None:
+    """One writer for both tasks: face_tracks.pt holds exactly what the tasks' own torch.save wrote before
+    ({"task", "headline", **state}), atomically, and metrics.json gets the headline and fresh provenance."""
+    out = RunDir(tmp_path / "run")
+    metrics = {"top1": 0.5, "tracks": {"fused": {"top1": 0.5}}, "parameters": {"stale": 1}, "synthetic": False}
+    written = out.write_tracks("recognition", "fused", _state(), metrics, RunConfig(epochs=2), demo_root)
+    assert sorted(p.name for p in out.path.iterdir()) == ["face_tracks.pt", "metrics.json"]  # no temporary left
+    old = tmp_path / "old.pt"  # what recognition_tracks / gender_tracks wrote themselves before
+    torch.save({"task": "recognition", "headline": "fused", **_state()}, old)
+    assert _same(torch.load(out.tracks_path, weights_only=True), torch.load(old, weights_only=True))
+    assert _same(out.load_tracks("recognition"), torch.load(old, weights_only=True))
+    assert written == {"top1": 0.5, "tracks": {"fused": {"top1": 0.5}}, "headline_track": "fused"}
+    saved = out.read_metrics()
+    assert saved["headline_track"] == "fused" and saved["tracks"] == {"fused": {"top1": 0.5}}
+    assert saved["parameters"]["epochs"] == 2 and "stale" not in saved["parameters"] and saved["synthetic"] is True
+    with pytest.raises(ValueError, match="task must be one of"):
+        out.write_tracks("detection", "fused", {}, {})
+
+
+def test_load_tracks_reads_old_run_folders_and_names_a_bad_file(tmp_path: Path) -> None:
+    for task in ("recognition", "gender"):  # run folders written before RunDir owned the file
+        payload = RunDir(FIXTURE / task).load_tracks(task)
+        assert payload["task"] == task and isinstance(payload["headline"], str)
+    with pytest.raises(ValueError, match=r"face_tracks.pt: holds 'gender' tracks, not 'recognition'"):
+        RunDir(FIXTURE / "gender").load_tracks("recognition")
+    out = RunDir(tmp_path)
+    assert out.load_tracks() is None  # no file: the caller falls back to the FACECOM-only model
+    out.write_tracks("gender", "fused", {"model": {"w": torch.ones(64, 64)}}, {})
+    data = out.tracks_path.read_bytes()
+    out.tracks_path.write_bytes(data[: len(data) // 2])  # an interrupted copy
+    with pytest.raises(ValueError, match="not a readable tracks file") as err:
+        out.load_tracks("gender")
+    assert str(out.tracks_path) in str(err.value) and "\n" not in str(err.value)
+    torch.save({"weights": {"sunny": 0.2}}, out.tracks_path)  # a Fusion state dict alone
+    with pytest.raises(ValueError, match="not a tracks file"):
+        out.load_tracks()

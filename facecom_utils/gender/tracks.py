@@ -592,15 +592,10 @@ def gender_tracks(config: Any, splits: Any, run: Any) -> GenderTracks:
 
 
 def _write_tracks(rundir: Any, run: Any, tracks: GenderTracks, cfg: Any, root: Path) -> None:
-    """``face_tracks.pt`` (weights_only-loadable) and metrics.json with ``tracks`` and the headline on top."""
-    import torch
-
-    rundir.path.mkdir(parents=True, exist_ok=True)
-    tmp = rundir.path / ".face_tracks.pt.tmp"
-    torch.save({"task": "gender", "headline": tracks.headline, "model": tracks.model.state_dict(),
-                "cnn_threshold": float(run.threshold)}, tmp)
-    os.replace(tmp, rundir.path / "face_tracks.pt")
-    metrics = {k: v for k, v in run.metrics.items() if k not in ("parameters", "data_root", "synthetic")}
+    """``face_tracks.pt`` (weights_only-loadable) and metrics.json with ``tracks`` and the headline on top
+    (:meth:`~facecom_utils.train.rundir.RunDir.write_tracks`)."""
+    state = {"model": tracks.model.state_dict(), "cnn_threshold": float(run.threshold)}
+    metrics = dict(run.metrics)
     cnn_synthetic = metrics.get("per_distortion")
     metrics["tracks"] = tracks.tracks
     metrics["tracks"]["facecom_only"]["per_synthetic_distortion"] = cnn_synthetic
@@ -612,13 +607,12 @@ def _write_tracks(rundir: Any, run: Any, tracks: GenderTracks, cfg: Any, root: P
                                   "persons; selector, heads and thresholds fitted inside each fold's training part"
                                   + ("; the fine-tuned glare CNN is not refitted per fold: fused_glare_head routes "
                                      "glare to the glare head instead" if cfg.face_glare_cnn else ""))
-    metrics["headline_track"] = tracks.headline
     head = tracks.tracks[tracks.headline]
     metrics.update({k: head[k] for k in TRACK_KEYS if k in head})
     metrics["per_distortion"] = head["per_distortion"]
     metrics["per_distortion_source"] = "real distorted copies (Task_B distortion folders)"
-    run.metrics_path = rundir.write_metrics(metrics, cfg, root)
-    run.metrics.update(metrics)
+    run.metrics.update(rundir.write_tracks("gender", tracks.headline, state, metrics, cfg, root))
+    run.metrics_path = rundir.metrics_path
 
 
 def run_gender_tracks(config: Any, splits: Any, run: Any) -> GenderTracks | None:
@@ -645,18 +639,16 @@ def load_run_tracks(run_dir: str | Path) -> tuple[str, GenderFaceModel | None, P
 
     Raises:
         FileNotFoundError: The folder has neither ``face_tracks.pt`` nor ``checkpoints/best.pt``.
+        ValueError: Its ``face_tracks.pt`` is truncated or not Task A's (:meth:`~facecom_utils.train.rundir.RunDir.load_tracks`).
     """
-    import torch
-
     from facecom_utils.train.rundir import RunDir
 
     rundir = RunDir(run_dir)
-    file = rundir.path / "face_tracks.pt"
-    if not file.is_file():
+    payload = rundir.load_tracks("gender")
+    if payload is None:
         if not rundir.best_checkpoint.is_file():
             raise FileNotFoundError(f"{rundir.path}: not a Task A run directory (no face_tracks.pt, no checkpoints/best.pt)")
         return "facecom_only", None, rundir.best_checkpoint
-    payload = torch.load(file, map_location="cpu", weights_only=True)
     return str(payload["headline"]), GenderFaceModel.from_state_dict(payload["model"]), rundir.best_checkpoint
 
 

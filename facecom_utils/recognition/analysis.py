@@ -115,7 +115,7 @@ def load_recognition_run(run_dir: str | Path, track: str = "headline") -> Recogn
     tracks = metrics.get("tracks") or {}
     if track == "headline":
         track = str(metrics.get("headline_track", "facecom_only"))
-        if track != "facecom_only" and not (folder / "face_tracks.pt").is_file():
+        if track != "facecom_only" and not outputs.tracks_path.is_file():
             import warnings
 
             warnings.warn(f"{folder}: no face_tracks.pt, so its headline track {track!r} cannot be rebuilt; "

@@ -392,10 +392,9 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
     descriptors and copy descriptors of the same images (cached by file content), fits the
     distortion estimator on up to 4,000 of the run's training images, and writes
     ``face_tracks.pt`` (estimator, fusion weights, thresholds; loadable with ``weights_only=True``)
-    and ``metrics.json`` with ``tracks`` and the headline on top.
+    and ``metrics.json`` with ``tracks`` and the headline on top
+    (:meth:`~facecom_utils.train.rundir.RunDir.write_tracks`).
     """
-    import torch
-
     from facecom_utils.data.cache import default_cache_dir
     from facecom_utils.face.descriptors import DescriptorStore
     from facecom_utils.train.rundir import FOLD_ROLE, REPORT_ROLE, RunDir
@@ -451,14 +450,10 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
                              "face found after restoration": rep["detected_restored"][probes],
                              }).groupby("type").mean()
     out = RecognitionTracks(estimator, fusion, tracks, headline, selector, rep["table"], reported_embeddings)
-    tmp = rundir.path / ".face_tracks.pt.tmp"
-    torch.save({"task": "recognition", "headline": headline, "estimator": estimator.state_dict(),
-                **fusion.state_dict(), "thresholds": chosen_thresholds,
-                "restoration_versions": dict(RESTORATION_VERSIONS)}, tmp)
-    os.replace(tmp, rundir.path / "face_tracks.pt")
-    metrics = {k: v for k, v in run.metrics.items() if k not in ("parameters", "data_root", "synthetic")}
+    state = {"estimator": estimator.state_dict(), **fusion.state_dict(), "thresholds": chosen_thresholds,
+             "restoration_versions": dict(RESTORATION_VERSIONS)}
+    metrics = dict(run.metrics)
     metrics["tracks"] = tracks
-    metrics["headline_track"] = headline
     metrics["fusion_weights"] = fusion.weights
     metrics["fusion_copy_weights"] = fusion.gammas
     metrics["fusion_score_calibration"] = {k: {"impostor_median": m, "impostor_high": h, "quantile": IMPOSTOR_QUANTILE}
@@ -466,8 +461,7 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
     metrics["selector"] = {t: {k: float(v) for k, v in r.items()} for t, r in selector.to_dict(orient="index").items()}
     metrics.update({k: v for k, v in tracks[headline].items()
                     if k not in ("threshold_source", "outside_face_data", "threshold_details")})
-    rundir.write_metrics(metrics, cfg, splits.data_root)
-    run.metrics.update(metrics)
+    run.metrics.update(rundir.write_tracks("recognition", headline, state, metrics, cfg, splits.data_root))
     return out
 
 
@@ -490,8 +484,6 @@ def run_embeddings(run_dir: str | Path, paths: list[str], gallery: np.ndarray, d
     ``gallery`` marks the gallery (clean) images: a probe's fusion weight comes from its estimated
     type, a gallery image keeps both parts. Without ``face_tracks.pt`` the FACECOM-only model runs.
     """
-    import torch
-
     from facecom_utils.data.cache import default_cache_dir
     from facecom_utils.common.checkpoints import load_checkpoint
     from facecom_utils.train.rundir import RunDir
@@ -505,17 +497,16 @@ def run_embeddings(run_dir: str | Path, paths: list[str], gallery: np.ndarray, d
         model, paths, image_size=int(cfg.get("image_size", 112)), batch_size=batch_size, device=device,
         flip_tta=bool(cfg.get("flip_tta", True)), face_crop=float(cfg.get("face_crop", 1.0)),
         source=str(payload.get("embedding_source", "neck")), tta_crops=tuple(cfg.get("tta_crops") or ()))
-    file = rundir.path / "face_tracks.pt"
-    if not file.is_file():
+    tracks = rundir.load_tracks("recognition")
+    if tracks is None:
         own = load_checkpoint(rundir.best_checkpoint)
         return facecom, [float(own["threshold"]), float(own.get("strict_threshold", own["threshold"]))], "facecom_only"
-    tracks = torch.load(file, map_location="cpu", weights_only=True)
     headline = str(tracks["headline"])
     if headline == "facecom_only":
         return facecom, list(tracks["thresholds"][headline]), headline
     cache = (Path(cache_dir) if cache_dir else default_cache_dir()) / "face_model"
     emb = _track_embeddings(tracks, headline, paths, facecom, np.asarray(gallery, bool), cache,
-                            max(1, min(4, os.cpu_count() or 1)), str(file))
+                            max(1, min(4, os.cpu_count() or 1)), str(rundir.tracks_path))
     return emb, list(tracks["thresholds"][headline]), headline
 
 
@@ -551,11 +542,9 @@ def saved_track_embeddings(run_dir: str | Path, roles: list[str], track: str,
     missing), so they match the run's ``metrics.json`` ``tracks.<track>``.
 
     Raises:
-        ValueError: An unknown track.
+        ValueError: An unknown track, or a ``face_tracks.pt`` that is truncated or not Task B's.
         FileNotFoundError: A face-model track asked of a run without ``face_tracks.pt``.
     """
-    import torch
-
     from facecom_utils.data.cache import default_cache_dir
     from facecom_utils.train.rundir import RunDir
 
@@ -565,15 +554,15 @@ def saved_track_embeddings(run_dir: str | Path, roles: list[str], track: str,
     loaded = {role: rundir.load_embeddings(role) for role in roles}
     if track == "facecom_only":
         return loaded
-    file = rundir.path / "face_tracks.pt"
-    if not file.is_file():
+    saved = rundir.load_tracks("recognition")
+    if saved is None:
         raise FileNotFoundError(f"{rundir.path}: no face_tracks.pt, so no {track!r} track; run notebook 03 with "
                                 "face_model='auto' and dlib installed, or analyse track='facecom_only'")
-    saved = torch.load(file, map_location="cpu", weights_only=True)
     cache = (Path(cache_dir) if cache_dir else default_cache_dir()) / "face_model"
     workers = max(1, min(4, os.cpu_count() or 1))
     return {role: (table, _track_embeddings(saved, track, table["path"].tolist(), emb,
-                                            table["distortion"].isna().to_numpy(), cache, workers, str(file)))
+                                            table["distortion"].isna().to_numpy(), cache, workers,
+                                            str(rundir.tracks_path)))
             for role, (table, emb) in loaded.items()}
 
 

@@ -7,6 +7,7 @@ into one folder, their ``output_dir``::
     history.csv           one row per epoch
     checkpoints/          best.pt, last.pt (written atomically by the training loop)
     embeddings/<role>.*   Task B embeddings by role: ``fold`` and ``report`` (npz + csv)
+    face_tracks.pt        a task's face-model tracks (:meth:`RunDir.write_tracks`, :meth:`RunDir.load_tracks`)
 
 :class:`RunDir` is the only code that knows these names; the pipelines write through it and the
 runner, the command line and notebook 04 read through it. :func:`to_jsonable` is the one JSON
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["FOLD_ROLE", "REPORT_ROLE", "RunDir", "provenance", "to_jsonable", "write_json"]
+__all__ = ["FOLD_ROLE", "REPORT_ROLE", "TRACKS_TASKS", "RunDir", "provenance", "to_jsonable", "write_json"]
 
 # Task B's saved embeddings are keyed by their *role*, never by the text that labels the reported split
 # (``metrics["reported_split"]``: "val" or "holdout (0.2 of Task_B/train identities)"): the validation
@@ -34,6 +35,11 @@ __all__ = ["FOLD_ROLE", "REPORT_ROLE", "RunDir", "provenance", "to_jsonable", "w
 FOLD_ROLE = "fold"
 REPORT_ROLE = "report"
 _LEGACY_REPORT = "val"  # what runs wrote before the roles were named
+
+#: The tasks whose runs write ``face_tracks.pt`` (its ``"task"`` entry).
+TRACKS_TASKS = ("gender", "recognition")
+#: What :func:`provenance` adds to ``metrics.json``; a run's metrics are written again without them.
+_PROVENANCE_KEYS = ("parameters", "data_root", "synthetic")
 
 
 def to_jsonable(value: Any) -> Any:
@@ -146,6 +152,73 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         history.to_csv(self.history_path, index=False)
         return self.history_path
+
+    # ---- face_tracks.pt: a task's face-model tracks
+    @property
+    def tracks_path(self) -> Path:
+        return self.path / "face_tracks.pt"
+
+    def write_tracks(self, task: str, headline: str, state: Mapping[str, Any], metrics: Mapping[str, Any],
+                     parameters: Any = None, data_root: str | Path | None = None) -> dict[str, Any]:
+        """Write a task's face-model tracks: ``face_tracks.pt``, then ``metrics.json`` with the headline.
+
+        ``face_tracks.pt`` is ``{"task", "headline", **state}`` (plain values and tensors), written
+        atomically by :func:`~facecom_utils.common.checkpoints.save_checkpoint` and read back by
+        :meth:`load_tracks`. ``metrics.json`` is then written again (:meth:`write_metrics`) from
+        ``metrics`` (the run's metrics with its ``tracks`` and the headline's figures on top) with
+        ``headline_track``; any old provenance in ``metrics`` gives way to ``parameters`` and
+        ``data_root``.
+
+        Args:
+            task: One of :data:`TRACKS_TASKS`.
+            headline: The track the run reports on top.
+            state: What the task needs to rebuild its tracks (models, weights, thresholds).
+            metrics: The metrics to write.
+            parameters: The run's config (or mapping).
+            data_root: The run's data root.
+
+        Returns:
+            The metrics as written, without the provenance (for the caller's in-memory run).
+
+        Raises:
+            ValueError: An unknown task.
+        """
+        from facecom_utils.common.checkpoints import save_checkpoint
+
+        if task not in TRACKS_TASKS:
+            raise ValueError(f"task must be one of {TRACKS_TASKS}, got {task!r}")
+        save_checkpoint(self.tracks_path, {"task": task, "headline": headline, **state})
+        body = {k: v for k, v in metrics.items() if k not in _PROVENANCE_KEYS}
+        body["headline_track"] = headline
+        self.write_metrics(body, parameters, data_root)
+        return body
+
+    def load_tracks(self, task: str | None = None) -> dict[str, Any] | None:
+        """What :meth:`write_tracks` wrote (``torch.load(weights_only=True)``, on the CPU); None without the file.
+
+        Args:
+            task: When given, the file must hold this task's tracks.
+
+        Raises:
+            ValueError: One line naming the file: it is truncated or unreadable, not a tracks file
+                (no ``task`` and ``headline``), or another task's.
+        """
+        import torch
+
+        file = self.tracks_path
+        if not file.is_file():
+            return None
+        try:
+            payload = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as err:
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ValueError(f"{file}: not a readable tracks file, truncated or not written by RunDir.write_tracks "
+                             f"({reason}); run the notebook's tracks stage again") from err
+        if not isinstance(payload, dict) or not {"task", "headline"} <= set(payload):
+            raise ValueError(f"{file}: not a tracks file (no 'task' and 'headline' entries)")
+        if task is not None and payload["task"] != task:
+            raise ValueError(f"{file}: holds {payload['task']!r} tracks, not {task!r} ones")
+        return payload
 
     # ---- embeddings by role
     def _embedding_files(self, role: str) -> tuple[Path, Path]:
