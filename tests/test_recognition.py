@@ -247,11 +247,21 @@ def test_embedding_table_gallery_first(demo_root: Path) -> None:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("dlib") is None, reason="dlib not installed")
-def test_dlib_embeddings_unit_norm(demo_root: Path) -> None:
+def test_dlib_embeddings_are_the_face_models_descriptors(demo_root: Path, tmp_path: Path) -> None:
+    """The dlib baseline goes through the face model's one path (face front end, alignment, the network in
+    PyTorch) and its content-keyed cache, so it is notebook 03's face_model track."""
+    from facecom_utils.data.layout import load_image
+    from facecom_utils.face.descriptors import describe_image
+
     paths = scan_task_b(demo_root, splits=("val",))["path"].tolist()[:3]
-    emb, detected = rec.dlib_embeddings(paths, upsample=0, return_detected=True)
+    emb, detected = rec.dlib_embeddings(paths, upsample=0, return_detected=True, cache_dir=tmp_path)
     assert emb.shape == (3, 128) and emb.dtype == np.float32 and detected.shape == (3,)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    for k, path in enumerate(paths):
+        descriptor, found, _ = describe_image(np.asarray(load_image(path)), upsample=0)
+        np.testing.assert_allclose(emb[k], descriptor / np.linalg.norm(descriptor), atol=1e-5)
+        assert detected[k] == found
+    assert len(list((tmp_path / "face_model").glob("dlib_identity_*.npz"))) == 1  # the face model's store
 
 
 def test_imagenet_baseline_runs_on_demo(demo_root: Path) -> None:

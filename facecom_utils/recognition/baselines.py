@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from facecom_utils.data.splits import subsample_identities
-from facecom_utils.data.layout import load_image, scan_task_b
+from facecom_utils.data.layout import scan_task_b
 from facecom_utils.data.demo import resolve_data_root
 from facecom_utils.nn.backbones import create_backbone
 from facecom_utils.recognition.embedding import embedding_table, extract_embeddings
@@ -93,72 +92,41 @@ def imagenet_baseline(
     return _baseline_metrics(embed, data_root, split, threshold_split, threshold_identities, seed, max_identities)
 
 
-def _dlib_models() -> tuple[Any, Any, Any]:
-    """dlib's HOG face detector, 5-point shape predictor and ResNet face descriptor."""
-    import importlib.util
-
-    try:
-        import dlib
-    except ImportError as err:
-        raise ImportError("dlib_embeddings needs dlib: pip install dlib-bin face-recognition-models") from err
-    spec = importlib.util.find_spec("face_recognition_models")  # its __init__ needs pkg_resources: locate only
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("dlib_embeddings needs the model files of face-recognition-models: "
-                          "pip install face-recognition-models")
-    models = Path(list(spec.submodule_search_locations)[0]) / "models"
-    predictor = models / "shape_predictor_5_face_landmarks.dat"
-    descriptor = models / "dlib_face_recognition_resnet_model_v1.dat"
-    for f in (predictor, descriptor):
-        if not f.is_file():
-            raise FileNotFoundError(f"{f}: dlib model file missing; reinstall face-recognition-models")
-    return (dlib.get_frontal_face_detector(), dlib.shape_predictor(str(predictor)),
-            dlib.face_recognition_model_v1(str(descriptor)))
-
-
 def dlib_embeddings(
     paths: Sequence[str | Path],
     upsample: int = 1,
-    fallback_box: float = 0.6,
-    num_jitters: int = 0,
     progress: bool = False,
     return_detected: bool = False,
+    cache_dir: str | Path | None = None,
+    workers: int = 1,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """dlib's 128-d ResNet face descriptors, L2-normalised (cosine scoring like ours).
 
-    Each image: dlib's HOG frontal face detector (largest face); when it finds none, a central box
-    covering ``fallback_box`` of each side stands in. The 5-point shape predictor then aligns a
-    150 px face chip (dlib's standard 0.25 padding) for the descriptor.
+    The face model's own path (:class:`~facecom_utils.face.descriptors.DescriptorStore`, no
+    restoration): the face front end (dlib's HOG detector, the best-scoring face, the measured
+    fallback box and landmarks when it finds none), alignment to dlib's 150 px chip and dlib's
+    network in PyTorch. So these are the embeddings of notebook 03's ``face_model`` track, and they
+    share its descriptor cache.
 
     Args:
         paths: Image files.
         upsample: Detector upsampling passes (1 finds smaller faces; 0 is faster).
-        fallback_box: Side fraction of the central box used when no face is detected.
-        num_jitters: dlib's own test-time jittering (0: none; 10 is ~10x slower, slightly better).
         progress: Show a progress bar.
         return_detected: Also return the boolean [N] mask of images where a face was detected.
+        cache_dir: The cache root (None: :func:`~facecom_utils.data.cache.default_cache_dir`); the
+            descriptors live in its ``face_model`` folder, keyed by file content.
+        workers: Worker processes for descriptors not cached yet.
 
     Returns:
         float32 [N, 128] embeddings (and the detection mask).
     """
-    detector, predictor, net = _dlib_models()
-    import dlib
+    from facecom_utils.data.cache import default_cache_dir
+    from facecom_utils.face.descriptors import DescriptorStore
 
-    out = np.zeros((len(paths), 128), dtype=np.float32)
-    detected = np.zeros(len(paths), dtype=bool)
-    for i, path in enumerate(tqdm(paths, desc="dlib", leave=False, disable=not progress)):
-        image = np.asarray(load_image(path))
-        faces = detector(image, upsample)
-        if len(faces):
-            box = max(faces, key=lambda r: r.area())
-            detected[i] = True
-        else:
-            h, w = image.shape[:2]
-            mx, my = w * (1 - fallback_box) / 2, h * (1 - fallback_box) / 2
-            box = dlib.rectangle(int(mx), int(my), int(w - mx), int(h - my))
-        chip = dlib.get_face_chip(image, predictor(image, box), size=150, padding=0.25)
-        out[i] = np.asarray(net.compute_face_descriptor(chip, num_jitters), dtype=np.float32)
-    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-    return (out, detected) if return_detected else out
+    folder = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "face_model"
+    described = DescriptorStore(folder, upsample=upsample, workers=workers, progress=progress).describe(paths)
+    out = described.normalised().astype(np.float32)
+    return (out, described.detected) if return_detected else out
 
 
 def dlib_baseline(
@@ -170,10 +138,12 @@ def dlib_baseline(
     upsample: int = 1,
     seed: int = 0,
     progress: bool = False,
+    cache_dir: str | Path | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """The protocol on dlib's face descriptors (see :func:`dlib_embeddings`), for comparison.
 
-    dlib runs at a few images per second on a CPU, hence the small ``threshold_identities``.
+    The face front end costs ~50 ms an image on a CPU core, hence the small ``threshold_identities``.
 
     Args:
         data_root: FACECOM root.
@@ -184,11 +154,13 @@ def dlib_baseline(
         upsample: Detector upsampling passes.
         seed: Seed of subsamples and impostor draws.
         progress: Show progress bars.
+        cache_dir: The descriptor cache root (see :func:`dlib_embeddings`).
+        workers: Worker processes for descriptors not cached yet.
 
     Returns:
         The same metrics dict as :func:`evaluate_recognition`.
     """
     def embed(paths: list[str]) -> np.ndarray:
-        return dlib_embeddings(paths, upsample=upsample, progress=progress)
+        return dlib_embeddings(paths, upsample=upsample, progress=progress, cache_dir=cache_dir, workers=workers)
 
     return _baseline_metrics(embed, data_root, split, threshold_split, threshold_identities, seed, max_identities)
