@@ -385,83 +385,123 @@ def fit_fusion(fold: dict[str, Any], cohort: np.ndarray) -> Fusion:
     return fusion
 
 
+def _stage_settings(config: Any) -> tuple[Path, int]:
+    """The tracks stage's descriptor cache folder and worker count."""
+    from facecom_utils.data.cache import default_cache_dir
+
+    cache = (Path(config.cache_dir) if config.cache_dir else default_cache_dir()) / "face_model"
+    return cache, config.face_workers or max(1, min(4, os.cpu_count() or 1))
+
+
+def _split_inputs(config: Any, splits: Any, run: Any, rundir: Any, cache: Path,
+                  workers: int) -> tuple[DistortionEstimator, dict[str, dict[str, Any]], str]:
+    """Stage 5a: the distortion estimator (fitted on the run's training images) and the :func:`track_inputs`
+    of the run's saved validation fold and reported split: ``(estimator, {role: inputs}, reported role)``."""
+    from facecom_utils.face.descriptors import DescriptorStore
+    from facecom_utils.train.rundir import FOLD_ROLE, REPORT_ROLE
+
+    store = DescriptorStore(cache, workers=workers, progress=config.progress)
+    estimator = fit_estimator(splits.train, config.seed, workers, cache)
+    roles = {FOLD_ROLE: rundir.load_embeddings(FOLD_ROLE)}
+    reported = run.metrics.get("reported_role", REPORT_ROLE)
+    if reported == FOLD_ROLE:
+        warnings.warn("the run reports its validation fold: the fusion weights, the score calibration and the "
+                      "thresholds are chosen on the reported images themselves (optimistic)", stacklevel=3)
+    roles.setdefault(reported, rundir.load_embeddings(reported))
+    data = {role: track_inputs(table, emb, estimator, store, workers, cache) for role, (table, emb) in roles.items()}
+    return estimator, data, reported
+
+
+def _split_track(inputs: dict[str, Any], track: str, fusion: Fusion) -> np.ndarray:
+    """One track's embeddings of a split's :func:`track_inputs`."""
+    if track == "facecom_only":  # as saved: its thresholds were chosen on these very scores
+        return inputs["facecom_raw"]
+    if track == "fused":
+        return fused_embeddings(fusion, inputs)
+    return inputs[track]
+
+
+def _score_tracks(config: Any, run: Any, fold: dict[str, Any], rep: dict[str, Any],
+                  fusion: Fusion) -> tuple[dict[str, dict[str, Any]], dict[str, list[float]], dict[str, np.ndarray]]:
+    """Stage 5c: every track's thresholds, chosen on the fold (the FACECOM-only track keeps the run's own,
+    chosen there by its ``threshold_method``), and its protocol metrics on the reported split.
+
+    Returns:
+        ``(metrics per track, [threshold, strict threshold] per track, the reported split's embeddings per track)``.
+    """
+    embeddings = {track: _split_track(rep, track, fusion) for track in TRACKS}
+    tracks, chosen = {}, {}
+    for track in TRACKS:
+        if track == "facecom_only":
+            thresholds = {"threshold": run.threshold, "strict_threshold": run.strict_threshold,
+                          "details": run.metrics.get("threshold_details") or {}}
+        else:
+            thresholds = choose_thresholds(fold["table"], _split_track(fold, track, fusion),
+                                           method=config.threshold_method, seed=config.seed)
+        chosen[track] = [float(thresholds["threshold"]), float(thresholds["strict_threshold"])]
+        m = protocol_metrics(rep["table"], embeddings[track], thresholds["threshold"],
+                             thresholds["strict_threshold"], seed=config.seed)
+        m["threshold_source"] = "validation fold"
+        m["threshold_details"] = thresholds["details"]  # the per-fold thresholds notebook 04 plots
+        m["outside_face_data"] = track in OUTSIDE_FACE_DATA
+        tracks[track] = m
+    return tracks, chosen, embeddings
+
+
+def _selector_summary(rep: dict[str, Any]) -> pd.DataFrame:
+    """Per true type of the reported split's probes: the share whose type and restoration the estimator got
+    right, and where dlib's detector finds a face before and after the chosen restoration."""
+    probes = rep["table"]["distortion"].notna().to_numpy()
+    kinds = rep["table"]["distortion"].to_numpy()[probes]
+    chosen = rep["restorations"][probes]
+    return pd.DataFrame({"type": kinds, "estimated type correct": rep["kinds"][probes] == kinds,
+                         "right restoration": chosen == np.array([RESTORATION_FOR.get(k, "identity") for k in kinds]),
+                         "face found": rep["detected"][probes],
+                         "face found after restoration": rep["detected_restored"][probes],
+                         }).groupby("type").mean()
+
+
+def _save_tracks(rundir: Any, config: Any, splits: Any, run: Any, out: RecognitionTracks,
+                 thresholds: dict[str, list[float]]) -> None:
+    """Stage 5d: ``face_tracks.pt`` and ``metrics.json`` (the tracks, the fusion, the selector and the
+    headline's figures on top) through :meth:`~facecom_utils.train.rundir.RunDir.write_tracks`."""
+    fusion = out.fusion
+    state = {"estimator": out.estimator.state_dict(), **fusion.state_dict(), "thresholds": thresholds,
+             "restoration_versions": dict(RESTORATION_VERSIONS)}
+    metrics = dict(run.metrics)
+    metrics["tracks"] = out.tracks
+    metrics["fusion_weights"] = fusion.weights
+    metrics["fusion_copy_weights"] = fusion.gammas
+    metrics["fusion_score_calibration"] = {k: {"impostor_median": m, "impostor_high": h, "quantile": IMPOSTOR_QUANTILE}
+                                           for k, (m, h) in fusion.calibration.items()}
+    metrics["selector"] = {t: {k: float(v) for k, v in r.items()} for t, r in out.selector.to_dict(orient="index").items()}
+    metrics.update({k: v for k, v in out.tracks[out.headline].items()
+                    if k not in ("threshold_source", "outside_face_data", "threshold_details")})
+    run.metrics.update(rundir.write_tracks("recognition", out.headline, state, metrics, config, splits.data_root))
+
+
 def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
     """Stage 5: scores every track on the reported split; choices (weights, thresholds) on the fold.
 
     Reads the run's saved embeddings of its validation fold and reported split, computes dlib
     descriptors and copy descriptors of the same images (cached by file content), fits the
-    distortion estimator on up to 4,000 of the run's training images, and writes
-    ``face_tracks.pt`` (estimator, fusion weights, thresholds; loadable with ``weights_only=True``)
-    and ``metrics.json`` with ``tracks`` and the headline on top
-    (:meth:`~facecom_utils.train.rundir.RunDir.write_tracks`).
+    distortion estimator on up to 4,000 of the run's training images (:func:`_split_inputs`), fits
+    the fusion on the fold (:func:`fit_fusion`), chooses each track's thresholds on the fold and
+    scores it on the reported split (:func:`_score_tracks`), and writes ``face_tracks.pt``
+    (estimator, fusion weights, thresholds; loadable with ``weights_only=True``) and ``metrics.json``
+    with ``tracks`` and the headline on top (:func:`_save_tracks`).
     """
-    from facecom_utils.data.cache import default_cache_dir
-    from facecom_utils.face.descriptors import DescriptorStore
-    from facecom_utils.train.rundir import FOLD_ROLE, REPORT_ROLE, RunDir
+    from facecom_utils.train.rundir import FOLD_ROLE, RunDir
 
-    cfg = config
     rundir = RunDir(run.output_dir)
-    cache = (Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()) / "face_model"
-    workers = cfg.face_workers or max(1, min(4, os.cpu_count() or 1))
-    store = DescriptorStore(cache, workers=workers, progress=cfg.progress)
-    estimator = fit_estimator(splits.train, cfg.seed, workers, cache)
-    roles = {FOLD_ROLE: rundir.load_embeddings(FOLD_ROLE)}
-    reported = run.metrics.get("reported_role", REPORT_ROLE)
-    if reported == FOLD_ROLE:
-        warnings.warn("the run reports its validation fold: the fusion weights, the score calibration and the "
-                      "thresholds are chosen on the reported images themselves (optimistic)", stacklevel=2)
-    roles.setdefault(reported, rundir.load_embeddings(reported))
-    data = {role: track_inputs(table, emb, estimator, store, workers, cache) for role, (table, emb) in roles.items()}
-    fold = data[FOLD_ROLE]
-    cohort = copy_cohort(splits.train, cfg.seed, workers, cache)
-    fusion = fit_fusion(fold, cohort)
-
-    def embeddings(d: dict[str, Any], track: str) -> np.ndarray:
-        if track == "facecom_only":  # as saved: its thresholds were chosen on these very scores
-            return d["facecom_raw"]
-        if track == "fused":
-            return fused_embeddings(fusion, d)
-        return d[track]
-
-    rep = data[reported]
-    reported_embeddings = {track: embeddings(rep, track) for track in TRACKS}
-    tracks, chosen_thresholds = {}, {}
-    for track in TRACKS:
-        if track == "facecom_only":  # the run's own thresholds (chosen on the same fold by its threshold_method)
-            thresholds = {"threshold": run.threshold, "strict_threshold": run.strict_threshold,
-                          "details": run.metrics.get("threshold_details") or {}}
-        else:
-            thresholds = choose_thresholds(fold["table"], embeddings(fold, track), method=cfg.threshold_method,
-                                           seed=cfg.seed)
-        chosen_thresholds[track] = [float(thresholds["threshold"]), float(thresholds["strict_threshold"])]
-        m = protocol_metrics(rep["table"], reported_embeddings[track], thresholds["threshold"],
-                             thresholds["strict_threshold"], seed=cfg.seed)
-        m["threshold_source"] = "validation fold"
-        m["threshold_details"] = thresholds["details"]  # the per-fold thresholds notebook 04 plots
-        m["outside_face_data"] = track in OUTSIDE_FACE_DATA
-        tracks[track] = m
-    headline = "fused" if cfg.headline_track == "auto" else cfg.headline_track
-    probes = rep["table"]["distortion"].notna().to_numpy()
-    kinds = rep["table"]["distortion"].to_numpy()[probes]
-    chosen = rep["restorations"][probes]
-    selector = pd.DataFrame({"type": kinds, "estimated type correct": rep["kinds"][probes] == kinds,
-                             "right restoration": chosen == np.array([RESTORATION_FOR.get(k, "identity") for k in kinds]),
-                             "face found": rep["detected"][probes],
-                             "face found after restoration": rep["detected_restored"][probes],
-                             }).groupby("type").mean()
-    out = RecognitionTracks(estimator, fusion, tracks, headline, selector, rep["table"], reported_embeddings)
-    state = {"estimator": estimator.state_dict(), **fusion.state_dict(), "thresholds": chosen_thresholds,
-             "restoration_versions": dict(RESTORATION_VERSIONS)}
-    metrics = dict(run.metrics)
-    metrics["tracks"] = tracks
-    metrics["fusion_weights"] = fusion.weights
-    metrics["fusion_copy_weights"] = fusion.gammas
-    metrics["fusion_score_calibration"] = {k: {"impostor_median": m, "impostor_high": h, "quantile": IMPOSTOR_QUANTILE}
-                                           for k, (m, h) in fusion.calibration.items()}
-    metrics["selector"] = {t: {k: float(v) for k, v in r.items()} for t, r in selector.to_dict(orient="index").items()}
-    metrics.update({k: v for k, v in tracks[headline].items()
-                    if k not in ("threshold_source", "outside_face_data", "threshold_details")})
-    run.metrics.update(rundir.write_tracks("recognition", headline, state, metrics, cfg, splits.data_root))
+    cache, workers = _stage_settings(config)
+    estimator, data, reported = _split_inputs(config, splits, run, rundir, cache, workers)
+    fold, rep = data[FOLD_ROLE], data[reported]
+    fusion = fit_fusion(fold, copy_cohort(splits.train, config.seed, workers, cache))
+    tracks, thresholds, embeddings = _score_tracks(config, run, fold, rep, fusion)
+    headline = "fused" if config.headline_track == "auto" else config.headline_track
+    out = RecognitionTracks(estimator, fusion, tracks, headline, _selector_summary(rep), rep["table"], embeddings)
+    _save_tracks(rundir, config, splits, run, out, thresholds)
     return out
 
 
