@@ -245,7 +245,7 @@ def test_roc_auc_and_eer_against_sklearn_and_by_hand() -> None:
     # on the last segment FAR stays 1/4 while FRR falls from 1/2 to 0, so they meet at 1/4.
     assert eer([0.9, 0.6], [0.7, 0.1, 0.2, 0.3]) == pytest.approx(0.25)
     assert 0.6 <= eer_threshold([0.9, 0.6], [0.7, 0.1, 0.2, 0.3]) <= 0.7
-    assert math.isnan(eer([], [0.1])) and math.isnan(roc_auc([0.2], []))
+    assert math.isnan(eer([], [0.1])) and math.isnan(roc_auc([0.2], [])) and math.isnan(eer_threshold([0.2], []))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -167,24 +167,26 @@ def _eer_point(far: np.ndarray, tar: np.ndarray, thr: np.ndarray) -> tuple[float
     return float(rate), float(t_hi + w * (thr[k] - t_hi))
 
 
+def _eer_of(genuine: Any, impostor: Any) -> tuple[float, float]:
+    """``(EER, its threshold)`` of genuine and impostor scores; both NaN if either array is empty."""
+    g, i = _check_genuine_impostor(genuine, impostor)
+    if g.size == 0 or i.size == 0:
+        return float("nan"), float("nan")
+    return _eer_point(*roc_points(g, i))
+
+
 def eer(genuine: Any, impostor: Any) -> float:
     """Equal error rate: where the false accept rate equals the false reject rate.
 
     Linearly interpolated between the two ROC points that bracket the crossing (the usual
     convention); NaN if either array is empty.
     """
-    g, i = _check_genuine_impostor(genuine, impostor)
-    if g.size == 0 or i.size == 0:
-        return float("nan")
-    return _eer_point(*roc_points(g, i))[0]
+    return _eer_of(genuine, impostor)[0]
 
 
 def eer_threshold(genuine: Any, impostor: Any) -> float:
     """Score threshold at the equal error rate (interpolated like :func:`eer`)."""
-    g, i = _check_genuine_impostor(genuine, impostor)
-    if g.size == 0 or i.size == 0:
-        return float("nan")
-    return _eer_point(*roc_points(g, i))[1]
+    return _eer_of(genuine, impostor)[1]
 
 
 def threshold_at_far(impostor: Any, far: float) -> float:
