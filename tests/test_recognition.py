@@ -332,3 +332,15 @@ def test_preserved_random_state_leaves_every_generator_where_it_was() -> None:
     with preserved_random_state():
         random.random(), np.random.rand(5), torch.rand(7)
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+
+
+def test_face_model_cache_and_workers_are_one_rule(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Where the face model keeps its descriptors and how many workers it starts, for the tracks and the baseline."""
+    import os
+
+    from facecom_utils.face.descriptors import face_model_cache, face_workers
+
+    monkeypatch.setenv("FACECOM_CACHE_DIR", str(tmp_path / "root"))
+    assert face_model_cache() == tmp_path / "root" / "face_model"
+    assert face_model_cache(tmp_path / "other") == tmp_path / "other" / "face_model"
+    assert face_workers(3) == 3 and face_workers(None) == max(1, min(4, os.cpu_count() or 1))

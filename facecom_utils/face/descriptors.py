@@ -48,6 +48,7 @@ from facecom_utils.face.detect import DEFAULT_FALLBACK, align_face, detect_faces
 from facecom_utils.face.restoration import RESTORATION_VERSIONS, RESTORATIONS, restore
 
 __all__ = ["BACKENDS", "CHUNK", "DESCRIPTOR_DIM", "DescriptorStore", "Descriptions", "chip_descriptors", "describe_image", "face_model_available", "face_tracks_wanted",
+           "face_model_cache", "face_workers",
            "file_digest"]
 
 DESCRIPTOR_DIM = 128
@@ -78,6 +79,23 @@ def face_tracks_wanted(face_model: bool | str, alone: str) -> bool:
         print("face-model tracks skipped: dlib / face-recognition-models not installed (face_model='auto')")
         return False
     return True
+
+
+def face_model_cache(cache_dir: str | Path | None = None) -> Path:
+    """The face model's cache folder: ``<cache root>/face_model``, where :class:`DescriptorStore`, the
+    quality features and the copy descriptors keep their files.
+
+    Args:
+        cache_dir: The cache root; None: :func:`~facecom_utils.data.cache.default_cache_dir`.
+    """
+    from facecom_utils.data.cache import default_cache_dir
+
+    return (Path(cache_dir) if cache_dir else default_cache_dir()) / "face_model"
+
+
+def face_workers(workers: int | None = None) -> int:
+    """Worker processes of the face front end: ``workers`` when given, else the CPU cores, at most 4."""
+    return int(workers) if workers else max(1, min(4, os.cpu_count() or 1))
 
 
 @functools.lru_cache(maxsize=None)

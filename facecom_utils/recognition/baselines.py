@@ -120,11 +120,10 @@ def dlib_embeddings(
     Returns:
         float32 [N, 128] embeddings (and the detection mask).
     """
-    from facecom_utils.data.cache import default_cache_dir
-    from facecom_utils.face.descriptors import DescriptorStore
+    from facecom_utils.face.descriptors import DescriptorStore, face_model_cache
 
-    folder = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "face_model"
-    described = DescriptorStore(folder, upsample=upsample, workers=workers, progress=progress).describe(paths)
+    store = DescriptorStore(face_model_cache(cache_dir), upsample=upsample, workers=workers, progress=progress)
+    described = store.describe(paths)
     out = described.normalised().astype(np.float32)
     return (out, described.detected) if return_detected else out
 

@@ -29,7 +29,6 @@ Every track's thresholds are chosen on the fold, as the FACECOM-only track's are
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ import pandas as pd
 from facecom_utils.face.quality import RESTORATION_FOR, DistortionEstimator, quality_feature_matrix
 from facecom_utils.face.restoration import RESTORATION_VERSIONS, check_restoration_versions
 from facecom_utils.face.copies import COHORT_SIZE, copy_descriptors, copy_evidence
+from facecom_utils.face.descriptors import face_model_cache, face_workers
 from facecom_utils.recognition.protocol import _quick_scores, choose_thresholds, protocol_metrics
 
 __all__ = ["TRACKS", "Fusion", "RecognitionTracks", "calibrate_scores", "choose_fusion", "copy_cohort", "evaluate_run",
@@ -387,10 +387,7 @@ def fit_fusion(fold: dict[str, Any], cohort: np.ndarray) -> Fusion:
 
 def _stage_settings(config: Any) -> tuple[Path, int]:
     """The tracks stage's descriptor cache folder and worker count."""
-    from facecom_utils.data.cache import default_cache_dir
-
-    cache = (Path(config.cache_dir) if config.cache_dir else default_cache_dir()) / "face_model"
-    return cache, config.face_workers or max(1, min(4, os.cpu_count() or 1))
+    return face_model_cache(config.cache_dir), face_workers(config.face_workers)
 
 
 def _split_inputs(config: Any, splits: Any, run: Any, rundir: Any, cache: Path,
@@ -524,7 +521,6 @@ def run_embeddings(run_dir: str | Path, paths: list[str], gallery: np.ndarray, d
     ``gallery`` marks the gallery (clean) images: a probe's fusion weight comes from its estimated
     type, a gallery image keeps both parts. Without ``face_tracks.pt`` the FACECOM-only model runs.
     """
-    from facecom_utils.data.cache import default_cache_dir
     from facecom_utils.common.checkpoints import load_checkpoint
     from facecom_utils.train.rundir import RunDir
     from facecom_utils.recognition.embedding import extract_embeddings
@@ -544,9 +540,8 @@ def run_embeddings(run_dir: str | Path, paths: list[str], gallery: np.ndarray, d
     headline = str(tracks["headline"])
     if headline == "facecom_only":
         return facecom, list(tracks["thresholds"][headline]), headline
-    cache = (Path(cache_dir) if cache_dir else default_cache_dir()) / "face_model"
-    emb = _track_embeddings(tracks, headline, paths, facecom, np.asarray(gallery, bool), cache,
-                            max(1, min(4, os.cpu_count() or 1)), str(rundir.tracks_path))
+    emb = _track_embeddings(tracks, headline, paths, facecom, np.asarray(gallery, bool), face_model_cache(cache_dir),
+                            face_workers(), str(rundir.tracks_path))
     return emb, list(tracks["thresholds"][headline]), headline
 
 
@@ -585,7 +580,6 @@ def saved_track_embeddings(run_dir: str | Path, roles: list[str], track: str,
         ValueError: An unknown track, or a ``face_tracks.pt`` that is truncated or not Task B's.
         FileNotFoundError: A face-model track asked of a run without ``face_tracks.pt``.
     """
-    from facecom_utils.data.cache import default_cache_dir
     from facecom_utils.train.rundir import RunDir
 
     if track not in TRACKS:
@@ -598,8 +592,7 @@ def saved_track_embeddings(run_dir: str | Path, roles: list[str], track: str,
     if saved is None:
         raise FileNotFoundError(f"{rundir.path}: no face_tracks.pt, so no {track!r} track; run notebook 03 with "
                                 "face_model='auto' and dlib installed, or analyse track='facecom_only'")
-    cache = (Path(cache_dir) if cache_dir else default_cache_dir()) / "face_model"
-    workers = max(1, min(4, os.cpu_count() or 1))
+    cache, workers = face_model_cache(cache_dir), face_workers()
     return {role: (table, _track_embeddings(saved, track, table["path"].tolist(), emb,
                                             table["distortion"].isna().to_numpy(), cache, workers,
                                             str(rundir.tracks_path)))
