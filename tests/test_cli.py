@@ -13,29 +13,19 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from cli_runs import gender_run, recognition_run
+from conftest import REPO_ROOT
 from facecom_utils.cli import commands as cli
-
-TINY = dict(backbone="resnet10t", pretrained=None, image_size=32, epochs=1, batch_size=16,
-            device="cpu", progress=False, resume=False)
 
 
 @pytest.fixture(scope="module")
 def gender_checkpoint(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from facecom_utils.gender.pipeline import GenderConfig, train_gender
-
-    out = tmp_path_factory.mktemp("gender")
-    run = train_gender(GenderConfig(data_root=str(demo_root), output_dir=str(out), evaluate_distortions=False, **TINY))
-    return Path(run.checkpoint_path)
+    return gender_run(tmp_path_factory, demo_root) / "checkpoints" / "best.pt"
 
 
 @pytest.fixture(scope="module")
 def recognition_checkpoint(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from facecom_utils.recognition import RecognitionConfig, train_recognition
-
-    out = tmp_path_factory.mktemp("recognition")
-    run = train_recognition(RecognitionConfig(data_root=str(demo_root), output_dir=str(out), embedding_dim=32,
-                                              samples_per_epoch=64, flip_tta=False, embedding_source="neck", **TINY))
-    return Path(run.checkpoint_path)
+    return recognition_run(tmp_path_factory, demo_root) / "checkpoints" / "best.pt"
 
 
 def _csv(text: str) -> list[dict[str, str]]:
@@ -74,6 +64,23 @@ def test_evaluate_recognition_prints_main_and_strict(recognition_checkpoint: Pat
     assert set(metrics["per_distortion"]) == {"blurred", "foggy", "lowlight", "noisy", "rainy", "resized", "sunny"}
 
 
+@pytest.mark.parametrize("command, key", [("evaluate-gender", "balanced_accuracy"), ("evaluate-recognition", "top1")])
+def test_evaluate_takes_the_run_folder_or_its_best_pt(command: str, key: str, gender_checkpoint: Path,
+                                                      recognition_checkpoint: Path, demo_root: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A run folder without face-model tracks runs its FACECOM-only model: the numbers of its best.pt."""
+    best = gender_checkpoint if command == "evaluate-gender" else recognition_checkpoint
+    extra = ["--no-distortions"] if command == "evaluate-gender" else ["--seed", "0"]
+    found = {}
+    for run in (best, best.parents[1]):
+        assert cli.main([command, str(run), str(demo_root), "--json", *extra]) == 0
+        found[run] = json.loads(capsys.readouterr().out)
+    assert found[best][key] == pytest.approx(found[best.parents[1]][key], abs=1e-6)
+    if command == "evaluate-recognition":
+        assert found[best.parents[1]]["track"] == "facecom_only"
+        assert found[best]["strict_top1"] == pytest.approx(found[best.parents[1]]["strict_top1"], abs=1e-6)
+
+
 def test_predict_gender_writes_csv(gender_checkpoint: Path, demo_root: Path, tmp_path: Path) -> None:
     folder = demo_root / "Task_A" / "val" / "female"
     out = tmp_path / "pred.csv"
@@ -92,6 +99,7 @@ def test_identify_writes_csv(recognition_checkpoint: Path, demo_root: Path, caps
     probes = sorted(gallery.glob("*/distortion/*_blurred.jpg"))[:5]
     assert cli.main(["identify", str(recognition_checkpoint), *map(str, probes), "--gallery", str(gallery)]) == 0
     rows = _csv(capsys.readouterr().out)
+    assert list(rows[0])[:2] == ["path", "prediction"]
     identities = {d.name for d in gallery.iterdir() if d.is_dir()}
     assert [r["path"] for r in rows] == [str(p.resolve()) for p in probes]
     for row in rows:
@@ -101,26 +109,19 @@ def test_identify_writes_csv(recognition_checkpoint: Path, demo_root: Path, caps
 
 def test_bad_inputs_get_one_line_errors(gender_checkpoint: Path, recognition_checkpoint: Path, demo_root: Path,
                                         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["evaluate-gender", str(tmp_path / "missing.pt"), str(demo_root)]) == 2
-    assert "missing.pt" in _one_line_error(capsys)
-    assert cli.main(["evaluate-recognition", str(gender_checkpoint), str(demo_root)]) == 2
-    assert "gender-task checkpoint" in _one_line_error(capsys)
-    assert cli.main(["predict-gender", str(recognition_checkpoint), str(demo_root)]) == 2
-    assert "recognition-task checkpoint" in _one_line_error(capsys)
+    """Data roots and image lists (the run folders and files: tests/test_cli_inputs.py)."""
     assert cli.main(["evaluate-gender", str(gender_checkpoint), str(tmp_path / "nowhere")]) == 2
     assert "nowhere" in _one_line_error(capsys)
     assert cli.main(["evaluate-gender", str(gender_checkpoint), str(tmp_path)]) == 2  # no Task_A inside
     _one_line_error(capsys)
-    junk = tmp_path / "junk.pt"
-    junk.write_text("not a checkpoint")
-    assert cli.main(["evaluate-gender", str(junk), str(demo_root)]) == 2
-    assert "junk.pt" in _one_line_error(capsys)
     text = tmp_path / "notes.txt"
     text.write_text("x")
     assert cli.main(["predict-gender", str(gender_checkpoint), str(text)]) == 2
     assert "not an image" in _one_line_error(capsys)
     assert cli.main(["identify", str(recognition_checkpoint), str(text), "--gallery", str(tmp_path / "g")]) == 2
     _one_line_error(capsys)
+    assert cli.main(["identify", str(recognition_checkpoint)]) == 2  # a usage error is one line too
+    assert "required: probes, --gallery" in _one_line_error(capsys)
 
 
 def test_make_demo_and_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -140,11 +141,76 @@ def test_run_subcommand_reports_bad_arguments(capsys: pytest.CaptureFixture[str]
     assert "unknown notebook" in capsys.readouterr().err
 
 
-def test_module_entry_point_help() -> None:
+SUBCOMMANDS = ("run", "train-gender", "train-recognition", "evaluate-gender", "evaluate-recognition", "predict-gender",
+               "identify", "make-demo", "split")
+
+
+def test_module_entry_point_help_and_version() -> None:
     done = subprocess.run([sys.executable, "-m", "facecom_utils", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0
-    for command in ("run", "evaluate-gender", "evaluate-recognition", "predict-gender", "identify", "make-demo", "split"):
+    for command in SUBCOMMANDS:
         assert command in done.stdout
+    done = subprocess.run([sys.executable, "-m", "facecom_utils", "--version"], capture_output=True, text=True, timeout=120)
+    from facecom_utils import __version__
+
+    assert done.returncode == 0 and done.stdout.strip() == f"facecom {__version__}"
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_help_has_an_example_and_the_exit_codes(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([command, "--help"]) == 0
+    text = capsys.readouterr().out
+    example = text.split("example", 1)[1].split("exit codes:")[0]
+    assert f"facecom {command}" in example or f"$(which facecom) {command}" in example, text
+    codes = text.split("exit codes:", 1)[1]
+    for code in ("0", "2"):
+        assert f"\n  {code} " in codes, (command, codes)
+    if command not in ("run", "train-gender", "train-recognition", "make-demo", "split"):
+        assert "RUN_DIR" in text.split("positional arguments:")[1].split("options:")[0]  # the run folder comes first
+
+
+def test_preset_and_param_mean_the_same_in_run_and_train(tmp_path: Path) -> None:
+    """--preset takes a name or a file and -p/--param/--parameter one override, in every subcommand."""
+    from facecom_utils.cli.launch import preset_files_of
+    from facecom_utils.cli.options import preset_paths
+
+    parser = cli.build_parser()
+    own = tmp_path / "mine.yml"
+    own.write_text("epochs: 2\n")
+    for command in ("run", "train-gender", "train-recognition"):
+        for spelling in ("-p", "--param", "--parameter"):
+            args = parser.parse_args([command, "--preset", "facecom_cpu", "--preset", str(own), spelling, "epochs", "3",
+                                      "-f", str(own)])
+            assert args.parameter == [["epochs", "3"]] and args.preset == ["facecom_cpu", str(own)], (command, spelling)
+            assert args.parameters_file == [str(own)]
+        old = parser.parse_args([command, "--parameters-file", str(own)])  # the runner's old spelling
+        assert old.parameters_file == [str(own)]
+    args = parser.parse_args(["train-gender", "--preset", "facecom_cpu", "--preset", str(own)])
+    named = str(REPO_ROOT / "params" / "02_gender_classification" / "facecom_cpu.yml")
+    assert preset_files_of("train-gender", args) == [named, str(own)]
+    assert preset_paths(["facecom_cpu"], [], "02,03") == [
+        named, str(REPO_ROOT / "params" / "03_arcface_recognition" / "facecom_cpu.yml")]
+    with pytest.raises(cli.CliError, match="no preset 'nonesuch'"):
+        preset_paths(["nonesuch"], [], "02")
+    with pytest.raises(cli.CliError, match="preset file not found"):
+        preset_paths([str(tmp_path / "gone.yml")], [], "02")
+
+
+def test_run_hands_the_runner_preset_names_and_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """`facecom run --preset FILE` is `-f FILE`; a name stays a name (the runner resolves it, or picks one)."""
+    from facecom_utils.reporting import runner
+
+    seen = {}
+    monkeypatch.setattr(runner, "run_from_args", lambda args: seen.update(vars(args)) or 0)
+    own = tmp_path / "mine.yml"
+    own.write_text("epochs: 2\n")
+    assert cli.main(["run", "--notebooks", "03", "--preset", str(own), "--preset", "facecom_cpu", "-f", str(own),
+                     "--param", "epochs", "1"]) == 0
+    assert seen["preset"] == ["facecom_cpu"] and seen["parameters_file"] == [str(own), str(own)]
+    assert seen["parameter"] == [["epochs", "1"]]
+    assert cli.main(["run", "--preset", str(tmp_path / "gone.yml")]) == 2
+    assert "gone.yml: preset file not found" in _one_line_error(capsys)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,1 +1,3 @@
-"""The ``facecom`` command (``commands``) and ``train-*`` under torchrun (``launch``)."""
+"""The ``facecom`` command: ``commands`` (the entry point and the parser), one module per group of
+subcommands (``gender_commands``, ``recognition_commands``, ``data_commands``),
+what they share (``options``, ``inputs``, ``outputs``, ``runs``), and ``train-*`` under torchrun (``launch``)."""

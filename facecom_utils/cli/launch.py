@@ -2,10 +2,10 @@
 
 ::
 
-    facecom train-gender -f params/02_gender_classification/facecom_cpu.yml [-p epochs 3] [--output-dir DIR]
-    torchrun --nproc_per_node=4 -m facecom_utils.cli.launch train-gender -f params/02_gender_classification/facecom_gpu.yml
+    facecom train-gender --preset facecom_cpu [-p epochs 3] [--output-dir DIR]
+    torchrun --nproc_per_node=4 -m facecom_utils.cli.launch train-gender --preset facecom_gpu
     torchrun --nnodes=2 --node_rank=R --nproc_per_node=8 --rdzv_backend=c10d \\
-        --rdzv_endpoint=HOST:29500 $(which facecom) train-recognition -f params/03_arcface_recognition/facecom_gpu.yml
+        --rdzv_endpoint=HOST:29500 $(which facecom) train-recognition --preset facecom_gpu
 
 Under torchrun (``WORLD_SIZE`` > 1 in the environment) the process group is initialised here
 (NCCL on CUDA, gloo otherwise; each process takes ``cuda:LOCAL_RANK``) and the ordinary task
@@ -19,7 +19,8 @@ directly in one process.
 
 Presets are the notebooks' papermill parameter files (``params/<notebook>/<preset>.yml``), written
 against the notebook's own defaults, which are the config's defaults too (:mod:`facecom_utils.train.config`):
-``train-gender -f PRESET`` trains what notebook 02 trains with that preset. A file of the task's notebook, or the task's section of another
+``train-gender --preset NAME`` (or the file, ``--preset FILE`` / ``-f FILE``, as for ``facecom run``)
+trains what notebook 02 trains with that preset. A file of the task's notebook, or the task's section of another
 file (``"02"`` for Task A, ``"03"`` for Task B), must only hold config fields; flat keys of other files
 apply where the task's config has that field.
 """
@@ -116,19 +117,36 @@ def build_config(command: str, presets: Sequence[str | Path], params: Sequence[S
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """The arguments of ``facecom train-gender`` / ``train-recognition``."""
-    parser.add_argument("-f", "--preset", action="append", default=[], metavar="PRESET.yml",
-                        help="YAML preset (repeatable; later files win)")
-    parser.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                        help="override one parameter (typed like papermill: 3, 0.1, True, None)")
+    """The arguments of ``facecom train-gender`` / ``train-recognition``: the options ``run`` shares
+    (:func:`~facecom_utils.cli.options.add_parameter_options`), then ``--data-root``, ``--output-dir`` (the run
+    folder) and ``--json``."""
+    from facecom_utils.cli.options import add_parameter_options
+
+    add_parameter_options(parser, "the task's notebook")
     parser.add_argument("--data-root", default=None, help="override the preset's data_root")
-    parser.add_argument("--output-dir", default=None, help="override the preset's output_dir")
+    parser.add_argument("--output-dir", default=None, help="override the preset's output_dir (the run folder)")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON (rank 0)")
+
+
+def preset_files_of(command: str, args: argparse.Namespace) -> list[str]:
+    """The YAML files of ``--preset`` (names of the task's notebook, or files) and ``-f``, in order.
+
+    Raises:
+        LaunchError: An unknown preset name or a missing file.
+    """
+    from facecom_utils.cli.inputs import CliError
+    from facecom_utils.cli.options import preset_paths
+
+    try:
+        return preset_paths(args.preset, args.parameters_file, TASKS[command][3])
+    except CliError as err:
+        raise LaunchError(str(err)) from None
 
 
 def train_from_args(command: str, args: argparse.Namespace) -> int:
     """Runs one training command (under torchrun: in every process); rank 0 prints a summary."""
-    config = build_config(command, args.preset, args.param, data_root=args.data_root, output_dir=args.output_dir)
+    config = build_config(command, preset_files_of(command, args), args.parameter, data_root=args.data_root,
+                          output_dir=args.output_dir)
     started = init_distributed()
     import torch.distributed as dist
 

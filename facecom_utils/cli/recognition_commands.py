@@ -1,0 +1,130 @@
+"""``facecom evaluate-recognition`` and ``identify``: a Task B run folder on images.
+
+A run folder scores with its headline track, a ``best.pt`` alone with the FACECOM-only embedder
+(:class:`~facecom_utils.recognition.gallery.RunScorer`), at the thresholds the run's validation fold chose.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from facecom_utils.cli.inputs import (CliError, collect_images, data_root, gallery_images, readable_split, screen,
+                                      warn)
+from facecom_utils.cli.options import add_batch_options, add_run_argument, subcommand
+from facecom_utils.cli.outputs import emit_metrics, error_row, finish, write_rows
+from facecom_utils.cli.runs import resolve_run
+
+__all__ = ["cmd_evaluate_recognition", "cmd_identify", "register"]
+
+
+def cmd_evaluate_recognition(args: argparse.Namespace) -> int:
+    """The Task B protocol (main and strict) of a run's headline track, or of a best.pt's embedder."""
+    from facecom_utils.recognition import evaluate_recognition
+    from facecom_utils.recognition.face_tracks import evaluate_run
+
+    run = resolve_run(args.run, "recognition", args.command)
+    if run.is_dir:  # a run folder: its headline track (the fused one included)
+        root = readable_split(args, "Task_B")
+        metrics = evaluate_run(run.path, root, split=args.split, device=args.device, batch_size=args.batch_size,
+                               seed=0 if args.seed is None else args.seed)
+        metrics.update(n_skipped=0, skipped={})
+    else:
+        root = data_root(args.data_root, "Task_B", args.split)
+        metrics = evaluate_recognition(run.path, root, split=args.split, batch_size=args.batch_size,
+                                       device=args.device, seed=args.seed, on_error="raise" if args.strict else "skip")
+    if not args.json:
+        for key in ("per_distortion_metrics", "strict_per_distortion_metrics", "threshold_details"):
+            metrics.pop(key, None)
+    emit_metrics(metrics, args.json, args.out)
+    return finish(args, metrics["n_skipped"], metrics["n_images"] + metrics["n_skipped"])
+
+
+def _scorer(args: argparse.Namespace) -> Any:
+    """The checked run's :class:`~facecom_utils.recognition.gallery.RunScorer`."""
+    from facecom_utils.recognition.gallery import RunScorer
+
+    run = resolve_run(args.run, "recognition", args.command)
+    return RunScorer.load(run.path, device=args.device, batch_size=args.batch_size)
+
+
+def _readable_gallery(args: argparse.Namespace, folder: str | Path) -> tuple[list[Path], list[str], dict[str, str], list[str]]:
+    """A gallery folder's readable images and their identities, the skipped images, and the identities lost."""
+    gallery, identities = gallery_images(folder)
+    bad = screen(gallery, args, "gallery image")
+    keep = [k for k, p in enumerate(gallery) if str(p) not in bad]
+    lost = sorted(set(identities) - {identities[k] for k in keep})
+    for identity in lost:
+        warn(args, f"gallery identity {identity}: no readable image; left out of the gallery")
+    if not keep:
+        raise CliError(f"{folder}: no readable gallery image ({len(bad)} unreadable)")
+    return [gallery[k] for k in keep], [identities[k] for k in keep], bad, lost
+
+
+def _skip_detail(bad_gallery: dict[str, str], lost: list[str]) -> str:
+    detail = f"; {len(bad_gallery)} of them in the gallery" if bad_gallery else ""
+    return detail + (f"; identities with no readable gallery image: {', '.join(lost)}" if lost else "")
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    """The best-scoring gallery identity of each probe, with the run's match decision."""
+    import numpy as np
+
+    from facecom_utils.metrics.scoring import identity_scores
+
+    scorer = _scorer(args)
+    probes = collect_images(args.probes)
+    paths, identities, bad_gallery, lost = _readable_gallery(args, args.gallery)
+    bad = screen(probes, args)
+    good = [p for p in probes if str(p) not in bad]
+    best: dict[str, tuple[str, float]] = {}
+    if good:
+        gallery_emb, probe_emb = scorer.embed(scorer.features(paths), scorer.features(good))
+        scores, columns = identity_scores(probe_emb, gallery_emb, np.asarray(identities))
+        top = np.argmax(scores, axis=1)
+        best = {str(p): (str(columns[top[k]]), float(scores[k, top[k]])) for k, p in enumerate(good)}
+    threshold = float(args.threshold) if args.threshold is not None else scorer.thresholds[0]
+    rows = [
+        error_row(p, bad[str(p)]) if str(p) in bad else {
+            "path": str(p), "prediction": best[str(p)][0], "score": f"{best[str(p)][1]:.6f}",
+            "decision": "match" if best[str(p)][1] >= threshold else "no_match", "error": "",
+        }
+        for p in probes
+    ]
+    write_rows(rows, args.out)
+    n_total = len(probes) + len(paths) + len(bad_gallery)
+    return finish(args, len(bad) + len(bad_gallery), n_total, _skip_detail(bad_gallery, lost))
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Adds ``evaluate-recognition`` and ``identify``."""
+    _register_evaluate(sub)
+    _register_identify(sub)
+
+def _register_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = subcommand(sub, "evaluate-recognition",
+                   "Task B protocol (main + strict) of a recognition run (thresholds from the run's validation fold)",
+                   ["facecom evaluate-recognition runs/03_arcface_recognition data/facecom --json -o metrics.json"])
+    add_run_argument(p, "recognition")
+    p.add_argument("data_root", help="folder in FACECOM layout (holding Task_B/<split>/)")
+    p.add_argument("--split", default="val", help="split to evaluate (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print every metric as JSON instead of a table")
+    add_batch_options(p, "also write the metrics as JSON to this file")
+    p.add_argument("--seed", type=int, default=None, help="seed of the strict protocol's impostor draw")
+    p.set_defaults(func=cmd_evaluate_recognition)
+
+
+def _register_identify(sub: argparse._SubParsersAction) -> None:
+    p = subcommand(sub, "identify", "match probe images against a gallery; CSV path,prediction,score,decision,error",
+                   ["facecom identify runs/03_arcface_recognition probes/ --gallery Task_B/val -o matches.csv"])
+    add_run_argument(p, "recognition")
+    p.add_argument("probes", nargs="+", help="probe image files or folders")
+    p.add_argument("--gallery", required=True,
+                   help="folder with one subfolder of clean images per identity")
+    add_batch_options(p, "CSV file (default: stdout)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="override the run's match threshold (a run folder's fused track: on its calibrated scale, "
+                        "0 = each type's 99.9th-percentile impostor on the fold)")
+    p.set_defaults(func=cmd_identify)
+
