@@ -142,7 +142,7 @@ def test_run_subcommand_reports_bad_arguments(capsys: pytest.CaptureFixture[str]
 
 
 SUBCOMMANDS = ("run", "train-gender", "train-recognition", "evaluate-gender", "evaluate-recognition", "predict-gender",
-               "identify", "make-demo", "split")
+               "identify", "enroll", "verify", "make-demo", "split")
 
 
 def test_module_entry_point_help_and_version() -> None:

@@ -2,7 +2,8 @@
 expected, exit code 2, nothing written.
 
 The cases: a missing run folder, a folder that is no run, another task's run folder or best.pt, a
-truncated or foreign best.pt / face_tracks.pt, an unreadable image, an empty gallery.
+truncated or foreign best.pt / face_tracks.pt, an unreadable image, an empty gallery, and for
+``identify --gallery FILE`` a truncated or foreign gallery file and one enrolled with another run.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from cli_runs import gender_run, recognition_run
 from facecom_utils.cli import commands as cli
 
 TASK = {"evaluate-gender": "gender", "predict-gender": "gender", "evaluate-recognition": "recognition",
-        "identify": "recognition"}
+        "identify": "recognition", "enroll": "recognition", "verify": "recognition"}
 OTHER = {"gender": "recognition", "recognition": "gender"}
 
 
@@ -30,7 +31,7 @@ def runs(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
 
 @pytest.fixture(scope="module")
 def images(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Small good inputs: a gallery of two identities, probes, a bad JPEG."""
+    """Small good inputs: a gallery of two identities, probes, two images for verify, a bad JPEG."""
     root = tmp_path_factory.mktemp("inputs")
     val = demo_root / "Task_B" / "val"
     identities = sorted(d for d in val.iterdir() if d.is_dir())[:2]
@@ -56,6 +57,9 @@ def argv(command: str, run: Path | str, images: dict[str, Path], out: Path, data
         "evaluate-recognition": ["evaluate-recognition", run, demo, "--json", "-o", str(out)],
         "predict-gender": ["predict-gender", run, str(images["probes"]), "-o", str(out)],
         "identify": ["identify", run, str(images["probes"]), "--gallery", str(images["gallery"]), "-o", str(out)],
+        "enroll": ["enroll", run, str(images["gallery"]), "-o", str(out)],
+        "verify": ["verify", run, str(images["good"]), str(images["probes"] / sorted(
+            p.name for p in images["probes"].iterdir())[0]), "-o", str(out)],
     }[command]
 
 
@@ -160,7 +164,7 @@ def _bad_image_root(images: dict[str, Path], task: str, tmp: Path) -> Path:
 @pytest.mark.parametrize("command", list(TASK))
 def test_an_unreadable_image_is_one_line(command: str, runs: dict[str, Path], images: dict[str, Path],
                                          tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Under --strict (and always for a run folder's evaluation)."""
+    """Under --strict (and always for one verify pair, and for a run folder's evaluation)."""
     (tmp_path / "out").mkdir()
     out = tmp_path / "out" / "result"
     run = runs[TASK[command]]
@@ -169,17 +173,21 @@ def test_an_unreadable_image_is_one_line(command: str, runs: dict[str, Path], im
         named = "Cut_0001.jpg"
     else:
         folder = tmp_path / "mixed"
-        shutil.copytree(images["probes"], folder)
-        bad = folder / "Cut_0001.jpg"
+        source = images["gallery"] if command == "enroll" else images["probes"]
+        shutil.copytree(source, folder)
+        bad = (next(p for p in folder.iterdir() if p.is_dir()) if command == "enroll" else folder) / "Cut_0001.jpg"
         shutil.copy(images["bad"], bad)
         args = argv(command, run, images, out)
-        args[2] = str(folder)
-        args.append("--strict")
+        if command == "verify":
+            args[3] = str(bad)
+        else:
+            args[2] = str(folder)
+            args.append("--strict")
         named = bad
     _check_refused(cli.main(args), capsys, named, r"unreadable|truncated JPEG", out)
 
 
-@pytest.mark.parametrize("command", ["identify"])
+@pytest.mark.parametrize("command", ["identify", "enroll"])
 def test_an_empty_gallery_is_one_line(command: str, runs: dict[str, Path], images: dict[str, Path], tmp_path: Path,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "out").mkdir()
@@ -188,3 +196,37 @@ def test_an_empty_gallery_is_one_line(command: str, runs: dict[str, Path], image
     args[args.index(str(images["gallery"]))] = str(images["empty_gallery"])
     _check_refused(cli.main(args), capsys, images["empty_gallery"], "empty gallery", out)
 
+
+@pytest.fixture(scope="module")
+def galleries(runs: dict[str, Path], images: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A gallery file of the run, one of another run (its best.pt saved again with another threshold), a text file."""
+    root = tmp_path_factory.mktemp("galleries")
+    other = root / "other_run"
+    (other / "checkpoints").mkdir(parents=True)
+    payload = torch.load(runs["recognition"] / "checkpoints" / "best.pt", weights_only=True)
+    payload["threshold"] = 0.5
+    torch.save(payload, other / "checkpoints" / "best.pt")
+    for name, run in (("own.pt", runs["recognition"]), ("other.pt", other)):
+        assert cli.main(["enroll", str(run), str(images["gallery"]), "-o", str(root / name), "--device", "cpu"]) == 0
+    (root / "notes.pt").write_text("not a gallery")
+    torch.save({"paths": ["a.jpg"]}, root / "foreign.pt")
+    data = (root / "own.pt").read_bytes()
+    (root / "truncated.pt").write_bytes(data[: len(data) // 2])
+    return {"own": root / "own.pt", "other run": root / "other.pt", "text file": root / "notes.pt",
+            "foreign": root / "foreign.pt", "truncated": root / "truncated.pt"}
+
+
+GALLERY_CASES = {"other run": "enrolled with another run", "text file": "unreadable .*expected a gallery file",
+                 "foreign": "not a gallery file; expected", "truncated": "unreadable .*expected a gallery file"}
+
+
+@pytest.mark.parametrize("case", list(GALLERY_CASES))
+def test_a_bad_gallery_file_is_one_line(case: str, runs: dict[str, Path], images: dict[str, Path],
+                                        galleries: dict[str, Path], tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / "result.csv"
+    args = ["identify", str(runs["recognition"]), str(images["probes"]), "--gallery", str(galleries[case]), "-o", str(out)]
+    _check_refused(cli.main(args), capsys, galleries[case], GALLERY_CASES[case], out)
+    assert cli.main([*args[:4], str(galleries["own"]), "-o", str(out)]) == 0  # the run's own file is fine
+    capsys.readouterr()

@@ -7,7 +7,9 @@
     facecom evaluate-gender RUN_DIR DATA_ROOT [--split val] [--json] [-o FILE] [--strict]
     facecom evaluate-recognition RUN_DIR DATA_ROOT [--split val] [--json] [-o FILE] [--strict]
     facecom predict-gender RUN_DIR IMAGES... [-o CSV] [--strict]
-    facecom identify RUN_DIR PROBES... --gallery DIR [-o CSV] [--strict]
+    facecom identify RUN_DIR PROBES... --gallery DIR|gallery.pt [-o CSV] [--strict]
+    facecom enroll RUN_DIR GALLERY_DIR -o gallery.pt [--strict]
+    facecom verify RUN_DIR IMG_A IMG_B | --pairs pairs.csv [--protocol main|strict] [-o CSV]
     facecom make-demo ROOT | split SRC_ROOT DST_ROOT
     facecom --version
 
@@ -20,14 +22,15 @@ estimated distortion type) at the thresholds its validation fold chose. ``--pres
 
 ``predict-gender`` and ``identify`` write one CSV row per image: ``path, prediction, score,
 decision, error`` (predict-gender: female/male, P(female), the rule applied; identify: the best
-gallery identity, its score, ``match`` / ``no_match``). IMAGES / PROBES may be files or folders (searched recursively;
+gallery identity, its score, ``match`` / ``no_match``). ``verify`` writes ``reference, probe, score,
+threshold, decision, error`` per pair. IMAGES / PROBES may be files or folders (searched recursively;
 hidden files ignored).
 
 Exit codes: 0 done; 1 done, but unreadable images were skipped (a warning names each, the summary
 line ``facecom COMMAND: N of M images skipped`` comes last; the CSV keeps their rows with the reason
 in ``error``); 2 bad input: one line on stderr naming the file and what was expected, nothing
-written (a missing or another task's run folder, a truncated or foreign best.pt / face_tracks.pt,
-an empty gallery, and under ``--strict`` the first
+written (a missing or another task's run folder, a truncated or foreign best.pt / face_tracks.pt /
+gallery file, a gallery file of another run, an empty gallery, and under ``--strict`` the first
 unreadable image); 130 interrupted. ``run`` says its own under ``--help``.
 """
 

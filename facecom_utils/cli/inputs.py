@@ -151,8 +151,9 @@ def show_data_warnings(command: str) -> None:
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input, reported as one line."""
     from facecom_utils.data.layout import BadImageError, FacecomLayoutError
+    from facecom_utils.recognition.gallery import GalleryFileError
 
-    errors: list[type[BaseException]] = [CliError, FacecomLayoutError, BadImageError,
+    errors: list[type[BaseException]] = [CliError, FacecomLayoutError, BadImageError, GalleryFileError,
                                          FileNotFoundError, NotADirectoryError, FileExistsError, PermissionError]
     try:
         from facecom_utils.nn.backbones import WeightsUnavailableError

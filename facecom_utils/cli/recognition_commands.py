@@ -1,4 +1,4 @@
-"""``facecom evaluate-recognition`` and ``identify``: a Task B run folder on images.
+"""``facecom evaluate-recognition``, ``identify``, ``enroll`` and ``verify``: a Task B run folder on images.
 
 A run folder scores with its headline track, a ``best.pt`` alone with the FACECOM-only embedder
 (:class:`~facecom_utils.recognition.gallery.RunScorer`), at the thresholds the run's validation fold chose.
@@ -7,6 +7,8 @@ A run folder scores with its headline track, a ``best.pt`` alone with the FACECO
 from __future__ import annotations
 
 import argparse
+import csv
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,10 @@ from facecom_utils.cli.options import add_batch_options, add_run_argument, subco
 from facecom_utils.cli.outputs import emit_metrics, error_row, finish, write_rows
 from facecom_utils.cli.runs import resolve_run
 
-__all__ = ["cmd_evaluate_recognition", "cmd_identify", "register"]
+__all__ = ["VERIFY_FIELDS", "cmd_enroll", "cmd_evaluate_recognition", "cmd_identify", "cmd_verify", "register"]
+
+#: The columns of ``verify``'s CSV.
+VERIFY_FIELDS = ("reference", "probe", "score", "threshold", "decision", "error")
 
 
 def cmd_evaluate_recognition(args: argparse.Namespace) -> int:
@@ -72,16 +77,29 @@ def cmd_identify(args: argparse.Namespace) -> int:
     import numpy as np
 
     from facecom_utils.metrics.scoring import identity_scores
+    from facecom_utils.recognition.gallery import Gallery
 
     scorer = _scorer(args)
     probes = collect_images(args.probes)
-    paths, identities, bad_gallery, lost = _readable_gallery(args, args.gallery)
+    source = Path(args.gallery).expanduser()
+    bad_gallery: dict[str, str] = {}
+    lost: list[str] = []
+    paths: list[Path] = []
+    if source.is_file():
+        gallery = Gallery.load(source, scorer)
+    elif source.is_dir():  # embedded below, once a probe is readable
+        paths, identities, bad_gallery, lost = _readable_gallery(args, source)
+        gallery = None
+    else:
+        raise CliError(f"{source}: no such gallery folder or file (expected <gallery>/<identity>/<image>.jpg or "
+                       "a gallery file written by `facecom enroll`)")
     bad = screen(probes, args)
     good = [p for p in probes if str(p) not in bad]
     best: dict[str, tuple[str, float]] = {}
     if good:
-        gallery_emb, probe_emb = scorer.embed(scorer.features(paths), scorer.features(good))
-        scores, columns = identity_scores(probe_emb, gallery_emb, np.asarray(identities))
+        gallery = gallery or Gallery.enroll(scorer, paths, identities)
+        gallery_emb, probe_emb = scorer.embed(gallery.features, scorer.features(good))
+        scores, columns = identity_scores(probe_emb, gallery_emb, np.asarray(gallery.identities))
         top = np.argmax(scores, axis=1)
         best = {str(p): (str(columns[top[k]]), float(scores[k, top[k]])) for k, p in enumerate(good)}
     threshold = float(args.threshold) if args.threshold is not None else scorer.thresholds[0]
@@ -97,10 +115,87 @@ def cmd_identify(args: argparse.Namespace) -> int:
     return finish(args, len(bad) + len(bad_gallery), n_total, _skip_detail(bad_gallery, lost))
 
 
+def cmd_enroll(args: argparse.Namespace) -> int:
+    """Embeds a gallery folder once into a file that ``identify --gallery`` reads instead of the folder."""
+    from facecom_utils.recognition.gallery import Gallery
+
+    scorer = _scorer(args)
+    paths, identities, bad, lost = _readable_gallery(args, args.gallery)
+    target = Gallery.enroll(scorer, paths, identities).save(args.out)
+    print(f"enrolled {len(paths)} photos of {len(set(identities))} identities with the {scorer.track} track of "
+          f"{scorer.source} into {target}", file=sys.stderr)
+    return finish(args, len(bad), len(paths) + len(bad), _skip_detail(bad, lost))
+
+
+def _read_pairs(file: str | Path) -> list[tuple[Path, Path]]:
+    """``(reference, probe)`` rows of a CSV with those two columns; relative paths are relative to the CSV's folder."""
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise CliError(f"{path}: pairs file not found (expected a CSV with the columns reference,probe)")
+    try:
+        with path.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise CliError(f"{path}: not a readable CSV ({err}); expected the columns reference,probe") from None
+    if not rows or not {"reference", "probe"} <= set(rows[0]):
+        found = ",".join(rows[0]) if rows else "no row"
+        raise CliError(f"{path}: expected a CSV with the columns reference,probe and one row per pair (found: {found})")
+    base = path.resolve().parent
+    return [((base / Path(r["reference"] or "").expanduser()).resolve(), (base / Path(r["probe"] or "").expanduser()).resolve())
+            for r in rows]
+
+
+def _pairs(args: argparse.Namespace) -> list[tuple[Path, Path]]:
+    if args.pairs and args.images:
+        raise CliError("give two images or --pairs FILE, not both")
+    if args.pairs:
+        return _read_pairs(args.pairs)
+    if len(args.images) != 2:
+        raise CliError(f"verify needs two images, IMG_A (the reference) and IMG_B (the probe), or --pairs FILE "
+                       f"(got {len(args.images)} image(s))")
+    for image in args.images:
+        if not Path(image).expanduser().is_file():
+            raise CliError(f"{Path(image).expanduser()}: no such image")
+    args.strict = True  # one pair: an unreadable image leaves nothing to do
+    a, b = (Path(i).expanduser().resolve() for i in args.images)
+    return [(a, b)]
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Is IMG_B (the probe) the person of IMG_A (the reference)? The run's calibrated score and decision."""
+    from facecom_utils.recognition.gallery import pair_scores
+
+    scorer = _scorer(args)
+    pairs = _pairs(args)
+    images = list(dict.fromkeys(str(p) for pair in pairs for p in pair))
+    bad = screen(images, args)
+    good = [(a, b) for a, b in pairs if str(a) not in bad and str(b) not in bad]
+    scores = dict(zip(good, pair_scores(scorer, [a for a, _ in good], [b for _, b in good]))) if good else {}
+    threshold = float(args.threshold) if args.threshold is not None else scorer.thresholds[1 if args.protocol == "strict" else 0]
+    rows = []
+    for a, b in pairs:
+        row: dict[str, Any] = {"reference": str(a), "probe": str(b), "score": "", "threshold": f"{threshold:.6f}",
+                               "decision": "", "error": "; ".join(f"{p}: {bad[str(p)]}" for p in (a, b) if str(p) in bad)}
+        if (a, b) in scores:
+            row.update(score=f"{scores[(a, b)]:.6f}", decision="match" if scores[(a, b)] >= threshold else "no_match")
+        rows.append(row)
+    write_rows(rows, args.out, VERIFY_FIELDS)
+    return finish(args, len(bad), len(images))
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    """Adds ``evaluate-recognition`` and ``identify``."""
+    """Adds ``evaluate-recognition``, ``identify``, ``enroll`` and ``verify``."""
     _register_evaluate(sub)
     _register_identify(sub)
+    p = subcommand(sub, "enroll", "embed a gallery folder once, for `identify --gallery FILE`",
+                   ["facecom enroll runs/03_arcface_recognition Task_B/val -o gallery.pt",
+                    "facecom identify runs/03_arcface_recognition probes/ --gallery gallery.pt"])
+    add_run_argument(p, "recognition")
+    p.add_argument("gallery", metavar="GALLERY_DIR", help="folder with one subfolder of clean images per identity")
+    add_batch_options(p, "the gallery file to write", out_required=True)
+    p.set_defaults(func=cmd_enroll)
+    _register_verify(sub)
+
 
 def _register_evaluate(sub: argparse._SubParsersAction) -> None:
     p = subcommand(sub, "evaluate-recognition",
@@ -117,14 +212,30 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _register_identify(sub: argparse._SubParsersAction) -> None:
     p = subcommand(sub, "identify", "match probe images against a gallery; CSV path,prediction,score,decision,error",
-                   ["facecom identify runs/03_arcface_recognition probes/ --gallery Task_B/val -o matches.csv"])
+                   ["facecom identify runs/03_arcface_recognition probes/ --gallery Task_B/val -o matches.csv",
+                    "facecom identify runs/03_arcface_recognition probes/ --gallery gallery.pt  # from facecom enroll"])
     add_run_argument(p, "recognition")
     p.add_argument("probes", nargs="+", help="probe image files or folders")
     p.add_argument("--gallery", required=True,
-                   help="folder with one subfolder of clean images per identity")
+                   help="folder with one subfolder of clean images per identity, or a file from `facecom enroll`")
     add_batch_options(p, "CSV file (default: stdout)")
     p.add_argument("--threshold", type=float, default=None,
                    help="override the run's match threshold (a run folder's fused track: on its calibrated scale, "
                         "0 = each type's 99.9th-percentile impostor on the fold)")
     p.set_defaults(func=cmd_identify)
 
+
+def _register_verify(sub: argparse._SubParsersAction) -> None:
+    p = subcommand(sub, "verify", "same person? the run's score of IMG_B (probe) against IMG_A (reference), and the decision",
+                   ["facecom verify runs/03_arcface_recognition id_photo.jpg door_camera.jpg",
+                    "facecom verify runs/03_arcface_recognition --pairs pairs.csv -o decisions.csv"])
+    add_run_argument(p, "recognition")
+    p.add_argument("images", nargs="*", metavar="IMG", help="IMG_A (the reference, in the gallery role) and IMG_B (the probe)")
+    p.add_argument("--pairs", default=None, metavar="CSV",
+                   help="many pairs: a CSV with the columns reference,probe (paths relative to the CSV's folder)")
+    p.add_argument("--protocol", choices=("main", "strict"), default="main",
+                   help="whose fold threshold decides: the main protocol's (default) or the strict one's (the "
+                        "reference is never the probe's own source photo)")
+    p.add_argument("--threshold", type=float, default=None, help="override the run's threshold")
+    add_batch_options(p, "CSV file reference,probe,score,threshold,decision,error (default: stdout)")
+    p.set_defaults(func=cmd_verify)
