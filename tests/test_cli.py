@@ -142,7 +142,7 @@ def test_run_subcommand_reports_bad_arguments(capsys: pytest.CaptureFixture[str]
 
 
 SUBCOMMANDS = ("run", "train-gender", "train-recognition", "evaluate-gender", "evaluate-recognition", "predict-gender",
-               "identify", "enroll", "verify", "make-demo", "split")
+               "identify", "enroll", "verify", "make-demo", "split", "check-data")
 
 
 def test_module_entry_point_help_and_version() -> None:
@@ -165,7 +165,7 @@ def test_every_subcommand_help_has_an_example_and_the_exit_codes(command: str, c
     codes = text.split("exit codes:", 1)[1]
     for code in ("0", "2"):
         assert f"\n  {code} " in codes, (command, codes)
-    if command not in ("run", "train-gender", "train-recognition", "make-demo", "split"):
+    if command not in ("run", "train-gender", "train-recognition", "make-demo", "split", "check-data"):
         assert "RUN_DIR" in text.split("positional arguments:")[1].split("options:")[0]  # the run folder comes first
 
 

@@ -10,7 +10,7 @@
     facecom identify RUN_DIR PROBES... --gallery DIR|gallery.pt [-o CSV] [--strict]
     facecom enroll RUN_DIR GALLERY_DIR -o gallery.pt [--strict]
     facecom verify RUN_DIR IMG_A IMG_B | --pairs pairs.csv [--protocol main|strict] [-o CSV]
-    facecom make-demo ROOT | split SRC_ROOT DST_ROOT
+    facecom make-demo ROOT | split SRC_ROOT DST_ROOT | check-data ROOT
     facecom --version
 
 Every model command takes the run folder first (``RUN_DIR``: the ``output_dir`` of notebook 02/03
@@ -31,7 +31,7 @@ line ``facecom COMMAND: N of M images skipped`` comes last; the CSV keeps their 
 in ``error``); 2 bad input: one line on stderr naming the file and what was expected, nothing
 written (a missing or another task's run folder, a truncated or foreign best.pt / face_tracks.pt /
 gallery file, a gallery file of another run, an empty gallery, and under ``--strict`` the first
-unreadable image); 130 interrupted. ``run`` says its own under ``--help``.
+unreadable image); 130 interrupted. ``run`` and ``check-data`` say their own under ``--help``.
 """
 
 from __future__ import annotations

@@ -1,17 +1,24 @@
-"""``facecom make-demo`` and ``facecom split``: datasets in FACECOM layout."""
+"""``facecom make-demo``, ``facecom split`` and ``facecom check-data``: datasets in FACECOM layout."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-from facecom_utils.cli.inputs import CliError
+from facecom_utils.cli.inputs import EXIT_SKIPPED, CliError
 from facecom_utils.cli.options import subcommand
 
-__all__ = ["cmd_make_demo", "cmd_split", "register"]
+__all__ = ["CHECK_DATA_EXIT_CODES", "cmd_check_data", "cmd_make_demo", "cmd_split", "register"]
 
 _WRITE_CODES = (("0", "written (the folder is printed)"), ("2", "bad input: one line on stderr; nothing written"),
                 ("130", "interrupted"))
+CHECK_DATA_EXIT_CODES = (
+    ("0", "no error (warnings and notes may be printed, e.g. no val split)"),
+    ("1", "errors in the data: bad layout, unreadable images, identities in both train and val"),
+    ("2", "ROOT is not a folder holding Task_A/ or Task_B/ (one line on stderr)"),
+    ("130", "interrupted"),
+)
 
 
 def cmd_make_demo(args: argparse.Namespace) -> int:
@@ -37,8 +44,17 @@ def cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_data(args: argparse.Namespace) -> int:
+    """The check-data report on stdout; exit 1 when it holds an error."""
+    from facecom_utils.cli.check_data import check_data
+
+    report = check_data(args.root, duplicates=not args.no_duplicates)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
+    return EXIT_SKIPPED if report.errors else 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    """Adds ``make-demo`` and ``split``."""
+    """Adds ``make-demo``, ``split`` and ``check-data``."""
     p = subcommand(sub, "make-demo", "write the synthetic demo dataset (FACECOM layout)",
                    ["facecom make-demo /tmp/demo --train-identities 20 --val-identities 5"], _WRITE_CODES)
     p.add_argument("root", help="folder to write (new, empty, or an earlier demo with --overwrite)")
@@ -59,3 +75,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_split)
 
+    p = subcommand(sub, "check-data", "check a FACECOM folder: layout, counts, unreadable files, train/val leakage",
+                   ["facecom check-data data/facecom", "facecom check-data data/facecom --json > check.json"],
+                   CHECK_DATA_EXIT_CODES)
+    p.add_argument("root", metavar="ROOT", help="folder holding Task_A/ and Task_B/ (train, and val when there is one)")
+    p.add_argument("--json", action="store_true", help="print the findings and counts as JSON")
+    p.add_argument("--no-duplicates", action="store_true", help="skip the near-duplicate search across train and val")
+    p.set_defaults(func=cmd_check_data)
