@@ -143,3 +143,17 @@ def test_the_check_sees_imports_inside_functions(tmp_path: Path) -> None:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             tree_found.append(node.lineno)
     assert tree_found == [2, 3]
+
+
+MAX_FUNCTION_LINES = 80
+LONG_FUNCTIONS_ALLOWED = {("train/fit.py", "fit")}  # the one training loop, read top to bottom on purpose
+
+
+@pytest.mark.parametrize("path", _sources(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_functions_stay_under_80_lines(path: Path) -> None:
+    rel = path.relative_to(PACKAGE).as_posix()
+    long = [f"{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES and (rel, node.name) not in LONG_FUNCTIONS_ALLOWED]
+    assert long == [], f"{rel}: split into named stages: {long}"
