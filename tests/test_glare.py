@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from conftest import KindsEstimator
+from facecom_utils.data.splits import person_folds
 from facecom_utils.metrics.classification import binary_metrics, choose_threshold
 from facecom_utils.gender.glare import (GlareCNN, fit_glare_cnn, held_out_persons, person_balanced_accuracy,
                                  person_balanced_threshold, sampling_weights)
@@ -113,6 +114,46 @@ def test_fit_glare_cnn_samples_and_thresholds_by_person(tmp_path: Path, monkeypa
     assert "s4_p0" in set(fitted)  # (seed 0) the 12-image man is fitted, and weighs as much as a one-image man
     assert w[fitted == "s4_p0"].sum() == pytest.approx(w[fitted == "s3_p0"].sum())
     assert (fitted == "s4_p0").sum() == 12 and (fitted == "s3_p0").sum() == 1
+
+
+def test_glare_networks_train_through_the_project_fit_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each member is one call of train.fit.fit with the expert's recipe (every epoch kept, no early stop, its
+    own seed, its share of the time budget), on exactly its persons' images, drawn person-balanced; the
+    per-epoch losses of fit's history land in ``info``."""
+    import facecom_utils.train.fit as engine
+
+    rows = _glare_images(tmp_path, persons=12, per_person=2, seed=7)
+    calls: list = []
+    real_fit = engine.fit
+
+    def spy_fit(model, loader, loss_fn, evaluate_fn=None, config=None, *args, **kwargs):
+        calls.append({"config": config, "evaluate_fn": evaluate_fn, "n": len(loader.dataset),
+                      "weights": loader.sampler.weights.numpy().copy()})
+        return real_fit(model, loader, loss_fn, evaluate_fn, config, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "fit", spy_fit)
+    cnn = fit_glare_cnn(rows["path"], rows["label"], rows["person"], image_size=32, epochs=2, batch_size=8,
+                        backbone="resnet10t", pretrained=None, seed=4, members=3, max_minutes=60.0)
+    assert len(calls) == 3
+    splits = person_folds(rows["person"].to_numpy(), rows["label"].to_numpy(), 3, 1, 4)
+    for i, (call, (fit_idx, _)) in enumerate(zip(calls, splits)):
+        cfg = call["config"]
+        assert (cfg.epochs, cfg.seed, cfg.patience, cfg.restore_best, cfg.resume) == (2, 4 + i, None, False, False)
+        assert cfg.max_train_seconds == pytest.approx(60 * 60.0 / 3) and call["evaluate_fn"] is None
+        assert call["n"] == len(fit_idx)
+        np.testing.assert_allclose(call["weights"], sampling_weights(rows["label"].to_numpy()[fit_idx],
+                                                                     rows["person"].to_numpy()[fit_idx]))
+    assert cnn.info["epochs"] == [2, 2, 2]
+    assert [len(h) for h in cnn.info["train_loss"]] == [2, 2, 2]
+    assert all(np.isfinite(h).all() and min(h) > 0 for h in cnn.info["train_loss"])
+
+
+def test_glare_time_budget_stops_each_member_before_the_epoch_that_would_exceed_its_share(tmp_path: Path) -> None:
+    """fit's budget: a member stops after the epoch when one more would not fit in its share (here after one)."""
+    rows = _glare_images(tmp_path, persons=10, per_person=2, seed=8)
+    cnn = fit_glare_cnn(rows["path"], rows["label"], rows["person"], image_size=32, epochs=4, batch_size=8,
+                        backbone="resnet10t", pretrained=None, seed=0, max_minutes=1e-6)
+    assert cnn.info["epochs"] == 1 and len(cnn.info["train_loss"][0]) == 1
 
 
 def test_held_out_part_is_a_fifth_of_each_labels_persons_whatever_their_image_counts() -> None:
