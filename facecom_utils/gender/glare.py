@@ -292,13 +292,40 @@ def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: S
     """
     import torch
 
-    from facecom_utils.metrics.classification import binary_metrics
-
     paths = [str(p) for p in paths]
-    y = np.asarray(labels, np.int64)
-    persons = np.asarray(persons)
+    y, persons = np.asarray(labels, np.int64), np.asarray(persons)
     if not (len(paths) == len(y) == len(persons)):
         raise ValueError("paths, labels and persons must have one entry per image")
+    splits = _member_splits(persons, y, members, holdout_folds, seed)
+    settings = dict(image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, device=torch.device(device),
+                    backbone=backbone, pretrained=pretrained, label_smoothing=label_smoothing,
+                    max_seconds=None if max_minutes is None else 60 * max_minutes / len(splits),
+                    channels_last=channels_last)
+    t0 = time.perf_counter()
+    models, held_prob, histories = _fit_members(paths, y, persons, splits, seed, settings)
+    held = np.concatenate([h for _, h in splits])
+    threshold = person_balanced_threshold(y[held], held_prob[held], persons[held])
+    info = _fit_info(y, persons, splits, held_prob, threshold, histories, holdout_folds, image_size)
+    info["seconds"] = round(time.perf_counter() - t0, 1)
+    return GlareCNN(models, threshold, image_size, info)
+
+
+def _member_splits(persons: np.ndarray, y: np.ndarray, members: int, holdout_folds: int,
+                   seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(fit_idx, held_idx)`` of each member: one held-out part, or one cross-fitting part per member.
+
+    Args:
+        persons, y: Each image's person and label (1 = female).
+        members: Networks; 1 holds out the first of ``holdout_folds`` label-stratified person parts
+            (:func:`held_out_persons`), ``k >= 2`` splits the persons into ``k`` parts
+            (:func:`~facecom_utils.data.splits.person_folds`), member ``i`` holding out the ``i``-th.
+        holdout_folds: Parts with one member.
+        seed: Seeds the split.
+
+    Raises:
+        GlareDataError: Fewer persons of a label than the parts, or a part or its complement with one label.
+        ValueError: ``members < 1``.
+    """
     if members < 1:
         raise ValueError(f"members must be at least 1, got {members}")
     parts = holdout_folds if members == 1 else members
@@ -308,48 +335,61 @@ def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: S
                 else f"to cross-fit {members} members")
         raise GlareDataError(f"the glare CNN needs at least {parts} persons of each label {need}; got "
                              f"{int((per_person == 0).sum())} male and {int((per_person == 1).sum())} female persons")
-    splits = person_folds(persons, y, parts, 1, seed)[:1 if members == 1 else None]  # 1: held_out_persons
+    splits = [held_out_persons(persons, y, parts, seed)] if members == 1 else person_folds(persons, y, parts, 1, seed)
     for fit_idx, held_idx in splits:
         if len(set(y[fit_idx])) < 2 or len(set(y[held_idx])) < 2:
             raise GlareDataError("the glare CNN needs images of both labels in the training and held-out persons "
                                  "of every member")
-    device = torch.device(device)
-    settings = dict(image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, device=device,
-                    backbone=backbone, pretrained=pretrained, label_smoothing=label_smoothing,
-                    max_seconds=None if max_minutes is None else 60 * max_minutes / len(splits),
-                    channels_last=channels_last)
-    t0 = time.perf_counter()
-    X = _load(paths, image_size)
-    models, done, losses, held_prob = [], [], [], np.full(len(paths), np.nan)
+    return splits
+
+
+def _fit_members(paths: list[str], y: np.ndarray, persons: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]],
+                 seed: int, settings: dict[str, Any]) -> tuple[list[Any], np.ndarray, list[Any]]:
+    """Trains member ``i`` on ``splits[i]``'s fitted persons (seed ``seed + i``) and predicts its held-out ones.
+
+    Returns:
+        ``(models on the CPU, P(female) per image from the member that held it out (NaN elsewhere),
+        each member's fit history)``.
+    """
+    import torch
+
+    X = _load(paths, settings["image_size"])
+    models, histories, held_prob = [], [], np.full(len(paths), np.nan)
     for i, (fit_idx, held_idx) in enumerate(splits):
         model, result = _train_network(X[torch.as_tensor(fit_idx)], y[fit_idx], persons[fit_idx], seed=seed + i,
                                        **settings)
-        models.append(model)
-        done.append(len(result.history))
-        losses.append(result.history["train_loss"].tolist())
-        held_prob[held_idx] = GlareCNN([model], 0.5, image_size).probabilities([paths[j] for j in held_idx],
-                                                                                device=device)
-    del X
-    held = np.concatenate([h for _, h in splits])
-    threshold = person_balanced_threshold(y[held], held_prob[held], persons[held])
-    m = binary_metrics(y[held], held_prob[held], threshold)
+        held_prob[held_idx] = GlareCNN([model], 0.5, settings["image_size"]).probabilities(
+            [paths[j] for j in held_idx], device=settings["device"])
+        models.append(model.to("cpu"))
+        histories.append(result.history)
+    return models, held_prob, histories
+
+
+def _fit_info(y: np.ndarray, persons: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]], held_prob: np.ndarray,
+              threshold: float, histories: list[Any], holdout_folds: int, image_size: int) -> dict[str, Any]:
+    """How the glare CNN was fitted: images and persons per part, epochs and losses, held-out metrics.
+
+    The ``holdout_*`` figures are the ROC AUC and the balanced accuracy (per image and person-weighted)
+    at ``threshold`` of the predictions it was chosen on (held-out or out-of-fold), so optimistic.
+    """
+    from facecom_utils.metrics.classification import binary_metrics
+
+    single = len(splits) == 1
     fits = [fit for fit, _ in splits]
-    info: dict[str, Any] = {"members": len(models),
-                            "n_fit": int(len(fits[0])) if members == 1 else [int(len(f)) for f in fits],
-                            "n_holdout": int(len(held)),
-                            "persons_fit": (int(len(set(persons[fits[0]]))) if members == 1
-                                            else [int(len(set(persons[f]))) for f in fits]),
-                            "persons_holdout": int(len(set(persons[held]))),
-                            "epochs": done[0] if len(done) == 1 else done, "image_size": int(image_size),
-                            "train_loss": [[round(float(v), 4) for v in h] for h in losses],
-                            "threshold_source": (f"held-out persons (1/{holdout_folds} of them)" if members == 1 else
-                                                 f"out-of-fold predictions of {members} cross-fitted members over "
-                                                 "every training person"),
-                            "holdout_roc_auc": float(m["roc_auc"]),
-                            "holdout_balanced_accuracy_at_own_threshold": float(m["balanced_accuracy"]),
-                            "holdout_person_balanced_accuracy_at_own_threshold": person_balanced_accuracy(
-                                y[held], held_prob[held], persons[held], threshold),
-                            "seconds": round(time.perf_counter() - t0, 1)}
-    for model in models:
-        model.to("cpu")
-    return GlareCNN(models, threshold, image_size, info)
+    held = np.concatenate([h for _, h in splits])
+    m = binary_metrics(y[held], held_prob[held], threshold)
+    epochs = [len(h) for h in histories]
+    return {"members": len(splits),
+            "n_fit": int(len(fits[0])) if single else [int(len(f)) for f in fits],
+            "n_holdout": int(len(held)),
+            "persons_fit": (int(len(set(persons[fits[0]]))) if single else [int(len(set(persons[f]))) for f in fits]),
+            "persons_holdout": int(len(set(persons[held]))),
+            "epochs": epochs[0] if single else epochs, "image_size": int(image_size),
+            "train_loss": [[round(float(v), 4) for v in h["train_loss"]] for h in histories],
+            "threshold_source": (f"held-out persons (1/{holdout_folds} of them)" if single else
+                                 f"out-of-fold predictions of {len(splits)} cross-fitted members over every "
+                                 "training person"),
+            "holdout_roc_auc": float(m["roc_auc"]),
+            "holdout_balanced_accuracy_at_own_threshold": float(m["balanced_accuracy"]),
+            "holdout_person_balanced_accuracy_at_own_threshold": person_balanced_accuracy(
+                y[held], held_prob[held], persons[held], threshold)}
