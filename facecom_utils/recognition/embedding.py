@@ -28,7 +28,8 @@ from facecom_utils.train.rundir import RunDir
 from facecom_utils.nn.backbones import FaceEmbedder
 from facecom_utils.train.fit import select_device
 
-__all__ = ["build_recognition_transforms", "extract_embeddings", "embedding_table", "protocol_inputs", "load_embeddings"]
+__all__ = ["build_recognition_transforms", "extract_embeddings", "embed_as_run", "embedding_table", "protocol_inputs",
+           "load_embeddings"]
 
 
 class _CentralCrop:
@@ -202,6 +203,29 @@ def extract_embeddings(
     return (emb, speed) if return_speed else emb
 
 EMBEDDING_COLUMNS = ("path", "identity", "distortion", "source")
+
+
+
+def embed_as_run(model: nn.Module, payload: dict[str, Any], paths: Sequence[str | Path], batch_size: int = 64,
+                 device: str | torch.device = "auto") -> np.ndarray:
+    """Embeddings of images by a trained run's model, with the views the run reported with.
+
+    Args:
+        model: The model of a Task B checkpoint (:func:`~facecom_utils.recognition.model.load_recognition_model`).
+        payload: That checkpoint's contents: its ``config`` (image size, flip, face crop, TTA crops) and
+            ``embedding_source``.
+        paths: Image files, embedded in this order.
+        batch_size: Images per forward pass.
+        device: Where the model runs.
+
+    Returns:
+        float32 [N, D], every row L2-normalised (:func:`extract_embeddings`).
+    """
+    cfg = payload.get("config", {})
+    return extract_embeddings(
+        model, [str(p) for p in paths], image_size=int(cfg.get("image_size", 112)), batch_size=batch_size,
+        device=device, flip_tta=bool(cfg.get("flip_tta", True)), face_crop=float(cfg.get("face_crop", 1.0)),
+        source=str(payload.get("embedding_source", "neck")), tta_crops=tuple(cfg.get("tta_crops") or ()))
 
 
 def embedding_table(table: pd.DataFrame) -> pd.DataFrame:

@@ -43,7 +43,7 @@ from facecom_utils.face.copies import COHORT_SIZE, copy_descriptors, copy_eviden
 from facecom_utils.face.descriptors import face_model_cache, face_workers
 from facecom_utils.recognition.protocol import _quick_scores, choose_thresholds, protocol_metrics
 
-__all__ = ["TRACKS", "Fusion", "RecognitionTracks", "calibrate_scores", "choose_fusion", "copy_cohort", "evaluate_run",
+__all__ = ["TRACKS", "Fusion", "track_features", "track_embeddings", "RecognitionTracks", "calibrate_scores", "choose_fusion", "copy_cohort", "evaluate_run",
            "fit_estimator", "fit_fusion", "fuse_embeddings", "fused_embeddings", "recognition_tracks", "run_embeddings",
            "run_recognition_tracks", "saved_track_embeddings", "track_inputs"]
 
@@ -523,16 +523,11 @@ def run_embeddings(run_dir: str | Path, paths: list[str], gallery: np.ndarray, d
     """
     from facecom_utils.common.checkpoints import load_checkpoint
     from facecom_utils.train.rundir import RunDir
-    from facecom_utils.recognition.embedding import extract_embeddings
+    from facecom_utils.recognition.embedding import embed_as_run
     from facecom_utils.recognition.model import load_recognition_model
 
     rundir = RunDir(run_dir)
-    model, payload = load_recognition_model(rundir.best_checkpoint, device)
-    cfg = payload.get("config", {})
-    facecom = extract_embeddings(
-        model, paths, image_size=int(cfg.get("image_size", 112)), batch_size=batch_size, device=device,
-        flip_tta=bool(cfg.get("flip_tta", True)), face_crop=float(cfg.get("face_crop", 1.0)),
-        source=str(payload.get("embedding_source", "neck")), tta_crops=tuple(cfg.get("tta_crops") or ()))
+    facecom = embed_as_run(*load_recognition_model(rundir.best_checkpoint, device), paths, batch_size, device)
     tracks = rundir.load_tracks("recognition")
     if tracks is None:
         own = load_checkpoint(rundir.best_checkpoint)
@@ -540,32 +535,59 @@ def run_embeddings(run_dir: str | Path, paths: list[str], gallery: np.ndarray, d
     headline = str(tracks["headline"])
     if headline == "facecom_only":
         return facecom, list(tracks["thresholds"][headline]), headline
-    emb = _track_embeddings(tracks, headline, paths, facecom, np.asarray(gallery, bool), face_model_cache(cache_dir),
-                            face_workers(), str(rundir.tracks_path))
+    features = track_features(tracks, headline, paths, face_model_cache(cache_dir), face_workers(),
+                              str(rundir.tracks_path))
+    emb = track_embeddings(tracks, headline, {**features, "facecom": facecom}, np.asarray(gallery, bool))
     return emb, list(tracks["thresholds"][headline]), headline
 
 
-def _track_embeddings(saved: dict[str, Any], track: str, paths: list[str], facecom: np.ndarray, gallery: np.ndarray,
-                      cache: Path, workers: int, source: str) -> np.ndarray:
-    """One face-model track's embeddings of images, from a loaded ``face_tracks.pt`` (``saved``) and the
-    images' FACECOM embeddings (read by ``fused`` only); descriptors come from the cache in ``cache``."""
+def track_features(saved: dict[str, Any], track: str, paths: list[str], cache: Path, workers: int,
+                   source: str) -> dict[str, np.ndarray]:
+    """What a face-model track reads of each image, one row per path (alike for a gallery photo and a probe).
+
+    ``face_model``, ``face_model_restored``, ``pixel_copies``: ``{"emb"}``. ``fused``: ``{"face", "kinds"}``
+    (dlib's restored descriptor, L2-normalised, and the estimated type), plus ``"copies"`` when the fusion
+    adds copy evidence; the caller adds the images' FACECOM embeddings as ``"facecom"``. Descriptors come from
+    (and go to) the cache in ``cache``, by file content.
+
+    Args:
+        saved: A loaded ``face_tracks.pt`` (estimator, fusion, restoration versions).
+        track: The track.
+        paths: Image files.
+        cache: The face model's cache folder (:func:`~facecom_utils.face.descriptors.face_model_cache`).
+        workers: Processes computing descriptors.
+        source: The tracks file's name, for the restoration-version check's message.
+    """
     from facecom_utils.face.descriptors import DescriptorStore
 
     if track == "pixel_copies":
-        return copy_descriptors(paths, workers=workers, cache_dir=cache)
+        return {"emb": copy_descriptors(paths, workers=workers, cache_dir=cache)}
     store = DescriptorStore(cache, workers=workers)
     if track == "face_model":
-        return store.describe(paths).normalised()
+        return {"emb": store.describe(paths).normalised()}
     estimator = DistortionEstimator.from_state_dict(saved["estimator"])
     q = quality_feature_matrix(paths, workers=workers, cache_dir=cache)
     check_restoration_versions(saved.get("restoration_versions"), source)
     face = store.describe(paths, estimator.restorations(q)).normalised()
     if track != "fused":
-        return face
-    fusion = Fusion.from_state_dict(saved)
-    copies = copy_descriptors(paths, workers=workers, cache_dir=cache) if fusion.uses_copies else None
+        return {"emb": face}
+    out = {"face": face, "kinds": np.asarray(estimator.predict(q)).astype(str)}
+    if Fusion.from_state_dict(saved).uses_copies:
+        out["copies"] = copy_descriptors(paths, workers=workers, cache_dir=cache)
+    return out
+
+
+def track_embeddings(saved: dict[str, Any], track: str, features: dict[str, np.ndarray],
+                     gallery: np.ndarray) -> np.ndarray:
+    """A face-model track's embeddings from :func:`track_features` (``fused`` also reads ``"facecom"``):
+    their dot products are the track's scores. ``gallery`` marks the gallery rows (a probe's fusion
+    weight comes from its estimated type, a gallery photo keeps both parts)."""
+    if track != "fused":
+        return np.asarray(features["emb"], np.float32)
+    facecom = np.asarray(features["facecom"])
     facecom = facecom / np.maximum(np.linalg.norm(facecom, axis=1, keepdims=True), 1e-12)
-    return fusion.embed(face, facecom, estimator.predict(q), gallery, copies)
+    return Fusion.from_state_dict(saved).embed(features["face"], facecom, features["kinds"], np.asarray(gallery, bool),
+                                               features.get("copies"))
 
 
 def saved_track_embeddings(run_dir: str | Path, roles: list[str], track: str,
@@ -593,10 +615,12 @@ def saved_track_embeddings(run_dir: str | Path, roles: list[str], track: str,
         raise FileNotFoundError(f"{rundir.path}: no face_tracks.pt, so no {track!r} track; run notebook 03 with "
                                 "face_model='auto' and dlib installed, or analyse track='facecom_only'")
     cache, workers = face_model_cache(cache_dir), face_workers()
-    return {role: (table, _track_embeddings(saved, track, table["path"].tolist(), emb,
-                                            table["distortion"].isna().to_numpy(), cache, workers,
-                                            str(rundir.tracks_path)))
-            for role, (table, emb) in loaded.items()}
+    out = {}
+    for role, (table, emb) in loaded.items():
+        features = track_features(saved, track, table["path"].tolist(), cache, workers, str(rundir.tracks_path))
+        out[role] = (table, track_embeddings(saved, track, {**features, "facecom": emb},
+                                             table["distortion"].isna().to_numpy()))
+    return out
 
 
 def evaluate_run(run_dir: str | Path, data_root: str | Path, split: str = "val", device: str = "auto",

@@ -38,7 +38,6 @@ __all__ = ["GALLERY_FORMAT", "Gallery", "GalleryFileError", "RunScorer", "pair_s
 GALLERY_FORMAT = "facecom-gallery"
 GALLERY_VERSION = 1
 #: Tracks whose features are one embedding per image (``fused`` keeps its parts apart).
-_SINGLE = ("facecom_only", "face_model", "face_model_restored", "pixel_copies")
 
 
 class GalleryFileError(ValueError):
@@ -143,55 +142,30 @@ class RunScorer:
 
     def _facecom(self, paths: list[str]) -> np.ndarray:
         """The run's FACECOM embeddings (L2-normalised), with the views the run reported with."""
-        from facecom_utils.recognition.embedding import extract_embeddings
+        from facecom_utils.recognition.embedding import embed_as_run
         from facecom_utils.recognition.model import load_recognition_model
 
         if self._model is None:
             self._model = load_recognition_model(self.best, self.device)
-        model, payload = self._model
-        cfg = payload.get("config", {})
-        return extract_embeddings(
-            model, paths, image_size=int(cfg.get("image_size", 112)), batch_size=self.batch_size, device=self.device,
-            flip_tta=bool(cfg.get("flip_tta", True)), face_crop=float(cfg.get("face_crop", 1.0)),
-            source=str(payload.get("embedding_source", "neck")), tta_crops=tuple(cfg.get("tta_crops") or ()))
+        return embed_as_run(*self._model, paths, self.batch_size, self.device)
 
     def features(self, paths: Sequence[str | Path]) -> dict[str, np.ndarray]:
         """What the track reads of each image, one row per path (the same for a gallery photo and a probe).
 
         Single-embedding tracks: ``{"emb"}``. ``fused``: ``{"face", "facecom", "kinds"}`` (dlib's restored
         descriptor, the FACECOM embedding, both L2-normalised, and the estimated type) and ``"copies"``
-        when the fusion adds copy evidence. Descriptors come from (and go to) the cache by file content.
+        when the fusion adds copy evidence (:func:`~facecom_utils.recognition.face_tracks.track_features`,
+        the rule notebook 03's tracks use). Descriptors come from (and go to) the cache by file content.
         """
-        from facecom_utils.face.copies import copy_descriptors
+        from facecom_utils.recognition.face_tracks import track_features
 
         paths = [str(p) for p in paths]
         if self.track == "facecom_only":
             return {"emb": self._facecom(paths)}
-        if self.track == "pixel_copies":
-            return {"emb": copy_descriptors(paths, workers=self._workers, cache_dir=self._cache)}
-        from facecom_utils.face.descriptors import DescriptorStore
-
-        store = DescriptorStore(self._cache, workers=self._workers)
-        if self.track == "face_model":
-            return {"emb": store.describe(paths).normalised()}
-        from facecom_utils.face.quality import DistortionEstimator, quality_feature_matrix
-        from facecom_utils.face.restoration import check_restoration_versions
-
-        estimator = DistortionEstimator.from_state_dict(self.saved["estimator"])
-        q = quality_feature_matrix(paths, workers=self._workers, cache_dir=self._cache)
-        check_restoration_versions(self.saved.get("restoration_versions"), str(self.tracks_file))
-        face = store.describe(paths, estimator.restorations(q)).normalised()
-        if self.track != "fused":
-            return {"emb": face}
-        out = {"face": face, "facecom": self._facecom(paths), "kinds": np.asarray(estimator.predict(q)).astype(str)}
-        if self._fusion().uses_copies:
-            out["copies"] = copy_descriptors(paths, workers=self._workers, cache_dir=self._cache)
+        out = track_features(self.saved, self.track, paths, self._cache, self._workers, str(self.tracks_file))
+        if self.track == "fused":
+            out["facecom"] = self._facecom(paths)
         return out
-
-    def _fusion(self) -> Any:
-        from facecom_utils.recognition.face_tracks import Fusion
-
-        return Fusion.from_state_dict(self.saved)
 
     def embed(self, gallery: dict[str, np.ndarray], probes: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """``(gallery embeddings, probe embeddings)`` whose dot products are the track's scores.
@@ -200,11 +174,13 @@ class RunScorer:
             gallery: :meth:`features` of the gallery photos.
             probes: :meth:`features` of the probes.
         """
-        if self.track in _SINGLE:
+        from facecom_utils.recognition.face_tracks import track_embeddings
+
+        if self.track == "facecom_only":
             return np.asarray(gallery["emb"], np.float32), np.asarray(probes["emb"], np.float32)
         rows = _stack(gallery, probes)
-        is_gallery = np.arange(len(rows["face"])) < len(gallery["face"])
-        emb = self._fusion().embed(rows["face"], rows["facecom"], rows["kinds"], is_gallery, rows.get("copies"))
+        is_gallery = np.arange(len(next(iter(rows.values())))) < len(next(iter(gallery.values())))
+        emb = track_embeddings(self.saved, self.track, rows, is_gallery)
         return emb[is_gallery], emb[~is_gallery]
 
 
