@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from facecom_utils.cli.inputs import collect_images, data_root, readable_split, screen
-from facecom_utils.cli.options import add_batch_options, add_run_argument, subcommand
+from facecom_utils.cli.options import add_batch_options, add_evaluation_arguments, add_run_argument, subcommand
 from facecom_utils.cli.outputs import emit_metrics, error_row, finish, write_rows
 from facecom_utils.cli.runs import RunInput, resolve_run
 
@@ -80,11 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Adds ``evaluate-gender`` and ``predict-gender``."""
     p = subcommand(sub, "evaluate-gender", "Task A metrics of a gender run (threshold from the run's validation fold)",
                    ["facecom evaluate-gender runs/02_gender_classification data/facecom --json -o metrics.json"])
-    add_run_argument(p, "gender")
-    p.add_argument("data_root", help="folder in FACECOM layout (holding Task_A/<split>/)")
-    p.add_argument("--split", default="val", help="split to evaluate (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="print every metric as JSON instead of a table")
-    add_batch_options(p, "also write the metrics as JSON to this file")
+    add_evaluation_arguments(p, "gender")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic distortions (default: %(default)s)")
     p.add_argument("--no-distortions", action="store_true", help="skip the per-distortion robustness pass")
     p.set_defaults(func=cmd_evaluate_gender)

@@ -63,6 +63,21 @@ def add_batch_options(parser: argparse.ArgumentParser, out_help: str, out_requir
                         help="stop at the first unreadable image (exit 2, nothing written) instead of skipping it")
 
 
+def add_evaluation_arguments(parser: argparse.ArgumentParser, task: str) -> None:
+    """What ``evaluate-gender`` and ``evaluate-recognition`` share: the run, the data root, the split, the output.
+
+    Args:
+        parser: The subcommand's parser.
+        task: ``"gender"`` (reads ``Task_A/<split>/``) or ``"recognition"`` (``Task_B/<split>/``).
+    """
+    add_run_argument(parser, task)
+    folder = "Task_A" if task == "gender" else "Task_B"
+    parser.add_argument("data_root", help=f"folder in FACECOM layout (holding {folder}/<split>/)")
+    parser.add_argument("--split", default="val", help="split to evaluate (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print every metric as JSON instead of a table")
+    add_batch_options(parser, "also write the metrics as JSON to this file")
+
+
 def add_parameter_options(parser: argparse.ArgumentParser, where: str) -> None:
     """``--preset``, ``-f/--parameters-file``, ``-p/--param`` (alias ``--parameter``): each later one wins.
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from facecom_utils.cli.inputs import (CliError, collect_images, data_root, gallery_images, readable_split, screen,
                                       warn)
-from facecom_utils.cli.options import add_batch_options, add_run_argument, subcommand
+from facecom_utils.cli.options import add_batch_options, add_evaluation_arguments, add_run_argument, subcommand
 from facecom_utils.cli.outputs import emit_metrics, error_row, finish, write_rows
 from facecom_utils.cli.runs import resolve_run
 
@@ -201,11 +201,7 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
     p = subcommand(sub, "evaluate-recognition",
                    "Task B protocol (main + strict) of a recognition run (thresholds from the run's validation fold)",
                    ["facecom evaluate-recognition runs/03_arcface_recognition data/facecom --json -o metrics.json"])
-    add_run_argument(p, "recognition")
-    p.add_argument("data_root", help="folder in FACECOM layout (holding Task_B/<split>/)")
-    p.add_argument("--split", default="val", help="split to evaluate (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="print every metric as JSON instead of a table")
-    add_batch_options(p, "also write the metrics as JSON to this file")
+    add_evaluation_arguments(p, "recognition")
     p.add_argument("--seed", type=int, default=None, help="seed of the strict protocol's impostor draw")
     p.set_defaults(func=cmd_evaluate_recognition)
 
