@@ -184,6 +184,8 @@ def test_preset_runs_as_shipped_with_plain_papermill(preset: Path, kind: str, ro
         assert glare is not None, "the preset's glare CNN was not fitted on the demo"
         assert len(glare["members"]) == values.get("face_glare_cnn_members", 1)
         assert glare["info"]["epochs"] == [values["face_glare_cnn_epochs"]] * len(glare["members"])
+    if notebook.stem in CLI_COMMANDS and kind == "with_val" and values.get("device") != "cuda":
+        _assert_cli_matches_notebook(preset, shrinking_overrides(preset, roots[kind], tmp_path / "cli"), metrics)
     if notebook.stem == "03_arcface_recognition" and kind == "no_val":
         # notebook 04 reads the holdout run through its run_dir (nbval runs it on a run with val)
         proc = _papermill(REPO_ROOT / "notebooks" / "04_threshold_analysis.ipynb", tmp_path / "04.ipynb", None,
@@ -208,3 +210,54 @@ def test_papermill_help_lists_typed_parameters() -> None:
     for name, info in pm.inspect_notebook(str(notebook)).items():
         assert f"{name}: {info['inferred_type_name']} (default {info['default']})" in proc.stdout, name
     assert "Unknown type" not in proc.stdout
+
+
+CLI_COMMANDS = {"02_gender_classification": "train-gender", "03_arcface_recognition": "train-recognition"}
+_TIMING = ("seconds", "per_second", "minutes")
+
+
+def numeric_leaves(value: object, prefix: str = "") -> dict[str, float]:
+    """Every number in a metrics.json tree, keyed by its path (timings and paths left out)."""
+    if isinstance(value, dict):
+        out: dict[str, float] = {}
+        for key, item in value.items():
+            if key in ("parameters", "provenance") or any(t in str(key) for t in _TIMING):
+                continue
+            out.update(numeric_leaves(item, f"{prefix}{key}/"))
+        return out
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in numeric_leaves(item, f"{prefix}{i}/").items()}
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return {prefix.rstrip("/"): float(value)}
+    return {}
+
+
+def _assert_cli_matches_notebook(preset: Path, overrides: dict, notebook_metrics: dict) -> None:
+    """``facecom train-*`` with the same preset and overrides writes the run folder the notebook wrote: the same
+    headline and every track's numbers to 1e-6 (one function composes the stages the notebook runs cell by cell)."""
+    command = CLI_COMMANDS[run.preset_notebook(preset)]
+    args = [sys.executable, "-m", "facecom_utils", command, "--preset", str(preset),
+            "--data-root", overrides.pop("data_root"), "--output-dir", overrides.pop("output_dir")]
+    out_dir = Path(args[-1])
+    for name, value in overrides.items():
+        text = str(value) if value is None or isinstance(value, (bool, int, float, str)) else \
+            yaml.safe_dump(value, default_flow_style=True).strip()
+        args += ["-p", name, text]  # typed as papermill's -p types it (None, True, 32, [0.85])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "MPLBACKEND": "Agg"}
+    proc = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    cli_metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert cli_metrics.get("headline_track") == notebook_metrics.get("headline_track")
+    assert set(cli_metrics.get("tracks", {})) == set(notebook_metrics.get("tracks", {}))
+    want, got = numeric_leaves(notebook_metrics), numeric_leaves(cli_metrics)
+    assert set(got) == set(want), sorted(set(got) ^ set(want))[:10]
+    differ = {k: (want[k], got[k]) for k in want if not abs(want[k] - got[k]) <= 1e-6
+              and not (want[k] != want[k] and got[k] != got[k])}
+    assert not differ, dict(list(differ.items())[:10])
+
+
+def test_numeric_leaves_skip_timings_and_keep_nested_numbers() -> None:
+    tree = {"top1": 0.5, "train_seconds": 3.0, "tracks": {"fused": {"top1": 0.75, "per": [1, 2]}},
+            "parameters": {"epochs": 2}, "flag": True, "name": "x"}
+    assert numeric_leaves(tree) == {"top1": 0.5, "tracks/fused/top1": 0.75, "tracks/fused/per/0": 1.0,
+                                    "tracks/fused/per/1": 2.0}

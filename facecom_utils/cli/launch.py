@@ -13,9 +13,10 @@ functions run unchanged: :func:`facecom_utils.train.fit.fit` wraps the model in
 DistributedDataParallel, both samplers shard the epoch across processes
 (:class:`~facecom_utils.data.datasets.DistributedWeightedSampler` for class/identity-balanced
 sampling, ``DistributedSampler`` for plain shuffling), only rank 0 evaluates and writes
-checkpoints and ``metrics.json`` -- the same results contract as a one-process run. Notebooks
-keep calling :func:`~facecom_utils.gender.pipeline.train_gender` / :func:`~facecom_utils.recognition.train_recognition`
-directly in one process.
+checkpoints and ``metrics.json`` -- the same results contract as a one-process run. The commands run
+:func:`~facecom_utils.gender.tracks.train_gender_with_tracks` / :func:`~facecom_utils.recognition.face_tracks.train_recognition_with_tracks`:
+the stages notebooks 02 / 03 run cell by cell, face-model tracks (rank 0) and headline included, so a preset
+gives the same run folder both ways (tests/test_presets.py compares them).
 
 Presets are the notebooks' papermill parameter files (``params/<notebook>/<preset>.yml``), written
 against the notebook's own defaults, which are the config's defaults too (:mod:`facecom_utils.train.config`):
@@ -40,18 +41,23 @@ from typing import Any
 
 __all__ = ["TASKS", "add_train_arguments", "build_config", "init_distributed", "main", "train_from_args"]
 
-# command -> (module, config class, train function, preset section); imported when used (torch is heavy)
+# command -> (module of the train function, config class as "module:Name", train function, preset section);
+# imported when used (torch is heavy). The train functions compute what notebooks 02 / 03 compute, face-model
+# tracks and headline included.
 TASKS: dict[str, tuple[str, str, str, str]] = {
-    "train-gender": ("facecom_utils.gender.pipeline", "GenderConfig", "train_gender", "02"),
-    "train-recognition": ("facecom_utils.recognition", "RecognitionConfig", "train_recognition", "03"),
+    "train-gender": ("facecom_utils.gender.tracks", "facecom_utils.gender.pipeline:GenderConfig",
+                     "train_gender_with_tracks", "02"),
+    "train-recognition": ("facecom_utils.recognition.face_tracks", "facecom_utils.recognition.config:RecognitionConfig",
+                          "train_recognition_with_tracks", "03"),
 }
 
 
 def _task(command: str) -> tuple[type, Any, str]:
     """``(config class, train function, preset section)`` of a command."""
-    module_name, config_name, train_name, section = TASKS[command]
-    module = importlib.import_module(module_name)
-    return getattr(module, config_name), getattr(module, train_name), section
+    module_name, config_ref, train_name, section = TASKS[command]
+    config_module, _, config_name = config_ref.partition(":")
+    config_cls = getattr(importlib.import_module(config_module), config_name)
+    return config_cls, getattr(importlib.import_module(module_name), train_name), section
 
 
 class LaunchError(ValueError):
@@ -154,7 +160,8 @@ def train_from_args(command: str, args: argparse.Namespace) -> int:
         run = _task(command)[1](config)
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         if rank == 0:
-            metrics = getattr(run, "metrics", {}) or {}
+            written = Path(config.output_dir) / "metrics.json"  # the tracks stage put the headline on top
+            metrics = json.loads(written.read_text()) if written.is_file() else (getattr(run, "metrics", {}) or {})
             if args.json:
                 print(json.dumps(metrics, indent=2, default=str))
             else:

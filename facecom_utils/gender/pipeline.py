@@ -68,6 +68,7 @@ from facecom_utils.train.fit import (
 )
 
 __all__ = [
+    "train_gender_stages",
     "GenderConfig",
     "GenderFit",
     "GenderPipeline",
@@ -762,7 +763,19 @@ def train_gender(config: GenderConfig) -> GenderRun:
     Returns:
         A :class:`GenderRun`.
     """
+    return train_gender_stages(config)[1]
+
+
+def train_gender_stages(config: GenderConfig) -> tuple[GenderSplits, GenderRun]:
+    """:func:`train_gender`, also returning the splits (what the face-model tracks stage reads next).
+
+    Args:
+        config: The run's parameters.
+
+    Returns:
+        ``(splits, run)``.
+    """
     splits = gender_splits(config)
     pipeline = gender_pipeline(config, splits)
     fitted = fit_gender(config, pipeline)
-    return report_gender(config, pipeline, fitted)
+    return splits, report_gender(config, pipeline, fitted)

@@ -65,6 +65,7 @@ __all__ = [
     "TRACKS",
     "gender_tracks",
     "run_gender_tracks",
+    "train_gender_with_tracks",
     "load_run_tracks",
     "predict_with_run",
     "evaluate_with_run",
@@ -629,6 +630,27 @@ def run_gender_tracks(config: Any, splits: Any, run: Any) -> GenderTracks | None
               "each label")
         return None
     return gender_tracks(config, splits, run)
+
+
+def train_gender_with_tracks(config: Any) -> Any:
+    """What notebook 02 computes, in one call (``facecom train-gender`` runs it): the FACECOM-only CNN's stages
+    (:func:`~facecom_utils.gender.pipeline.train_gender_stages`), then the face-model tracks
+    (:func:`run_gender_tracks`), which put the headline track on top of ``metrics.json`` and write
+    ``face_tracks.pt``. Under torchrun the tracks run on rank 0 only.
+
+    Args:
+        config: A :class:`~facecom_utils.gender.pipeline.GenderConfig`.
+
+    Returns:
+        The CNN's :class:`~facecom_utils.gender.pipeline.GenderRun` (the run folder holds the tracks).
+    """
+    from facecom_utils.common.distributed import distributed_info
+    from facecom_utils.gender.pipeline import train_gender_stages
+
+    splits, run = train_gender_stages(config)
+    if distributed_info()[0] == 0:
+        run_gender_tracks(config, splits, run)
+    return run
 
 
 # ----------------------------------------------------------------------------- a run directory's headline track

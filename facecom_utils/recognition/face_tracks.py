@@ -45,7 +45,7 @@ from facecom_utils.recognition.protocol import _quick_scores, choose_thresholds,
 
 __all__ = ["TRACKS", "Fusion", "track_features", "track_embeddings", "RecognitionTracks", "calibrate_scores", "choose_fusion", "copy_cohort", "evaluate_run",
            "fit_estimator", "fit_fusion", "fuse_embeddings", "fused_embeddings", "recognition_tracks", "run_embeddings",
-           "run_recognition_tracks", "saved_track_embeddings", "track_inputs"]
+           "run_recognition_tracks", "saved_track_embeddings", "train_recognition_with_tracks", "track_inputs"]
 
 TRACKS: tuple[str, ...] = ("facecom_only", "face_model", "face_model_restored", "pixel_copies", "fused")
 #: Tracks that read dlib's descriptor (trained on outside face data).
@@ -512,6 +512,27 @@ def run_recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTra
 
 
 # ----------------------------------------------------------------------------- a run directory's headline track
+
+
+def train_recognition_with_tracks(config: Any) -> Any:
+    """What notebook 03 computes, in one call (``facecom train-recognition`` runs it): the FACECOM embedder's
+    stages (:func:`~facecom_utils.recognition.pipeline.train_recognition_stages`), then the face-model tracks
+    (:func:`run_recognition_tracks`), which put the headline track on top of ``metrics.json`` and write
+    ``face_tracks.pt``. Under torchrun the tracks run on rank 0 only.
+
+    Args:
+        config: A :class:`~facecom_utils.recognition.config.RecognitionConfig`.
+
+    Returns:
+        The embedder's :class:`~facecom_utils.recognition.pipeline.RecognitionRun` (the run folder holds the tracks).
+    """
+    from facecom_utils.common.distributed import distributed_info
+    from facecom_utils.recognition.pipeline import train_recognition_stages
+
+    splits, run = train_recognition_stages(config)
+    if distributed_info()[0] == 0:
+        run_recognition_tracks(config, splits, run)
+    return run
 
 
 def run_embeddings(run_dir: str | Path, paths: list[str], gallery: np.ndarray, device: str = "auto",

@@ -31,7 +31,8 @@ from facecom_utils.recognition.sampling import identity_sample_weights
 from facecom_utils.recognition.embedding import _FaceImages, _extract, build_recognition_transforms, embedding_table, extract_embeddings
 from facecom_utils.recognition.protocol import _quick_scores, _scalar_view, choose_thresholds, protocol_metrics
 
-__all__ = ["RecognitionRun", "RecognitionSplits", "recognition_splits", "RecognitionPipeline", "recognition_pipeline", "fit_recognition", "report_recognition", "train_recognition"]
+__all__ = ["RecognitionRun", "RecognitionSplits", "recognition_splits", "RecognitionPipeline", "recognition_pipeline", "fit_recognition", "report_recognition", "train_recognition",
+           "train_recognition_stages"]
 
 
 @dataclass
@@ -323,13 +324,25 @@ def train_recognition(config: RecognitionConfig) -> RecognitionRun:
     Returns:
         A :class:`RecognitionRun`; everything is also written under ``config.output_dir``.
     """
+    return train_recognition_stages(config)[1]
+
+
+def train_recognition_stages(config: RecognitionConfig) -> tuple[RecognitionSplits, RecognitionRun]:
+    """:func:`train_recognition`, also returning the splits (what the face-model tracks stage reads next).
+
+    Args:
+        config: The run's parameters.
+
+    Returns:
+        ``(splits, run)``; on a rank other than 0 of a distributed run, ``run`` holds the history only.
+    """
     device = config.start_run()
     splits = recognition_splits(config)
     model = build_recognition_model(config, len(splits.train_identities))
     pipeline = recognition_pipeline(config, splits, device)
     result = fit_recognition(config, splits, pipeline, model, device)
     if distributed_info()[0] != 0:
-        return RecognitionRun(model, config, result.history, splits.train_identities, splits.fold_identities,
-                              math.nan, math.nan, "neck", {}, {}, RunDir(config.output_dir).best_checkpoint,
-                              Path(config.output_dir), result)
-    return report_recognition(config, splits, model, result, device)
+        return splits, RecognitionRun(model, config, result.history, splits.train_identities, splits.fold_identities,
+                                      math.nan, math.nan, "neck", {}, {}, RunDir(config.output_dir).best_checkpoint,
+                                      Path(config.output_dir), result)
+    return splits, report_recognition(config, splits, model, result, device)
