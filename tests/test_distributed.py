@@ -124,3 +124,40 @@ def test_train_gender_and_recognition_under_two_processes(demo_root: Path, tmp_p
     assert len(set(a[0]) & set(b[0])) <= 1  # at most DistributedSampler's one padding index
     assert (out / "metrics.json").is_file()
     _check_checkpoint(out, r0, r1)
+
+
+def test_alone_makes_a_distributed_process_a_one_process_run(monkeypatch) -> None:
+    """Rank 0's face-model tracks after a torchrun training run alone: fit and the samplers see (0, 1)."""
+    import torch.distributed as dist
+
+    from facecom_utils.common.distributed import alone, distributed_info
+    from facecom_utils.data.datasets import DistributedWeightedSampler
+
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 4)
+    assert distributed_info() == (0, 4)
+    assert DistributedWeightedSampler([1.0] * 8, seed=0).num_replicas == 4
+    with alone():
+        assert distributed_info() == (0, 1)
+        sampler = DistributedWeightedSampler([1.0] * 8, seed=0)
+        assert (sampler.num_replicas, sampler.rank, len(list(sampler))) == (1, 0, 8)
+    assert distributed_info() == (0, 4)
+
+
+def test_train_commands_run_the_tracks_alone_on_rank_0_only(monkeypatch) -> None:
+    from facecom_utils.common import distributed
+    from facecom_utils.gender import pipeline, tracks
+
+    seen = []
+    monkeypatch.setattr(pipeline, "train_gender_stages", lambda config: ("splits", "run"))
+    monkeypatch.setattr(tracks, "run_gender_tracks", lambda *a: seen.append(distributed.distributed_info()))
+    for rank in (0, 1):
+        monkeypatch.setattr(distributed, "_ALONE", [])
+        monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+        monkeypatch.setattr(distributed.dist, "is_available", lambda: True)
+        monkeypatch.setattr(distributed.dist, "get_rank", lambda r=rank: r)
+        monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
+        assert tracks.train_gender_with_tracks(object()) == "run"
+    assert seen == [(0, 1)]  # rank 0 ran them, as a one-process run; rank 1 did not

@@ -54,3 +54,36 @@ def test_helpers() -> None:
     assert [format_seconds(s) for s in (0.4, 45, 245, 3725)] == ["0s", "45s", "4m05s", "1h02m"]
     assert is_progress_line(f"{PREFIX}x: 1/2") and not is_progress_line("x: 1/2")
     assert steps([1, 2, 3], 2) == 6 and steps(iter([1]), 2) is None
+
+
+def test_lines_to_routes_logs_without_a_stream_and_restores_stdout(capsys) -> None:
+    from facecom_utils.common.progress import lines_to
+
+    clock, err = Clock(), io.StringIO()
+    with lines_to(err):
+        log = ProgressLog(2, "stage", every_s=1, clock=clock)
+        clock.now = 5
+        log.update()
+    assert err.getvalue().startswith(f"{PREFIX}stage: 1/2") and capsys.readouterr().out == ""
+    clock.now = 10
+    log.update()  # outside the block: stdout again
+    assert capsys.readouterr().out.startswith(f"{PREFIX}stage: 2/2")
+
+
+def test_the_cli_keeps_progress_lines_off_stdout(monkeypatch, capsys) -> None:
+    """A command's stdout is its data (CSV, --json): progress lines go to stderr."""
+    from facecom_utils.cli import commands
+
+    def fake(args) -> int:
+        log = ProgressLog(1, "descriptors", every_s=0)
+        log.update()
+        print('{"top1": 1.0}')
+        return 0
+
+    parser = commands.build_parser()
+    args = parser.parse_args(["make-demo", "unused"])
+    monkeypatch.setattr(commands, "build_parser", lambda: type("P", (), {"parse_args": lambda self, argv: args})())
+    monkeypatch.setattr(args, "func", fake, raising=False)
+    assert commands.main(["make-demo", "unused"]) == 0
+    out, err = capsys.readouterr()
+    assert out == '{"top1": 1.0}\n' and err.startswith(f"{PREFIX}descriptors: 1/1")

@@ -45,6 +45,7 @@ from typing import NoReturn
 from facecom_utils.cli.inputs import (EXIT_SKIPPED, EXIT_USAGE, CliError, collect_images, gallery_images,
                                       show_data_warnings, user_errors)
 from facecom_utils.cli.options import add_parameter_options, split_presets, subcommand
+from facecom_utils.common.progress import lines_to
 
 __all__ = ["main", "build_parser", "CliError", "collect_images", "gallery_images", "EXIT_SKIPPED", "EXIT_USAGE"]
 
@@ -128,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # --help, --version, usage errors
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else EXIT_USAGE
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), lines_to(sys.stderr):  # stdout is the command's data (CSV, --json)
             show_data_warnings(args.command)
             return int(args.func(args) or 0)
     except user_errors() as exc:

@@ -7,13 +7,36 @@ an ordinary process, so the same code runs alone and under ``torchrun``.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch.distributed as dist
 
-__all__ = ["distributed_info"]
+__all__ = ["alone", "distributed_info"]
+
+_ALONE: list[bool] = []
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """Within the block this process runs as a one-process run, ``(0, 1)``, whatever the process group.
+
+    For work that rank 0 does after a distributed training, while the other ranks have finished: the
+    face-model tracks, whose glare expert trains through :func:`~facecom_utils.train.fit.fit` (which
+    would otherwise wrap it in DistributedDataParallel and wait for ranks that are gone).
+    """
+    _ALONE.append(True)
+    try:
+        yield
+    finally:
+        _ALONE.pop()
 
 
 def distributed_info() -> tuple[int, int]:
-    """``(rank, world_size)`` of the torch.distributed process group, ``(0, 1)`` without one."""
+    """``(rank, world_size)`` of the torch.distributed process group, ``(0, 1)`` without one or inside
+    :func:`alone`."""
+    if _ALONE:
+        return 0, 1
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1

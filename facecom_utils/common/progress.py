@@ -14,15 +14,35 @@ a line prints a last one when it closes.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
-__all__ = ["PREFIX", "ProgressLog", "format_seconds", "is_progress_line", "steps"]
+__all__ = ["PREFIX", "ProgressLog", "format_seconds", "is_progress_line", "lines_to", "steps"]
 
 PREFIX = "[progress] "
 """Every progress line starts with this (the runner echoes such lines from the kernels)."""
+
+_STREAM: list[TextIO] = []  # where lines go when a ProgressLog names no stream: the innermost lines_to, else stdout
+
+
+@contextlib.contextmanager
+def lines_to(stream: TextIO) -> Iterator[None]:
+    """Within the block, progress lines of logs that name no stream go to ``stream``.
+
+    The ``facecom`` commands send them to stderr, so a command's data on stdout (a CSV, ``--json``) stays
+    clean; notebooks keep stdout, where the lines land in the rendered report.
+
+    Args:
+        stream: A text stream, e.g. ``sys.stderr``.
+    """
+    _STREAM.append(stream)
+    try:
+        yield
+    finally:
+        _STREAM.pop()
 
 
 def format_seconds(seconds: float) -> str:
@@ -114,7 +134,7 @@ class ProgressLog:
             self.lines = 0
 
     def _print(self, text: str) -> None:
-        print(text, file=self.stream or sys.stdout, flush=True)
+        print(text, file=self.stream or (_STREAM[-1] if _STREAM else sys.stdout), flush=True)
         self._last = self.clock()
         self.lines += 1
 

@@ -23,7 +23,6 @@ its photos with a fingerprint of the run files that made them, and is refused by
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -32,12 +31,13 @@ from typing import Any
 
 import numpy as np
 
+from facecom_utils.common.checkpoints import save_checkpoint
+
 __all__ = ["GALLERY_FORMAT", "Gallery", "GalleryFileError", "RunScorer", "pair_scores", "run_fingerprint"]
 
 #: The ``format`` entry of a gallery file (``facecom enroll``); the version is bumped when its content changes.
 GALLERY_FORMAT = "facecom-gallery"
 GALLERY_VERSION = 1
-#: Tracks whose features are one embedding per image (``fused`` keeps its parts apart).
 
 
 class GalleryFileError(ValueError):
@@ -239,10 +239,7 @@ class Gallery:
                    "fingerprint": self.fingerprint, "run": self.run, "paths": list(self.paths),
                    "identities": list(self.identities), "features": arrays,
                    "kinds": [str(k) for k in self.features.get("kinds", [])]}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-        return path
+        return save_checkpoint(path, payload)  # atomic, fsynced, no temporary file left on an error
 
     @classmethod
     def load(cls, path: str | Path, scorer: RunScorer) -> "Gallery":
