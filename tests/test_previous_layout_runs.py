@@ -116,6 +116,17 @@ def test_todays_cli_gives_the_old_numbers(old_runs: Path, default_demo: Path, is
     assert now["eval_rec.json"]["track"] == "fused" and now["eval_rec.json"]["n_probes"] == 252
 
 
+def test_the_old_gender_run_folder_scores_its_fused_head_as_the_notebook_did(
+        old_runs: Path, default_demo: Path, isolated_cache: None, tmp_path: Path) -> None:
+    """The old run folder (not only its best.pt): today's code loads the old face_tracks.pt and its headline
+    (fused) head gives, on the reported split, the numbers the old notebook 02 recorded for that track."""
+    recorded = json.loads((old_runs / "gender" / "metrics.json").read_text())
+    assert recorded["headline_track"] == "fused"
+    now = _evaluate("evaluate-gender", old_runs / "gender", default_demo, tmp_path / "gender_run.json")
+    for key in ("accuracy", "balanced_accuracy", "recall_female", "precision_female", "roc_auc", "threshold"):
+        assert now[key] == pytest.approx(recorded["tracks"]["fused"][key], abs=1e-6), key
+
+
 def _move_data_root(run: Path, old: str, new: Path) -> None:
     """Points a Task B run folder's files at another copy of its data (what moving a dataset asks for).
 
