@@ -1,26 +1,27 @@
 """Run folders written before the package moved into concept folders keep working.
 
-``tests/fixtures/run_previous_layout/`` holds a tiny run of each task written by the previous
-layout's notebooks 02 (``gender/``) and 03 (``recognition/``): backbone ``test_efficientnet``,
-``pretrained=None``, 32 px, one epoch, ``face_cv_folds=2`` (Task A), ``embedding_dim=32`` (Task B),
-trained on a default ``facecom make-demo`` dataset at ``/tmp/oldrun/demo``. Beside them, what the
-old code's command line said about them::
+The previous layout's code is the commit before the move (:data:`PREVIOUS_LAYOUT`), read from git
+history (``git archive``; skipped where the history is absent, e.g. a shallow clone). Once per session its
+own notebooks 02 and 03 write a tiny run of each task (backbone ``test_efficientnet``, ``pretrained=None``,
+32 px, one epoch, ``face_cv_folds=2`` for Task A, ``embedding_dim=32`` for Task B) on a default
+``facecom make-demo`` dataset, and its own command line evaluates them::
 
-    facecom evaluate-gender .../gender/checkpoints/best.pt demo --json --out eval_gender.json
-    facecom evaluate-recognition .../recognition demo --json --out eval_rec.json
+    facecom evaluate-gender .../gender/checkpoints/best.pt DEMO --json --out eval_gender.json
+    facecom evaluate-recognition .../recognition DEMO --json --out eval_rec.json
 
-(``demo``: the synthetic demo with default parameters.) Today's code must load those files
-(checkpoints, ``face_tracks.pt``, embeddings, ``metrics.json``) and give the same numbers, and
-notebook 04 must analyse the old recognition run. ``make_demo_dataset`` with default parameters
-writes the same bytes every time, so a fresh demo in a temporary folder stands in for the old one;
-the fixture is copied first, so nothing here writes into the repository.
+Today's code must load those files (checkpoints, ``face_tracks.pt``, embeddings, ``metrics.json``) and give
+the same numbers, and notebook 04 must analyse the old recognition run. Nothing is written into the
+repository: no model or array file is kept in git.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +34,18 @@ from facecom_utils.cli.commands import main
 from facecom_utils.data.demo import make_demo_dataset
 from facecom_utils.reporting.execution import is_kernel_start_failure, start_with_retries
 
-pytestmark = pytest.mark.slow  # two evaluations and a notebook: about a minute on 2 cores
+pytestmark = pytest.mark.slow  # the old code's two notebooks and evaluations, then today's: about 3 min on 2 cores
 
-FIXTURE = Path(__file__).parent / "fixtures" / "run_previous_layout"
-OLD_DATA_ROOT = "/tmp/oldrun/demo"  # where the fixture's runs read their images
+PREVIOUS_LAYOUT = "37bc16e8e5753fd43ebb53ff15053c3f1941eafe"  # the last commit with the flat package
+OLD_NOTEBOOKS = {  # what the old notebooks ran with, beside data_root and output_dir
+    "02_gender_classification": {"backbone": "test_efficientnet", "pretrained": None, "image_size": 32, "epochs": 1,
+                                 "face_cv_folds": 2},
+    "03_arcface_recognition": {"backbone": "test_efficientnet", "pretrained": None, "image_size": 32, "epochs": 1,
+                               "embedding_dim": 32},
+}
 TOLERANCE = 1e-6
-# The saved outputs were computed on an AVX-512 machine; torch's AVX2 kernels reproduce them bit for
-# bit, its baseline kernels (ATEN_CPU_CAPABILITY=default) move the embeddings' last float32 bits. Two
+# The old and today's code run on the same CPU here, but the old command line embeds in a process of its own:
+# a CPU's kernels (e.g. ATEN_CPU_CAPABILITY=default) can move the embeddings' last float32 bits. Two
 # kinds of number then move by a few 1e-6 (measured: oracle thresholds by 2e-6 and 4e-6, the strict
 # ROC AUC by 3e-6) without anything being wrong: a threshold read off this split's own scores
 # (``oracle_threshold``), and a pair-ranking statistic, where a near-tied genuine/impostor pair that
@@ -66,10 +72,48 @@ def default_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_demo_dataset(tmp_path_factory.mktemp("demo") / "demo_synthetic")
 
 
+def _old_code(tmp: Path) -> Path:
+    """The previous layout's package and notebooks, extracted from git history into ``tmp``."""
+    try:
+        archive = subprocess.run(["git", "archive", PREVIOUS_LAYOUT, "facecom_utils", "notebooks"], cwd=REPO_ROOT,
+                                 capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip(f"git history with {PREVIOUS_LAYOUT[:7]} (the previous layout) is not available here")
+    subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+    return tmp
+
+
+def _run_old(old: Path, args: list[str], cwd: Path) -> None:
+    """A command with the previous layout's package first on the path (notebook kernels inherit it)."""
+    env = {**os.environ, "PYTHONPATH": str(old), "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "MPLBACKEND": "Agg"}
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def old_fixture(tmp_path_factory: pytest.TempPathFactory, default_demo: Path, isolated_cache: None) -> Path:
+    """The old code's run folders (``gender/``, ``recognition/``) and its evaluations of them."""
+    old = _old_code(tmp_path_factory.mktemp("previous_layout"))
+    out = tmp_path_factory.mktemp("run_previous_layout")
+    for (stem, params), name in zip(OLD_NOTEBOOKS.items(), ("gender", "recognition")):
+        args = ["-m", "papermill", str(old / "notebooks" / f"{stem}.ipynb"), str(out / f"{stem}.ipynb"),
+                "--no-progress-bar", "-k", "python3", "-p", "data_root", str(default_demo),
+                "-p", "output_dir", str(out / name)]
+        for key, value in params.items():
+            args += ["-p", key, str(value)]
+        start_with_retries(lambda _attempt, a=args: _run_old(old, a, old / "notebooks"),
+                           retryable=lambda error: is_kernel_start_failure(str(error)))
+    _run_old(old, ["-m", "facecom_utils", "evaluate-gender", str(out / "gender" / "checkpoints" / "best.pt"),
+                   str(default_demo), "--json", "--out", str(out / "eval_gender.json")], out)
+    _run_old(old, ["-m", "facecom_utils", "evaluate-recognition", str(out / "recognition"), str(default_demo),
+                   "--json", "--out", str(out / "eval_rec.json")], out)
+    return out
+
+
 @pytest.fixture
-def old_runs(tmp_path: Path) -> Path:
-    """A writable copy of the fixture."""
-    return Path(shutil.copytree(FIXTURE, tmp_path / "run_previous_layout"))
+def old_runs(old_fixture: Path, tmp_path: Path) -> Path:
+    """A writable copy of the old code's runs."""
+    return Path(shutil.copytree(old_fixture, tmp_path / "run_previous_layout"))
 
 
 def _flatten(value: Any, key: str = "") -> dict[str, Any]:
@@ -110,7 +154,7 @@ def test_todays_cli_gives_the_old_numbers(old_runs: Path, default_demo: Path, is
                                    tmp_path / "rec.json"),
     }
     for name, field in WHERE_FIELDS.items():
-        saved = json.loads((FIXTURE / name).read_text())
+        saved = json.loads((old_runs / name).read_text())
         assert Path(saved.pop(field)).name == Path(now[name].pop(field)).name, name
         assert not _differences(saved, now[name]), (name, _differences(saved, now[name])[:10])
     assert now["eval_rec.json"]["track"] == "fused" and now["eval_rec.json"]["n_probes"] == 252
@@ -142,9 +186,11 @@ def _move_data_root(run: Path, old: str, new: Path) -> None:
 
 def test_notebook_04_analyses_the_old_recognition_run(old_runs: Path, default_demo: Path, isolated_cache: None,
                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Notebook 04 on the old run: its recommendation is the run's own fold thresholds, its TAR / FAR the run's."""
+    """Notebook 04 on the old run, its dataset moved to another folder: its recommendation is the run's own fold
+    thresholds, its TAR / FAR the run's."""
     run = old_runs / "recognition"
-    _move_data_root(run, OLD_DATA_ROOT, default_demo)
+    moved = Path(shutil.copytree(default_demo, tmp_path / "moved_demo"))
+    _move_data_root(run, str(default_demo), moved)
     saved = json.loads((run / "metrics.json").read_text())
     monkeypatch.setenv("MPLBACKEND", "Agg")
     out_dir = tmp_path / "04_threshold_analysis"
@@ -157,7 +203,7 @@ def test_notebook_04_analyses_the_old_recognition_run(old_runs: Path, default_de
 
     numbers = {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     assert numbers and all(math.isfinite(v) for v in numbers.values()), numbers
-    assert m["track"] == saved["headline_track"] == "fused" and m["data_root"] == str(default_demo)
+    assert m["track"] == saved["headline_track"] == "fused" and m["data_root"] == str(moved)
     track = saved["tracks"]["fused"]  # the headline track's numbers (also the top-level ones)
     # The recommendation is the threshold notebook 03 chose on the fold for that track, unchanged.
     assert m["recommended_threshold"] == pytest.approx(track["threshold"], abs=1e-12)
@@ -177,3 +223,14 @@ def test_notebook_04_analyses_the_old_recognition_run(old_runs: Path, default_de
         assert m[f"{prefix}min_resolvable_far"] == pytest.approx(1 / m[f"{prefix}n_impostor"], abs=1e-12)
         for key in ("match_accuracy", "match_f1_macro", "oracle_threshold"):
             assert m[f"{prefix}{key}"] == pytest.approx(track[f"{prefix}{key}"], abs=1e-12), prefix + key
+
+
+def test_run_dir_loads_the_old_tracks_files(old_runs: Path) -> None:
+    """``RunDir.load_tracks`` reads the ``face_tracks.pt`` the old code wrote (before RunDir owned the file)."""
+    from facecom_utils.train.rundir import RunDir
+
+    for task in ("recognition", "gender"):
+        payload = RunDir(old_runs / task).load_tracks(task)
+        assert payload["task"] == task and payload["headline"] == "fused"
+    with pytest.raises(ValueError, match=r"face_tracks.pt: holds 'gender' tracks, not 'recognition'"):
+        RunDir(old_runs / "gender").load_tracks("recognition")
