@@ -13,10 +13,11 @@ ARGS   ?=
 export PYTHONHASHSEED := 0
 export MPLBACKEND := Agg
 
-.PHONY: help venv reports test test-fast demo bench lab notebooks clean
+.PHONY: help venv reports reference test test-fast demo bench lab notebooks clean
 
 help:
 	@echo "make reports   set up .venv, run notebooks 01-04 on FACECOM in Task_A/, Task_B/ with its preset for this machine (else on the demo data), write reports/<run>/index.html; ARGS=--plan shows the plan only"
+	@echo "make reference run the CPU presets on FACECOM (DATA_ROOT=DIR) without dataset images and publish the compact copy to docs/reference-run/"
 	@echo "make test      set up .venv, run the unit tests, the real-data tests (skipped without the FACECOM training split at FACECOM_TEST_ROOT) and nbval on the notebooks"
 	@echo "make demo      write the synthetic demo dataset to data/demo_synthetic"
 	@echo "make bench     run the speed benchmarks (prints JSON)"
@@ -33,6 +34,11 @@ $(STAMP): pyproject.toml
 
 reports: $(STAMP)
 	$(BIN)/facecom run $(if $(filter %.yml %.yaml,$(PRESET)),-f $(PRESET),$(if $(PRESET),--preset $(PRESET))) $(if $(RUN),--name $(RUN)) $(ARGS)
+
+# The published reference run (docs/reference-run/): the CPU presets on FACECOM (DATA_ROOT=DIR, default: Task_A/,
+# Task_B/ of this checkout), figures without dataset images, then the compact, path-free copy (about 1 h on 2 cores).
+reference: $(STAMP)
+	$(BIN)/facecom run --preset facecom_cpu --name reference --publish docs/reference-run $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) $(ARGS)
 
 # nbval runs the notebooks with their default parameters on the synthetic demo (FACECOM_DATA_ROOT=demo,
 # so the checked counts never depend on what sits in Task_A/ and Task_B/); 03 runs before 04, which reads it.

@@ -47,6 +47,7 @@ review_hash_distance: int = 40  # different people up to this distance are liste
 include_distorted: bool = False  # also hash Task B's distorted copies (slower)
 grid_faces: int = 3  # faces in the distortion grid (a display setting, not part of EDAConfig)
 seed: int = 0  # seed of every sample drawn
+dataset_images: bool = True  # draw dataset images (sample grids, pairs, error galleries); False for a report to publish
 
 # %%
 # %matplotlib inline
@@ -55,8 +56,10 @@ from IPython.display import display
 
 from facecom_utils.reporting import eda
 from facecom_utils.reporting import notebook
+from facecom_utils.reporting import plots
 
 data_root, output_dir = notebook.notebook_paths(data_root, output_dir, "01_eda")
+plots.show_dataset_images(dataset_images)
 config = eda.EDAConfig(
     data_root=str(data_root),
     output_dir=str(output_dir),

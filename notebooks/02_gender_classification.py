@@ -93,6 +93,7 @@ channels_last: bool = False  # channels-last memory format for the model and the
 compile: bool = False  # torch.compile the model's forward
 resume: bool = False  # continue from <output_dir>/checkpoints/last.pt when it exists
 progress: bool = False  # tqdm progress bars (turn on in JupyterLab)
+dataset_images: bool = True  # draw dataset images (sample grids, pairs, error galleries); False for a report to publish
 
 # %%
 # %matplotlib inline
@@ -107,6 +108,7 @@ from facecom_utils.reporting import plots
 from facecom_utils.gender.pipeline import GenderConfig
 
 data_root, output_dir = notebook.notebook_paths(data_root, output_dir, "02_gender_classification")
+plots.show_dataset_images(dataset_images)
 config = notebook.build_config(GenderConfig, globals(), data_root=str(data_root), output_dir=str(output_dir))
 notebook.data_banner(data_root)
 

@@ -102,6 +102,7 @@ channels_last: bool = False  # channels-last memory format for the model and the
 compile: bool = False  # torch.compile the model's forward
 resume: bool = False  # continue from <output_dir>/checkpoints/last.pt when it exists
 progress: bool = False  # tqdm progress bars (turn on in JupyterLab)
+dataset_images: bool = True  # draw dataset images (sample grids, pairs, error galleries); False for a report to publish
 
 # %%
 # %matplotlib inline
@@ -117,6 +118,7 @@ from facecom_utils.recognition import face_tracks
 from facecom_utils.recognition import RecognitionConfig, load_embeddings
 
 data_root, output_dir = notebook.notebook_paths(data_root, output_dir, "03_arcface_recognition")
+plots.show_dataset_images(dataset_images)
 config = notebook.build_config(RecognitionConfig, globals(), data_root=str(data_root), output_dir=str(output_dir))
 notebook.data_banner(data_root)
 

@@ -45,6 +45,7 @@ target_far: Optional[float] = None  # None: the fold threshold of notebook 03; a
 n_examples: int = 6  # image pairs shown per kind of error
 seed: int = 0  # seed of the balanced impostor-pair draw
 track: str = "headline"  # "headline" (the run's headline_track), "facecom_only", "fused", "face_model_restored", ...
+dataset_images: bool = True  # draw dataset images (sample grids, pairs, error galleries); False for a report to publish
 
 # %%
 # %matplotlib inline
@@ -58,6 +59,7 @@ from facecom_utils.recognition import analysis as thresholds
 
 run_dir = run_dir or notebook.default_output_dir("03_arcface_recognition")
 output_dir = notebook.resolve_output_dir(output_dir, "04_threshold_analysis")
+plots.show_dataset_images(dataset_images)
 config = thresholds.ThresholdConfig(run_dir=str(run_dir), output_dir=str(output_dir), target_far=target_far,
                                     n_examples=n_examples, seed=seed, track=track)
 run = thresholds.load_recognition_run(config.run_dir, config.track)

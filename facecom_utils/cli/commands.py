@@ -87,7 +87,8 @@ def _register_run_and_train(sub: argparse._SubParsersAction) -> None:
 
     p = subcommand(sub, "run", "run notebooks 01-04 with papermill and write reports/<run>/",
                    ["facecom run --preset facecom_cpu --data-root data/facecom --name cpu",
-                    "facecom run --notebooks 03,04 -p epochs 2"], _RUN_CODES,
+                    "facecom run --notebooks 03,04 -p epochs 2",
+                    "facecom run --preset facecom_cpu --name reference --publish docs/reference-run"], _RUN_CODES,
                    description="Run notebooks 01-04 with papermill and write reports/<run>/ (HTML, index.html, "
                                "summary.json).", conflict_handler="resolve")
     add_run_arguments(p)

@@ -36,6 +36,7 @@ from facecom_utils.data.layout import (
     scan_task_a,
     scan_task_b,
 )
+from facecom_utils.reporting.plots import draws_dataset_images
 from facecom_utils.train.rundir import to_jsonable
 
 __all__ = [
@@ -679,6 +680,7 @@ def distortion_examples(task_b: pd.DataFrame, n_identities: int = 3, seed: int =
     return wide.reset_index(drop=True)
 
 
+@draws_dataset_images
 def plot_distortion_grid(task_b: pd.DataFrame, n_identities: int = 3, seed: int = 0, size: int = 112) -> Figure:
     """Each distortion beside its clean source: rows = sampled faces, columns = clean + seven types."""
     examples = distortion_examples(task_b, n_identities, seed)
@@ -701,6 +703,7 @@ def plot_distortion_grid(task_b: pd.DataFrame, n_identities: int = 3, seed: int 
     return fig
 
 
+@draws_dataset_images
 def plot_image_pairs(pairs: pd.DataFrame, title: str, max_pairs: int = 6, size: int = 112) -> Figure:
     """Show image pairs side by side (e.g. near-duplicates), captioned with split/name and distance."""
     pairs = pairs.head(max_pairs)

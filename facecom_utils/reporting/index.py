@@ -88,6 +88,7 @@ class RunResult:
     summary: str | None = None
     device: str | None = None
     presets: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # per notebook, the preset files applied
+    provenance: dict[str, Any] | None = None  # a published copy's commit, machine, versions (reporting.publish)
 
     @property
     def ok(self) -> bool:
@@ -179,6 +180,17 @@ def _notebook_details(r: NotebookResult) -> str:
             f"<table><tr><th>parameter</th><th>value</th></tr>{params}</table></details>")
 
 
+def _provenance_line(origin: Mapping[str, Any]) -> str:
+    """Where a published run came from: its commit, machine and versions."""
+    commit = origin.get("commit") or "unknown"
+    dirty = " (with uncommitted changes)" if origin.get("dirty") else ""
+    return (f"<p>Published copy of run <code>{html.escape(str(origin.get('published_from')))}</code>, made "
+            f"{html.escape(str(origin.get('created')))} at commit <code>{html.escape(commit[:12])}</code>{dirty} on "
+            f"{html.escape(str(origin.get('machine')))} (Python {html.escape(str(origin.get('python')))}, torch "
+            f"{html.escape(str(origin.get('torch')))}). Figures that would show dataset images are left out; the "
+            "executed notebooks, checkpoints and embeddings are not published.</p>")
+
+
 def write_index(run: RunResult) -> Path:
     """Write ``index.html`` and ``summary.json`` into the run folder; returns the index path."""
     run_dir = Path(run.run_dir)
@@ -196,6 +208,8 @@ def write_index(run: RunResult) -> Path:
         },
         "notebooks": [dataclasses.asdict(r) for r in run.notebooks],
     }
+    if run.provenance is not None:
+        summary["provenance"] = run.provenance
     write_json(run_dir / "summary.json", summary)
 
     rows, detail = [_notebook_row(r) for r in run.notebooks], [_notebook_details(r) for r in run.notebooks]
@@ -210,6 +224,8 @@ def write_index(run: RunResult) -> Path:
     applied = sorted({p for files in run.presets.values() for p in files})
     banner += (f"<p>Presets: {', '.join(f'<code>{html.escape(p)}</code>' for p in applied) or 'none (notebook defaults)'}"
                + (f" · device: {html.escape(run.device)}" if run.device else "") + "</p>")
+    if run.provenance is not None:
+        banner += _provenance_line(run.provenance)
     failed = [r for r in run.notebooks if r.status != "ok"]
     status = (
         f'<p class="failed">{len(failed)} of {len(run.notebooks)} notebook(s) did not finish: '

@@ -480,6 +480,7 @@ def plan_run(
     name: str | None = None,
     reports_dir: str | Path = REPORTS_DIR,
     notebook_dir: str | Path = NOTEBOOKS_DIR,
+    dataset_images: bool = True,
 ) -> RunPlan:
     """Decide what a run does, running nothing (the demo is not generated either).
 
@@ -494,6 +495,8 @@ def plan_run(
         name: The run's folder under ``reports_dir`` (default: a timestamp).
         reports_dir: Parent of the run folder.
         notebook_dir: Where ``NN_name.ipynb`` are read from.
+        dataset_images: ``False`` sets ``dataset_images=False`` in every notebook that declares it (no figure
+            draws a dataset image: ``facecom run --no-dataset-images``, what a published run needs).
 
     Raises:
         RunError: An unknown notebook, preset or parameter, an unreadable preset, a missing data root.
@@ -522,7 +525,7 @@ def plan_run(
         name=run_dir.name, run_dir=run_dir, notebooks=stems, data_root=root, data_source=source,
         synthetic=synthetic, facecom=facecom, device=device, preset_files=[Path(p) for p in named], auto_preset=auto,
         overrides=[key for key, _ in overrides],
-        parameters={stem: _notebook_parameters(stem, run_dir, root, routed, declared) for stem in stems},
+        parameters={stem: _notebook_parameters(stem, run_dir, root, routed, declared, dataset_images) for stem in stems},
         defaults={stem: _tolerant_defaults(notebook_dir / f"{stem}.ipynb") for stem in stems},
         expected=expected, notes=notes,
     )
@@ -536,10 +539,12 @@ def _preset(preset: str | Path, stems: Sequence[str]) -> list[Path]:
 
 
 def _notebook_parameters(stem: str, run_dir: Path, root: Path, routed: Mapping[str, Mapping[str, Any]],
-                         declared: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+                         declared: Mapping[str, Mapping[str, Any]], dataset_images: bool = True) -> dict[str, Any]:
     """What one notebook gets: its routed parameters, ``output_dir``, ``data_root`` and, for a notebook that
     reads another's outputs (04 reads 03), ``run_dir`` (this run's folder of it, unless given)."""
     params: dict[str, Any] = {**routed.get(stem, {}), "output_dir": str(run_dir / stem)}
+    if not dataset_images and "dataset_images" in declared.get(stem, {}):
+        params["dataset_images"] = False
     if "data_root" in declared.get(stem, {"data_root": None}):
         params["data_root"] = str(root)
     needs = DEPENDENCIES.get(stem)

@@ -11,6 +11,8 @@ backend is selected, so scripts and tests render to files without a screen.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import os
 import sys
@@ -42,6 +44,9 @@ from matplotlib.figure import Figure  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
 __all__ = [
+    "DATASET_IMAGE_FIGURES",
+    "draws_dataset_images",
+    "show_dataset_images",
     "track_bars",
     "confusion_matrix_plot",
     "det_curve",
@@ -60,6 +65,44 @@ __all__ = [
     "plot_fold_thresholds",
     "plot_histograms_per_distortion",
 ]
+
+_DATASET_IMAGES = {"on": True}
+DATASET_IMAGE_FIGURES: list[str] = []
+"""The figure functions that draw dataset images (``module.name``), registered by :func:`draws_dataset_images`."""
+
+
+def show_dataset_images(on: bool = True) -> bool:
+    """Let the figures draw dataset images (``True``, the default) or leave them out (``False``).
+
+    A notebook calls it with its ``dataset_images`` parameter (``facecom run --no-dataset-images`` sets it
+    ``False`` for every notebook): a report meant for publication then shows no face from the dataset;
+    sample grids, augmented batches, near-duplicate pairs and error galleries become a one-line message.
+
+    Returns:
+        The previous setting.
+    """
+    previous = _DATASET_IMAGES["on"]
+    _DATASET_IMAGES["on"] = bool(on)
+    return previous
+
+
+def draws_dataset_images(function: Any) -> Any:
+    """Mark a figure function that draws dataset images: with :func:`show_dataset_images` off it returns
+    a message figure (under the call's ``title``, else the function's name) and reads no image."""
+    signature = inspect.signature(function)
+    DATASET_IMAGE_FIGURES.append(f"{function.__module__}.{function.__name__}")
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if _DATASET_IMAGES["on"]:
+            return function(*args, **kwargs)
+        bound = signature.bind_partial(*args, **kwargs)
+        bound.apply_defaults()
+        title = bound.arguments.get("title") or function.__name__
+        return message_figure(str(title), "dataset images left out of this report (dataset_images=False)")
+
+    return wrapper
+
 
 _SKIP_HISTORY_COLUMNS = {
     "epoch", "step", "lr", "learning_rate", "time", "seconds", "epoch_seconds", "images_per_second",
@@ -308,6 +351,7 @@ def per_distortion_bars(
     return fig
 
 
+@draws_dataset_images
 def image_grid(
     paths: Sequence[str | Path],
     titles: Sequence[str] | None = None,
@@ -344,6 +388,7 @@ def image_grid(
     return fig
 
 
+@draws_dataset_images
 def tensor_grid(
     images: Any,
     titles: Sequence[str] | None = None,
@@ -388,6 +433,7 @@ def tensor_grid(
     return fig
 
 
+@draws_dataset_images
 def pair_grid(
     pairs: Sequence[tuple[str | Path, str | Path]],
     scores: Sequence[float],
@@ -604,6 +650,7 @@ def track_bars(per_track: Mapping[str, Mapping[str, float]], metric: str = "bala
     return fig
 
 
+@draws_dataset_images
 def failure_triplets(failures: pd.DataFrame, title: str = "Task B failures", image_size: int | None = 112,
                      max_rows: int = 28) -> Figure:
     """Rows of (probe, the wrongly chosen identity's best photo, the true identity's best photo).

@@ -37,6 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from facecom_utils.common import paths
 from facecom_utils.common.paths import NOTEBOOKS_DIR, REPORTS_DIR
 from facecom_utils.common.progress import format_seconds
 from facecom_utils.reporting.execution import (
@@ -239,6 +240,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                         help="seconds a single notebook cell may run before the notebook fails (default: %(default)s)")
     parser.add_argument("--no-html", action="store_true", help="skip the HTML rendering")
     parser.add_argument("--log-output", action="store_true", help="stream the notebooks' output to the terminal")
+    parser.add_argument("--no-dataset-images", action="store_true",
+                        help="leave out the figures that draw dataset images (sample grids, augmented batches, "
+                             "near-duplicate pairs, error galleries): sets dataset_images=False in every notebook")
+    parser.add_argument("--publish", default=None, metavar="DIR",
+                        help="after a run in which every notebook finished, write its compact, path-free copy to DIR "
+                             "(index.html, no-code reports, summary.json, metrics.json; implies --no-dataset-images), "
+                             "e.g. docs/reference-run (make reference)")
     return parser
 
 
@@ -247,7 +255,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         plan = plan_run(args.notebooks, presets=args.preset, files=args.parameters_file, overrides=args.parameter,
                         data_root=args.data_root, name=args.name, reports_dir=args.reports_dir,
-                        notebook_dir=args.notebook_dir)
+                        notebook_dir=args.notebook_dir,
+                        dataset_images=not (getattr(args, "no_dataset_images", False) or getattr(args, "publish", None)))
     except RunError as exc:
         print(f"facecom run: error: {exc}", file=sys.stderr)
         return 2
@@ -258,6 +267,14 @@ def run_from_args(args: argparse.Namespace) -> int:
                    log_output=args.log_output)
     for failure in run.failures:
         print(f"facecom run: {failure.status}: {failure.error}", file=sys.stderr)
+    if run.ok and getattr(args, "publish", None):
+        from facecom_utils.reporting.publish import PublishError, publish_run
+
+        try:
+            _log(f"published: {publish_run(plan.run_dir, paths.repo_path(args.publish))}")
+        except PublishError as exc:
+            print(f"facecom run: error: cannot publish: {exc}", file=sys.stderr)
+            return 1
     return 0 if run.ok else 1
 
 
