@@ -18,6 +18,7 @@ interrupted publication leaves the previous copy whole.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import platform
@@ -90,9 +91,10 @@ def _replacements(summary: Mapping[str, Any], run_dir: Path) -> list[tuple[str, 
     return sorted(((k, v) for k, v in pairs.items() if k not in ("", "/", ".")), key=lambda kv: -len(kv[0]))
 
 
-def _scrub(text: str, replacements: list[tuple[str, str]]) -> str:
+def _scrub(text: str, replacements: list[tuple[str, str]], markup: bool = False) -> str:
+    """``text`` with each absolute prefix replaced (``markup``: the placeholder HTML-escaped, for an HTML file)."""
     for prefix, placeholder in replacements:
-        text = text.replace(prefix, placeholder)
+        text = text.replace(prefix, html.escape(placeholder) if markup else placeholder)
     return text
 
 
@@ -144,7 +146,7 @@ def publish_run(run_dir: str | Path, dest: str | Path, data_label: str | None = 
     notebooks = []
     for nb in summary["notebooks"]:
         report = (run_dir / nb["nocode_html"]).read_text(encoding="utf-8")
-        (staging / nb["nocode_html"]).write_text(_scrub(report, swaps), encoding="utf-8")
+        (staging / nb["nocode_html"]).write_text(_scrub(report, swaps, markup=True), encoding="utf-8")
         metrics = _scrub_value(nb.get("metrics"), swaps)
         if metrics is not None:
             (staging / nb["name"]).mkdir()
@@ -159,7 +161,8 @@ def publish_run(run_dir: str | Path, dest: str | Path, data_label: str | None = 
                     provenance={**provenance(summary.get("created")), "published_from": summary["run"]})
     write_index(run)
     for text_file in (staging / "index.html", staging / "summary.json"):
-        text_file.write_text(_scrub(text_file.read_text(encoding="utf-8"), swaps), encoding="utf-8")
+        text = text_file.read_text(encoding="utf-8")
+        text_file.write_text(_scrub(text, swaps, markup=text_file.suffix == ".html"), encoding="utf-8")
     _check_size(staging, max_bytes)
     _swap_in(staging, dest)
     return dest / "index.html"
