@@ -81,7 +81,7 @@ face_glare_cnn_size: int = 128  # its input side
 face_glare_cnn_epochs: int = 6  # its epochs per network
 face_glare_cnn_members: int = 1  # its networks, cross-fitted on person-grouped parts when 2 or more (1: threshold on a held-out fifth)
 face_workers: Optional[int] = None  # processes computing descriptors; None: up to 4, one per core
-headline_track: str = "auto"  # track on top of metrics.json: auto (fused when the face tracks ran), facecom_only, face_model_restored, fused
+headline_track: str = "auto"  # track on top of metrics.json: auto (fused when the face tracks ran), facecom_only, face_model_restored, fused, stacked
 # machine
 device: str = "auto"  # auto, cpu, cuda or mps
 amp: str = "auto"  # mixed precision: auto (float16 on CUDA), bf16 or none
@@ -232,7 +232,12 @@ plt.show()
 #   with `face_glare_cnn_members` = k >= 2, k networks cross-fitted on person-grouped parts of those persons,
 #   P(female) their mean and the threshold from their out-of-fold predictions over every one of them; with 1,
 #   one network and a threshold from a held-out fifth), otherwise a logistic regression on frozen whole-frame
-#   ImageNet features.
+#   ImageNet features;
+# - `stacked`: both networks on every image: a logistic regression over the CNN's logit, the face head's logit,
+#   the selector's probability of each image type and each logit times each type probability, fitted on the
+#   persons of the CNN's validation fold (the CNN never trained on them) with their real copies; the face head
+#   and the selector that describe those rows are refitted on the other training persons, so every input is out
+#   of sample; its threshold is out of fold over those persons. Glare images keep the glare expert's decision.
 #
 # Both face thresholds are chosen on **out-of-fold** probabilities over all training persons (every person
 # predicted by a head that never saw them), never on the reported split. Robustness is measured on FACECOM's
@@ -270,6 +275,8 @@ if tracks is not None:
                           "95% interval ": [tracks.model.oof["recall_female_ci"]]}).round(3))
     if "glare_cnn" in tracks.model.oof:
         display(pd.Series(tracks.model.oof["glare_cnn"], name="glare CNN (fitted on the sunny copies)").to_frame())
+    if tracks.stacker is not None:
+        display(pd.Series(tracks.stacker.info, name="stacker (fitted on the CNN's validation-fold persons)").to_frame())
     display(tracks.selector.round(3))
 
 # %% [markdown]

@@ -219,7 +219,7 @@ def _toy_matrix(noise: float = 0.6):
 
 
 def test_every_out_of_fold_prediction_comes_from_a_head_that_never_saw_the_person(monkeypatch) -> None:
-    import facecom_utils.gender.tracks as gf
+    import facecom_utils.gender.heads as gf
 
     rows, _, X, y, persons = _toy_matrix()
     seen: list[set[str]] = []

@@ -98,6 +98,8 @@ def _check_tracks(run: Path, task: str, command: str) -> str:
         raise CliError(f"{str(err).splitlines()[0]}; `facecom {command}` needs {expected_run(task)}") from None
     missing = [k for k in _TRACKS_KEYS[task] if k not in payload]
     headline = str(payload.get("headline"))
+    if task == "gender" and headline == "stacked" and payload.get("stacker") is None:
+        missing.append("stacker (its headline is 'stacked')")
     if task == "recognition" and not missing:
         from facecom_utils.recognition.face_tracks import TRACKS
 
@@ -133,7 +135,7 @@ def resolve_run(path: str | Path, task: str, command: str) -> RunInput:
     if not best.is_file() and not tracks.is_file():
         raise CliError(f"{p}: not a run folder (no checkpoints/best.pt, no face_tracks.pt); expected {expected_run(task)}")
     headline = _check_tracks(p, task, command) if tracks.is_file() else "facecom_only"
-    needs_best = task == "recognition" or headline == "facecom_only"
+    needs_best = task == "recognition" or headline in ("facecom_only", "stacked")
     if best.is_file():
         _check_checkpoint(best, task, command)
     elif needs_best:

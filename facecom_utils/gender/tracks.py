@@ -40,12 +40,14 @@ import pandas as pd
 
 from facecom_utils.common.progress import ProgressLog
 from facecom_utils.data.layout import find_task_dir, scan_task_b
-from facecom_utils.metrics.classification import binary_metrics, choose_threshold
+from facecom_utils.metrics.classification import binary_metrics
 from facecom_utils.face.descriptors import face_tracks_wanted
-from facecom_utils.gender.labels import CLASS_NAMES, label_indices, predicted_labels
+from facecom_utils.gender.labels import CLASS_NAMES, predicted_labels
 from facecom_utils.face.quality import RESTORATION_FOR, DistortionEstimator, quality_feature_matrix
 from facecom_utils.face.restoration import RESTORATION_VERSIONS, check_restoration_versions
-from facecom_utils.data.splits import grouped_folds, person_folds, usable_folds
+from facecom_utils.data.splits import grouped_folds, usable_folds
+from facecom_utils.gender.heads import (LinearHead, copy_weights, female_labels, fit_linear, oof_linear,
+                                        threshold_from_oof)
 from facecom_utils.metrics.classification import logit
 
 __all__ = [
@@ -67,6 +69,7 @@ __all__ = [
     "run_gender_tracks",
     "train_gender_with_tracks",
     "load_run_tracks",
+    "load_run_stacker",
     "predict_with_run",
     "evaluate_with_run",
 ]
@@ -99,100 +102,6 @@ def with_distorted_copies(task_a: pd.DataFrame, data_root: str | Path, split: st
             rows.append({**row._asdict(), "path": path, "kind": kind, "image": row.path})
     copies = pd.DataFrame(rows, columns=list(clean.columns))
     return pd.concat([clean, copies], ignore_index=True)
-
-
-@dataclass(frozen=True)
-class LinearHead:
-    """A logistic-regression head and its decision threshold on P(female).
-
-    Attributes:
-        coef: ``[F]``; intercept: float; threshold: predict female when the probability >= it.
-    """
-
-    coef: np.ndarray
-    intercept: float
-    threshold: float = 0.5
-
-    def probabilities(self, X: np.ndarray) -> np.ndarray:
-        """P(female) ``[N]``."""
-        return 1.0 / (1.0 + np.exp(-(np.asarray(X, np.float64) @ self.coef + self.intercept)))
-
-    def margin(self, X: np.ndarray) -> np.ndarray:
-        """The logit minus the threshold's logit: >= 0 is female (comparable across heads)."""
-        return np.asarray(X, np.float64) @ self.coef + self.intercept - logit(self.threshold)
-
-    def with_threshold(self, threshold: float) -> "LinearHead":
-        return LinearHead(self.coef, self.intercept, float(threshold))
-
-    def state_dict(self) -> dict[str, Any]:
-        import torch
-
-        return {"coef": torch.from_numpy(np.asarray(self.coef, np.float64)), "intercept": float(self.intercept),
-                "threshold": float(self.threshold)}
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> "LinearHead":
-        return cls(np.asarray(state["coef"], np.float64), float(state["intercept"]), float(state["threshold"]))
-
-
-def fit_linear(X: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None, C: float = 1.0,
-               seed: int = 0) -> LinearHead:
-    """Class-balanced L2 logistic regression (the classes weigh the same in total, after ``weight``)."""
-    from sklearn.linear_model import LogisticRegression
-
-    y = np.asarray(y, np.int64)
-    if len(np.unique(y)) < 2:
-        raise ValueError("a head needs female and male training images")
-    w = np.ones(len(y)) if weight is None else np.asarray(weight, np.float64)
-    totals = np.array([w[y == c].sum() for c in (0, 1)])
-    w = w * (totals.sum() / (2 * totals))[y]
-    model = LogisticRegression(C=C, max_iter=3000, random_state=seed)
-    model.fit(X, y, sample_weight=w)
-    return LinearHead(model.coef_[0].astype(np.float64), float(model.intercept_[0]))
-
-
-def oof_linear(X: np.ndarray, y: np.ndarray, persons: np.ndarray, weight: np.ndarray | None = None,
-               C: float = 1.0, k: int = 5, repeats: int = 1, seed: int = 0) -> np.ndarray:
-    """Out-of-fold P(female) of every row ``[repeats, N]``: each from a head that never saw its person."""
-    persons = np.asarray(persons)
-    people = pd.Series(np.asarray(y)).groupby(persons).agg(lambda v: int(v.mean() >= 0.5))
-    prob = np.full((repeats, len(y)), np.nan)
-    k = usable_folds(people.index.to_numpy(), people.to_numpy(), k)
-    for i, (train, test) in enumerate(person_folds(persons, y, k, repeats, seed)):
-        head = fit_linear(X[train], y[train], None if weight is None else weight[train], C, seed)
-        prob[i // k, test] = head.probabilities(X[test])
-    return prob
-
-
-def threshold_from_oof(y: np.ndarray, prob: np.ndarray, persons: np.ndarray, criterion: str = "balanced_accuracy",
-                       n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """The threshold chosen on out-of-fold probabilities ``[repeats, N]``, with its uncertainty.
-
-    Returns:
-        ``threshold``, ``oof`` (metrics at it, pooled over repeats) and 2.5-97.5% person-bootstrap
-        intervals ``recall_female_ci`` / ``balanced_accuracy_ci`` (NaN with ``n_boot=0``).
-    """
-    prob = np.atleast_2d(prob)
-    repeats = len(prob)
-    yy, p, pp = np.tile(y, repeats), prob.reshape(-1), np.tile(np.asarray(persons), repeats)
-    threshold = choose_threshold(yy, p, criterion=criterion)
-    rng = np.random.default_rng(seed)
-    people, inverse = np.unique(pp, return_inverse=True)
-    members = [np.flatnonzero(inverse == i) for i in range(len(people))]
-    rec, bal = [], []
-    for _ in range(n_boot):
-        idx = np.concatenate([members[j] for j in rng.integers(0, len(people), len(people))])
-        pred, t = p[idx] >= threshold, yy[idx]
-        tpr = pred[t == 1].mean() if (t == 1).any() else np.nan
-        tnr = (~pred[t == 0]).mean() if (t == 0).any() else np.nan
-        rec.append(tpr)
-        bal.append((tpr + tnr) / 2)
-
-    def interval(values: list[float]) -> list[float]:
-        return [float(np.nanpercentile(values, 2.5)), float(np.nanpercentile(values, 97.5))] if values else [np.nan] * 2
-
-    return {"threshold": float(threshold), "oof": binary_metrics(yy, p, threshold, CLASS_NAMES),
-            "recall_female_ci": interval(rec), "balanced_accuracy_ci": interval(bal), "repeats": repeats}
 
 
 @dataclass
@@ -249,17 +158,6 @@ class FaceHeadRecipe:
         from facecom_utils.nn.backbones import pooled_features
 
         return pooled_features(rows["path"].tolist(), cache_dir=self.feature_cache)
-
-
-def female_labels(rows: pd.DataFrame) -> np.ndarray:
-    """The rows' ``label`` column as 0/1 (int64, 1 = female): :func:`~facecom_utils.gender.labels.label_indices`."""
-    return label_indices(rows["label"])
-
-
-def _copy_weights(rows: pd.DataFrame, distorted_weight: float) -> np.ndarray:
-    clean = (rows["kind"] == "clean").to_numpy()
-    copies = rows.groupby("image")["kind"].transform(lambda k: max(int((k != "clean").sum()), 1)).to_numpy()
-    return np.where(clean, 1.0, distorted_weight / copies)
 
 
 @dataclass(frozen=True)
@@ -337,7 +235,7 @@ def fit_gender_face(rows: pd.DataFrame, recipe: FaceHeadRecipe, n_boot: int = 0)
         q = recipe.quality(rows)
         estimator = DistortionEstimator.fit(q, rows["kind"].tolist(), seed=recipe.seed)
     X = recipe.descriptors(rows, estimator, q)
-    w = _copy_weights(rows, recipe.distorted_weight)
+    w = copy_weights(rows, recipe.distorted_weight)
     keep = w > 0
     X, y, persons, w, clean = X[keep], y[keep], persons[keep], w[keep], (rows["kind"] == "clean").to_numpy()[keep]
     if usable_folds(persons, y, recipe.k) < 2:
@@ -450,8 +348,11 @@ def summarise_folds(folds: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- the notebook's stage
 
 #: The tracks of Task A's metrics.json, in display order (``face_model_restored`` is the face head
-#: behind the restoration selector; ``fused`` routes glare images to the frame head).
-TRACKS: tuple[str, ...] = ("facecom_only", "face_model_restored", "fused")
+#: behind the restoration selector; ``fused`` routes glare images to the glare expert; ``stacked`` decides
+#: the other images by a stacker over the CNN, the face head and the quality signals: :mod:`~facecom_utils.gender.stacking`).
+TRACKS: tuple[str, ...] = ("facecom_only", "face_model_restored", "fused", "stacked")
+TRACK_PREDICTIONS = "track_predictions.csv"
+"""The run folder's table of every reported row's P(female) per track (``path, label, person, kind, prob_<track>, routed_to_glare``)."""
 TRACK_KEYS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "f1_macro", "precision_female", "recall_female",
                                "recall_male", "f1_female", "roc_auc", "average_precision", "brier",
                                "confusion_matrix", "threshold", "n", "n_positive")
@@ -495,6 +396,7 @@ class GenderTracks:
     tracks: dict[str, dict[str, Any]]
     headline: str
     selector: pd.DataFrame
+    stacker: Any = None
 
     def cv_summary(self) -> pd.DataFrame:
         """Mean, SD and mean - SD over the folds per track and metric."""
@@ -556,16 +458,15 @@ def gender_tracks(config: Any, splits: Any, run: Any) -> GenderTracks:
     if copies.any():
         cnn_prob[copies.to_numpy()] = predict_proba(run.model, report_rows.loc[copies, "path"].tolist(), cfg.image_size,
                                                     cfg.eval_batch_size, next(run.model.parameters()).device, cfg.tta)
+    q = recipe.quality(report_rows)
+    stacker, stacked = _stacked_track(train_rows, splits, recipe, model, run, cfg, report_rows, scores, cnn_prob, q)
     predictions = report_rows[["path", "label", "person", "kind"]].assign(
         prob_facecom_only=cnn_prob, prob_face_model_restored=scores["face"], prob_fused=scores["fused"],
+        **({"prob_stacked": stacked} if stacker is not None else {}),
         routed_to_glare=scores.get("routed_to_glare", np.zeros(len(report_rows), bool)))
     thresholds = {"facecom_only": run.threshold, "face_model_restored": model.face.threshold,
-                  "fused": model.face.threshold}
-    tracks = {}
-    for name in TRACKS:
-        m = score_rows(report_rows, predictions[f"prob_{name}"].to_numpy(), thresholds[name])
-        tracks[name] = {**{k: m[k] for k in TRACK_KEYS}, "per_distortion": m["per_distortion"],
-                        **{k: m[k] for k in ("worst_distortion", "worst_distortion_balanced_accuracy") if k in m}}
+                  "fused": model.face.threshold, "stacked": None if stacker is None else stacker.threshold}
+    tracks = _score_tracks(report_rows, predictions, thresholds)
     tracks["facecom_only"]["threshold_source"] = "the CNN's validation fold"
     for name in ("face_model_restored", "fused"):
         tracks[name]["threshold_source"] = f"out-of-fold over all {len(train_persons)} training images"
@@ -578,24 +479,58 @@ def gender_tracks(config: Any, splits: Any, run: Any) -> GenderTracks:
         tracks["fused"]["glare_threshold_source"] = "out-of-fold over the training persons' sunny copies"
     tracks["face_model_restored"]["oof"] = {k: model.oof[k] for k in ("recall_female_ci", "balanced_accuracy_ci")}
     tracks["face_model_restored"]["oof"].update({k: model.oof["oof"][k] for k in ("balanced_accuracy", "recall_female")})
+    if stacker is not None:
+        tracks["stacked"].update(outside_face_data=True, stacker=stacker.info, threshold_source=(
+            "out-of-fold over the stacker's own rows: the CNN's validation-fold persons and their copies"))
     headline = "fused" if cfg.headline_track == "auto" else cfg.headline_track
     if headline not in tracks:
         raise ValueError(f"headline_track must be 'auto' or one of {list(tracks)}, got {cfg.headline_track!r}")
-    q = recipe.quality(report_rows)
     chosen = np.asarray(model.estimator.restorations(q))
     wanted = np.array([RESTORATION_FOR.get(k, "identity") for k in report_rows["kind"]])
     selector = (pd.DataFrame({"type": report_rows["kind"], "right restoration": chosen == wanted,
                               "estimated type correct": model.estimator.predict(q) == report_rows["kind"].to_numpy()})
                 .groupby("type").mean())
-    out = GenderTracks(train_rows, report_rows, model, cv, predictions, tracks, headline, selector)
+    out = GenderTracks(train_rows, report_rows, model, cv, predictions, tracks, headline, selector, stacker)
     _write_tracks(RunDir(cfg.output_dir), run, out, cfg, root)
     return out
+
+
+def _score_tracks(rows: pd.DataFrame, predictions: pd.DataFrame, thresholds: dict[str, float | None]) -> dict[str, Any]:
+    """Each track's clean metrics (:data:`TRACK_KEYS`) and per-type balanced accuracy; tracks without predictions are left out."""
+    tracks = {}
+    for name in TRACKS:
+        if f"prob_{name}" not in predictions or thresholds.get(name) is None:
+            continue
+        m = score_rows(rows, predictions[f"prob_{name}"].to_numpy(), thresholds[name])
+        tracks[name] = {**{k: m[k] for k in TRACK_KEYS}, "per_distortion": m["per_distortion"],
+                        **{k: m[k] for k in ("worst_distortion", "worst_distortion_balanced_accuracy") if k in m}}
+    return tracks
+
+
+def _stacked_track(train_rows: pd.DataFrame, splits: Any, recipe: FaceHeadRecipe, model: GenderFaceModel, run: Any,
+                   cfg: Any, report_rows: pd.DataFrame, scores: dict[str, np.ndarray], cnn_prob: np.ndarray,
+                   quality: np.ndarray) -> tuple[Any, np.ndarray | None]:
+    """The stacker (fitted on the CNN's validation-fold persons, every input out of sample for them) and the
+    reported rows' ``stacked`` P(female); ``(None, None)`` with a note when the fold is too small."""
+    from facecom_utils.gender.pipeline import predict_proba
+    from facecom_utils.gender.stacking import fit_stacked, stacked_probabilities
+
+    device = next(run.model.parameters()).device
+    try:
+        stacker = fit_stacked(train_rows, set(splits.fold["person"]), recipe, route_glare=model.glare is not None,
+                              cnn_predict=lambda paths: predict_proba(run.model, paths, cfg.image_size,
+                                                                      cfg.eval_batch_size, device, cfg.tta))
+    except ValueError as err:
+        print(f"stacked track skipped: {err}")
+        return None, None
+    return stacker, stacked_probabilities(stacker, model, cnn_prob, scores, quality)
 
 
 def _write_tracks(rundir: Any, run: Any, tracks: GenderTracks, cfg: Any, root: Path) -> None:
     """``face_tracks.pt`` (weights_only-loadable) and metrics.json with ``tracks`` and the headline on top
     (:meth:`~facecom_utils.train.rundir.RunDir.write_tracks`)."""
-    state = {"model": tracks.model.state_dict(), "cnn_threshold": float(run.threshold)}
+    state = {"model": tracks.model.state_dict(), "cnn_threshold": float(run.threshold),
+             "stacker": None if tracks.stacker is None else tracks.stacker.state_dict()}
     metrics = dict(run.metrics)
     cnn_synthetic = metrics.get("per_distortion")
     metrics["tracks"] = tracks.tracks
@@ -614,6 +549,10 @@ def _write_tracks(rundir: Any, run: Any, tracks: GenderTracks, cfg: Any, root: P
     metrics["per_distortion_source"] = "real distorted copies (Task_B distortion folders)"
     run.metrics.update(rundir.write_tracks("gender", tracks.headline, state, metrics, cfg, root))
     run.metrics_path = rundir.metrics_path
+    table = rundir.path / TRACK_PREDICTIONS  # per reported image and copy, every track: the CV breakdowns read it
+    partial = table.with_name(table.name + ".partial")
+    tracks.predictions.to_csv(partial, index=False)
+    partial.replace(table)
 
 
 def run_gender_tracks(config: Any, splits: Any, run: Any) -> GenderTracks | None:
@@ -675,6 +614,22 @@ def load_run_tracks(run_dir: str | Path) -> tuple[str, GenderFaceModel | None, P
     return str(payload["headline"]), GenderFaceModel.from_state_dict(payload["model"]), rundir.best_checkpoint
 
 
+def load_run_stacker(run_dir: str | Path) -> Any:
+    """The :class:`~facecom_utils.gender.stacking.Stacker` of a run folder's ``face_tracks.pt``.
+
+    Raises:
+        ValueError: The run has no stacker (an older run, or a validation fold too small to fit one).
+    """
+    from facecom_utils.gender.stacking import Stacker
+    from facecom_utils.train.rundir import RunDir
+
+    rundir = RunDir(run_dir)
+    payload = rundir.load_tracks("gender")
+    if payload is None or payload.get("stacker") is None:
+        raise ValueError(f"{rundir.tracks_path}: no stacked track in this run (retrain it with this version)")
+    return Stacker.from_state_dict(payload["stacker"])
+
+
 def _headline_scores(run_dir: str | Path, rows: pd.DataFrame, cache_dir: str | Path | None,
                      device: str) -> tuple[np.ndarray, float, str]:
     from facecom_utils.data.cache import default_cache_dir
@@ -695,6 +650,12 @@ def _headline_scores(run_dir: str | Path, rows: pd.DataFrame, cache_dir: str | P
                             glare_expert=model.glare is not None, feature_cache=cache / "face_model", workers=workers,
                             device=str(select_device(device)))
     scores = model.scores(rows, recipe)
+    if headline == "stacked":
+        from facecom_utils.gender.stacking import stacked_probabilities
+
+        stacker = load_run_stacker(run_dir)
+        cnn = predict_gender(best, rows["path"].tolist(), device=device)["prob"].to_numpy()
+        return stacked_probabilities(stacker, model, cnn, scores, recipe.quality(rows)), stacker.threshold, headline
     return scores["fused" if headline == "fused" else "face"], model.face.threshold, headline
 
 

@@ -90,6 +90,9 @@ class RecognitionConfig(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.headline_track == "stacked":
+            raise ValueError("Task B has no stacked track (it is Task A's): use auto, facecom_only, face_model, "
+                             "face_model_restored or fused")
         if self.embedding_source not in EMBEDDING_SOURCES:
             raise ValueError(f"embedding_source must be one of {EMBEDDING_SOURCES}, got {self.embedding_source!r}")
         if not 0.0 < self.face_crop <= 1.0:

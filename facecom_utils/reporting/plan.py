@@ -527,7 +527,7 @@ def plan_run(
         overrides=[key for key, _ in overrides],
         parameters={stem: _notebook_parameters(stem, run_dir, root, routed, declared, dataset_images) for stem in stems},
         defaults={stem: _tolerant_defaults(notebook_dir / f"{stem}.ipynb") for stem in stems},
-        expected=expected, notes=notes,
+        expected=expected, notes=list(dict.fromkeys(notes)),
     )
 
 

@@ -29,7 +29,7 @@ __all__ = ["RunConfig", "AMP_MODES"]
 
 AMP_MODES = ("auto", "fp16", "bf16", "none")
 #: Tracks a run can put at the top of metrics.json (Task A has no ``face_model`` track).
-HEADLINE_TRACKS = ("auto", "facecom_only", "face_model", "face_model_restored", "fused")
+HEADLINE_TRACKS = ("auto", "facecom_only", "face_model", "face_model_restored", "fused", "stacked")
 
 
 @dataclass
@@ -78,7 +78,7 @@ class RunConfig:
             reported apart): True, False or ``"auto"`` (when dlib is installed).
         face_workers: Processes that compute face descriptors (None: up to 4, one per core).
         headline_track: The track written at the top of ``metrics.json``: ``"auto"`` (``fused``
-            when the face tracks ran, else ``facecom_only``) or a track name.
+            when the face tracks ran, else ``facecom_only``) or a track name (``stacked``: Task A only).
     """
 
     default_output_dir: ClassVar[str] = "reports/run"
