@@ -217,3 +217,39 @@ def test_face_features_timing_table() -> None:
     stages = [("quality features", 15408, 300.4), ("descriptors, clean", 1926, 99.6)]
     assert m.timing_table(stages, "/c", 2).splitlines() == ["cache /c, 2 workers", "", "| stage | images | seconds |", "|---|---|---|",
             "| quality features | 15,408 | 300 |", "| descriptors, clean | 1,926 | 100 |", "| total |  | 400 |"]
+
+
+def test_gender_breakdown_by_style_images_and_bootstrap(tmp_path) -> None:
+    """experiments/cv_gender_breakdown.py on two tiny folds with known answers."""
+    b = load_script("cv_gender_breakdown")
+    assert b.person_style("007_frontal") == "NNN_frontal" and b.person_style("Colin_Powell") == "First_Last"
+    rows = []
+    for fold, people in (("fold0", ["001_frontal", "002_frontal", "Ann_A", "Bob_B"]),
+                         ("fold1", ["003_frontal", "004_frontal", "Cat_C", "Dan_D"])):
+        for p in people:
+            female = p in ("001_frontal", "003_frontal", "Ann_A", "Cat_C")
+            n = 1 if p.endswith("frontal") else 5
+            for i in range(n):
+                for kind in ("clean", "sunny"):
+                    # fused is right everywhere except the frontal women's clean images; stacked is right everywhere
+                    wrong = female and p.endswith("frontal") and kind == "clean"
+                    rows.append({"fold": fold, "path": f"{p}_{i}_{kind}", "label": "female" if female else "male",
+                                 "person": p, "kind": kind, "female_fused": female != wrong, "female_stacked": female})
+    table = pd.DataFrame(rows)
+    counts = table[table["kind"] == "clean"].groupby("person")["path"].count()
+    out = b.breakdown(table, counts, ["fused", "stacked"])
+    get = lambda group, track, key: out[(out["group"] == group) & (out["track"] == track)][key].iloc[0]  # noqa: E731
+    assert get("NNN_frontal", "fused", "recall_female") == 0.0 and get("First_Last", "fused", "recall_female") == 1.0
+    assert get("NNN_frontal", "fused", "balanced_accuracy") == 0.5 and get("all", "stacked", "balanced_accuracy") == 1.0
+    assert get("1 image", "fused", "persons") == 4 and get("5+ images", "fused", "images") == 20
+    assert get("all", "fused", "sunny balanced_accuracy") == 1.0
+    # fused on clean: female recall 10/12 pooled; per fold 5/6 -> stacked beats it by 1/6 in every fold
+    paired = b.paired_differences(table, ["fused", "stacked"])
+    recall = paired[(paired["track"] == "stacked") & (paired["metric"] == "recall_female")].iloc[0]
+    assert recall["mean"] == pytest.approx(1 / 6) and recall["sd"] == pytest.approx(0.0)
+    boot = b.person_bootstrap(table, "stacked", n_boot=50)
+    assert boot["balanced_accuracy"] == [1.0, 1.0]
+    low, high = b.person_bootstrap(table, "fused", n_boot=200)["recall_female"]
+    assert low < 10 / 12 < high <= 1.0
+    text, data = b.report(table, counts, n_boot=20)
+    assert "NNN_frontal" in text and "Paired per-fold difference" in text and data["bootstrap"]["stacked"]

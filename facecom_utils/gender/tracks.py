@@ -653,8 +653,11 @@ def _headline_scores(run_dir: str | Path, rows: pd.DataFrame, cache_dir: str | P
     if headline == "stacked":
         from facecom_utils.gender.stacking import stacked_probabilities
 
+        from facecom_utils.common.checkpoints import load_checkpoint
+
         stacker = load_run_stacker(run_dir)
-        cnn = predict_gender(best, rows["path"].tolist(), device=device)["prob"].to_numpy()
+        tta = bool(load_checkpoint(best).get("config", {}).get("tta", True))  # as the notebook predicted
+        cnn = predict_gender(best, rows["path"].tolist(), device=device, tta=tta)["prob"].to_numpy()
         return stacked_probabilities(stacker, model, cnn, scores, recipe.quality(rows)), stacker.threshold, headline
     return scores["fused" if headline == "fused" else "face"], model.face.threshold, headline
 
