@@ -125,3 +125,33 @@ def test_architecture_lists_every_module() -> None:
                for p in sorted((REPO_ROOT / "facecom_utils").glob("*/*.py"))
                if p.stem not in ("__init__", "__main__") and p.stem not in rows.get(p.parent.name, set())]
     assert missing == [], "add a line to docs/architecture.md's module table for each"
+
+
+REFERENCE_RUN = REPO_ROOT / "docs" / "reference-run"
+
+
+def test_the_published_reference_run_is_compact_complete_and_path_free() -> None:
+    """docs/reference-run/ (make reference): every notebook finished without dataset images, a few MB, no folder of
+    the machine it ran on, its commit in this history, and the README links it with that commit."""
+    import json
+
+    from facecom_utils.reporting.publish import MAX_PUBLISHED_BYTES
+
+    summary = json.loads((REFERENCE_RUN / "summary.json").read_text())
+    assert summary["ok"] and len(summary["notebooks"]) == 4
+    for nb in summary["notebooks"]:
+        assert nb["parameters"]["dataset_images"] is False, nb["name"]
+        assert (REFERENCE_RUN / nb["nocode_html"]).is_file() and (REFERENCE_RUN / nb["name"] / "metrics.json").is_file()
+    files = [p for p in REFERENCE_RUN.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= MAX_PUBLISHED_BYTES
+    assert not [p for p in files if p.suffix not in (".html", ".json")]
+    for p in files:
+        text = p.read_text()
+        for folder in ("/work/", "/home/", "/tmp/", "/root/", "shared/facecom", "/Users/"):
+            assert folder not in text, (p.name, folder)
+    commit = summary["provenance"]["commit"]
+    proc = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=REPO_ROOT, capture_output=True)
+    if proc.returncode != 0 and not (REPO_ROOT / ".git" / "shallow").exists():
+        pytest.fail(f"the reference run's commit {commit} is not in this repository's history")
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "docs/reference-run/index.html" in readme and commit[:7] in readme

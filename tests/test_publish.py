@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ast
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import matplotlib.axes
@@ -148,7 +150,8 @@ def test_publish_writes_the_compact_copy_with_no_absolute_path(published: tuple[
     for file in dest.rglob("*"):
         if file.is_file():
             text = file.read_text()
-            for absolute in (str(data_root), str(run_dir), str(paths.REPO_ROOT), str(Path.home()) + "/"):
+            for absolute in (str(data_root), str(run_dir), str(paths.REPO_ROOT), str(Path.home()) + "/",
+                             tempfile.gettempdir() + "/"):
                 assert absolute not in text, (file.name, absolute)  # ... the copy does not
     assert "data at &lt;data_root&gt; output at ./01_eda" in (dest / "01_eda.nocode.html").read_text()
     metrics = json.loads((dest / "02_gender_classification" / "metrics.json").read_text())
@@ -158,6 +161,7 @@ def test_publish_writes_the_compact_copy_with_no_absolute_path(published: tuple[
     assert summary["data_root"] == "synthetic demo data" and summary["python"] == "python"
     origin = summary["provenance"]
     assert len(origin["commit"]) == 40 and origin["machine"] and origin["torch"] == torch.__version__
+    assert origin["commit"] == original["commit"]["commit"]  # the commit the run ran, recorded at its start
     index = (dest / "index.html").read_text()
     assert origin["commit"][:12] in index and 'href="02_gender_classification.nocode.html"' in index
     assert 'href="02_gender_classification.html"' not in index and ".ipynb" not in index  # not published
@@ -190,3 +194,16 @@ def test_publish_refuses_what_it_must_not_publish(published: tuple[Path, Path, P
         publish_run(tmp_path, dest)
     assert (dest / "index.html").read_text() == before  # every refusal left the published copy whole
     assert not dest.with_name(dest.name + ".partial").exists()
+
+
+def test_publish_names_the_commit_it_is_told_for_an_older_run(published: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    run_dir, _, _ = published
+    older = tmp_path / "older"
+    shutil.copytree(run_dir, older)
+    summary = json.loads((older / "summary.json").read_text())
+    del summary["commit"]  # runs before the runner recorded its commit
+    (older / "summary.json").write_text(json.dumps(summary))
+    dest = tmp_path / "published"
+    publish_run(older, dest, commit="0" * 40)
+    assert json.loads((dest / "summary.json").read_text())["provenance"]["commit"] == "0" * 40
+    assert "000000000000" in (dest / "index.html").read_text()

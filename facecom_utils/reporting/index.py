@@ -18,7 +18,7 @@ from typing import Any
 
 from facecom_utils.train.rundir import write_json
 
-__all__ = ["HEADLINE_METRICS", "NotebookResult", "RunResult", "write_index"]
+__all__ = ["HEADLINE_METRICS", "NotebookResult", "RunResult", "git_state", "write_index"]
 
 HEADLINE_METRICS: dict[str, tuple[str, ...]] = {
     "01_eda": (
@@ -89,6 +89,7 @@ class RunResult:
     device: str | None = None
     presets: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # per notebook, the preset files applied
     provenance: dict[str, Any] | None = None  # a published copy's commit, machine, versions (reporting.publish)
+    commit: dict[str, Any] | None = None  # the code the run ran: {"commit", "dirty"} (git_state at its start)
 
     @property
     def ok(self) -> bool:
@@ -180,6 +181,24 @@ def _notebook_details(r: NotebookResult) -> str:
             f"<table><tr><th>parameter</th><th>value</th></tr>{params}</table></details>")
 
 
+def git_state(folder: str | Path | None = None) -> dict[str, Any]:
+    """``{"commit": HEAD's hash or None, "dirty": tracked files differ from it (None when unknown)}`` of the
+    checkout holding the package (or ``folder``)."""
+    import subprocess
+
+    from facecom_utils.common.paths import REPO_ROOT
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=folder or REPO_ROOT, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
+
+
 def _provenance_line(origin: Mapping[str, Any]) -> str:
     """Where a published run came from: its commit, machine and versions."""
     commit = origin.get("commit") or "unknown"
@@ -208,6 +227,10 @@ def write_index(run: RunResult) -> Path:
         },
         "notebooks": [dataclasses.asdict(r) for r in run.notebooks],
     }
+    if run.commit is not None:
+        from facecom_utils.common.paths import REPO_ROOT
+
+        summary["commit"], summary["repo"] = run.commit, str(REPO_ROOT)
     if run.provenance is not None:
         summary["provenance"] = run.provenance
     write_json(run_dir / "summary.json", summary)

@@ -23,14 +23,14 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from facecom_utils.common import paths
-from facecom_utils.reporting.index import NotebookResult, RunResult, write_index
+from facecom_utils.reporting.index import NotebookResult, RunResult, git_state, write_index
 
 __all__ = ["MAX_PUBLISHED_BYTES", "PublishError", "machine_description", "provenance", "publish_run"]
 
@@ -55,22 +55,15 @@ def machine_description() -> str:
     return f"{model} · {os.cpu_count()} cores · {platform.system()}-{platform.release().split('-')[0]}"
 
 
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=paths.REPO_ROOT, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def provenance(created: str | None = None) -> dict[str, Any]:
-    """Where a run came from: the commit (``dirty`` when tracked files differ from it), the machine, versions."""
+def provenance(created: str | None = None, commit: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Where a run came from: the commit it ran (``dirty`` when tracked files differed from it; default: this
+    checkout's now), the machine, versions."""
     import torch
 
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    state = dict(commit) if commit else git_state()
     return {
-        "commit": _git("rev-parse", "HEAD"),
-        "dirty": bool(status) if status is not None else None,
+        "commit": state.get("commit"),
+        "dirty": state.get("dirty"),
         "machine": machine_description(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -80,13 +73,17 @@ def provenance(created: str | None = None) -> dict[str, Any]:
 
 def _replacements(summary: Mapping[str, Any], run_dir: Path) -> list[tuple[str, str]]:
     """(absolute prefix, placeholder) pairs, longest first so a nested folder wins over its parent."""
+    repo = summary.get("repo") or (run_dir.parent.parent if run_dir.parent.name == "reports" else paths.REPO_ROOT)
     pairs = {
+        str(Path(repo)): "<repo>",
         str(Path(summary["data_root"]).resolve()): "<data_root>",
         str(Path(summary["data_root"])): "<data_root>",
         str(run_dir.resolve()): ".",
         str(paths.REPO_ROOT): "<repo>",
         str(Path.home()): "~",
         sys.executable: "python",
+        str(Path(tempfile.gettempdir()).resolve()): "<tmp>",  # e.g. a warning's /tmp/ipykernel_<pid>/<cell>.py
+        tempfile.gettempdir(): "<tmp>",
     }
     return sorted(((k, v) for k, v in pairs.items() if k not in ("", "/", ".")), key=lambda kv: -len(kv[0]))
 
@@ -117,7 +114,7 @@ def _check_publishable(summary: Mapping[str, Any], run_dir: Path) -> None:
 
 
 def publish_run(run_dir: str | Path, dest: str | Path, data_label: str | None = None,
-                max_bytes: int = MAX_PUBLISHED_BYTES) -> Path:
+                max_bytes: int = MAX_PUBLISHED_BYTES, commit: str | None = None) -> Path:
     """Write the compact, path-free copy of a finished run into ``dest`` (replacing what is there).
 
     Args:
@@ -126,6 +123,8 @@ def publish_run(run_dir: str | Path, dest: str | Path, data_label: str | None = 
         data_label: How the index names the data (default: "FACECOM" or "synthetic demo", and whether the
             data root had a ``val`` split or the notebooks held out identity-disjoint people of ``train``).
         max_bytes: Refuse a copy heavier than this.
+        commit: The commit the run ran, for a run whose ``summary.json`` does not record it (runs before the
+            runner recorded it); by default the summary's ``commit``, else this checkout's HEAD now.
 
     Returns:
         ``dest``'s ``index.html``.
@@ -158,7 +157,8 @@ def publish_run(run_dir: str | Path, dest: str | Path, data_label: str | None = 
     presets = {stem: [_scrub(p, swaps) for p in files] for stem, files in summary.get("presets", {}).items()}
     run = RunResult(name=summary["run"], run_dir=str(staging), data_root=label, synthetic=summary["synthetic"],
                     notebooks=notebooks, device=summary.get("device"), presets=presets,
-                    provenance={**provenance(summary.get("created")), "published_from": summary["run"]})
+                    provenance={**provenance(summary.get("created"), {"commit": commit, "dirty": False} if commit
+                                             else summary.get("commit")), "published_from": summary["run"]})
     write_index(run)
     for text_file in (staging / "index.html", staging / "summary.json"):
         text = text_file.read_text(encoding="utf-8")
@@ -207,9 +207,11 @@ def main(argv: list[str] | None = None) -> int:
                                                  "--no-dataset-images) to DEST.")
     parser.add_argument("run_dir", help="reports/<run>/ of facecom run")
     parser.add_argument("dest", help="the folder to write, e.g. docs/reference-run")
+    parser.add_argument("--commit", default=None,
+                        help="the commit the run ran, for a run whose summary.json does not record it")
     args = parser.parse_args(argv)
     try:
-        print(publish_run(paths.repo_path(args.run_dir), paths.repo_path(args.dest)))
+        print(publish_run(paths.repo_path(args.run_dir), paths.repo_path(args.dest), commit=args.commit))
     except PublishError as exc:
         print(f"publish: error: {exc}", file=sys.stderr)
         return 2

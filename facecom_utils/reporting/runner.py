@@ -50,7 +50,7 @@ from facecom_utils.reporting.execution import (
     render_html,
     run_notebook,
 )
-from facecom_utils.reporting.index import HEADLINE_METRICS, NotebookResult, RunResult, write_index
+from facecom_utils.reporting.index import HEADLINE_METRICS, NotebookResult, RunResult, git_state, write_index
 from facecom_utils.reporting.plan import (
     DEPENDENCIES,
     NOTEBOOKS,
@@ -168,7 +168,8 @@ def run_plan(plan: RunPlan, notebook_dir: str | Path = NOTEBOOK_DIR, cell_timeou
         ensure_demo_dataset(DEFAULT_DEMO_ROOT)  # generated on the first run
     run = RunResult(name=plan.name, run_dir=str(plan.run_dir), data_root=str(plan.data_root),
                     synthetic=plan.synthetic, notebooks=[], device=plan.device,
-                    presets={stem: [str(p) for p in plan.presets_of(stem)] for stem in plan.notebooks})
+                    presets={stem: [str(p) for p in plan.presets_of(stem)] for stem in plan.notebooks},
+                    commit=git_state())
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     for stem in plan.notebooks:
         params = plan.parameters[stem]
