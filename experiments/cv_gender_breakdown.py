@@ -42,9 +42,14 @@ def person_style(person: str) -> str:
     return "NNN_frontal" if FRONTAL.match(str(person)) else "First_Last"
 
 
-def load_folds(cv_dir: Path) -> pd.DataFrame:
+def load_folds(cv_dir: Path, fixed_threshold: float | None = None) -> pd.DataFrame:
     """Every fold's reported rows: ``fold``, ``path``, ``label``, ``person``, ``kind``, ``prob_<track>`` and
-    ``female_<track>`` (the decision at that fold's threshold for the track)."""
+    ``female_<track>`` (the decision at that fold's threshold for the track).
+
+    With ``fixed_threshold``, also ``female_stacked_fixed``: the stacker's images decided at that threshold
+    instead of its out-of-fold one (the glare-routed images keep their decision). A post-hoc view, labelled
+    as such: a class-balanced stacker's balanced-accuracy threshold is 0.5 in theory.
+    """
     parts = []
     for run in sorted((cv_dir / "runs").glob("fold*")):
         folder = run / "02_gender_classification"
@@ -55,6 +60,9 @@ def load_folds(cv_dir: Path) -> pd.DataFrame:
         for track, m in tracks.items():
             if f"prob_{track}" in table:
                 table[f"female_{track}"] = table[f"prob_{track}"] >= m["threshold"]
+        if fixed_threshold is not None and "prob_stacked" in table:
+            routed = table["routed_to_glare"].astype(bool)
+            table["female_stacked_fixed"] = table["female_stacked"].where(routed, table["prob_stacked"] >= fixed_threshold)
         parts.append(table.assign(fold=run.name))
     if not parts:
         raise SystemExit(f"no finished fold with {TRACK_PREDICTIONS} under {cv_dir / 'runs'}; run "
@@ -139,7 +147,7 @@ def paired_differences(rows: pd.DataFrame, tracks: list[str], against: str = "fu
 
 def report(rows: pd.DataFrame, images_per_person: pd.Series, n_boot: int = 1000) -> tuple[str, dict]:
     """The Markdown the docs quote and everything behind it (JSON-ready)."""
-    tracks = [t for t in TRACKS if f"female_{t}" in rows]
+    tracks = [t for t in (*TRACKS, "stacked_fixed") if f"female_{t}" in rows]
     table = breakdown(rows, images_per_person, tracks)
     boot = {t: person_bootstrap(rows, t, n_boot) for t in tracks}
     paired = paired_differences(rows, tracks)
@@ -176,9 +184,11 @@ def main() -> None:
     ap.add_argument("--cv-dir", default=str(REPORTS_DIR / "cv_notebook02"),
                     help="the --out folder of experiments/cv_notebooks.py --notebook 02 (default: %(default)s)")
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--fixed-threshold", type=float, default=None,
+                    help="also score the stacker's images at this threshold (column stacked_fixed; post hoc)")
     args = ap.parse_args()
     cv_dir = Path(args.cv_dir)
-    rows = load_folds(cv_dir)
+    rows = load_folds(cv_dir, args.fixed_threshold)
     counts = rows[rows["kind"] == "clean"].groupby("person")["path"].count()  # reported images = all of a person's
     text, data = report(rows, counts, args.n_boot)
     write_text(cv_dir / "breakdown.md", text)

@@ -253,3 +253,20 @@ def test_gender_breakdown_by_style_images_and_bootstrap(tmp_path) -> None:
     assert low < 10 / 12 < high <= 1.0
     text, data = b.report(table, counts, n_boot=20)
     assert "NNN_frontal" in text and "Paired per-fold difference" in text and data["bootstrap"]["stacked"]
+
+
+def test_gender_breakdown_reads_the_folds_and_a_fixed_stacker_threshold(tmp_path) -> None:
+    b = load_script("cv_gender_breakdown")
+    folder = tmp_path / "runs" / "fold0" / "02_gender_classification"
+    folder.mkdir(parents=True)
+    pd.DataFrame({"path": ["a", "b", "c"], "label": ["female", "male", "female"], "person": ["P", "Q", "R"],
+                  "kind": ["clean", "clean", "sunny"], "prob_fused": [0.7, 0.2, 0.9], "prob_stacked": [0.45, 0.3, 0.2],
+                  "routed_to_glare": [False, False, True]}).to_csv(folder / "track_predictions.csv", index=False)
+    (folder / "metrics.json").write_text(json.dumps({"tracks": {"fused": {"threshold": 0.5},
+                                                                "stacked": {"threshold": 0.4}}}))
+    rows = b.load_folds(tmp_path, fixed_threshold=0.5)
+    assert rows["female_fused"].tolist() == [True, False, True]
+    assert rows["female_stacked"].tolist() == [True, False, False]
+    assert rows["female_stacked_fixed"].tolist() == [False, False, False]  # 0.45 < 0.5; the routed row keeps its own
+    with pytest.raises(SystemExit, match="no finished fold"):
+        b.load_folds(tmp_path / "nothing")
