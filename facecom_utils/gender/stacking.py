@@ -139,9 +139,8 @@ def fit_stacker(features: np.ndarray, y: np.ndarray, persons: np.ndarray, clean:
                 C: float = 1.0, seed: int = 0) -> Stacker:
     """Fit the stacker on ``features`` (:func:`stack_features`) and choose its threshold out of fold.
 
-    Rows are weighted so that each image and its distorted copies together weigh as much as a clean
-    image's copies do in the face head (every row the same here: the copies are the robustness signal).
-    The threshold maximises balanced accuracy over person-grouped out-of-fold probabilities of the
+    Every row weighs the same (the distorted copies are the robustness signal), the two classes the same in
+    total. The threshold maximises balanced accuracy over person-grouped out-of-fold probabilities of the
     clean rows (:func:`~facecom_utils.gender.heads.threshold_from_oof`).
 
     Raises:
