@@ -144,7 +144,7 @@ def test_the_published_reference_run_is_compact_complete_and_path_free() -> None
         assert (REFERENCE_RUN / nb["nocode_html"]).is_file() and (REFERENCE_RUN / nb["name"] / "metrics.json").is_file()
     files = [p for p in REFERENCE_RUN.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) <= MAX_PUBLISHED_BYTES
-    assert not [p for p in files if p.suffix not in (".html", ".json")]
+    assert not [p for p in files if p.suffix not in (".html", ".json", ".css")]
     for p in files:
         text = p.read_text()
         for folder in ("/work/", "/home/", "/tmp/", "/root/", "shared/facecom", "/Users/"):

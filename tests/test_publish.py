@@ -142,8 +142,13 @@ def test_publish_writes_the_compact_copy_with_no_absolute_path(published: tuple[
     run_dir, dest, data_root = published
     files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
     stems = list(run.NOTEBOOKS.values())
-    assert files == sorted(["index.html", "summary.json", *(f"{s}.nocode.html" for s in stems),
+    assert files == sorted(["index.html", "summary.json", "reports.css", *(f"{s}.nocode.html" for s in stems),
                             *(f"{s}/metrics.json" for s in stems)])
+    theme = (dest / "reports.css").read_text()  # nbconvert's theme, once, linked from every report
+    assert len(theme) > 10_000 and "<style" not in theme
+    for s_ in stems:
+        report = (dest / f"{s_}.nocode.html").read_text()
+        assert report.count('<link rel="stylesheet" href="reports.css"/>') == 1 and theme[:200] not in report
     original = json.loads((run_dir / "summary.json").read_text())
     assert original["notebooks"][0]["parameters"]["dataset_images"] is False  # --publish implies it
     assert str(data_root) in (run_dir / "01_eda.nocode.html").read_text()  # the source names the paths ...

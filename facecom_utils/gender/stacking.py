@@ -105,7 +105,7 @@ class Stacker:
 
 
 def _logit(prob: np.ndarray) -> np.ndarray:
-    return logit(np.clip(np.asarray(prob, np.float64), 1e-7, 1 - 1e-7))
+    return logit(prob, eps=1e-7)
 
 
 def out_of_sample_inputs(fit_rows: pd.DataFrame, other_rows: pd.DataFrame, recipe: Any) -> dict[str, np.ndarray]:

@@ -6,6 +6,7 @@
     index.html            the runner's index page (status, seconds, headline metrics, every metric and parameter)
     NN_name.nocode.html   each notebook's report without code
     NN_name/metrics.json  each notebook's metrics
+    reports.css           the stylesheet the reports share (nbconvert's theme, once)
     summary.json          the run's summary, with where it came from (commit, machine, date)
 
 and nothing else: no executed notebook, checkpoint, embedding or cache. It refuses a run that did not
@@ -22,6 +23,7 @@ import html
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -143,9 +145,11 @@ def publish_run(run_dir: str | Path, dest: str | Path, data_label: str | None = 
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     notebooks = []
+    reports = {nb["nocode_html"]: _scrub((run_dir / nb["nocode_html"]).read_text(encoding="utf-8"), swaps, markup=True)
+               for nb in summary["notebooks"]}
+    for name, report in _share_styles(reports, staging / SHARED_CSS).items():
+        (staging / name).write_text(report, encoding="utf-8")
     for nb in summary["notebooks"]:
-        report = (run_dir / nb["nocode_html"]).read_text(encoding="utf-8")
-        (staging / nb["nocode_html"]).write_text(_scrub(report, swaps, markup=True), encoding="utf-8")
         metrics = _scrub_value(nb.get("metrics"), swaps)
         if metrics is not None:
             (staging / nb["name"]).mkdir()
@@ -166,6 +170,38 @@ def publish_run(run_dir: str | Path, dest: str | Path, data_label: str | None = 
     _check_size(staging, max_bytes)
     _swap_in(staging, dest)
     return dest / "index.html"
+
+
+SHARED_CSS = "reports.css"
+_STYLE = re.compile(r"<style[^>]*>.*?</style>", re.S)
+
+
+def _share_styles(reports: Mapping[str, str], css: Path) -> dict[str, str]:
+    """The reports with every ``<style>`` block that two or more of them carry moved into one stylesheet
+    (``css``, linked where the first such block stood): nbconvert repeats its whole theme in each report."""
+    counts: dict[str, int] = {}
+    for text in reports.values():
+        for block in dict.fromkeys(_STYLE.findall(text)):
+            counts[block] = counts.get(block, 0) + 1
+    shared = [block for block, n in counts.items() if n > 1]
+    shared_set = set(shared)
+    if not shared:
+        return dict(reports)
+    css.write_text("\n".join(re.sub(r"^<style[^>]*>|</style>$", "", b) for b in shared), encoding="utf-8")
+    link = f'<link rel="stylesheet" href="{css.name}"/>'
+    out = {}
+    for name, text in reports.items():
+        first = True
+
+        def replace(match: re.Match[str]) -> str:
+            nonlocal first
+            if match.group(0) not in shared_set:
+                return match.group(0)
+            keep, first = (link if first else ""), False
+            return keep
+
+        out[name] = _STYLE.sub(replace, text)
+    return out
 
 
 def _data_label(summary: Mapping[str, Any]) -> str:
