@@ -270,3 +270,79 @@ def test_gender_breakdown_reads_the_folds_and_a_fixed_stacker_threshold(tmp_path
     assert rows["female_stacked_fixed"].tolist() == [False, False, False]  # 0.45 < 0.5; the routed row keeps its own
     with pytest.raises(SystemExit, match="no finished fold"):
         b.load_folds(tmp_path / "nothing")
+
+
+def test_face_finetune_fold_trains_only_on_its_training_part(tmp_path, monkeypatch) -> None:
+    """The network of a fold never sees a reported identity, and early stopping reads only the validation part."""
+    pytest.importorskip("face_recognition_models")
+    import argparse
+
+    m = load_script("cv_face_finetune")
+    rows = []
+    for i in range(12):
+        for j in range(2):
+            rows.append({"path": f"id{i}/{j}.jpg", "identity": f"id{i}", "distortion": None, "source": None, "role": "gallery"})
+    for i in range(12):
+        for j in range(2):
+            for kind in ("blurred", "noisy"):
+                rows.append({"path": f"id{i}/d/{j}_{kind}.jpg", "identity": f"id{i}", "distortion": kind,
+                             "source": f"id{i}/{j}.jpg", "role": "probe"})
+    table = pd.DataFrame(rows)
+    rng = np.random.default_rng(0)
+    act = rng.random((len(table), 256, 4, 4)).astype(np.float16)
+    flip = rng.random((len(table), 256, 4, 4)).astype(np.float16)
+    original = rng.normal(size=(len(table), 128)).astype(np.float32)
+    original_flip = rng.normal(size=(len(table), 128)).astype(np.float32)
+    held = {"id0", "id1", "id2", "id3"}
+    args = argparse.Namespace(inner_fraction=0.25, seed=0, frozen_blocks=13, objectives=["consistency"], epochs=1, lr=1e-3,
+                              tag="", target="source")
+    seen = {}
+    real = m.finetune
+
+    def spy(activations, targets, labels, config, select, **kw):
+        seen["activations"], seen["labels"] = activations, labels
+        calls = []
+
+        def spied_select(net):
+            calls.append(1)
+            return select(net)
+
+        out = real(activations, targets, labels, config, spied_select, **kw)
+        seen["selects"] = len(calls)
+        return out
+
+    monkeypatch.setattr(m, "finetune", spy)
+    scored = []
+    real_top1 = m.top1_by_type
+    monkeypatch.setattr(m, "top1_by_type", lambda t, e: scored.append(set(t["identity"])) or real_top1(t, e))
+    records = m.run_fold(0, table, act, flip, original, original_flip, held, args, tmp_path)
+    inner = m.inner_split(sorted(set(table["identity"]) - held), 0.25, 0)
+    fit = ~table["identity"].isin(held | inner).to_numpy()
+    assert len(inner) == 2 and not inner & held
+    np.testing.assert_array_equal(seen["activations"], np.concatenate([act[fit], flip[fit]]))  # rows and mirrors
+    assert len(seen["labels"]) == 2 * fit.sum() and seen["labels"].max() == 12 - 4 - 2 - 1
+    # selection scored the validation part only (epoch 0 and epoch 1); the reports scored the held-out people only
+    assert seen["selects"] == 2
+    assert [s for s in scored if s == inner] and all(s in (inner, held) for s in scored)
+    rec = records["consistency_b13"]
+    assert set(rec["report"]) == {"plain", "flip", "flip+original"}
+    assert (tmp_path / "fold0" / "consistency_b13.pt").is_file()
+    rows_out = m.summary_rows([records, records])
+    assert [r[:2] for r in rows_out] == [["original", "plain"], ["original", "flip"], ["consistency_b13", "plain"],
+                                         ["consistency_b13", "flip"], ["consistency_b13", "flip+original"]]
+    same = rec["report"]["flip"]["strict_six"] - records["original"]["report"]["flip"]["strict_six"]
+    # the paired difference to dlib's weights with the same test time
+    assert float(rows_out[3][3].split(" ")[0].replace("\u2212", "-")) == pytest.approx(same, abs=1e-3)
+
+
+def test_face_finetune_clean_ceiling_leaves_each_photo_out() -> None:
+    m = load_script("cv_face_finetune")
+    table = pd.DataFrame({"identity": ["a", "a", "b", "b", "c", "a"], "distortion": [None, None, None, None, None, "noisy"]})
+    e = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [0.75, 0.7], [0, 1]], np.float32)
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    # a's two photos find each other, b's too; c has no other photo (left out); the probe row is not a photo
+    assert m.clean_top1(table, e) == 1.0
+    e2 = e.copy()
+    e2[1] = [0.7, 0.72]  # a's second photo now sits beside c's: a's two photos miss, b's still find each other
+    e2[1] /= np.linalg.norm(e2[1])
+    assert m.clean_top1(table, e2) == 0.5

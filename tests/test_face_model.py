@@ -138,7 +138,7 @@ def test_store_describes_once_and_keys_by_content(tmp_path, astronaut_file, monk
     assert first.detected.all() and first.descriptors.shape == (1, 128)
     np.testing.assert_allclose(np.linalg.norm(first.normalised(), axis=1), 1.0, rtol=1e-5)
     calls = []
-    monkeypatch.setattr(fm, "_describe_paths", lambda jobs, upsample, backend="torch": calls.append(jobs) or (_ for _ in ()).throw(
+    monkeypatch.setattr(fm, "_describe_paths", lambda jobs, upsample, **kw: calls.append(jobs) or (_ for _ in ()).throw(
         AssertionError("recomputed")))
     copy = tmp_path / "renamed.png"
     shutil.copy(astronaut_file, copy)

@@ -344,3 +344,24 @@ def test_face_model_cache_and_workers_are_one_rule(monkeypatch: pytest.MonkeyPat
     assert face_model_cache() == tmp_path / "root" / "face_model"
     assert face_model_cache(tmp_path / "other") == tmp_path / "other" / "face_model"
     assert face_workers(3) == 3 and face_workers(None) == max(1, min(4, os.cpu_count() or 1))
+
+
+def test_top1_by_type_main_and_strict_per_type() -> None:
+    from facecom_utils.recognition.protocol import top1_by_type
+
+    table = pd.DataFrame({
+        "path": ["a1", "a2", "b1", "b2", "a1_noisy", "a1_sunny", "b1_noisy"],
+        "identity": ["a", "a", "b", "b", "a", "a", "b"],
+        "distortion": [None, None, None, None, "noisy", "sunny", "noisy"],
+        "source": [None, None, None, None, "a1", "a1", "b1"],
+    })
+    e = np.array([[1, 0, 0], [0.8, 0.6, 0], [0, 1, 0], [0, 0.6, 0.8],
+                  [1, 0, 0],        # a1_noisy: its own source (main hit); strict: a2 (0.8) beats b (0.6): hit
+                  [0.6, 0.8, 0],    # a1_sunny: main a1 0.6 / a2 0.96 -> hit; strict a2 0.96 vs b1 0.8: hit
+                  [0.6, 0, 0.8]], np.float32)  # b1_noisy: main a1 0.6 vs b2 0.64 -> hit; strict b2 0.64 vs a 0.6: hit
+    out = top1_by_type(table, e)
+    assert out["per_type"] == {"noisy": 1.0, "sunny": 1.0} and out["strict_six"] == 1.0
+    e[6] = [0.8, 0, 0.6]  # b1_noisy now nearer a1 (0.8) than b2 (0.48): a miss both ways
+    out = top1_by_type(table, e)
+    assert out["per_type"] == {"noisy": 0.5, "sunny": 1.0} and out["strict_per_type"]["noisy"] == 0.5
+    assert out["strict_six"] == 0.5 and out["top1"] == pytest.approx(2 / 3)

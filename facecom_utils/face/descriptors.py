@@ -113,21 +113,29 @@ BACKENDS = ("torch", "dlib")
 CHUNK = 16
 
 
-def chip_descriptors(chips: np.ndarray, backend: str = "torch") -> np.ndarray:
+def chip_descriptors(chips: np.ndarray, backend: str = "torch", weights: str | Path | None = None) -> np.ndarray:
     """Raw descriptors ``float32 [N, 128]`` of aligned uint8 RGB chips ``[N, 150, 150, 3]``.
 
     ``"torch"`` runs dlib's network in PyTorch on the CPU (:mod:`facecom_utils.face.dlib_network`: the same
     numbers to ~5e-6, about 20x faster on one core in chunks of 16); ``"dlib"`` runs dlib itself
-    (dlib-bin has no BLAS: 105-160 ms a chip on one core).
+    (dlib-bin has no BLAS: 105-160 ms a chip on one core). ``weights``: a fine-tuned network's file
+    (:func:`facecom_utils.face.finetune.save_finetuned`) instead of dlib's weights (torch only).
 
     Raises:
-        ValueError: Chips of another shape (one chip ``[150, 150, 3]`` is taken as a batch of one).
+        ValueError: Chips of another shape (one chip ``[150, 150, 3]`` is taken as a batch of one), or
+            ``weights`` with the dlib backend.
     """
     chips = np.ascontiguousarray(chips, dtype=np.uint8)
     if chips.ndim == 3:
         chips = chips[None]
     if chips.ndim != 4 or chips.shape[1:] != (CHIP, CHIP, 3):
         raise ValueError(f"expected aligned uint8 RGB chips [N, {CHIP}, {CHIP}, 3], got shape {chips.shape}")
+    if weights is not None:
+        if backend != "torch":
+            raise ValueError("fine-tuned weights run on the torch backend only")
+        from facecom_utils.face.finetune import finetuned_descriptors
+
+        return finetuned_descriptors(chips, weights)
     if backend == "torch":
         from facecom_utils.face.dlib_network import torch_descriptors
 
@@ -161,12 +169,12 @@ def describe_image(image: np.ndarray, restoration: str = "identity", upsample: i
 
 
 def _describe_paths(jobs: Sequence[tuple[str, str]], upsample: int,
-                    backend: str = "torch") -> list[tuple[np.ndarray, bool, float]]:
+                    backend: str = "torch", weights: str | None = None) -> list[tuple[np.ndarray, bool, float]]:
     """:func:`describe_image` of ``(path, restoration)`` jobs, the descriptor network run once on all their chips."""
     fronts = [_front_end(np.asarray(load_image(path), dtype=np.uint8), restoration, upsample) for path, restoration in jobs]
     if not fronts:
         return []
-    descriptors = chip_descriptors(np.stack([f[0] for f in fronts]), backend)
+    descriptors = chip_descriptors(np.stack([f[0] for f in fronts]), backend, weights)
     return [(d, det, score) for d, (_, det, score) in zip(descriptors, fronts)]
 
 
@@ -213,12 +221,26 @@ class DescriptorStore:
             both backends give the same descriptors to float rounding, so a store filled by one
             serves the other.
         chunk: Images per task; the descriptor network runs once per chunk.
+        weights: A fine-tuned network's file (:func:`facecom_utils.face.finetune.save_finetuned`; torch
+            backend) instead of dlib's own weights. **Part of the key**: the store's files carry the
+            weights' digest, so a fine-tuned network never reads descriptors another network wrote
+            (weights equal to dlib's share dlib's files).
     """
 
     def __init__(self, folder: str | Path, upsample: int = 1, workers: int = 1, save_every: int = 1000,
-                 progress: bool = False, backend: str = "torch", chunk: int = CHUNK) -> None:
+                 progress: bool = False, backend: str = "torch", chunk: int = CHUNK,
+                 weights: str | Path | None = None) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.weights = None if weights is None else str(weights)
+        self.weights_digest: str | None = None
+        if self.weights is not None:
+            if backend != "torch":
+                raise ValueError("fine-tuned weights run on the torch backend only")
+            from facecom_utils.face.finetune import saved_digest, stock_digest
+
+            digest = saved_digest(self.weights)
+            self.weights_digest = None if digest == stock_digest() else digest
         self.backend = backend
         self.chunk = max(1, int(chunk))
         self.folder = Path(folder)
@@ -233,6 +255,8 @@ class DescriptorStore:
         version = RESTORATION_VERSIONS.get(restoration, 1)
         if version > 1:  # stores of restorations at version 1 keep their names (and their cached work)
             settings.append(version)
+        if self.weights_digest is not None:  # dlib's own weights keep their names too
+            settings.append(self.weights_digest)
         digest = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:12]
         return self.folder / f"dlib_{restoration}_{digest}.npz"
 
@@ -299,7 +323,7 @@ class DescriptorStore:
         jobs = [(path, name) for (_, name), path in items]
         starts = range(0, len(jobs), self.chunk)
         chunks = [jobs[i:i + self.chunk] for i in starts]
-        describe = functools.partial(_describe_paths, upsample=self.upsample, backend=self.backend)
+        describe = functools.partial(_describe_paths, upsample=self.upsample, backend=self.backend, weights=self.weights)
         bar = tqdm(total=len(jobs), desc="face descriptors", leave=False, disable=not self.progress)
         log = ProgressLog(len(jobs), "face descriptors")
         dirty: set[str] = set()

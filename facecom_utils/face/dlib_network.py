@@ -35,12 +35,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DlibFaceNet", "read_dlib_face_net", "torch_descriptors"]
+__all__ = ["BLOCKS", "DlibFaceNet", "read_dlib_face_net", "torch_descriptors"]
 
 CHIP = 150
 # (filters, halves the resolution) of every residual block, input side first
 _BLOCKS = ([(32, False)] * 3 + [(64, True)] + [(64, False)] * 3 + [(128, True)] + [(128, False)] * 2
            + [(256, True)] + [(256, False)] * 2 + [(256, True)])
+#: Residual blocks of the network (a trunk of ``k`` blocks leaves ``BLOCKS - k`` to fine-tune).
+BLOCKS = len(_BLOCKS)
 _NAME = re.compile(rb"[A-Za-z_][A-Za-z0-9_]{2,31}")  # any identifier-like string: unknown layers are refused
 MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 
@@ -210,18 +212,30 @@ def _net_module() -> Any:
         def from_dat(cls, path: str | Path) -> "DlibFaceNet":
             return cls(read_dlib_face_net(path))
 
-        def forward(self, chips: torch.Tensor) -> torch.Tensor:
+        def trunk(self, chips: torch.Tensor, blocks: int = len(_BLOCKS)) -> torch.Tensor:
+            """The activations after the stem and the first ``blocks`` residual blocks (0-14)."""
             if chips.dim() != 4 or tuple(chips.shape[1:]) != (CHIP, CHIP, 3):
                 raise ValueError(f"expected uint8 RGB chips [N, {CHIP}, {CHIP}, 3], got {tuple(chips.shape)}")
             x = (chips.permute(0, 3, 1, 2).float() - self.mean) / 256.0
             x = F.max_pool2d(F.relu(self.convs[0](x)), 3, 2)
-            i = 1
-            for _, down in _BLOCKS:
-                y = F.relu(self.convs[i](x))
-                y = self.convs[i + 1](y)
-                i += 2
-                x = F.relu(add_padded(y, F.avg_pool2d(x, 2, 2) if down else x))
-            return self.fc(x.mean(dim=(2, 3)))
+            return self._blocks(x, 0, blocks)
+
+        def _blocks(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+            for b in range(start, stop):
+                y = self.convs[2 * b + 2](F.relu(self.convs[2 * b + 1](x)))
+                x = F.relu(add_padded(y, F.avg_pool2d(x, 2, 2) if _BLOCKS[b][1] else x))
+            return x
+
+        def tail(self, x: torch.Tensor, blocks: int) -> torch.Tensor:
+            """The descriptors from the activations :meth:`trunk` returned after ``blocks`` blocks."""
+            return self.fc(self._blocks(x, blocks, len(_BLOCKS)).mean(dim=(2, 3)))
+
+        def forward(self, chips: torch.Tensor) -> torch.Tensor:
+            return self.tail(self.trunk(chips, 0), 0)
+
+        def parameters_after(self, blocks: int) -> list[torch.nn.Parameter]:
+            """The parameters of the residual blocks after the first ``blocks`` and of the final layer."""
+            return [p for c in self.convs[2 * blocks + 1:] for p in c.parameters()] + list(self.fc.parameters())
 
     return DlibFaceNet
 

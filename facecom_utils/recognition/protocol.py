@@ -14,12 +14,12 @@ import pandas as pd
 from facecom_utils.data.layout import OnError, drop_unreadable, scan_task_b
 from facecom_utils.data.demo import resolve_data_root
 from facecom_utils.data.splits import subsample_identities
-from facecom_utils.metrics.scoring import identity_macro_top1, score_table, strict_score_table, topk_accuracy
+from facecom_utils.metrics.scoring import identity_macro_top1, identity_ranks, score_table, strict_score_table, topk_accuracy
 from facecom_utils.metrics.verification import choose_match_threshold, evaluate_protocol
 from facecom_utils.recognition.model import load_recognition_model
 from facecom_utils.recognition.embedding import embedding_table, extract_embeddings, protocol_inputs
 
-__all__ = ["choose_thresholds", "protocol_metrics", "evaluate_recognition"]
+__all__ = ["choose_thresholds", "protocol_metrics", "evaluate_recognition", "top1_by_type"]
 
 
 def choose_thresholds(table: pd.DataFrame, emb: np.ndarray, method: str = "kfold", seed: int = 0) -> dict[str, Any]:
@@ -105,6 +105,31 @@ def _quick_scores(table: pd.DataFrame, emb: np.ndarray) -> dict[str, float]:
     out["strict_top1_macro"] = identity_macro_top1(strict, args["probe_identity"])
     macro = out["strict_top1_macro"]
     out["selection_score"] = out["top1"] if math.isnan(macro) else 0.5 * (out["top1"] + macro)
+    return out
+
+
+def top1_by_type(table: pd.DataFrame, emb: np.ndarray) -> dict[str, Any]:
+    """Main and strict top-1 of an embedded split, overall and per distortion type (no threshold).
+
+    Returns:
+        ``{"top1", "strict_top1", "per_type": {type: top1}, "strict_per_type": {type: top1},
+        "strict_six": mean strict top-1 over the types other than sunny (NaN when none)}``.
+    """
+    args = protocol_inputs(table, emb)
+    gallery = (args["gallery_emb"], args["gallery_identity"])
+    kinds = np.asarray(args["probe_distortion"], dtype=object)
+    out: dict[str, Any] = {}
+    for prefix, st in (("", score_table(args["probe_emb"], args["probe_identity"], *gallery)),
+                       ("strict_", strict_score_table(args["probe_emb"], args["probe_identity"], *gallery,
+                                                      args["probe_source_idx"]))):
+        valid = st.valid
+        hit = np.zeros(len(valid), bool)
+        hit[valid] = identity_ranks(st.scores[valid], st.true_idx[valid]) == 0
+        out[f"{prefix}top1"] = float(hit[valid].mean()) if valid.any() else float("nan")
+        out[f"{prefix}per_type"] = {str(k): float(hit[valid & (kinds == k)].mean())
+                                    for k in sorted(set(kinds[valid]))}
+    six = [v for k, v in out["strict_per_type"].items() if k != "sunny"]
+    out["strict_six"] = float(np.mean(six)) if six else float("nan")
     return out
 
 
