@@ -1,7 +1,7 @@
 """Task B: dlib's face network fine-tuned on FACECOM's distortions, on 3 identity-disjoint folds.
 
 Feeds ``docs/results.md`` § Task B — fine-tuning the face network. Writes ``<out>/finetune_table.md``
-(every objective against dlib's own weights, mean ± SD over the folds) and ``<out>/per_fold.md``::
+(every configuration run into ``--out`` against dlib's own weights, mean ± SD over the folds)::
 
     python experiments/cv_face_finetune.py                       # -> reports/cv_face_finetune/
     python experiments/cv_face_finetune.py --objectives consistency --frozen-blocks 7
@@ -11,8 +11,9 @@ The folds are ``cv_notebooks.py --notebook 03``'s (same seed: the same reported 
 (mean strict top-1 over the six types other than sunny); the network trains on the rest and is
 scored once on the fold's reported people. Every row is described through the face front end after the
 restoration of its **folder's** type (:data:`~facecom_utils.face.quality.RESTORATION_FOR`; the
-notebooks' estimator picks the same restoration for >= 99 % of every type, so this is the
-``face_model_restored`` track up to those few probes). Descriptors are compared by cosine, gallery =
+notebooks' estimator picks the same restoration for >= 99 % of every type, so dlib's row approximates the
+notebooks' ``face_model_restored`` track; the frozen trunk's activations are kept in float16, for dlib's
+row and the fine-tuned ones alike). Descriptors are compared by cosine, gallery =
 the reported people's clean photos; strict leaves out each probe's own source photo.
 
 Each network is scored three ways at test time: ``plain`` (one descriptor per chip), ``flip`` (the
@@ -22,8 +23,10 @@ the consistency target is dlib's ``flip`` descriptor of the row's clean source. 
 the ``flip`` score.
 
 Resumable: the chips (:class:`~facecom_utils.face.chips.ChipStore`) and the frozen trunk's activations
-are cached under ``--cache``; each (fold, objective) writes its JSON record and its weights
-(``<out>/fold<i>/<objective>_b<k>.pt``) and is skipped when its record exists.
+are cached under ``--cache`` (keyed by the images' contents, the restorations, the chips' settings and
+dlib's weights); each (fold, configuration) writes its JSON record with its settings and its weights
+(``<out>/fold<i>/<objective>_b<k><tag>.pt``) and is skipped when its record exists; a record made with
+other settings under the same name (or another seed / number of folds in the same ``--out``) is refused.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -42,8 +46,10 @@ from facecom_utils.common.paths import REPORTS_DIR
 from facecom_utils.data.cache import default_cache_dir
 from facecom_utils.data.layout import DISTORTION_TYPES, scan_task_b
 from facecom_utils.face.chips import ChipStore
+from facecom_utils.data.features import file_digest
 from facecom_utils.face.finetune import (OBJECTIVES, FinetuneConfig, config_dict, finetune, save_finetuned,
-                                         source_rows, stock_network, tail_descriptors, trunk_activations)
+                                         source_rows, stock_digest, stock_network, tail_descriptors,
+                                         trunk_activations)
 from facecom_utils.face.quality import RESTORATION_FOR
 from facecom_utils.recognition.embedding import embedding_table
 from facecom_utils.metrics.scoring import identity_ranks, score_table
@@ -68,15 +74,18 @@ def load_rows(root: Path, cache: Path, workers: int, blocks: int) -> tuple:
     every Task B training row (the activations cached under ``cache``)."""
     table = embedding_table(scan_task_b(root, splits=["train"]))
     restorations = [RESTORATION_FOR.get(d, "identity") if isinstance(d, str) else "identity" for d in table["distortion"]]
-    key = hashlib.sha256("\n".join(table["path"]).encode()).hexdigest()[:12] + f"_b{blocks}"
+    store = ChipStore(cache, workers=workers, progress=True)
+    what = [stock_digest(), *(store._dir(r).name for r in sorted(set(restorations))),
+            *(f"{file_digest(p)}:{r}" for p, r in zip(table["path"], restorations))]
+    key = hashlib.sha256("\n".join(what).encode()).hexdigest()[:12] + f"_b{blocks}"
     files = [cache / f"ft_trunk_{key}.npy", cache / f"ft_trunk_{key}_flip.npy"]
     if not all(f.is_file() for f in files):
-        chips = ChipStore(cache, workers=workers, progress=True).chips(table["path"].tolist(), restorations).chips
+        chips = store.chips(table["path"].tolist(), restorations).chips
         for file, view in zip(files, (chips, chips[:, :, ::-1])):
             t0 = time.perf_counter()
             act = trunk_activations(stock_network(), view, blocks)
             print(f"trunk activations of {len(chips)} chips ({blocks} blocks): {time.perf_counter() - t0:.0f} s")
-            tmp = file.with_name(file.name + ".tmp.npy")
+            tmp = file.with_name(f".{file.stem}.{os.getpid()}.tmp.npy")
             np.save(tmp, act)
             tmp.replace(file)
         del chips
@@ -105,6 +114,27 @@ def variants(net_plain: np.ndarray, net_flip: np.ndarray, orig_plain: np.ndarray
     return out
 
 
+def run_settings(args: argparse.Namespace, objective: str) -> dict:
+    """Everything a fold's record depends on besides the data: refused when a record was made otherwise."""
+    return {"objective": objective, "frozen_blocks": args.frozen_blocks, "epochs": args.epochs, "lr": args.lr,
+            "target": args.target, "inner_fraction": args.inner_fraction, "seed": args.seed, "folds": args.folds}
+
+
+def checked(file: Path, wanted: dict) -> dict:
+    """A record, provided it was made with ``wanted`` settings.
+
+    Raises:
+        SystemExit: The record was made with other settings (another name via ``--tag``, or another ``--out``).
+    """
+    record = json.loads(file.read_text())
+    made = record.get("settings", {})
+    differ = {k: (made.get(k), v) for k, v in wanted.items() if made.get(k) != v}
+    if differ:
+        raise SystemExit(f"{file}: made with other settings {differ} (recorded, wanted); "
+                         "name this configuration with --tag or use another --out")
+    return record
+
+
 def run_fold(i: int, table, act: np.ndarray, flip: np.ndarray, original: np.ndarray, original_flip: np.ndarray,
              held: set[str], args, out: Path) -> dict:
     record_dir = out / f"fold{i}"
@@ -119,10 +149,12 @@ def run_fold(i: int, table, act: np.ndarray, flip: np.ndarray, original: np.ndar
     val_table = table[val].reset_index(drop=True)
     records = {}
     base_file = record_dir / "original.json"
+    folds = {"seed": args.seed, "folds": args.folds}
     if not base_file.is_file():
         views = variants(original[rep], original_flip[rep], original[rep], original_flip[rep], tuned=False)
-        write_text(base_file, json.dumps({"report": {k: top1_by_type(rep_table, v) for k, v in views.items()}}))
-    records["original"] = json.loads(base_file.read_text())
+        write_text(base_file, json.dumps({"report": {k: top1_by_type(rep_table, v) for k, v in views.items()},
+                                          "settings": folds}))
+    records["original"] = checked(base_file, folds)
     if "clean_top1" not in records["original"]:
         views = variants(original[rep], original_flip[rep], original[rep], original_flip[rep], tuned=False)
         records["original"]["clean_top1"] = {k: clean_top1(rep_table, v) for k, v in views.items()}
@@ -131,8 +163,9 @@ def run_fold(i: int, table, act: np.ndarray, flip: np.ndarray, original: np.ndar
     for objective in args.objectives:
         name = f"{objective}_b{k}{args.tag}"
         file = record_dir / f"{name}.json"
+        wanted = run_settings(args, objective)
         if file.is_file():
-            records[name] = json.loads(file.read_text())
+            records[name] = checked(file, wanted)
             continue
         fit_table = table[fit].reset_index(drop=True)
         src = source_rows(fit_table["path"].to_numpy(), fit_table["source"].to_numpy())
@@ -160,7 +193,7 @@ def run_fold(i: int, table, act: np.ndarray, flip: np.ndarray, original: np.ndar
                          original[rep], original_flip[rep], tuned=True)
         save_finetuned(result.network, record_dir / f"{name}.pt", {"config": config_dict(config), "fold": i})
         rec = {"report": {v: top1_by_type(rep_table, e) for v, e in views.items()}, "best_epoch": result.best_epoch,
-               "history": result.history, "seconds": result.seconds, "config": config_dict(config)}
+               "history": result.history, "seconds": result.seconds, "config": config_dict(config), "settings": wanted}
         write_text(file, json.dumps(rec))
         records[name] = rec
     return records

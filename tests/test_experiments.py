@@ -295,7 +295,7 @@ def test_face_finetune_fold_trains_only_on_its_training_part(tmp_path, monkeypat
     original_flip = rng.normal(size=(len(table), 128)).astype(np.float32)
     held = {"id0", "id1", "id2", "id3"}
     args = argparse.Namespace(inner_fraction=0.25, seed=0, frozen_blocks=13, objectives=["consistency"], epochs=1, lr=1e-3,
-                              tag="", target="source")
+                              tag="", target="source", folds=3)
     seen = {}
     real = m.finetune
 
@@ -331,6 +331,13 @@ def test_face_finetune_fold_trains_only_on_its_training_part(tmp_path, monkeypat
     assert [r[:2] for r in rows_out] == [["original", "plain"], ["original", "flip"], ["consistency_b13", "plain"],
                                          ["consistency_b13", "flip"], ["consistency_b13", "flip+original"]]
     same = rec["report"]["flip"]["strict_six"] - records["original"]["report"]["flip"]["strict_six"]
+    # a second run resumes from the records; one with another target under the same name is refused
+    seen.clear()
+    again = m.run_fold(0, table, act, flip, original, original_flip, held, args, tmp_path)["consistency_b13"]
+    assert again["report"] == rec["report"] and not seen  # read back, not trained again
+    args.target = "centroid"
+    with pytest.raises(SystemExit, match="other settings"):
+        m.run_fold(0, table, act, flip, original, original_flip, held, args, tmp_path)
     # the paired difference to dlib's weights with the same test time
     assert float(rows_out[3][3].split(" ")[0].replace("\u2212", "-")) == pytest.approx(same, abs=1e-3)
 

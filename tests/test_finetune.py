@@ -191,3 +191,74 @@ def test_chip_store_caches_in_shards_and_resumes(tmp_path, chips, monkeypatch) -
         store.chips(files[:1], "sharpen")
     with pytest.raises(FileNotFoundError, match="missing.png"):
         store.chips([str(tmp_path / "missing.png")])
+
+
+def test_the_best_middle_epoch_is_kept(net, chips) -> None:
+    act = ft.trunk_activations(net, chips, 12)
+    scores, digests = iter([0.0, 2.0, 1.0, 0.5]), []
+
+    def select(network) -> float:
+        digests.append(ft.weights_digest(network))
+        return next(scores)
+
+    result = ft.finetune(act, np.ones((len(act), 128), np.float32), np.zeros(len(act), int),
+                         ft.FinetuneConfig(frozen_blocks=12, epochs=3, patience=5, lr=1e-2), select, network=net, log=None)
+    assert result.best_epoch == 1 and len(set(digests)) == 4
+    assert ft.weights_digest(result.network) == digests[1]  # epoch 1's weights, not the last epoch's
+
+
+def test_margin_loss_is_arcface() -> None:
+    emb = torch.nn.functional.normalize(torch.tensor([[1.0, 0.2], [0.3, 1.0], [-1.0, 0.1]]), dim=1)
+    centres = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    y = torch.tensor([0, 1, 0])
+    cos = emb @ torch.nn.functional.normalize(centres, dim=1).T
+    plain = torch.nn.functional.cross_entropy(16.0 * cos, y)
+    assert float(ft._margin_loss(emb, centres, y, ft.FinetuneConfig(objective="margin", margin=0.0))) == pytest.approx(float(plain), rel=1e-5)
+    m = 0.3
+    theta = torch.acos(cos[[0, 1], y[:2]])
+    want = cos.clone()
+    want[[0, 1], y[:2]] = torch.cos(theta + m)
+    want[2, 0] = cos[2, 0] - m * np.sin(np.pi - m)  # theta near pi: past pi - m, the linear continuation
+    got = ft._margin_loss(emb, centres, y, ft.FinetuneConfig(objective="margin", margin=m))
+    assert float(got) == pytest.approx(float(torch.nn.functional.cross_entropy(16.0 * want, y)), rel=1e-5)
+
+
+def test_bad_inputs_are_refused(net, chips) -> None:
+    act = ft.trunk_activations(net, chips, 12)
+    cfg = ft.FinetuneConfig(frozen_blocks=12, epochs=1)
+    with pytest.raises(ValueError, match="one target"):
+        ft.finetune(act, np.ones((len(act) - 1, 128), np.float32), np.zeros(len(act), int), cfg, lambda _: 1.0, network=net)
+    with pytest.raises(ValueError, match="without gaps"):
+        ft.finetune(act, np.ones((len(act), 128), np.float32), np.array([0, 2] * 3), cfg, lambda _: 1.0, network=net)
+    with pytest.raises(ValueError, match="NaN"):
+        ft.finetune(act, np.ones((len(act), 128), np.float32), np.zeros(len(act), int), cfg, lambda _: float("nan"),
+                    network=net, log=None)
+    with pytest.raises(ValueError, match="blocks must be"):
+        ft.trunk_activations(net, chips, BLOCKS + 1)
+
+
+def test_a_replaced_weights_file_is_refused(tmp_path, net, chips) -> None:
+    path = ft.save_finetuned(net, tmp_path / "w.pt")
+    first = ft.saved_digest(path)
+    moved = ft.stock_network()
+    with torch.no_grad():
+        moved.fc.weight.mul_(2.0)
+    ft.save_finetuned(moved, path)  # replaced after a store read its digest
+    with pytest.raises(ValueError, match="expected weights"):
+        ft.finetuned_descriptors(chips, path, digest=first)
+    np.testing.assert_allclose(ft.finetuned_descriptors(chips, path), 2 * torch_descriptors(chips, _model_file(MODEL_FILE)),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_a_damaged_chip_shard_is_computed_again(tmp_path, chips, monkeypatch) -> None:
+    from facecom_utils.face import chips as cs
+
+    file = str(tmp_path / "img.png")
+    Image.fromarray(chips[0]).save(file)
+    calls = []
+    monkeypatch.setattr(fm, "_front_end", lambda image, restoration, upsample: calls.append(1) or (np.asarray(image, np.uint8), True, 1.0))
+    cs.ChipStore(tmp_path / "cache").chips([file])
+    (shard,) = (tmp_path / "cache").rglob("part-*.npz")
+    shard.write_bytes(shard.read_bytes()[:100])  # truncated
+    np.testing.assert_array_equal(cs.ChipStore(tmp_path / "cache").chips([file]).chips[0], chips[0])
+    assert len(calls) == 2

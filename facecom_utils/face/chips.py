@@ -18,6 +18,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import zipfile
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -92,7 +93,7 @@ class ChipStore:
                     with np.load(shard) as z:
                         for k, c, det, s in zip(z["keys"], z["chips"], z["detected"], z["score"]):
                             table[str(k)] = (c, bool(det), float(s))
-                except (OSError, ValueError, KeyError):  # a damaged shard is computed again
+                except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # a damaged shard: computed again
                     continue
             self._tables[restoration] = table
         return self._tables[restoration]

@@ -113,13 +113,15 @@ BACKENDS = ("torch", "dlib")
 CHUNK = 16
 
 
-def chip_descriptors(chips: np.ndarray, backend: str = "torch", weights: str | Path | None = None) -> np.ndarray:
+def chip_descriptors(chips: np.ndarray, backend: str = "torch", weights: str | Path | None = None,
+                     weights_digest: str | None = None) -> np.ndarray:
     """Raw descriptors ``float32 [N, 128]`` of aligned uint8 RGB chips ``[N, 150, 150, 3]``.
 
     ``"torch"`` runs dlib's network in PyTorch on the CPU (:mod:`facecom_utils.face.dlib_network`: the same
     numbers to ~5e-6, about 20x faster on one core in chunks of 16); ``"dlib"`` runs dlib itself
     (dlib-bin has no BLAS: 105-160 ms a chip on one core). ``weights``: a fine-tuned network's file
-    (:func:`facecom_utils.face.finetune.save_finetuned`) instead of dlib's weights (torch only).
+    (:func:`facecom_utils.face.finetune.save_finetuned`) instead of dlib's weights (torch only);
+    ``weights_digest``: the weights expected in that file (refused when it holds others).
 
     Raises:
         ValueError: Chips of another shape (one chip ``[150, 150, 3]`` is taken as a batch of one), or
@@ -135,7 +137,7 @@ def chip_descriptors(chips: np.ndarray, backend: str = "torch", weights: str | P
             raise ValueError("fine-tuned weights run on the torch backend only")
         from facecom_utils.face.finetune import finetuned_descriptors
 
-        return finetuned_descriptors(chips, weights)
+        return finetuned_descriptors(chips, weights, digest=weights_digest)
     if backend == "torch":
         from facecom_utils.face.dlib_network import torch_descriptors
 
@@ -169,12 +171,13 @@ def describe_image(image: np.ndarray, restoration: str = "identity", upsample: i
 
 
 def _describe_paths(jobs: Sequence[tuple[str, str]], upsample: int,
-                    backend: str = "torch", weights: str | None = None) -> list[tuple[np.ndarray, bool, float]]:
+                    backend: str = "torch", weights: str | None = None,
+                    weights_digest: str | None = None) -> list[tuple[np.ndarray, bool, float]]:
     """:func:`describe_image` of ``(path, restoration)`` jobs, the descriptor network run once on all their chips."""
     fronts = [_front_end(np.asarray(load_image(path), dtype=np.uint8), restoration, upsample) for path, restoration in jobs]
     if not fronts:
         return []
-    descriptors = chip_descriptors(np.stack([f[0] for f in fronts]), backend, weights)
+    descriptors = chip_descriptors(np.stack([f[0] for f in fronts]), backend, weights, weights_digest)
     return [(d, det, score) for d, (_, det, score) in zip(descriptors, fronts)]
 
 
@@ -239,8 +242,8 @@ class DescriptorStore:
                 raise ValueError("fine-tuned weights run on the torch backend only")
             from facecom_utils.face.finetune import saved_digest, stock_digest
 
-            digest = saved_digest(self.weights)
-            self.weights_digest = None if digest == stock_digest() else digest
+            self._saved_digest = saved_digest(self.weights)
+            self.weights_digest = None if self._saved_digest == stock_digest() else self._saved_digest
         self.backend = backend
         self.chunk = max(1, int(chunk))
         self.folder = Path(folder)
@@ -323,7 +326,8 @@ class DescriptorStore:
         jobs = [(path, name) for (_, name), path in items]
         starts = range(0, len(jobs), self.chunk)
         chunks = [jobs[i:i + self.chunk] for i in starts]
-        describe = functools.partial(_describe_paths, upsample=self.upsample, backend=self.backend, weights=self.weights)
+        describe = functools.partial(_describe_paths, upsample=self.upsample, backend=self.backend, weights=self.weights,
+                                     weights_digest=self._saved_digest if self.weights else None)
         bar = tqdm(total=len(jobs), desc="face descriptors", leave=False, disable=not self.progress)
         log = ProgressLog(len(jobs), "face descriptors")
         dirty: set[str] = set()

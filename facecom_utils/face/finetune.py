@@ -143,7 +143,7 @@ def load_finetuned(path: str | Path) -> tuple[Any, dict[str, Any]]:
     """
     import torch
 
-    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    payload = _payload(path)
     net = stock_network()
     net.load_state_dict(payload["state_dict"])
     net.eval()
@@ -152,14 +152,20 @@ def load_finetuned(path: str | Path) -> tuple[Any, dict[str, Any]]:
     return net, dict(payload.get("meta", {}))
 
 
-def saved_digest(path: str | Path) -> str:
-    """The digest a :func:`save_finetuned` file records (read with ``weights_only=True``)."""
+def _payload(path: str | Path) -> dict[str, Any]:
+    """A :func:`save_finetuned` file's contents (``weights_only=True``), its format checked."""
     import torch
 
     payload = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or "digest" not in payload or "state_dict" not in payload:
-        raise ValueError(f"{path}: not a fine-tuned face network (expected save_finetuned's file)")
-    return str(payload["digest"])
+    if not isinstance(payload, dict) or "digest" not in payload or not isinstance(payload.get("state_dict"), dict):
+        raise ValueError(f"{path}: not a fine-tuned face network (expected save_finetuned's file with "
+                         "'state_dict' and 'digest')")
+    return payload
+
+
+def saved_digest(path: str | Path) -> str:
+    """The digest a :func:`save_finetuned` file records (read with ``weights_only=True``)."""
+    return str(_payload(path)["digest"])
 
 
 @functools.cache
@@ -169,15 +175,25 @@ def stock_digest() -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _finetuned(path: str, mtime_ns: int) -> Any:
-    return load_finetuned(path)[0]
+def _finetuned(path: str, digest: str) -> Any:
+    net = load_finetuned(path)[0]  # checks that the weights match the digest the file records
+    if weights_digest(net) != digest:
+        raise ValueError(f"{path}: expected weights {digest}, the file now holds {weights_digest(net)}")
+    return net
 
 
-def finetuned_descriptors(chips: np.ndarray, path: str | Path, batch: int = 64) -> np.ndarray:
-    """Raw descriptors ``float32 [N, 128]`` of uint8 chips ``[N, 150, 150, 3]`` by a saved fine-tuned network."""
+def finetuned_descriptors(chips: np.ndarray, path: str | Path, batch: int = 64, digest: str | None = None) -> np.ndarray:
+    """Raw descriptors ``float32 [N, 128]`` of uint8 chips ``[N, 150, 150, 3]`` by a saved fine-tuned network.
+
+    Args:
+        digest: The weights the caller expects (a store keyed by them); default: what the file records now.
+
+    Raises:
+        ValueError: The file holds other weights than ``digest`` (it was replaced after the caller read it).
+    """
     import torch
 
-    net = _finetuned(str(path), Path(path).stat().st_mtime_ns)
+    net = _finetuned(str(path), digest or saved_digest(path))
     chips = np.ascontiguousarray(chips, dtype=np.uint8)
     if chips.ndim == 3:
         chips = chips[None]
@@ -195,6 +211,8 @@ def trunk_activations(network: Any, chips: np.ndarray, blocks: int, batch: int =
     chips = np.ascontiguousarray(chips, dtype=np.uint8)
     if chips.ndim != 4 or chips.shape[1:] != (CHIP, CHIP, 3):
         raise ValueError(f"expected uint8 RGB chips [N, {CHIP}, {CHIP}, 3], got shape {chips.shape}")
+    if not 0 <= blocks <= BLOCKS:
+        raise ValueError(f"blocks must be 0-{BLOCKS}, got {blocks}")
     out = []
     with torch.inference_mode():
         for i in range(0, len(chips), batch):
@@ -246,7 +264,10 @@ def _margin_loss(emb: Any, centres: Any, y: Any, config: FinetuneConfig) -> Any:
 
     cos = emb @ _unit(centres).T
     c_y = cos.gather(1, y[:, None]).clamp(-1 + 1e-6, 1 - 1e-6)
-    with_margin = c_y * math.cos(config.margin) - torch.sqrt(1 - c_y ** 2) * math.sin(config.margin)
+    m = config.margin
+    with_margin = c_y * math.cos(m) - torch.sqrt(1 - c_y ** 2) * math.sin(m)
+    # past theta = pi - m, cos(theta + m) would rise again as theta grows: continue linearly instead
+    with_margin = torch.where(c_y > math.cos(math.pi - m), with_margin, c_y - m * math.sin(math.pi - m))
     return torch.nn.functional.cross_entropy(config.scale * cos.scatter(1, y[:, None], with_margin), y)
 
 
@@ -276,6 +297,13 @@ def _epoch(net: Any, data: tuple[Any, Any, Any], order: np.ndarray, config: Fine
     return total / max(len(order), 1)
 
 
+def _score(select: Callable[[Any], float], net: Any, epoch: int) -> float:
+    score = float(select(net))
+    if math.isnan(score):
+        raise ValueError(f"the validation score of epoch {epoch} is NaN: the validation part has no probe to score")
+    return score
+
+
 def finetune(activations: np.ndarray, targets: np.ndarray, labels: np.ndarray, config: FinetuneConfig,
              select: Callable[[Any], float], network: Any | None = None,
              log: Callable[[str], None] | None = print) -> FinetuneResult:
@@ -297,6 +325,13 @@ def finetune(activations: np.ndarray, targets: np.ndarray, labels: np.ndarray, c
     """
     import torch
 
+    labels = np.asarray(labels, np.int64)
+    targets = np.asarray(targets, np.float32)
+    if not len(activations) == len(targets) == len(labels) or targets.ndim != 2:
+        raise ValueError(f"{len(activations)} activation rows, {len(targets)} targets and {len(labels)} labels "
+                         "(expected one target [128] and one label per row)")
+    if len(labels) and (labels.min() < 0 or len(np.unique(labels)) != labels.max() + 1):
+        raise ValueError("labels must number the identities 0..C-1 without gaps (np.unique(..., return_inverse=True))")
     t0 = time.perf_counter()
     torch.manual_seed(config.seed)
     net = copy.deepcopy(network if network is not None else stock_network())
@@ -305,23 +340,21 @@ def finetune(activations: np.ndarray, targets: np.ndarray, labels: np.ndarray, c
     trained_ids = {id(p) for p in trained}
     for p in net.parameters():
         p.requires_grad_(id(p) in trained_ids)
-    labels = np.asarray(labels, np.int64)
     n_ids = int(labels.max()) + 1 if len(labels) else 0
     params: list[dict[str, Any]] = [{"params": trained, "lr": config.lr, "weight_decay": config.weight_decay}]
     centres = None
     if config.objective in ("margin", "both"):
-        tgt = np.asarray(targets, np.float32)
-        init = np.zeros((n_ids, tgt.shape[1]), np.float32)
-        np.add.at(init, labels, tgt / np.maximum(np.linalg.norm(tgt, axis=1, keepdims=True), 1e-12))
+        init = np.zeros((n_ids, targets.shape[1]), np.float32)
+        np.add.at(init, labels, targets / np.maximum(np.linalg.norm(targets, axis=1, keepdims=True), 1e-12))
         centres = torch.nn.Parameter(torch.from_numpy(init))
         params.append({"params": [centres], "lr": config.lr * 10, "weight_decay": 0.0})
     opt = torch.optim.AdamW(params)
     x_all = torch.from_numpy(np.asarray(activations))
-    t_all = _unit(torch.from_numpy(np.asarray(targets, np.float32)))
+    t_all = _unit(torch.from_numpy(targets))
     y_all = torch.from_numpy(labels)
     rng = np.random.default_rng(config.seed)
 
-    best = float(select(net))
+    best = _score(select, net, 0)
     best_state, best_epoch = copy.deepcopy(net.state_dict()), 0
     history = [{"epoch": 0, "loss": float("nan"), "select": best, "seconds": time.perf_counter() - t0}]
     if log:
@@ -329,7 +362,7 @@ def finetune(activations: np.ndarray, targets: np.ndarray, labels: np.ndarray, c
     stale = 0
     for epoch in range(1, config.epochs + 1):
         loss = _epoch(net, (x_all, t_all, y_all), rng.permutation(len(labels)), config, centres, opt)
-        score = float(select(net))
+        score = _score(select, net, epoch)
         history.append({"epoch": epoch, "loss": loss, "select": score, "seconds": time.perf_counter() - t0})
         if log:
             log(f"epoch {epoch}: loss {loss:.4f}, select {score:.4f}")
