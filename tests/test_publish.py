@@ -212,3 +212,12 @@ def test_publish_names_the_commit_it_is_told_for_an_older_run(published: tuple[P
     publish_run(older, dest, commit="0" * 40)
     assert json.loads((dest / "summary.json").read_text())["provenance"]["commit"] == "0" * 40
     assert "000000000000" in (dest / "index.html").read_text()
+
+
+def test_message_figures_are_titled_in_words(images_off, tmp_path: Path) -> None:
+    """Without a ``title`` argument a left-out figure is titled by what it shows, not by a function name."""
+    titles = {name: [ax.get_title() for ax in call().axes][0]
+              for name, call in _figures_that_read(str(tmp_path / "missing.jpg")).items()}
+    assert titles["image_grid"] == "grid" and titles["pair_grid"] == "pairs"  # a given title wins
+    assert titles["plot_distortion_grid"] == "Each distortion beside its clean source"
+    assert not [t for t in titles.values() if "_" in t or not t]

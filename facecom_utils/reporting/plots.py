@@ -86,9 +86,18 @@ def show_dataset_images(on: bool = True) -> bool:
     return previous
 
 
+def _summary(function: Any) -> str:
+    """What a figure function shows, for a title: its docstring's first clause, else its name in words."""
+    import re
+
+    first = re.sub(r"``[^`]*``", "", (inspect.getdoc(function) or "").strip().split("\n")[0])
+    clause = " ".join(re.split(r"\s\((?:e\.g\.|see)|[:;]\s|\.(?:\s|$)", first)[0].split()).strip(" ,.")
+    return clause or function.__name__.removeprefix("plot_").replace("_", " ")
+
+
 def draws_dataset_images(function: Any) -> Any:
     """Mark a figure function that draws dataset images: with :func:`show_dataset_images` off it returns
-    a message figure (under the call's ``title``, else the function's name) and reads no image."""
+    a message figure (under the call's ``title``, else its docstring's first clause) and reads no image."""
     signature = inspect.signature(function)
     DATASET_IMAGE_FIGURES.append(f"{function.__module__}.{function.__name__}")
 
@@ -98,7 +107,7 @@ def draws_dataset_images(function: Any) -> Any:
             return function(*args, **kwargs)
         bound = signature.bind_partial(*args, **kwargs)
         bound.apply_defaults()
-        title = bound.arguments.get("title") or function.__name__
+        title = bound.arguments.get("title") or _summary(function)
         return message_figure(str(title), "dataset images left out of this report (dataset_images=False)")
 
     return wrapper
