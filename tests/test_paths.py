@@ -54,3 +54,15 @@ def test_one_image_suffix_list() -> None:
     from facecom_utils.data import layout
 
     assert layout.IMAGE_EXTENSIONS is paths.IMAGE_EXTENSIONS
+
+
+def test_cpu_model_reads_cpuinfo_and_falls_back(tmp_path) -> None:
+    import platform
+
+    from facecom_utils.common.machine import cpu_model, machine_description
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13 64-Core Processor\n")
+    assert cpu_model(info) == "AMD EPYC 7B13 64-Core Processor"
+    assert cpu_model(tmp_path / "absent") == (platform.processor() or platform.machine())
+    assert " cores · " in machine_description()

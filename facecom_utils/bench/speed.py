@@ -56,6 +56,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from facecom_utils.common.machine import cpu_model
 from facecom_utils.data.cache import BatchAugment, CachedImageDataset, ImageCache, apply_speedups, cached_dataset
 from facecom_utils.data.layout import scan_task_a, scan_task_b
 from facecom_utils.data.datasets import (
@@ -122,7 +123,7 @@ def _machine(device: torch.device) -> dict[str, Any]:
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": cpu_model(),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
     }

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import platform
 import re
 import shutil
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from facecom_utils.common import paths
+from facecom_utils.common.machine import machine_description
 from facecom_utils.reporting.index import NotebookResult, RunResult, git_state, write_index
 
 __all__ = ["MAX_PUBLISHED_BYTES", "PublishError", "machine_description", "provenance", "publish_run"]
@@ -42,19 +42,6 @@ MAX_PUBLISHED_BYTES = 6 * 2**20
 
 class PublishError(ValueError):
     """A run that cannot be published as it is (unfinished, with dataset images, too big)."""
-
-
-def machine_description() -> str:
-    """The CPU model, core count and operating system, e.g. ``"Intel Xeon ... · 2 cores · Linux-6.1"``."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model} · {os.cpu_count()} cores · {platform.system()}-{platform.release().split('-')[0]}"
 
 
 def provenance(created: str | None = None, commit: Mapping[str, Any] | None = None) -> dict[str, Any]:
