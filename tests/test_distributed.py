@@ -161,3 +161,21 @@ def test_train_commands_run_the_tracks_alone_on_rank_0_only(monkeypatch) -> None
         monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
         assert tracks.train_gender_with_tracks(object()) == "run"
     assert seen == [(0, 1)]  # rank 0 ran them, as a one-process run; rank 1 did not
+
+
+def test_train_recognition_runs_the_tracks_alone_on_rank_0_only(monkeypatch) -> None:
+    from facecom_utils.common import distributed
+    from facecom_utils.recognition import face_tracks, pipeline
+
+    seen = []
+    monkeypatch.setattr(pipeline, "train_recognition_stages", lambda config: ("splits", "run"))
+    monkeypatch.setattr(face_tracks, "run_recognition_tracks", lambda *a: seen.append((a, distributed.distributed_info())))
+    for rank in (0, 1):
+        monkeypatch.setattr(distributed, "_ALONE", [])
+        monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+        monkeypatch.setattr(distributed.dist, "is_available", lambda: True)
+        monkeypatch.setattr(distributed.dist, "get_rank", lambda r=rank: r)
+        monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
+        config = object()
+        assert face_tracks.train_recognition_with_tracks(config) == "run"
+    assert len(seen) == 1 and seen[0][1] == (0, 1) and seen[0][0][1:] == ("splits", "run")

@@ -8,11 +8,12 @@ an ordinary process, so the same code runs alone and under ``torchrun``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch.distributed as dist
 
-__all__ = ["alone", "distributed_info"]
+__all__ = ["alone", "distributed_info", "then_on_rank_zero"]
 
 _ALONE: list[bool] = []
 
@@ -41,3 +42,15 @@ def distributed_info() -> tuple[int, int]:
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
+
+
+def then_on_rank_zero(stages: Callable[[Any], tuple[Any, Any]], tracks: Callable[[Any, Any, Any], Any],
+                      config: Any) -> Any:
+    """A task's training in one call: ``stages(config)`` on every rank gives ``(splits, run)``, then
+    ``tracks(config, splits, run)`` on rank 0 only, as a one-process run (:func:`alone`: the other ranks are
+    done, and a network the tracks fit must not wait for them). Returns ``run``."""
+    splits, run = stages(config)
+    if distributed_info()[0] == 0:
+        with alone():
+            tracks(config, splits, run)
+    return run

@@ -575,7 +575,7 @@ def train_gender_with_tracks(config: Any) -> Any:
     """What notebook 02 computes, in one call (``facecom train-gender`` runs it): the FACECOM-only CNN's stages
     (:func:`~facecom_utils.gender.pipeline.train_gender_stages`), then the face-model tracks
     (:func:`run_gender_tracks`), which put the headline track on top of ``metrics.json`` and write
-    ``face_tracks.pt``. Under torchrun the tracks run on rank 0 only, as a one-process run (:func:`~facecom_utils.common.distributed.alone`).
+    ``face_tracks.pt``. Under torchrun the tracks run on rank 0 only, as a one-process run (:func:`~facecom_utils.common.distributed.then_on_rank_zero`).
 
     Args:
         config: A :class:`~facecom_utils.gender.pipeline.GenderConfig`.
@@ -583,14 +583,10 @@ def train_gender_with_tracks(config: Any) -> Any:
     Returns:
         The CNN's :class:`~facecom_utils.gender.pipeline.GenderRun` (the run folder holds the tracks).
     """
-    from facecom_utils.common.distributed import alone, distributed_info
+    from facecom_utils.common.distributed import then_on_rank_zero
     from facecom_utils.gender.pipeline import train_gender_stages
 
-    splits, run = train_gender_stages(config)
-    if distributed_info()[0] == 0:
-        with alone():  # the other ranks are done: the glare expert's fit must not wait for them
-            run_gender_tracks(config, splits, run)
-    return run
+    return then_on_rank_zero(train_gender_stages, run_gender_tracks, config)
 
 
 # ----------------------------------------------------------------------------- a run directory's headline track

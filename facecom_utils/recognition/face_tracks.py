@@ -518,7 +518,7 @@ def train_recognition_with_tracks(config: Any) -> Any:
     """What notebook 03 computes, in one call (``facecom train-recognition`` runs it): the FACECOM embedder's
     stages (:func:`~facecom_utils.recognition.pipeline.train_recognition_stages`), then the face-model tracks
     (:func:`run_recognition_tracks`), which put the headline track on top of ``metrics.json`` and write
-    ``face_tracks.pt``. Under torchrun the tracks run on rank 0 only, as a one-process run (:func:`~facecom_utils.common.distributed.alone`).
+    ``face_tracks.pt``. Under torchrun the tracks run on rank 0 only, as a one-process run (:func:`~facecom_utils.common.distributed.then_on_rank_zero`).
 
     Args:
         config: A :class:`~facecom_utils.recognition.config.RecognitionConfig`.
@@ -526,14 +526,10 @@ def train_recognition_with_tracks(config: Any) -> Any:
     Returns:
         The embedder's :class:`~facecom_utils.recognition.pipeline.RecognitionRun` (the run folder holds the tracks).
     """
-    from facecom_utils.common.distributed import alone, distributed_info
+    from facecom_utils.common.distributed import then_on_rank_zero
     from facecom_utils.recognition.pipeline import train_recognition_stages
 
-    splits, run = train_recognition_stages(config)
-    if distributed_info()[0] == 0:
-        with alone():  # the other ranks are done: the glare expert's fit must not wait for them
-            run_recognition_tracks(config, splits, run)
-    return run
+    return then_on_rank_zero(train_recognition_stages, run_recognition_tracks, config)
 
 
 def run_embeddings(run_dir: str | Path, paths: list[str], gallery: np.ndarray, device: str = "auto",
