@@ -13,6 +13,7 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -146,36 +147,26 @@ def test_alone_makes_a_distributed_process_a_one_process_run(monkeypatch) -> Non
     assert distributed_info() == (0, 4)
 
 
-def test_train_commands_run_the_tracks_alone_on_rank_0_only(monkeypatch) -> None:
+@pytest.mark.parametrize("task", ["gender", "recognition"])
+def test_train_commands_run_the_tracks_alone_on_rank_0_only(monkeypatch, task) -> None:
     from facecom_utils.common import distributed
-    from facecom_utils.gender import pipeline, tracks
+    from facecom_utils.gender import pipeline as gender_pipeline, tracks as gender_tracks
+    from facecom_utils.recognition import face_tracks, pipeline as recognition_pipeline
 
+    pipeline, stages, tracks, run_tracks, train = {
+        "gender": (gender_pipeline, "train_gender_stages", gender_tracks, "run_gender_tracks", "train_gender_with_tracks"),
+        "recognition": (recognition_pipeline, "train_recognition_stages", face_tracks, "run_recognition_tracks",
+                        "train_recognition_with_tracks"),
+    }[task]
     seen = []
-    monkeypatch.setattr(pipeline, "train_gender_stages", lambda config: ("splits", "run"))
-    monkeypatch.setattr(tracks, "run_gender_tracks", lambda *a: seen.append(distributed.distributed_info()))
+    monkeypatch.setattr(pipeline, stages, lambda config: ("splits", "run"))
+    monkeypatch.setattr(tracks, run_tracks, lambda *a: seen.append((a[1:], distributed.distributed_info())))
     for rank in (0, 1):
         monkeypatch.setattr(distributed, "_ALONE", [])
         monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
         monkeypatch.setattr(distributed.dist, "is_available", lambda: True)
         monkeypatch.setattr(distributed.dist, "get_rank", lambda r=rank: r)
         monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
-        assert tracks.train_gender_with_tracks(object()) == "run"
-    assert seen == [(0, 1)]  # rank 0 ran them, as a one-process run; rank 1 did not
-
-
-def test_train_recognition_runs_the_tracks_alone_on_rank_0_only(monkeypatch) -> None:
-    from facecom_utils.common import distributed
-    from facecom_utils.recognition import face_tracks, pipeline
-
-    seen = []
-    monkeypatch.setattr(pipeline, "train_recognition_stages", lambda config: ("splits", "run"))
-    monkeypatch.setattr(face_tracks, "run_recognition_tracks", lambda *a: seen.append((a, distributed.distributed_info())))
-    for rank in (0, 1):
-        monkeypatch.setattr(distributed, "_ALONE", [])
-        monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
-        monkeypatch.setattr(distributed.dist, "is_available", lambda: True)
-        monkeypatch.setattr(distributed.dist, "get_rank", lambda r=rank: r)
-        monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
-        config = object()
-        assert face_tracks.train_recognition_with_tracks(config) == "run"
-    assert len(seen) == 1 and seen[0][1] == (0, 1) and seen[0][0][1:] == ("splits", "run")
+        assert getattr(tracks, train)(object()) == "run"
+    # rank 0 ran them on the stages' splits and run, as a one-process run; rank 1 did not
+    assert seen == [(("splits", "run"), (0, 1))]

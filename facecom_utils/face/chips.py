@@ -17,7 +17,6 @@ import functools
 import hashlib
 import json
 import multiprocessing
-import os
 import zipfile
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -28,11 +27,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from facecom_utils.common.progress import ProgressLog
-from facecom_utils.data.features import file_digest
 from facecom_utils.data.layout import load_image
 from facecom_utils.face.detect import DEFAULT_FALLBACK
 from facecom_utils.face.dlib_network import CHIP
-from facecom_utils.face.restoration import RESTORATION_VERSIONS, RESTORATIONS
+from facecom_utils.face import descriptors
+from facecom_utils.face.descriptors import cached_rows, write_rows
+from facecom_utils.face.restoration import RESTORATION_VERSIONS
 
 __all__ = ["ChipStore", "Chips"]
 
@@ -41,9 +41,7 @@ _CHIP_VERSION = 1
 
 def _chips_of_paths(jobs: Sequence[tuple[str, str]], upsample: int) -> list[tuple[np.ndarray, bool, float]]:
     """``(chip, detected, score)`` of ``(path, restoration)`` jobs (the descriptor store's front end)."""
-    from facecom_utils.face.descriptors import _front_end
-
-    return [_front_end(np.asarray(load_image(path), dtype=np.uint8), restoration, upsample) for path, restoration in jobs]
+    return [descriptors._front_end(np.asarray(load_image(path), dtype=np.uint8), restoration, upsample) for path, restoration in jobs]
 
 
 class Chips:
@@ -103,18 +101,7 @@ class ChipStore:
         folder.mkdir(parents=True, exist_ok=True)
         keys = list(rows)
         name = hashlib.sha256("".join(keys).encode()).hexdigest()[:16]
-        file = folder / f"part-{name}.npz"
-        tmp = folder / f".{file.name}.{os.getpid()}.tmp"
-        try:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, keys=np.array(keys, dtype="U40"),
-                         chips=np.stack([rows[k][0] for k in keys]).astype(np.uint8),
-                         detected=np.array([rows[k][1] for k in keys], bool),
-                         score=np.array([rows[k][2] for k in keys], np.float64))
-            os.replace(tmp, file)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_rows(folder / f"part-{name}.npz", rows, "chips", np.uint8)
 
     def chips(self, paths: Sequence[str | Path], restorations: Sequence[str] | str = "identity") -> Chips:
         """The chips of ``paths``, each after its restoration (one name for all, or one per path).
@@ -123,24 +110,7 @@ class ChipStore:
             KeyError: An unknown restoration name.
             FileNotFoundError: A missing file (named).
         """
-        paths = [str(p) for p in paths]
-        names = [restorations] * len(paths) if isinstance(restorations, str) else [str(r) for r in restorations]
-        if len(names) != len(paths):
-            raise ValueError(f"{len(paths)} paths but {len(names)} restorations")
-        for name in set(names):
-            if name not in RESTORATIONS:
-                raise KeyError(f"unknown restoration {name!r}; expected one of {', '.join(RESTORATIONS)}")
-        for p in paths:
-            if not Path(p).is_file():
-                raise FileNotFoundError(f"{p}: image file not found")
-        keys = [file_digest(p) for p in paths]
-        todo: dict[tuple[str, str], str] = {}
-        for p, k, name in zip(paths, keys, names):
-            if k not in self._table(name):
-                todo.setdefault((k, name), p)
-        if todo:
-            self._compute(todo)
-        rows = [self._table(name)[k] for k, name in zip(keys, names)]
+        _, rows = cached_rows(self, paths, restorations)
         if not rows:
             return Chips(np.zeros((0, CHIP, CHIP, 3), np.uint8), np.zeros(0, bool), np.zeros(0))
         return Chips(np.stack([r[0] for r in rows]), np.array([r[1] for r in rows], bool),

@@ -47,9 +47,9 @@ from facecom_utils.face.dlib_network import CHIP, MODEL_FILE
 from facecom_utils.face.detect import DEFAULT_FALLBACK, align_face, detect_faces, _model_file
 from facecom_utils.face.restoration import RESTORATION_VERSIONS, RESTORATIONS, restore
 
-__all__ = ["BACKENDS", "CHUNK", "DESCRIPTOR_DIM", "DescriptorStore", "Descriptions", "chip_descriptors", "describe_image", "face_model_available", "face_tracks_wanted",
+__all__ = ["BACKENDS", "CHUNK", "DESCRIPTOR_DIM", "DescriptorStore", "Descriptions", "cached_rows", "chip_descriptors", "describe_image", "face_model_available", "face_tracks_wanted",
            "face_model_cache", "face_workers",
-           "file_digest"]
+           "file_digest", "write_rows"]
 
 DESCRIPTOR_DIM = 128
 _STORE_VERSION = 1
@@ -211,6 +211,54 @@ class Descriptions:
         return d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
 
 
+def write_rows(file: Path, table: dict[str, tuple[np.ndarray, bool, float]], field: str, dtype: Any) -> None:
+    """Writes ``{key: (values, detected, score)}`` rows to ``file`` (``.npz``: ``keys``, ``field``, ``detected``,
+    ``score``) atomically: a temporary file, then a rename."""
+    keys = list(table)
+    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, keys=np.array(keys, dtype="U40"),
+                     **{field: np.array([table[k][0] for k in keys], dtype)},
+                     detected=np.array([table[k][1] for k in keys], bool),
+                     score=np.array([table[k][2] for k in keys], np.float64))
+        os.replace(tmp, file)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def cached_rows(store: Any, paths: Sequence[str | Path],
+                restorations: Sequence[str] | str) -> tuple[list[str], list[tuple[np.ndarray, bool, float]]]:
+    """``(restoration names, rows)`` of ``paths`` from a store keyed by file content and restoration
+    (:class:`DescriptorStore`, :class:`~facecom_utils.face.chips.ChipStore`): the store's ``_compute`` is called
+    once with every missing ``{(key, restoration): path}``, then every row is read from ``store._table``.
+
+    Raises:
+        ValueError: A different number of paths and restorations.
+        KeyError: An unknown restoration name.
+        FileNotFoundError: A missing file (named).
+    """
+    paths = [str(p) for p in paths]
+    names = [restorations] * len(paths) if isinstance(restorations, str) else [str(r) for r in restorations]
+    if len(names) != len(paths):
+        raise ValueError(f"{len(paths)} paths but {len(names)} restorations")
+    for name in set(names):
+        if name not in RESTORATIONS:
+            raise KeyError(f"unknown restoration {name!r}; expected one of {', '.join(RESTORATIONS)}")
+    for p in paths:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"{p}: image file not found")
+    keys = [file_digest(p) for p in paths]
+    todo: dict[tuple[str, str], str] = {}
+    for p, k, name in zip(paths, keys, names):
+        if k not in store._table(name):
+            todo.setdefault((k, name), p)
+    if todo:
+        store._compute(todo)
+    return names, [store._table(name)[k] for k, name in zip(keys, names)]
+
+
 class DescriptorStore:
     """Descriptors cached on disk by file content and restoration; computed when missing.
 
@@ -276,21 +324,9 @@ class DescriptorStore:
         return self._tables[restoration]
 
     def _save(self, restoration: str) -> None:
-        table = self._table(restoration)
         file = self._file(restoration)
         file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
-        keys = list(table)
-        try:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, keys=np.array(keys, dtype="U40"),
-                         descriptors=np.array([table[k][0] for k in keys], np.float32).reshape(-1, DESCRIPTOR_DIM),
-                         detected=np.array([table[k][1] for k in keys], bool),
-                         score=np.array([table[k][2] for k in keys], np.float64))
-            os.replace(tmp, file)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_rows(file, self._table(restoration), "descriptors", np.float32)
 
     def describe(self, paths: Sequence[str | Path], restorations: Sequence[str] | str = "identity") -> Descriptions:
         """The descriptors of ``paths``, each after its restoration (one name for all, or one per path).
@@ -299,24 +335,7 @@ class DescriptorStore:
             KeyError: An unknown restoration name.
             FileNotFoundError: A missing file (named).
         """
-        paths = [str(p) for p in paths]
-        names = [restorations] * len(paths) if isinstance(restorations, str) else [str(r) for r in restorations]
-        if len(names) != len(paths):
-            raise ValueError(f"{len(paths)} paths but {len(names)} restorations")
-        for name in set(names):
-            if name not in RESTORATIONS:
-                raise KeyError(f"unknown restoration {name!r}; expected one of {', '.join(RESTORATIONS)}")
-        for p in paths:
-            if not Path(p).is_file():
-                raise FileNotFoundError(f"{p}: image file not found")
-        keys = [file_digest(p) for p in paths]
-        todo: dict[tuple[str, str], str] = {}
-        for p, k, name in zip(paths, keys, names):
-            if k not in self._table(name):
-                todo.setdefault((k, name), p)
-        if todo:
-            self._compute(todo)
-        rows = [self._table(name)[k] for k, name in zip(keys, names)]
+        names, rows = cached_rows(self, paths, restorations)
         return Descriptions(np.array([r[0] for r in rows], np.float32).reshape(-1, DESCRIPTOR_DIM),
                             np.array([r[1] for r in rows], bool), np.array([r[2] for r in rows], np.float64),
                             np.array(names, dtype=object))

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BLOCKS", "DlibFaceNet", "read_dlib_face_net", "torch_descriptors"]
+__all__ = ["BLOCKS", "DlibFaceNet", "network_descriptors", "read_dlib_face_net", "torch_descriptors"]
 
 CHIP = 150
 # (filters, halves the resolution) of every residual block, input side first
@@ -261,17 +261,22 @@ def _device_key(device: Any) -> str:
     return str(d)
 
 
-def torch_descriptors(chips: np.ndarray, path: str | Path, device: str = "cpu", batch: int = 64) -> np.ndarray:
-    """Raw 128-d descriptors ``float32 [N, 128]`` of uint8 RGB chips ``[N, 150, 150, 3]`` (dlib's weights at ``path``)."""
+def network_descriptors(net: Any, chips: np.ndarray, device: str = "cpu", batch: int = 64) -> np.ndarray:
+    """Raw 128-d descriptors ``float32 [N, 128]`` of uint8 RGB chips ``[N, 150, 150, 3]`` by a loaded network
+    (dlib's or a fine-tuned copy), ``batch`` chips at a time."""
     import torch
 
     chips = np.ascontiguousarray(chips, dtype=np.uint8)
     if chips.ndim == 3:
         chips = chips[None]
-    device = _device_key(device)
-    net = _loaded(str(path), device)
     out = []
     with torch.inference_mode():
         for i in range(0, len(chips), batch):
             out.append(net(torch.from_numpy(chips[i:i + batch]).to(device)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 128), np.float32)
+
+
+def torch_descriptors(chips: np.ndarray, path: str | Path, device: str = "cpu", batch: int = 64) -> np.ndarray:
+    """Raw 128-d descriptors ``float32 [N, 128]`` of uint8 RGB chips ``[N, 150, 150, 3]`` (dlib's weights at ``path``)."""
+    device = _device_key(device)
+    return network_descriptors(_loaded(str(path), device), chips, device, batch)

@@ -43,8 +43,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from facecom_utils.face.dlib_network import BLOCKS, CHIP, MODEL_FILE
+from facecom_utils.common.checkpoints import load_checkpoint, save_checkpoint
+from facecom_utils.face.dlib_network import BLOCKS, CHIP, MODEL_FILE, network_descriptors
 
 __all__ = ["OBJECTIVES", "FinetuneConfig", "FinetuneResult", "config_dict", "finetune", "finetuned_descriptors",
            "load_finetuned", "save_finetuned", "saved_digest", "source_rows", "stock_digest", "stock_network",
@@ -119,20 +121,8 @@ def weights_digest(network: Any) -> str:
 
 def save_finetuned(network: Any, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
     """Saves the network's state dict, its digest and ``meta`` atomically (read back with :func:`load_finetuned`)."""
-    import torch
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
-               "digest": weights_digest(network), "meta": dict(meta or {})}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return save_checkpoint(path, {"state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
+                                  "digest": weights_digest(network), "meta": dict(meta or {})})
 
 
 def load_finetuned(path: str | Path) -> tuple[Any, dict[str, Any]]:
@@ -141,8 +131,6 @@ def load_finetuned(path: str | Path) -> tuple[Any, dict[str, Any]]:
     Raises:
         ValueError: The weights do not match their saved digest (a damaged or edited file).
     """
-    import torch
-
     payload = _payload(path)
     net = stock_network()
     net.load_state_dict(payload["state_dict"])
@@ -154,9 +142,7 @@ def load_finetuned(path: str | Path) -> tuple[Any, dict[str, Any]]:
 
 def _payload(path: str | Path) -> dict[str, Any]:
     """A :func:`save_finetuned` file's contents (``weights_only=True``), its format checked."""
-    import torch
-
-    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    payload = load_checkpoint(path)
     if not isinstance(payload, dict) or "digest" not in payload or not isinstance(payload.get("state_dict"), dict):
         raise ValueError(f"{path}: not a fine-tuned face network (expected save_finetuned's file with "
                          "'state_dict' and 'digest')")
@@ -191,23 +177,11 @@ def finetuned_descriptors(chips: np.ndarray, path: str | Path, batch: int = 64, 
     Raises:
         ValueError: The file holds other weights than ``digest`` (it was replaced after the caller read it).
     """
-    import torch
-
-    net = _finetuned(str(path), digest or saved_digest(path))
-    chips = np.ascontiguousarray(chips, dtype=np.uint8)
-    if chips.ndim == 3:
-        chips = chips[None]
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(chips), batch):
-            out.append(net(torch.from_numpy(chips[i:i + batch])).float().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 128), np.float32)
+    return network_descriptors(_finetuned(str(path), digest or saved_digest(path)), chips, batch=batch)
 
 
 def trunk_activations(network: Any, chips: np.ndarray, blocks: int, batch: int = 64) -> np.ndarray:
     """float16 activations of uint8 chips ``[N, 150, 150, 3]`` after the stem and ``blocks`` blocks."""
-    import torch
-
     chips = np.ascontiguousarray(chips, dtype=np.uint8)
     if chips.ndim != 4 or chips.shape[1:] != (CHIP, CHIP, 3):
         raise ValueError(f"expected uint8 RGB chips [N, {CHIP}, {CHIP}, 3], got shape {chips.shape}")
@@ -222,8 +196,6 @@ def trunk_activations(network: Any, chips: np.ndarray, blocks: int, batch: int =
 
 def tail_descriptors(network: Any, activations: np.ndarray, blocks: int, batch: int = 256) -> np.ndarray:
     """Raw descriptors ``float32 [N, 128]`` from :func:`trunk_activations` of the same ``blocks``."""
-    import torch
-
     was_training = network.training
     network.eval()
     out = []
@@ -253,15 +225,11 @@ def source_rows(paths: np.ndarray, sources: np.ndarray) -> np.ndarray:
 
 
 def _unit(x: Any) -> Any:
-    import torch
-
     return torch.nn.functional.normalize(x, dim=1)
 
 
 def _margin_loss(emb: Any, centres: Any, y: Any, config: FinetuneConfig) -> Any:
     """ArcFace: softmax over ``scale * cos`` with the angle to the row's own centre widened by ``margin``."""
-    import torch
-
     cos = emb @ _unit(centres).T
     c_y = cos.gather(1, y[:, None]).clamp(-1 + 1e-6, 1 - 1e-6)
     m = config.margin
@@ -274,8 +242,6 @@ def _margin_loss(emb: Any, centres: Any, y: Any, config: FinetuneConfig) -> Any:
 def _epoch(net: Any, data: tuple[Any, Any, Any], order: np.ndarray, config: FinetuneConfig, centres: Any,
            opt: Any) -> float:
     """One pass over the rows in ``order``; the mean loss. ``data``: activations, unit targets, labels."""
-    import torch
-
     x_all, t_all, y_all = data
     k = config.frozen_blocks
     net.train()
@@ -323,8 +289,6 @@ def finetune(activations: np.ndarray, targets: np.ndarray, labels: np.ndarray, c
         :class:`FinetuneResult`; its network is in eval mode at the best epoch (epoch 0 when no epoch
         beat dlib's weights).
     """
-    import torch
-
     labels = np.asarray(labels, np.int64)
     targets = np.asarray(targets, np.float32)
     if not len(activations) == len(targets) == len(labels) or targets.ndim != 2:
