@@ -46,6 +46,7 @@ from facecom_utils.common.paths import REPORTS_DIR
 from facecom_utils.data.cache import default_cache_dir
 from facecom_utils.data.layout import DISTORTION_TYPES, scan_task_b
 from facecom_utils.face.chips import ChipStore
+from facecom_utils.face.descriptors import mirrored_mean
 from facecom_utils.data.features import file_digest
 from facecom_utils.face.finetune import (OBJECTIVES, FinetuneConfig, config_dict, finetune, save_finetuned,
                                          source_rows, stock_digest, stock_network, tail_descriptors,
@@ -107,10 +108,11 @@ def clean_top1(table, emb: np.ndarray) -> float:
 def variants(net_plain: np.ndarray, net_flip: np.ndarray, orig_plain: np.ndarray, orig_flip: np.ndarray,
              tuned: bool) -> dict[str, np.ndarray]:
     """The test-time variants of a network's descriptors: ``plain``; ``flip`` (the mean of a chip's and its
-    mirror's unit descriptors); for a fine-tuned network also ``flip+original`` (that mean with dlib's)."""
-    out = {"plain": unit(net_plain), "flip": unit(unit(net_plain) + unit(net_flip))}
+    mirror's unit descriptors, :func:`~facecom_utils.face.descriptors.mirrored_mean`, as the notebooks'
+    ``face_mirror``); for a fine-tuned network also ``flip+original`` (that mean with dlib's)."""
+    out = {"plain": unit(net_plain), "flip": unit(mirrored_mean(net_plain, net_flip))}
     if tuned:
-        out["flip+original"] = unit(out["flip"] + unit(unit(orig_plain) + unit(orig_flip)))
+        out["flip+original"] = unit(out["flip"] + unit(mirrored_mean(orig_plain, orig_flip)))
     return out
 
 

@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from _common import (MISSING, add_data_root, data_root, frame_table, gender_table, markdown_table, number, stat_cell,
                      write_text)
@@ -115,8 +116,9 @@ def run_fold(root: Path, out: Path, i: int, preset: str, notebook: str) -> None:
     (out / "runs" / f"fold{i}" / "cv_seconds.txt").write_text(f"{time.perf_counter() - t0:.0f}\n")
 
 
-def _run_context(run_dir: Path):
-    """``(config, splits, run, rundir)`` of a finished notebook-03 fold, rebuilt from its ``metrics.json``."""
+def _run_context(run_dir: Path, overrides: dict | None = None):
+    """``(config, splits, run, rundir)`` of a finished notebook-03 fold, rebuilt from its ``metrics.json``
+    (``overrides``: parameters that replace the run's own, e.g. ``{"face_mirror": False}``)."""
     from types import SimpleNamespace
 
     from facecom_utils import recognition as rec
@@ -126,6 +128,7 @@ def _run_context(run_dir: Path):
     rundir = RunDir(run_dir / NOTEBOOKS["03"])
     metrics = rundir.read_metrics()
     params = dict(metrics["parameters"])
+    params.update(overrides or {})
     params.update(output_dir=str(rundir.path), progress=False)
     known = set(RecognitionConfig.__dataclass_fields__)
     config = RecognitionConfig(**{k: v for k, v in params.items() if k in known})
@@ -135,11 +138,12 @@ def _run_context(run_dir: Path):
     return config, splits, run, rundir
 
 
-def retrack(run_dir: Path) -> dict:
-    """Re-scores every track of a finished fold from its saved embeddings with the installed package."""
+def retrack(run_dir: Path, overrides: dict | None = None) -> dict:
+    """Re-scores every track of a finished fold from its saved embeddings with the installed package
+    (``overrides``: tracks-stage parameters that replace the run's own; they are recorded in its metrics)."""
     from facecom_utils.recognition.face_tracks import recognition_tracks
 
-    config, splits, run, rundir = _run_context(run_dir)
+    config, splits, run, rundir = _run_context(run_dir, overrides)
     recognition_tracks(config, splits, run)
     return rundir.read_metrics()
 
@@ -178,7 +182,7 @@ def cheap_repeats(run_dir: Path, repeats: list[int], fraction: float) -> list[di
     config, splits, run, rundir = _run_context(run_dir)
     cache = (Path(config.cache_dir) if config.cache_dir else default_cache_dir()) / "face_model"
     workers = config.face_workers or 2
-    store = DescriptorStore(cache, workers=workers)
+    store = DescriptorStore(cache, workers=workers, mirror=config.face_mirror)
     reported = run.metrics.get("reported_role", REPORT_ROLE)
     if reported == FOLD_ROLE:
         raise ValueError(f"{run_dir}: the run reported its validation fold, so no people are left unseen by the "
@@ -247,6 +251,10 @@ def run_cheap_repeats(out: Path, folds: int, repeats: int, fraction: float) -> p
     return table
 
 
+#: The mean of the strict per-type top-1 over the types other than sunny (Task B's gate), a row of :func:`summarise`.
+SIX_TYPES = "strict top-1, types but sunny"
+
+
 def _fold_values(notebook: str, t: dict) -> dict[str, float]:
     if notebook == "03":
         values = {"main top-1": t["top1"], "strict top-1": t["strict_top1"], "roc_auc": t.get("roc_auc"),
@@ -255,6 +263,9 @@ def _fold_values(notebook: str, t: dict) -> dict[str, float]:
                   "strict match_f1": t.get("strict_match_f1")}
         values.update({f"main {k}": v for k, v in t["per_distortion"].items()})
         values.update({f"strict {k}": v for k, v in t["strict_per_distortion"].items()})
+        others = [v for k, v in t["strict_per_distortion"].items() if k != "sunny" and v is not None]
+        if others:  # Task B's gate: the types other than sunny, each type weighted alike
+            values[SIX_TYPES] = float(np.mean(others))
         return values
     values = {k: t.get(k) for k in ("balanced_accuracy", "recall_female", "recall_male", "roc_auc", "threshold")}
     per = t.get("per_distortion") or {}
@@ -313,13 +324,43 @@ def results_table(table: pd.DataFrame, notebook: str) -> str:
 
     names = ", ".join(types)
     top1 = markdown_table(
-        ["track", "main top-1", "strict top-1", f"main per type ({names})", f"strict per type ({names})"],
-        [[f"`{t}`", stat_cell(stats, t, "main top-1"), stat_cell(stats, t, "strict top-1"), per_type(t, "main"),
-          per_type(t, "strict")] for t in tracks])
+        ["track", "main top-1", "strict top-1", "strict, types but sunny", f"main per type ({names})",
+         f"strict per type ({names})"],
+        [[f"`{t}`", stat_cell(stats, t, "main top-1"), stat_cell(stats, t, "strict top-1"), stat_cell(stats, t, SIX_TYPES),
+          per_type(t, "main"), per_type(t, "strict")] for t in tracks])
     verification = markdown_table(["track", *(column for column, _ in VERIFICATION)],
                                   [[f"`{t}`", *(stat_cell(stats, t, m, floor=False) for _, m in VERIFICATION)]
                                    for t in tracks])
     return f"{top1}\n\n{verification}"
+
+
+#: The rows :func:`paired_table` compares, per track.
+PAIRED_METRICS = ("main top-1", "strict top-1", SIX_TYPES, "strict sunny", "strict tar@far1e-3")
+
+
+def paired_table(ours: Path, base: Path, tracks: tuple[str, ...] = ("fused", "face_model_restored", "face_model"),
+                 metrics: tuple[str, ...] = PAIRED_METRICS) -> str:
+    """Markdown: each track's per-fold difference (``ours`` − ``base``, two CV folders on the same folds) as
+    mean ± SD (mean − SD) and the folds' differences; "n/a" where either side lacks the row.
+
+    Args:
+        ours, base: Folders with this driver's ``summary.json`` (runs on the same data, folds and seed).
+        tracks, metrics: The rows compared.
+    """
+    a, b = (json.loads((p / "summary.json").read_text()) for p in (ours, base))
+    rows = []
+    for track in tracks:
+        for metric in metrics:
+            key = f"{track}/{metric}"
+            folds = sorted(k for k in a.get(key, {}) if k.startswith("fold") and k in b.get(key, {}))
+            d = np.array([a[key][f] - b[key][f] for f in folds if a[key][f] is not None and b[key][f] is not None], float)
+            if len(d) < 2:
+                rows.append([f"`{track}`", metric, MISSING, MISSING])
+                continue
+            sd = float(np.std(d, ddof=1))
+            rows.append([f"`{track}`", metric, f"{d.mean():+.3f} ± {sd:.3f} ({d.mean() - sd:+.3f})",
+                         " ".join(f"{x:+.3f}" for x in d)])
+    return markdown_table(["track", "metric", f"paired difference, {ours.name} − {base.name}", "per fold"], rows)
 
 
 def write_summary(out: Path, table: pd.DataFrame, notebook: str) -> None:
@@ -340,12 +381,23 @@ def main() -> None:
     ap.add_argument("--preset", default="facecom_cpu")
     ap.add_argument("--retrack", action="store_true",
                     help="notebook 03: re-score the finished folds' tracks with today's code")
+    ap.add_argument("--retrack-param", action="append", default=[], metavar="KEY=VALUE",
+                    help="with --retrack: a tracks-stage parameter replacing the run's own (YAML value), e.g. "
+                         "face_mirror=false; recorded in the fold's metrics.json")
+    ap.add_argument("--paired-with", default=None, metavar="DIR",
+                    help="another CV folder on the same folds: write paired_with_<name>.md (per-fold differences)")
     ap.add_argument("--cheap-repeats", type=int, default=0,
                     help="notebook 03: afterwards, re-choose the cheap stages (selector, fusion, calibration, "
                          "thresholds) this many times per fold on its fixed embeddings (cheap_repeats.md)")
     ap.add_argument("--cheap-fraction", type=float, default=0.8,
                     help="share of the validation fold's identities each cheap repeat chooses on")
     args = ap.parse_args()
+    overrides = {}
+    for item in args.retrack_param:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--retrack-param takes KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
     out = Path(args.out).absolute() if args.out else REPORTS_DIR / f"cv_notebook{args.notebook}"
     need = ("Task_B/train",) if args.notebook == "03" else ("Task_A/train", "Task_B/train")
     roots = make_fold_roots(data_root(args.data_root, need), out, args.notebook, args.folds, args.seed)
@@ -356,12 +408,17 @@ def main() -> None:
             run_fold(root, out, i, args.preset, args.notebook)
         elif args.retrack and args.notebook == "03":
             print(f"fold{i}: re-scoring the tracks", flush=True)
-            retrack(run_dir)
+            retrack(run_dir, overrides)
         metrics.append(json.loads((run_dir / NOTEBOOKS[args.notebook] / "metrics.json").read_text()))
     table = summarise(metrics, args.notebook)
     write_summary(out, table, args.notebook)
     with pd.option_context("display.width", 200, "display.max_rows", 200):
         print(table.round(3))
+    if args.paired_with:
+        base = Path(args.paired_with).absolute()
+        paired = paired_table(out, base)
+        write_text(out / f"paired_with_{base.name}.md", paired)
+        print(paired)
     if args.cheap_repeats and args.notebook == "03":
         repeated = run_cheap_repeats(out, args.folds, args.cheap_repeats, args.cheap_fraction)
         with pd.option_context("display.width", 200, "display.max_rows", 200):

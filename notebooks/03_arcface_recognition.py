@@ -90,6 +90,7 @@ threshold_method: str = "kfold"  # how the fold chooses the match threshold: kfo
 # face-trained knowledge (dlib's descriptor: outside face data, reported as its own tracks)
 face_model: Union[bool, str] = "auto"  # add the face-model tracks: True, False, or auto (when dlib is installed)
 face_workers: Optional[int] = None  # processes computing descriptors; None: up to 4, one per core
+face_mirror: bool = True  # face-model tracks read dlib's mirrored descriptor (a chip's and its mirror's, averaged)
 headline_track: str = "auto"  # track on top of metrics.json: auto (fused when the face tracks ran), facecom_only, face_model, face_model_restored, fused
 # machine
 device: str = "auto"  # auto, cpu, cuda or mps
@@ -217,7 +218,8 @@ plt.show()
 #
 # - `facecom_only`: the embedder trained above;
 # - `face_model`: dlib's descriptor of the face front end's aligned crop (HOG detector, 5 landmarks, the measured
-#   fallback box when no face is found);
+#   fallback box when no face is found), mirrored by default (`face_mirror`: the mean of the crop's and its
+#   mirror's unit descriptors);
 # - `face_model_restored`: the same after the restoration a distortion estimator picks **from each image's
 #   pixels** (fitted on the training images and their types; it never reads a file name): denoise, de-rain,
 #   dehaze, low-light gain or nothing;

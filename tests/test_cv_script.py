@@ -104,11 +104,12 @@ def test_recognition_results_table_is_the_docs_table() -> None:
     assert table.loc[("fused", "strict top-1"), "sd"] == pytest.approx(0.05)
     top1, verification = cv.results_table(table, "03").split("\n\n")
     assert top1.splitlines() == [
-        "| track | main top-1 | strict top-1 | main per type (blurred, sunny) | strict per type (blurred, sunny) |",
-        "|---|---|---|---|---|",
-        "| `fused` | 0.980 ± 0.010 (0.970) | 0.850 ± 0.050 (0.800) | 1.00 0.98 | 0.50 0.49 |",
-        "| `face_model` | 0.700 ± 0.000 (0.700) | 0.600 ± 0.000 (0.600) | 0.90 n/a | n/a n/a |",
-    ]  # the selector's rows are not a track
+        "| track | main top-1 | strict top-1 | strict, types but sunny | main per type (blurred, sunny) "
+        "| strict per type (blurred, sunny) |",
+        "|---|---|---|---|---|---|",
+        "| `fused` | 0.980 ± 0.010 (0.970) | 0.850 ± 0.050 (0.800) | 0.500 ± 0.000 (0.500) | 1.00 0.98 | 0.50 0.49 |",
+        "| `face_model` | 0.700 ± 0.000 (0.700) | 0.600 ± 0.000 (0.600) | n/a | 0.90 n/a | n/a n/a |",
+    ]  # the selector's rows are not a track; the gate's column leaves sunny out
     assert verification.splitlines()[2] == (
         "| `fused` | 0.999 ± 0.001 | 0.800 ± 0.000 | 0.990 ± 0.000 | 0.900 ± 0.000 | 0.300 ± 0.000 "
         "| 0.870 ± 0.000 |")
@@ -149,3 +150,48 @@ def test_cheap_repeats_table_is_rewritten_from_the_saved_repeats(tmp_path: Path)
     ]
     with pytest.raises(ValueError, match="--cheap-fraction"):
         cv.run_cheap_repeats(tmp_path, folds=2, repeats=2, fraction=0.5)
+
+
+def test_six_type_mean_leaves_sunny_out_and_paired_table_subtracts_fold_by_fold(tmp_path: Path) -> None:
+    cv = _script()
+
+    def fold(strict: dict) -> dict:
+        track = {"top1": 0.99, "strict_top1": 0.8, "per_distortion": {}, "strict_per_distortion": strict}
+        return {"tracks": {"fused": track}}
+
+    base = cv.summarise([fold({"blurred": 0.90, "noisy": 0.80, "sunny": 0.1}),
+                         fold({"blurred": 0.92, "noisy": 0.84, "sunny": 0.3})], "03")
+    ours = cv.summarise([fold({"blurred": 0.94, "noisy": 0.82, "sunny": 0.2}),
+                         fold({"blurred": 0.93, "noisy": 0.85, "sunny": 0.3})], "03")
+    assert base.loc[("fused", cv.SIX_TYPES), "fold0"] == pytest.approx(0.85)  # (0.90 + 0.80) / 2: sunny left out
+    for name, table in (("ours", ours), ("base", base)):
+        (tmp_path / name).mkdir()
+        cv.write_summary(tmp_path / name, table, "03")
+    lines = cv.paired_table(tmp_path / "ours", tmp_path / "base", tracks=("fused", "face_model"),
+                            metrics=(cv.SIX_TYPES, "strict sunny")).splitlines()
+    # fold differences +0.030 and +0.010: mean +0.020, SD 0.014
+    assert lines[2] == "| `fused` | strict top-1, types but sunny | +0.020 ± 0.014 (+0.006) | +0.030 +0.010 |"
+    assert lines[3] == "| `fused` | strict sunny | +0.050 ± 0.071 (-0.021) | +0.100 +0.000 |"
+    assert lines[4] == "| `face_model` | strict top-1, types but sunny | n/a | n/a |"
+
+
+def test_retrack_overrides_replace_the_runs_parameters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--retrack-param face_mirror=false`` re-scores a fold with that setting, recorded as the run's own."""
+    import json
+
+    from facecom_utils import recognition as rec
+    import facecom_utils.recognition.face_tracks as face_tracks
+
+    cv = _script()
+    run = tmp_path / "fold0" / "03_arcface_recognition"
+    run.mkdir(parents=True)
+    metrics = {"parameters": {"face_mirror": True, "seed": 3, "output_dir": "elsewhere"},
+               "tracks": {"facecom_only": {"threshold": 0.4, "strict_threshold": 0.3}}}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    seen = []
+    monkeypatch.setattr(rec, "recognition_splits", lambda config: "splits")
+    monkeypatch.setattr(face_tracks, "recognition_tracks", lambda config, splits, r: seen.append(config))
+    cv.retrack(tmp_path / "fold0", {"face_mirror": False})
+    cv.retrack(tmp_path / "fold0")
+    assert [c.face_mirror for c in seen] == [False, True] and {c.seed for c in seen} == {3}
+    assert seen[0].output_dir == str(run)  # the fold's own folder, never the recorded one

@@ -111,6 +111,46 @@ def test_store_batches_in_order_and_backends_share_a_store(tmp_path) -> None:
 
 
 @needs_dlib
+def test_mirrored_descriptor_is_the_mean_of_the_chip_and_its_mirror(chips) -> None:
+    plain = fm.chip_descriptors(chips)
+    mirrors = fm.chip_descriptors(chips[:, :, ::-1])
+    mirrored = fm.chip_descriptors(chips, mirror=True)
+    unit = lambda d: d / np.linalg.norm(d, axis=1, keepdims=True)  # noqa: E731
+    np.testing.assert_allclose(mirrored, (unit(plain) + unit(mirrors)) / 2, atol=1e-6)
+    # a face and its mirror image get the same mirrored descriptor (and a chip is no longer its own mirror's)
+    np.testing.assert_allclose(fm.chip_descriptors(chips[:, :, ::-1], mirror=True), mirrored, atol=1e-6)
+    cos = np.sum(unit(plain) * unit(mirrors), axis=1)
+    assert cos[0] < 0.999  # the real face is not symmetric to the network: mirroring changes its descriptor
+    assert 0.9 < np.sum(unit(plain[:1]) * unit(mirrored[:1])) < 0.9999
+    with pytest.raises(ValueError, match="differ in shape"):
+        fm.mirrored_mean(plain, plain[:2])
+
+
+@needs_dlib
+def test_store_keys_the_mirrored_descriptor_apart(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "face.png"
+    Image.fromarray(_astronaut(224)).save(path)
+    chip = fm._front_end(np.asarray(Image.open(path).convert("RGB")), "denoise", 1)[0]
+    mirrored = fm.DescriptorStore(tmp_path / "s", mirror=True).describe([str(path)], "denoise")
+    np.testing.assert_allclose(mirrored.descriptors[0], fm.chip_descriptors(chip, mirror=True)[0], atol=1e-6)
+    files = sorted(f.name for f in (tmp_path / "s").glob("*.npz"))
+    assert len(files) == 2 and sum("_mirror_" in f for f in files) == 1  # its own file, and the plain one's
+    # the plain descriptors came free with the mirrored ones: a plain store reads them, computing nothing
+    monkeypatch.setattr(fm, "_describe_paths", lambda *a, **k: pytest.fail("recomputed"))
+    plain = fm.DescriptorStore(tmp_path / "s").describe([str(path)], "denoise")
+    np.testing.assert_allclose(plain.descriptors[0], fm.chip_descriptors(chip)[0], atol=1e-6)
+    assert not np.allclose(plain.normalised(), mirrored.normalised(), atol=1e-3)
+    again = fm.DescriptorStore(tmp_path / "s", mirror=True).describe([str(path)], "denoise")
+    np.testing.assert_array_equal(again.descriptors, mirrored.descriptors)
+    # a plain store never answers for the mirrored one
+    only_plain = tmp_path / "p"
+    only_plain.mkdir()
+    shutil.copy(tmp_path / "s" / next(f for f in files if "_mirror_" not in f), only_plain)
+    with pytest.raises(pytest.fail.Exception, match="recomputed"):
+        fm.DescriptorStore(only_plain, mirror=True).describe([str(path)], "denoise")
+
+
+@needs_dlib
 def test_worker_processes_give_the_same_descriptors_in_order(tmp_path) -> None:
     face = Image.fromarray(_astronaut(160))
     paths = []
@@ -123,6 +163,11 @@ def test_worker_processes_give_the_same_descriptors_in_order(tmp_path) -> None:
     np.testing.assert_allclose(pooled.descriptors, alone, atol=1e-6)
     gaps = np.linalg.norm(alone[:, None] - alone[None], axis=2)[np.triu_indices(len(paths), 1)]
     assert gaps.min() > 1e-3  # every image has its own descriptor: a shuffled order could not pass
+    # the mirrored store's workers return the plain rows too, each to its own image
+    mirrored = fm.DescriptorStore(tmp_path / "pool_m", workers=2, chunk=2, mirror=True).describe(paths)
+    in_process = fm.DescriptorStore(tmp_path / "alone_m", mirror=True).describe(paths)
+    np.testing.assert_allclose(mirrored.descriptors, in_process.descriptors, atol=1e-6)
+    np.testing.assert_allclose(fm.DescriptorStore(tmp_path / "pool_m").describe(paths).descriptors, alone, atol=1e-6)
 
 
 def test_device_key_names_each_device_once():

@@ -620,3 +620,24 @@ def test_face_heads_record_their_restoration_versions_and_warn_on_a_mismatch() -
     old = {k: v for k, v in state.items() if k != "restoration_versions"}
     with pytest.warns(UserWarning, match=f"denoise: v1 then, v{RESTORATION_VERSIONS['denoise']} now"):
         GenderFaceModel.from_state_dict(old)
+
+
+def test_a_run_folder_is_read_with_the_descriptor_it_was_fitted_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``face_tracks.pt`` records ``face_mirror``; a run folder from before that setting reads plain descriptors."""
+    import facecom_utils.face.descriptors as fm
+    from facecom_utils.recognition.face_tracks import track_features
+
+    class Store:
+        def __init__(self, folder, workers=1, mirror=False, **kw) -> None:
+            self.mirror = mirror
+
+        def describe(self, paths, restorations="identity") -> Descriptions:
+            d = np.full((len(paths), 128), 2.0 if self.mirror else 1.0, np.float32)
+            d[:, 0] = 3.0
+            return Descriptions(d, np.ones(len(paths), bool), np.zeros(len(paths)), np.array(["identity"] * len(paths)))
+
+    monkeypatch.setattr(fm, "DescriptorStore", Store)
+    for saved, value in (({}, 1.0), ({"face_mirror": False}, 1.0), ({"face_mirror": True}, 2.0)):
+        emb = track_features(saved, "face_model", ["a.jpg", "b.jpg"], Path("."), 1, "face_tracks.pt")["emb"]
+        raw = np.r_[3.0, np.full(127, value)]  # the mirrored and plain rows differ in direction, not only length
+        np.testing.assert_allclose(emb, np.tile(raw / np.linalg.norm(raw), (2, 1)), rtol=1e-6)

@@ -260,6 +260,10 @@ def test_notebooks_02_03_04_run_on_the_tiny_demo(demo_root: Path, tmp_path: Path
         from facecom_utils.recognition.face_tracks import TRACKS
 
         assert set(recognition["tracks"]) == set(TRACKS)
+        from facecom_utils.train.rundir import RunDir
+
+        # the run folder records the descriptor its face tracks were fitted on (notebook 03's default: mirrored)
+        assert RunDir(rec_dir).load_tracks("recognition")["face_mirror"] is recognition["parameters"]["face_mirror"] is True
         assert set(recognition["fusion_copy_weights"]) == set(recognition["fusion_weights"])
         scales = recognition["fusion_score_calibration"]  # the fused score's scale per estimated type
         assert set(scales) == set(recognition["fusion_weights"]) | {"*"}  # "*": types the fold never estimated

@@ -99,14 +99,15 @@ def dlib_embeddings(
     return_detected: bool = False,
     cache_dir: str | Path | None = None,
     workers: int = 1,
+    mirror: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """dlib's 128-d ResNet face descriptors, L2-normalised (cosine scoring like ours).
 
     The face model's own path (:class:`~facecom_utils.face.descriptors.DescriptorStore`, no
     restoration): the face front end (dlib's HOG detector, the best-scoring face, the measured
     fallback box and landmarks when it finds none), alignment to dlib's 150 px chip and dlib's
-    network in PyTorch. So these are the embeddings of notebook 03's ``face_model`` track, and they
-    share its descriptor cache.
+    network in PyTorch. So these are the embeddings of notebook 03's ``face_model`` track (with
+    ``mirror=True`` as it reads them by default, ``face_mirror``), and they share its descriptor cache.
 
     Args:
         paths: Image files.
@@ -116,13 +117,16 @@ def dlib_embeddings(
         cache_dir: The cache root (None: :func:`~facecom_utils.data.cache.default_cache_dir`); the
             descriptors live in its ``face_model`` folder, keyed by file content.
         workers: Worker processes for descriptors not cached yet.
+        mirror: The mirrored descriptor (:func:`~facecom_utils.face.descriptors.mirrored_mean`), as notebook 03
+            reads it with ``face_mirror=True``.
 
     Returns:
         float32 [N, 128] embeddings (and the detection mask).
     """
     from facecom_utils.face.descriptors import DescriptorStore, face_model_cache
 
-    store = DescriptorStore(face_model_cache(cache_dir), upsample=upsample, workers=workers, progress=progress)
+    store = DescriptorStore(face_model_cache(cache_dir), upsample=upsample, workers=workers, progress=progress,
+                            mirror=mirror)
     described = store.describe(paths)
     out = described.normalised().astype(np.float32)
     return (out, described.detected) if return_detected else out

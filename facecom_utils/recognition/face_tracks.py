@@ -397,7 +397,7 @@ def _split_inputs(config: Any, splits: Any, run: Any, rundir: Any, cache: Path,
     from facecom_utils.face.descriptors import DescriptorStore
     from facecom_utils.train.rundir import FOLD_ROLE, REPORT_ROLE
 
-    store = DescriptorStore(cache, workers=workers, progress=config.progress)
+    store = DescriptorStore(cache, workers=workers, progress=config.progress, mirror=config.face_mirror)
     estimator = fit_estimator(splits.train, config.seed, workers, cache)
     roles = {FOLD_ROLE: rundir.load_embeddings(FOLD_ROLE)}
     reported = run.metrics.get("reported_role", REPORT_ROLE)
@@ -464,7 +464,7 @@ def _save_tracks(rundir: Any, config: Any, splits: Any, run: Any, out: Recogniti
     headline's figures on top) through :meth:`~facecom_utils.train.rundir.RunDir.write_tracks`."""
     fusion = out.fusion
     state = {"estimator": out.estimator.state_dict(), **fusion.state_dict(), "thresholds": thresholds,
-             "restoration_versions": dict(RESTORATION_VERSIONS)}
+             "restoration_versions": dict(RESTORATION_VERSIONS), "face_mirror": bool(config.face_mirror)}
     metrics = dict(run.metrics)
     metrics["tracks"] = out.tracks
     metrics["fusion_weights"] = fusion.weights
@@ -566,7 +566,8 @@ def track_features(saved: dict[str, Any], track: str, paths: list[str], cache: P
     ``face_model``, ``face_model_restored``, ``pixel_copies``: ``{"emb"}``. ``fused``: ``{"face", "kinds"}``
     (dlib's restored descriptor, L2-normalised, and the estimated type), plus ``"copies"`` when the fusion
     adds copy evidence; the caller adds the images' FACECOM embeddings as ``"facecom"``. Descriptors come from
-    (and go to) the cache in ``cache``, by file content.
+    (and go to) the cache in ``cache``, by file content; mirrored when the run was (``saved["face_mirror"]``;
+    a run folder from before that setting read plain descriptors).
 
     Args:
         saved: A loaded ``face_tracks.pt`` (estimator, fusion, restoration versions).
@@ -580,7 +581,7 @@ def track_features(saved: dict[str, Any], track: str, paths: list[str], cache: P
 
     if track == "pixel_copies":
         return {"emb": copy_descriptors(paths, workers=workers, cache_dir=cache)}
-    store = DescriptorStore(cache, workers=workers)
+    store = DescriptorStore(cache, workers=workers, mirror=bool(saved.get("face_mirror", False)))
     if track == "face_model":
         return {"emb": store.describe(paths).normalised()}
     estimator = DistortionEstimator.from_state_dict(saved["estimator"])
