@@ -7,6 +7,7 @@ rewritten from the saved folds every time the driver runs::
 
     python experiments/cv_gender_face.py                      # FACECOM in the repository -> reports/cv_gender_face/
     python experiments/cv_gender_face.py --data-root /data/facecom --variants face_model_restored
+    python experiments/cv_gender_face.py --mirror             # dlib's mirrored descriptor: files named *_mirror
 
 Every choice is made inside each outer fold's training part: the restoration selector (fitted on
 the training persons' pixels and image types), the head, and its threshold (an inner person-grouped
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from _common import add_data_root, data_root, gender_table, write_text
+from _common import add_data_root, data_root, gender_table, markdown_table, write_text
 from facecom_utils.common.paths import REPORTS_DIR
 from facecom_utils.data.cache import default_cache_dir
 from facecom_utils.data.layout import scan_task_a
@@ -63,6 +64,38 @@ def results_table(stats: dict[str, pd.DataFrame]) -> str:
     return gender_table(pd.concat(parts))
 
 
+#: The metrics :func:`paired_table` compares.
+PAIRED_METRICS = ("balanced_accuracy", "recall_female", "roc_auc", "bal_acc_noisy", "bal_acc_rainy", "bal_acc_sunny",
+                  "worst_type_bal_acc")
+
+
+def paired_table(ours: dict[str, pd.DataFrame], base: dict[str, pd.DataFrame],
+                 metrics: tuple[str, ...] = PAIRED_METRICS) -> str:
+    """Markdown: per variant and track, the paired difference ``ours − base`` over the same (repeat, fold)
+    pairs as mean ± SD (mean − SD) and the number of folds; "n/a" when no fold is in both.
+
+    Args:
+        ours, base: Variant name -> its folds (the driver's ``folds_*.csv``: ``track``, ``repeat``, ``fold``
+            and the metrics).
+    """
+    rows = []
+    for variant in ours:
+        if variant not in base:
+            continue
+        keys = ["track", "repeat", "fold"]
+        both = ours[variant].merge(base[variant], on=keys, suffixes=("", "_base"))
+        for track, part in both.groupby("track", sort=False):
+            name = variant if track == "face" else f"{track} ({variant})"
+            for metric in metrics:
+                d = (part[metric] - part[f"{metric}_base"]).to_numpy(float)
+                if len(d) < 2:
+                    rows.append([f"`{name}`", metric, "n/a", str(len(d))])
+                    continue
+                sd = float(d.std(ddof=1))
+                rows.append([f"`{name}`", metric, f"{d.mean():+.3f} ± {sd:.3f} ({d.mean() - sd:+.3f})", str(len(d))])
+    return markdown_table(["track", "metric", "paired difference, mirrored − plain", "folds"], rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_data_root(ap)
@@ -73,20 +106,23 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--copies", type=int, default=2, help="real distorted copies per image (as the presets' face_copies); -1: all")
+    ap.add_argument("--mirror", action="store_true",
+                    help="the mirrored descriptor (a chip's and its mirror's, averaged); every file's name ends in _mirror")
     args = ap.parse_args()
+    tag = f"copies{args.copies}" + ("_mirror" if args.mirror else "")
     cache = Path(args.cache or default_cache_dir()) / "face_model"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     root = data_root(args.data_root, ("Task_A/train", "Task_B/train"))
     rows = with_distorted_copies(scan_task_a(root, splits=("train",)), root, "train")
     rows = sample_copies(rows, None if args.copies < 0 else args.copies, 0).reset_index(drop=True)
-    store = DescriptorStore(cache, workers=args.workers, progress=True)
+    store = DescriptorStore(cache, workers=args.workers, progress=True, mirror=args.mirror)
     summaries, stats_by_variant = {}, {}
     for name in args.variants.split(","):
         restore, weight, glare = VARIANTS[name]
         recipe = FaceHeadRecipe(store, restore=restore, distorted_weight=weight, glare_expert=glare,
                                 feature_cache=cache, workers=args.workers)
-        file = out / f"folds_{name}_copies{args.copies}.csv"
+        file = out / f"folds_{name}_{tag}.csv"
         done = pd.read_csv(file) if file.is_file() else pd.DataFrame()
 
         def save(i: int, row: dict) -> None:
@@ -102,8 +138,13 @@ def main() -> None:
         stats = stats_by_variant[name] = summarise_folds(folds)
         summaries[name] = {f"{t}/{m}": v for (t, m), v in stats.round(4).to_dict(orient="index").items()}
         print(f"\n{name} ({time.perf_counter() - t0:.0f} s)\n{stats.round(3)}", flush=True)
-    (out / f"summary_copies{args.copies}.json").write_text(json.dumps(summaries, indent=1))
-    write_text(out / f"results_table_copies{args.copies}.md", results_table(stats_by_variant))
+    (out / f"summary_{tag}.json").write_text(json.dumps(summaries, indent=1))
+    write_text(out / f"results_table_{tag}.md", results_table(stats_by_variant))
+    plain_tag, mirror_tag = f"copies{args.copies}", f"copies{args.copies}_mirror"
+    folds = {t: {name: pd.read_csv(out / f"folds_{name}_{t}.csv") for name in VARIANTS
+                 if (out / f"folds_{name}_{t}.csv").is_file()} for t in (plain_tag, mirror_tag)}
+    if folds[plain_tag] and folds[mirror_tag]:  # both runs done: the mirrored descriptor against the plain one
+        write_text(out / f"paired_{mirror_tag}_vs_plain.md", paired_table(folds[mirror_tag], folds[plain_tag]))
 
 
 if __name__ == "__main__":

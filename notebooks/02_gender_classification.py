@@ -80,6 +80,7 @@ face_glare_cnn: bool = False  # fused track: glare images go to a CNN fine-tuned
 face_glare_cnn_size: int = 128  # its input side
 face_glare_cnn_epochs: int = 6  # its epochs per network
 face_glare_cnn_members: int = 1  # its networks, cross-fitted on person-grouped parts when 2 or more (1: threshold on a held-out fifth)
+face_mirror: bool = False  # the face head reads dlib's mirrored descriptor (a chip's and its mirror's, averaged)
 face_workers: Optional[int] = None  # processes computing descriptors; None: up to 4, one per core
 headline_track: str = "auto"  # track on top of metrics.json: auto (fused when the face tracks ran), facecom_only, face_model_restored, fused, stacked
 # machine

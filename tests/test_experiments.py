@@ -81,6 +81,21 @@ def test_cached_result_is_reused_only_for_the_same_parameters(tmp_path) -> None:
 # ----------------------------------------------------------------------------- Task A drivers
 
 
+def test_face_head_paired_table_subtracts_the_same_folds() -> None:
+    m = load_script("cv_gender_face")
+
+    def folds(shift: float, order: list[int]) -> pd.DataFrame:
+        return pd.DataFrame([{"track": "face", "repeat": r, "fold": f, "balanced_accuracy": 0.9 + 0.01 * f + shift * (f + 1)}
+                             for r in (0, 1) for f in order])
+
+    # the mirrored run's rows come in another order: they are matched by (track, repeat, fold), not by position
+    table = m.paired_table({"face_model": folds(0.01, [2, 0, 1])}, {"face_model": folds(0.0, [0, 1, 2])},
+                           metrics=("balanced_accuracy",)).splitlines()
+    # differences 0.01, 0.02, 0.03 in each repeat: mean 0.020, SD 0.009
+    assert table[2] == "| `face_model` | balanced_accuracy | +0.020 ± 0.009 (+0.011) | 6 |"
+    assert len(table) == 3
+
+
 def test_face_head_table_names_variants_and_tracks() -> None:
     from facecom_utils.gender.tracks import summarise_folds
 

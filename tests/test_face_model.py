@@ -269,6 +269,9 @@ def test_heads_are_class_balanced_and_load_weights_only(tmp_path) -> None:
     back = GenderFaceModel.from_state_dict(torch.load(tmp_path / "head.pt", weights_only=True))
     np.testing.assert_allclose(back.face.probabilities(X), prob)
     assert back.face.threshold == model.face.threshold
+    assert back.mirror is False  # the toy store is plain; a store with mirror=True is recorded as such
+    store.mirror = True
+    assert GenderFaceModel.from_state_dict(fit_gender_face(rows, FaceHeadRecipe(store, restore=False, k=4)).state_dict()).mirror
     # the margin is >= 0 exactly where the probability clears the threshold
     np.testing.assert_array_equal(model.face.margin(X) >= 0, prob >= model.face.threshold)
 
@@ -359,6 +362,15 @@ def test_predict_and_evaluate_gender_run_the_headline_track_of_a_run_directory(t
     np.testing.assert_allclose([float(r["score"]) for r in rows], want, atol=1e-6)
     assert [r["prediction"] for r in rows] == ["female" if p >= 0.45 else "male" for p in want]
     assert cli.main(["predict-gender", str(images), str(images)]) == 2  # a folder that is not a run directory
+    # a head fitted on mirrored descriptors (face_mirror=True) is run on mirrored descriptors
+    torch.save({"task": "gender", "headline": "face_model_restored", "cnn_threshold": 0.5,
+                "model": GenderFaceModel(None, model.face, mirror=True).state_dict()}, run_dir / "face_tracks.pt")
+    assert load_run_tracks(run_dir)[1].mirror is True
+    assert cli.main(["predict-gender", str(run_dir), str(images), "--out", str(out)]) == 0
+    scores = [float(r["score"]) for r in csv.DictReader(open(out))]
+    mirrored = DescriptorStore(tmp_path / "cache" / "face_model", mirror=True).describe(paths).normalised()
+    np.testing.assert_allclose(scores, model.face.probabilities(mirrored), atol=1e-6)
+    assert not np.allclose(scores, want, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- Task B fusion

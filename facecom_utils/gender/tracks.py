@@ -167,6 +167,7 @@ class GenderFaceModel:
     ``face`` reads dlib descriptors (after the selector's restoration when ``estimator`` is set);
     ``glare`` reads whole-frame ImageNet features of the images the selector calls ``sunny``;
     ``glare_cnn``, when fitted, takes those images instead (:class:`~facecom_utils.gender.glare.GlareCNN`).
+    ``mirror``: the descriptors the head was fitted on were mirrored (``DescriptorStore(mirror=True)``).
     """
 
     estimator: DistortionEstimator | None
@@ -174,6 +175,7 @@ class GenderFaceModel:
     glare: LinearHead | None = None
     oof: dict[str, Any] | None = None
     glare_cnn: Any = None
+    mirror: bool = False
 
     def scores(self, rows: pd.DataFrame, recipe: FaceHeadRecipe) -> dict[str, np.ndarray]:
         """``{"face": P(female) of the face head, "fused": P(female) after routing}``.
@@ -201,7 +203,8 @@ class GenderFaceModel:
         return {"estimator": None if self.estimator is None else self.estimator.state_dict(),
                 "face": self.face.state_dict(), "glare": None if self.glare is None else self.glare.state_dict(),
                 "glare_cnn": None if self.glare_cnn is None else self.glare_cnn.state_dict(),
-                "restoration_versions": dict(RESTORATION_VERSIONS) if self.estimator is not None else {}}
+                "restoration_versions": dict(RESTORATION_VERSIONS) if self.estimator is not None else {},
+                "face_mirror": bool(self.mirror)}
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> "GenderFaceModel":
@@ -213,7 +216,8 @@ class GenderFaceModel:
         return cls(None if est is None else DistortionEstimator.from_state_dict(est),
                    LinearHead.from_state_dict(state["face"]),
                    None if glare is None else LinearHead.from_state_dict(glare),
-                   glare_cnn=None if cnn is None else GlareCNN.from_state_dict(cnn))
+                   glare_cnn=None if cnn is None else GlareCNN.from_state_dict(cnn),
+                   mirror=bool(state.get("face_mirror", False)))  # runs from before the setting: plain
 
 
 def fit_gender_face(rows: pd.DataFrame, recipe: FaceHeadRecipe, n_boot: int = 0) -> GenderFaceModel:
@@ -235,6 +239,7 @@ def fit_gender_face(rows: pd.DataFrame, recipe: FaceHeadRecipe, n_boot: int = 0)
         q = recipe.quality(rows)
         estimator = DistortionEstimator.fit(q, rows["kind"].tolist(), seed=recipe.seed)
     X = recipe.descriptors(rows, estimator, q)
+    mirror = bool(getattr(recipe.store, "mirror", False))  # recorded with the model: predictions read the same
     w = copy_weights(rows, recipe.distorted_weight)
     keep = w > 0
     X, y, persons, w, clean = X[keep], y[keep], persons[keep], w[keep], (rows["kind"] == "clean").to_numpy()[keep]
@@ -266,8 +271,8 @@ def fit_gender_face(rows: pd.DataFrame, recipe: FaceHeadRecipe, n_boot: int = 0)
                     oof["glare_cnn"] = {"skipped": str(err)}
                 else:
                     oof["glare_cnn"] = cnn.info | {"threshold": cnn.threshold}
-                    return GenderFaceModel(estimator, face, glare, oof, cnn)
-    return GenderFaceModel(estimator, face, glare, oof)
+                    return GenderFaceModel(estimator, face, glare, oof, cnn, mirror=mirror)
+    return GenderFaceModel(estimator, face, glare, oof, mirror=mirror)
 
 
 def score_rows(rows: pd.DataFrame, prob: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -432,7 +437,7 @@ def gender_tracks(config: Any, splits: Any, run: Any) -> GenderTracks:
     root = splits.data_root
     cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     workers = cfg.face_workers or max(1, min(4, os.cpu_count() or 1))
-    store = DescriptorStore(cache / "face_model", workers=workers, progress=cfg.progress)
+    store = DescriptorStore(cache / "face_model", workers=workers, progress=cfg.progress, mirror=cfg.face_mirror)
     recipe = FaceHeadRecipe(store, restore=True, glare_expert=True, glare_cnn=bool(cfg.face_glare_cnn),
                             glare_cnn_size=cfg.face_glare_cnn_size, glare_cnn_epochs=cfg.face_glare_cnn_epochs,
                             glare_cnn_members=cfg.face_glare_cnn_members,
@@ -642,7 +647,8 @@ def _headline_scores(run_dir: str | Path, rows: pd.DataFrame, cache_dir: str | P
     workers = max(1, min(4, os.cpu_count() or 1))
     from facecom_utils.train.fit import select_device
 
-    recipe = FaceHeadRecipe(DescriptorStore(cache / "face_model", workers=workers), restore=model.estimator is not None,
+    recipe = FaceHeadRecipe(DescriptorStore(cache / "face_model", workers=workers, mirror=model.mirror),
+                            restore=model.estimator is not None,
                             glare_expert=model.glare is not None, feature_cache=cache / "face_model", workers=workers,
                             device=str(select_device(device)))
     scores = model.scores(rows, recipe)
