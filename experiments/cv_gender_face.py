@@ -87,6 +87,8 @@ def paired_table(ours: dict[str, pd.DataFrame], base: dict[str, pd.DataFrame],
         for track, part in both.groupby("track", sort=False):
             name = variant if track == "face" else f"{track} ({variant})"
             for metric in metrics:
+                if metric not in part or f"{metric}_base" not in part:  # e.g. a type without copies (--copies 0)
+                    continue
                 d = (part[metric] - part[f"{metric}_base"]).to_numpy(float)
                 if len(d) < 2:
                     rows.append([f"`{name}`", metric, "n/a", str(len(d))])

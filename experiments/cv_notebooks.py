@@ -128,6 +128,8 @@ def _run_context(run_dir: Path, overrides: dict | None = None):
     rundir = RunDir(run_dir / NOTEBOOKS["03"])
     metrics = rundir.read_metrics()
     params = dict(metrics["parameters"])
+    if "face_mirror" not in params:  # a run from before the setting: the descriptor its face_tracks.pt was fitted on
+        params["face_mirror"] = bool((rundir.load_tracks("recognition") or {}).get("face_mirror", False))
     params.update(overrides or {})
     params.update(output_dir=str(rundir.path), progress=False)
     known = set(RecognitionConfig.__dataclass_fields__)
@@ -202,7 +204,8 @@ def cheap_repeats(run_dir: Path, repeats: list[int], fraction: float) -> list[di
         values.update({f"main {k}": float(v) for k, v in m["per_distortion"].items()})
         values.update({f"strict {k}": float(v) for k, v in m["strict_per_distortion"].items()})
         values.update({f"w {k}": float(v) for k, v in fusion.weights.items()})
-        records.append({"repeat": r, "fraction": fraction, "seconds": time.perf_counter() - t0, "values": values})
+        records.append({"repeat": r, "fraction": fraction, "face_mirror": bool(config.face_mirror),
+                        "seconds": time.perf_counter() - t0, "values": values})
         print(f"  repeat {r}: strict top-1 {values['strict_top1']:.3f}, strict sunny {values.get('strict sunny', float('nan')):.3f}, "
               f"strict AUC {values['strict_roc_auc']:.3f} ({records[-1]['seconds']:.0f} s)", flush=True)
     return records
@@ -234,6 +237,12 @@ def run_cheap_repeats(out: Path, folds: int, repeats: int, fraction: float) -> p
     other = sorted({r.get("fraction") for recs in done.values() for r in recs} - {fraction})
     if other:
         raise ValueError(f"{file} holds repeats with --cheap-fraction {other}, not {fraction}: move it aside first")
+    mirrors = {bool(r.get("face_mirror", False)) for recs in done.values() for r in recs}
+    runs = {i: out / "runs" / f"fold{i}" for i in range(folds)}
+    wanted = {bool(_run_context(d)[0].face_mirror) for d in runs.values() if fold_done(d, "03")}
+    if len(mirrors | wanted) > 1:
+        raise ValueError(f"{file} holds repeats on the {'mirrored' if True in mirrors else 'plain'} descriptor and the "
+                         "runs' face tracks read the other (or the runs disagree): move it aside first")
     for i in range(folds):
         key = f"fold{i}"
         have = {r["repeat"] for r in done.get(key, [])}
@@ -251,7 +260,8 @@ def run_cheap_repeats(out: Path, folds: int, repeats: int, fraction: float) -> p
     return table
 
 
-#: The mean of the strict per-type top-1 over the types other than sunny (Task B's gate), a row of :func:`summarise`.
+#: The mean of the strict per-type top-1 over the types other than sunny (Task B's gate), a row of :func:`summarise`
+#: (over the types the fold's reported people have: on FACECOM every fold has all six).
 SIX_TYPES = "strict top-1, types but sunny"
 
 
@@ -393,10 +403,16 @@ def main() -> None:
                     help="share of the validation fold's identities each cheap repeat chooses on")
     args = ap.parse_args()
     overrides = {}
+    if args.retrack_param and not (args.retrack and args.notebook == "03"):
+        ap.error("--retrack-param needs --retrack (notebook 03)")
+    from facecom_utils.recognition import RecognitionConfig
+
     for item in args.retrack_param:
         key, sep, value = item.partition("=")
         if not sep:
             ap.error(f"--retrack-param takes KEY=VALUE, got {item!r}")
+        if key.strip() not in RecognitionConfig.__dataclass_fields__:
+            ap.error(f"--retrack-param: {key.strip()!r} is not a notebook-03 parameter (RecognitionConfig)")
         overrides[key.strip()] = yaml.safe_load(value)
     out = Path(args.out).absolute() if args.out else REPORTS_DIR / f"cv_notebook{args.notebook}"
     need = ("Task_B/train",) if args.notebook == "03" else ("Task_A/train", "Task_B/train")

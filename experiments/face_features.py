@@ -1,4 +1,4 @@
-"""Precompute (resumably) what the face-model tracks read: quality features and dlib descriptors.
+"""Precompute (resumably) what the face-model tracks read: quality features and dlib descriptors (mirrored and plain).
 
 Feeds no table of ``docs/results.md``: it warms the descriptor cache that the other drivers and the
 notebooks read (``docs/face-tracks.md``, the descriptor). It writes its own timing table,
@@ -59,7 +59,8 @@ def main() -> None:
     t0 = time.perf_counter()
     quality_feature_matrix(table["path"], workers=args.workers, cache_dir=f"{cache}/face_model", progress=True)
     timings = [("quality features", len(table), time.perf_counter() - t0)]
-    store = DescriptorStore(f"{cache}/face_model", workers=args.workers, progress=True)
+    # mirrored, as notebook 03's face tracks read them (face_mirror); the plain rows, which Task A reads, come with them
+    store = DescriptorStore(f"{cache}/face_model", workers=args.workers, progress=True, mirror=True)
     clean = table[table["distortion"].isna()]
     dist = table[table["distortion"].notna()]
     restorable = dist[dist["distortion"].isin(list(RESTORATION_FOR))]

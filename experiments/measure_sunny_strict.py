@@ -192,9 +192,12 @@ def main() -> None:
     if not run_dirs:
         raise SystemExit("no notebook-03 runs given, and none in reports/cv_notebook03: run "
                          "experiments/cv_notebooks.py --notebook 03 first, or name run folders")
-    store = DescriptorStore(Path(args.cache_dir) if args.cache_dir else default_cache_dir() / "face_model")
-    for run_dir in run_dirs:
-        cached(args.out / f"{run_name(run_dir)}.json", {"run_dir": str(run_dir.resolve()), "saturated": args.saturated},
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir() / "face_model"
+    for run_dir in run_dirs:  # each run's face tracks on the descriptor they were fitted on (face_tracks.pt records it)
+        mirror = bool((RunDir(run_dir).load_tracks("recognition") or {}).get("face_mirror", False))
+        store = DescriptorStore(cache, mirror=mirror)
+        cached(args.out / f"{run_name(run_dir)}.json",
+               {"run_dir": str(run_dir.resolve()), "saturated": args.saturated, "face_mirror": mirror},
                lambda: measure(run_dir, store, args.saturated))
     results = {f.stem: json.loads(f.read_text())["result"] for f in sorted(args.out.glob("*.json"))}
     print(write_text(args.out / "sunny_strict.md", sunny_table(results)).read_text())

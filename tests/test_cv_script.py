@@ -195,3 +195,32 @@ def test_retrack_overrides_replace_the_runs_parameters(tmp_path: Path, monkeypat
     cv.retrack(tmp_path / "fold0")
     assert [c.face_mirror for c in seen] == [False, True] and {c.seed for c in seen} == {3}
     assert seen[0].output_dir == str(run)  # the fold's own folder, never the recorded one
+    # a run from before the setting: the descriptor its face_tracks.pt was fitted on (plain), not today's default
+    import torch
+
+    del metrics["parameters"]["face_mirror"]
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    torch.save({"task": "recognition", "headline": "fused"}, run / "face_tracks.pt")
+    cv.retrack(tmp_path / "fold0")
+    assert seen[-1].face_mirror is False
+    # cheap repeats kept on one descriptor are refused beside runs on the other
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "fold0").rename(tmp_path / "runs" / "fold0")
+    (tmp_path / "cheap_repeats.json").write_text(json.dumps({"fold0": [{"repeat": 0, "fraction": 0.8, "face_mirror": True,
+                                                                          "values": {"top1": 1.0}}]}))
+    with pytest.raises(ValueError, match="mirrored descriptor and the runs' face tracks read the other"):
+        cv.run_cheap_repeats(tmp_path, 1, 1, 0.8)
+
+
+def test_retrack_param_must_name_a_notebook_03_parameter(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    cv = _script()
+    for argv, message in ((["--retrack", "--retrack-param", "face_miror=false"], "not a notebook-03 parameter"),
+                          (["--retrack-param", "face_mirror=false"], "needs --retrack"),
+                          (["--retrack", "--retrack-param", "face_mirror"], "takes KEY=VALUE")):
+        monkeypatch.setattr(sys, "argv", ["cv_notebooks.py", *argv])
+        with pytest.raises(SystemExit):
+            cv.main()
+        assert message in capsys.readouterr().err

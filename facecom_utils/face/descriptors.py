@@ -228,7 +228,8 @@ class Descriptions:
     """Descriptors of a list of images, in order.
 
     Attributes:
-        descriptors: float32 ``[N, 128]`` (raw dlib descriptors; :meth:`normalised` for cosine).
+        descriptors: float32 ``[N, 128]`` (raw dlib descriptors, or a mirrored store's :func:`mirrored_mean`;
+            :meth:`normalised` for cosine).
         detected: bool ``[N]``: the detector found a face (else the fallback box was used).
         score: float64 ``[N]``: the detector's score (NaN when not detected).
         restoration: The restoration applied to each image ``[N]``.

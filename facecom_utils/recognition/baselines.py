@@ -143,6 +143,7 @@ def dlib_baseline(
     progress: bool = False,
     cache_dir: str | Path | None = None,
     workers: int = 1,
+    mirror: bool = False,
 ) -> dict[str, Any]:
     """The protocol on dlib's face descriptors (see :func:`dlib_embeddings`), for comparison.
 
@@ -159,11 +160,13 @@ def dlib_baseline(
         progress: Show progress bars.
         cache_dir: The descriptor cache root (see :func:`dlib_embeddings`).
         workers: Worker processes for descriptors not cached yet.
+        mirror: The mirrored descriptor (:func:`dlib_embeddings`), as notebook 03's ``face_model`` track reads it.
 
     Returns:
         The same metrics dict as :func:`evaluate_recognition`.
     """
     def embed(paths: list[str]) -> np.ndarray:
-        return dlib_embeddings(paths, upsample=upsample, progress=progress, cache_dir=cache_dir, workers=workers)
+        return dlib_embeddings(paths, upsample=upsample, progress=progress, cache_dir=cache_dir, workers=workers,
+                               mirror=mirror)
 
     return _baseline_metrics(embed, data_root, split, threshold_split, threshold_identities, seed, max_identities)

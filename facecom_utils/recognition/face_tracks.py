@@ -358,13 +358,13 @@ def track_inputs(table: pd.DataFrame, emb: np.ndarray, estimator: DistortionEsti
     descriptors (cached by content), the FACECOM embeddings raw and L2-normalised."""
     q = quality_feature_matrix(table["path"], workers=workers, cache_dir=cache)
     restorations = estimator.restorations(q)
-    plain = store.describe(table["path"].tolist())
+    unrestored = store.describe(table["path"].tolist())
     restored = store.describe(table["path"].tolist(), restorations)
     return {"table": table, "kinds": estimator.predict(q), "restorations": np.asarray(restorations),
             "facecom_raw": emb,
             "facecom": emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12),
-            "detected": plain.detected, "detected_restored": restored.detected,
-            "face_model": plain.normalised(),
+            "detected": unrestored.detected, "detected_restored": restored.detected,
+            "face_model": unrestored.normalised(),
             "pixel_copies": copy_descriptors(table["path"].tolist(), workers=workers, cache_dir=cache),
             "face_model_restored": restored.normalised()}
 
