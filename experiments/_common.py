@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from facecom_utils.common import paths
@@ -146,6 +147,18 @@ def spread(mean: Any, sd: Any, digits: int = 3, floor: bool = True) -> str:
         return number(mean, digits)
     text = f"{float(mean):.{digits}f} ± {float(sd):.{digits}f}"
     return f"{text} ({float(mean) - float(sd):.{digits}f})" if floor else text
+
+
+def paired_cell(differences: Sequence[float], digits: int = 3) -> str:
+    """One cell of paired per-fold differences: ``+mean ± sd (+mean − sd)``, signed; "n/a" below two folds.
+
+    A change "beats" the baseline when the bracket is above zero.
+    """
+    d = np.asarray([x for x in differences if not is_missing(x)], float)
+    if len(d) < 2:
+        return MISSING
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    return f"{mean:+.{digits}f} ± {sd:.{digits}f} ({mean - sd:+.{digits}f})"
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

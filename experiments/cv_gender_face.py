@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from _common import add_data_root, data_root, gender_table, markdown_table, write_text
+from _common import add_data_root, data_root, gender_table, markdown_table, paired_cell, write_text
 from facecom_utils.common.paths import REPORTS_DIR
 from facecom_utils.data.cache import default_cache_dir
 from facecom_utils.data.layout import scan_task_a
@@ -90,11 +90,7 @@ def paired_table(ours: dict[str, pd.DataFrame], base: dict[str, pd.DataFrame],
                 if metric not in part or f"{metric}_base" not in part:  # e.g. a type without copies (--copies 0)
                     continue
                 d = (part[metric] - part[f"{metric}_base"]).to_numpy(float)
-                if len(d) < 2:
-                    rows.append([f"`{name}`", metric, "n/a", str(len(d))])
-                    continue
-                sd = float(d.std(ddof=1))
-                rows.append([f"`{name}`", metric, f"{d.mean():+.3f} ± {sd:.3f} ({d.mean() - sd:+.3f})", str(len(d))])
+                rows.append([f"`{name}`", metric, paired_cell(d), str(len(d))])
     return markdown_table(["track", "metric", "paired difference, mirrored − plain", "folds"], rows)
 
 

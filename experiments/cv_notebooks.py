@@ -49,8 +49,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from _common import (MISSING, add_data_root, data_root, frame_table, gender_table, markdown_table, number, stat_cell,
-                     write_text)
+from _common import (MISSING, add_data_root, data_root, frame_table, gender_table, markdown_table, number, paired_cell,
+                     stat_cell, write_text)
 from facecom_utils.common.paths import REPORTS_DIR
 from facecom_utils.data.layout import DISTORTION_TYPES
 
@@ -363,13 +363,9 @@ def paired_table(ours: Path, base: Path, tracks: tuple[str, ...] = ("fused", "fa
         for metric in metrics:
             key = f"{track}/{metric}"
             folds = sorted(k for k in a.get(key, {}) if k.startswith("fold") and k in b.get(key, {}))
-            d = np.array([a[key][f] - b[key][f] for f in folds if a[key][f] is not None and b[key][f] is not None], float)
-            if len(d) < 2:
-                rows.append([f"`{track}`", metric, MISSING, MISSING])
-                continue
-            sd = float(np.std(d, ddof=1))
-            rows.append([f"`{track}`", metric, f"{d.mean():+.3f} ± {sd:.3f} ({d.mean() - sd:+.3f})",
-                         " ".join(f"{x:+.3f}" for x in d)])
+            d = [a[key][f] - b[key][f] for f in folds if a[key][f] is not None and b[key][f] is not None]
+            cell = paired_cell(d)
+            rows.append([f"`{track}`", metric, cell, MISSING if cell == MISSING else " ".join(f"{x:+.3f}" for x in d)])
     return markdown_table(["track", "metric", f"paired difference, {ours.name} − {base.name}", "per fold"], rows)
 
 
