@@ -136,8 +136,7 @@ def chip_descriptors(chips: np.ndarray, backend: str = "torch", weights: str | P
     if chips.ndim != 4 or chips.shape[1:] != (CHIP, CHIP, 3):
         raise ValueError(f"expected aligned uint8 RGB chips [N, {CHIP}, {CHIP}, 3], got shape {chips.shape}")
     if mirror:
-        both = chip_descriptors(np.concatenate([chips, chips[:, :, ::-1]]), backend, weights, weights_digest)
-        return mirrored_mean(both[:len(chips)], both[len(chips):])
+        return mirrored_mean(*_with_mirrors(chips, backend, weights, weights_digest))
     if weights is not None:
         if backend != "torch":
             raise ValueError("fine-tuned weights run on the torch backend only")
@@ -154,6 +153,18 @@ def chip_descriptors(chips: np.ndarray, backend: str = "torch", weights: str | P
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
+def _with_mirrors(chips: np.ndarray, backend: str, weights: str | Path | None,
+                  weights_digest: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(descriptors of the chips, descriptors of their left-right mirrors)``, the network run once on both."""
+    both = chip_descriptors(np.concatenate([chips, chips[:, :, ::-1]]), backend, weights, weights_digest)
+    return both[:len(chips)], both[len(chips):]
+
+
+def _unit(d: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (a zero row stays zero)."""
+    return d / np.maximum(np.linalg.norm(d, axis=-1, keepdims=True), 1e-12)
+
+
 def mirrored_mean(plain: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
     """The mirrored descriptor ``float32 [N, 128]``: the mean of a chip's unit descriptor and its mirror's.
 
@@ -167,11 +178,7 @@ def mirrored_mean(plain: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
     mirrored = np.asarray(mirrored, np.float32)
     if plain.shape != mirrored.shape:
         raise ValueError(f"plain and mirrored descriptors differ in shape: {plain.shape} vs {mirrored.shape}")
-
-    def unit(d: np.ndarray) -> np.ndarray:
-        return d / np.maximum(np.linalg.norm(d, axis=-1, keepdims=True), 1e-12)
-
-    return ((unit(plain) + unit(mirrored)) / 2).astype(np.float32)
+    return ((_unit(plain) + _unit(mirrored)) / 2).astype(np.float32)
 
 
 def _front_end(image: np.ndarray, restoration: str, upsample: int) -> tuple[np.ndarray, bool, float]:
@@ -207,10 +214,8 @@ def _describe_paths(jobs: Sequence[tuple[str, str]], upsample: int,
         return []
     chips = np.stack([f[0] for f in fronts])
     if mirror:
-        both = chip_descriptors(np.concatenate([chips, chips[:, :, ::-1]]), backend, weights, weights_digest)
-        plain = both[:len(chips)]
-        return [(d, det, score, p) for d, p, (_, det, score) in
-                zip(mirrored_mean(plain, both[len(chips):]), plain, fronts)]
+        plain, mirrors = _with_mirrors(chips, backend, weights, weights_digest)
+        return [(d, det, score, p) for d, p, (_, det, score) in zip(mirrored_mean(plain, mirrors), plain, fronts)]
     descriptors = chip_descriptors(chips, backend, weights, weights_digest)
     return [(d, det, score) for d, (_, det, score) in zip(descriptors, fronts)]
 
@@ -242,8 +247,7 @@ class Descriptions:
 
     def normalised(self) -> np.ndarray:
         """The descriptors scaled to unit length ``[N, 128]``."""
-        d = self.descriptors
-        return d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+        return _unit(self.descriptors)
 
 
 def write_rows(file: Path, table: dict[str, tuple[np.ndarray, bool, float]], field: str, dtype: Any) -> None:

@@ -122,9 +122,6 @@ class GenderConfig(RunConfig):
         face_glare_cnn_members: Its networks: ``k >= 2`` cross-fits ``k`` of them on person-grouped
             parts of the training persons (P(female) their mean, the threshold from their out-of-fold
             predictions over every training person); 1: one network, threshold on a held-out fifth.
-        face_mirror: The face head reads dlib's mirrored descriptor (a chip's and its mirror's unit
-            descriptors averaged, :func:`~facecom_utils.face.descriptors.mirrored_mean`); recorded with the
-            fitted model, so ``facecom predict-gender`` reads a run folder with the descriptor it was fitted on.
 
     ``label_smoothing`` moves the targets to ``y * (1 - ls) + ls / 2`` (FACECOM has noisy labels).
     """
@@ -149,7 +146,6 @@ class GenderConfig(RunConfig):
     face_glare_cnn_size: int = 128
     face_glare_cnn_epochs: int = 6
     face_glare_cnn_members: int = 1
-    face_mirror: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -59,10 +59,8 @@ class RecognitionConfig(RunConfig):
             sunny probe, while a tighter crop spends the pixels on the face, which carries the
             other types and the strict protocol. ``()``: the ``face_crop`` view only. The per-epoch
             model choice uses the ``face_crop`` view alone (cheaper).
-        face_mirror: The face-model tracks (``face_model``, ``face_model_restored``, ``fused``) read dlib's
-            mirrored descriptor: the mean of a chip's and its left-right mirror's unit descriptors
-            (:func:`~facecom_utils.face.descriptors.mirrored_mean`; its own cache files). Recorded in
-            ``face_tracks.pt``, so a run folder is always read with the descriptor it was fitted on.
+        face_mirror: As :class:`~facecom_utils.train.config.RunConfig`'s, on by default here (``face_model``,
+            ``face_model_restored``, ``fused``; docs/results.md § Task B — the mirrored face descriptor).
 
     Without ``Task_B/val`` the held-out identities (``holdout_fraction``) are saved as the ``report``
     embeddings.

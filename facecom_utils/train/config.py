@@ -77,6 +77,11 @@ class RunConfig:
         face_model: Add the face-model tracks (dlib's descriptor, trained on outside face data,
             reported apart): True, False or ``"auto"`` (when dlib is installed).
         face_workers: Processes that compute face descriptors (None: up to 4, one per core).
+        face_mirror: The face-model tracks read dlib's mirrored descriptor: the mean of a chip's and its
+            left-right mirror's unit descriptors (:func:`~facecom_utils.face.descriptors.mirrored_mean`; cache
+            files of its own). Recorded with the fitted tracks (``face_tracks.pt``), so a run folder is always
+            read with the descriptor it was fitted on. Task B's default is True (it helped its strict protocol
+            on the CV), Task A's False (no gain on its face head's CV).
         headline_track: The track written at the top of ``metrics.json``: ``"auto"`` (``fused``
             when the face tracks ran, else ``facecom_only``) or a track name (``stacked``: Task A only).
     """
@@ -114,6 +119,7 @@ class RunConfig:
     progress: bool = False
     face_model: bool | str = "auto"
     face_workers: int | None = None
+    face_mirror: bool = False
     headline_track: str = "auto"
 
     def __post_init__(self) -> None:
