@@ -196,7 +196,7 @@ def cheap_repeats(run_dir: Path, repeats: list[int], fraction: float) -> list[di
         estimator = fit_estimator(splits.train, r, workers, cache)
         fold, rep = (track_inputs(t, e, estimator, store, workers, cache) for t, e in roles.values())
         fold = subset_identities(fold, fraction, r)
-        fusion = fit_fusion(fold, copy_cohort(splits.train, r, workers, cache), config.fusion_objective)
+        fusion = fit_fusion(fold, copy_cohort(splits.train, r, workers, cache))
         th = choose_thresholds(fold["table"], fused_embeddings(fusion, fold), method=config.threshold_method, seed=r)
         m = protocol_metrics(rep["table"], fused_embeddings(fusion, rep), th["threshold"], th["strict_threshold"],
                              seed=r)

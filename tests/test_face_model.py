@@ -653,23 +653,3 @@ def test_a_run_folder_is_read_with_the_descriptor_it_was_fitted_on(monkeypatch: 
         emb = track_features(saved, "face_model", ["a.jpg", "b.jpg"], Path("."), 1, "face_tracks.pt")["emb"]
         raw = np.r_[3.0, np.full(127, value)]  # the mirrored and plain rows differ in direction, not only length
         np.testing.assert_allclose(emb, np.tile(raw / np.linalg.norm(raw), (2, 1)), rtol=1e-6)
-
-
-def test_fusion_objectives_choose_by_their_own_rule() -> None:
-    """mean_top1 trades main for strict one for one; strict_at_main takes the best strict within 0.005 of the best main."""
-    from facecom_utils.recognition import RecognitionConfig
-    from facecom_utils.recognition.face_tracks import MAIN_TOLERANCE, _best_pair
-
-    assert MAIN_TOLERANCE == 0.005
-    scored = [(0.0, 0.8, 1.000, 0.900),   # best main
-              (0.0, 0.9, 0.990, 0.990),   # best mean (0.990), main 0.010 below the best: out for strict_at_main
-              (0.0, 1.0, 0.996, 0.903),   # main within 0.005: strict_at_main's choice
-              (0.25, 1.0, 0.996, 0.903)]  # the same scores with copy weight: the tie keeps the row before
-    assert _best_pair(scored, "mean_top1") == (0.9, 0.0)
-    assert _best_pair(scored, "strict_at_main") == (1.0, 0.0)
-    no_strict = [(0.0, 0.0, 0.97, float("nan")), (0.0, 0.5, 0.99, float("nan"))]  # a type without strict probes
-    assert _best_pair(no_strict, "strict_at_main") == _best_pair(no_strict, "mean_top1") == (0.5, 0.0)
-    with pytest.raises(ValueError, match="fusion_objective"):
-        _best_pair(scored, "strict")
-    with pytest.raises(ValueError, match="fusion_objective"):
-        RecognitionConfig(fusion_objective="strict")

@@ -9,12 +9,10 @@ from typing import ClassVar
 from facecom_utils.data.layout import DISTORTION_TYPES
 from facecom_utils.train.config import RunConfig
 
-__all__ = ["EMBEDDING_SOURCES", "FUSION_OBJECTIVES", "METRIC_KEYS", "RecognitionConfig"]
+__all__ = ["EMBEDDING_SOURCES", "METRIC_KEYS", "RecognitionConfig"]
 
 
 EMBEDDING_SOURCES = ("neck", "pooled", "auto")
-#: What the fused track's weights may maximise (:func:`~facecom_utils.recognition.face_tracks.choose_fusion`).
-FUSION_OBJECTIVES = ("mean_top1", "strict_at_main")
 
 # The metrics.json keys the issue asks for (each also exists prefixed "strict_").
 METRIC_KEYS = (
@@ -63,10 +61,6 @@ class RecognitionConfig(RunConfig):
             model choice uses the ``face_crop`` view alone (cheaper).
         face_mirror: As :class:`~facecom_utils.train.config.RunConfig`'s, on by default here (``face_model``,
             ``face_model_restored``, ``fused``; docs/results.md § Task B — the mirrored face descriptor).
-        fusion_objective: What the fused track's (w, gamma) maximise per estimated type on the validation
-            fold: ``"mean_top1"`` (mean of main and strict top-1) or ``"strict_at_main"`` (strict top-1
-            among the pairs within 0.005 of the type's best main top-1); see
-            :func:`~facecom_utils.recognition.face_tracks.choose_fusion`.
 
     Without ``Task_B/val`` the held-out identities (``holdout_fraction``) are saved as the ``report``
     embeddings.
@@ -96,15 +90,12 @@ class RecognitionConfig(RunConfig):
     flip_tta: bool = False
     tta_crops: tuple[float, ...] = ()
     face_mirror: bool = True
-    fusion_objective: str = "mean_top1"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.headline_track == "stacked":
             raise ValueError("Task B has no stacked track (it is Task A's): use auto, facecom_only, face_model, "
                              "face_model_restored or fused")
-        if self.fusion_objective not in FUSION_OBJECTIVES:
-            raise ValueError(f"fusion_objective must be one of {FUSION_OBJECTIVES}, got {self.fusion_objective!r}")
         if self.embedding_source not in EMBEDDING_SOURCES:
             raise ValueError(f"embedding_source must be one of {EMBEDDING_SOURCES}, got {self.embedding_source!r}")
         if not 0.0 < self.face_crop <= 1.0:

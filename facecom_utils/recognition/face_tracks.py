@@ -41,7 +41,6 @@ from facecom_utils.face.quality import RESTORATION_FOR, DistortionEstimator, qua
 from facecom_utils.face.restoration import RESTORATION_VERSIONS, check_restoration_versions
 from facecom_utils.face.copies import COHORT_SIZE, copy_descriptors, copy_evidence
 from facecom_utils.face.descriptors import face_model_cache, face_workers
-from facecom_utils.recognition.config import FUSION_OBJECTIVES
 from facecom_utils.recognition.protocol import _quick_scores, choose_thresholds, protocol_metrics
 
 __all__ = ["TRACKS", "Fusion", "track_features", "track_embeddings", "RecognitionTracks", "calibrate_scores", "choose_fusion", "copy_cohort", "evaluate_run",
@@ -253,62 +252,20 @@ class Fusion:
         return pd.DataFrame(columns).T
 
 
-#: ``strict_at_main`` keeps the (w, gamma) pairs whose main top-1 is within this of the type's best.
-MAIN_TOLERANCE = 0.005
-
-
-def _top1_pair(table: pd.DataFrame, emb: np.ndarray) -> tuple[float, float]:
+def _mean_top1(table: pd.DataFrame, emb: np.ndarray) -> float:
     m = _quick_scores(table, emb)
-    return float(m["top1"]), float(m["strict_top1"])
-
-
-def _best_pair(scored: list[tuple[float, float, float, float]], objective: str) -> tuple[float, float]:
-    """``(w, gamma)`` of ``scored`` rows ``(gamma, w, main, strict)`` (in grid order) that the objective prefers.
-
-    ``mean_top1``: the largest mean(main, strict) (main alone where the type has no strict probe).
-    ``strict_at_main``: among the pairs whose main top-1 is within :data:`MAIN_TOLERANCE` of the best, the
-    largest strict top-1 (then the largest main). Ties keep the earlier row: the lower copy weight, then
-    the lower face weight.
-    """
-    if objective not in FUSION_OBJECTIVES:
-        raise ValueError(f"fusion_objective must be one of {FUSION_OBJECTIVES}, got {objective!r}")
-
-    def value(main: float, strict: float) -> tuple[float, ...]:
-        if objective == "mean_top1" or np.isnan(strict):
-            return (float(np.nanmean([main, strict])),)
-        return (strict, main)
-
-    best_main = max(main for _, _, main, _ in scored)
-    keep = [r for r in scored if objective == "mean_top1" or r[2] >= best_main - MAIN_TOLERANCE - 1e-12]
-    best, pick = value(keep[0][2], keep[0][3]), keep[0]
-    for row in keep[1:]:
-        v = value(row[2], row[3])
-        if _ahead(v, best):
-            best, pick = v, row
-    return pick[1], pick[0]
-
-
-def _ahead(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
-    """``a`` beats ``b`` lexicographically by more than rounding."""
-    for x, y in zip(a, b):
-        if abs(x - y) > 1e-9:
-            return x > y
-    return False
+    return float(np.nanmean([m["top1"], m["strict_top1"]]))
 
 
 def choose_fusion(table: pd.DataFrame, face: np.ndarray, facecom: np.ndarray, kinds: np.ndarray,
                   copies: np.ndarray | None = None, cohort: np.ndarray | None = None,
-                  grid: tuple[float, ...] = WEIGHT_GRID, gamma_grid: tuple[float, ...] = GAMMA_GRID,
-                  objective: str = "mean_top1") -> Fusion:
+                  grid: tuple[float, ...] = WEIGHT_GRID, gamma_grid: tuple[float, ...] = GAMMA_GRID) -> Fusion:
     """The face model's weight (and the copy evidence's weight, with ``copies`` and ``cohort``) per estimated type.
 
-    Each type's pair maximises ``objective`` over that type's probes (:func:`_best_pair`): mean(main,
-    strict) top-1 (``mean_top1``, the default), or strict top-1 among the pairs within
-    :data:`MAIN_TOLERANCE` of the best main top-1 (``strict_at_main``). Call it on the validation fold
-    only; ties keep the lower copy weight, then the lower face weight (the FACECOM model's side).
+    Each type's pair maximises mean(main, strict) top-1 of that type's probes. Call it on the
+    validation fold only; ties keep the lower copy weight, then the lower face weight (the FACECOM
+    model's side).
     """
-    if objective not in FUSION_OBJECTIVES:
-        raise ValueError(f"fusion_objective must be one of {FUSION_OBJECTIVES}, got {objective!r}")
     if copies is not None and cohort is None:
         raise ValueError("choose_fusion: copy descriptors need their cohort")
     gallery = table["distortion"].isna().to_numpy()
@@ -316,7 +273,7 @@ def choose_fusion(table: pd.DataFrame, face: np.ndarray, facecom: np.ndarray, ki
     for kind in sorted(set(kinds[~gallery])):
         rows = gallery | (kinds == kind)
         sub = table[rows].reset_index(drop=True)
-        scored = []
+        best, best_w, best_g = -np.inf, 0.0, 0.0
         evidence = None
         if copies is not None:  # computed once per type: it depends on neither weight
             g_rows = gallery[rows]
@@ -327,8 +284,9 @@ def choose_fusion(table: pd.DataFrame, face: np.ndarray, facecom: np.ndarray, ki
                 emb = fuse_embeddings(face[rows], facecom[rows], np.full(rows.sum(), w), gallery[rows],
                                       None if copies is None else copies[rows], np.full(rows.sum(), g), cohort,
                                       evidence)
-                scored.append((float(g), float(w), *_top1_pair(sub, emb)))
-        best_w, best_g = _best_pair(scored, objective)
+                value = _mean_top1(sub, emb)
+                if value > best + 1e-9:
+                    best, best_w, best_g = value, float(w), float(g)
         weights[str(kind)] = best_w
         if copies is not None:
             gammas[str(kind)] = best_g
@@ -417,11 +375,11 @@ def fused_embeddings(fusion: Fusion, inputs: dict[str, Any]) -> np.ndarray:
                         inputs["table"]["distortion"].isna().to_numpy(), inputs["pixel_copies"])
 
 
-def fit_fusion(fold: dict[str, Any], cohort: np.ndarray, objective: str = "mean_top1") -> Fusion:
+def fit_fusion(fold: dict[str, Any], cohort: np.ndarray) -> Fusion:
     """The fused track's choices on a validation fold (:func:`track_inputs`): (w, gamma) per estimated
-    type (:func:`choose_fusion` with ``objective``), then the score scale per type (:func:`calibrate_scores`)."""
+    type (:func:`choose_fusion`), then the score scale per type (:func:`calibrate_scores`)."""
     fusion = choose_fusion(fold["table"], fold["face_model_restored"], fold["facecom"], fold["kinds"],
-                           fold["pixel_copies"], cohort, objective=objective)
+                           fold["pixel_copies"], cohort)
     fusion.fit_calibration(fold["table"], fold["face_model_restored"], fold["facecom"], fold["kinds"],
                            fold["pixel_copies"])
     return fusion
@@ -511,7 +469,6 @@ def _save_tracks(rundir: Any, config: Any, splits: Any, run: Any, out: Recogniti
     metrics["tracks"] = out.tracks
     metrics["fusion_weights"] = fusion.weights
     metrics["fusion_copy_weights"] = fusion.gammas
-    metrics["fusion_objective"] = config.fusion_objective
     metrics["fusion_score_calibration"] = {k: {"impostor_median": m, "impostor_high": h, "quantile": IMPOSTOR_QUANTILE}
                                            for k, (m, h) in fusion.calibration.items()}
     metrics["selector"] = {t: {k: float(v) for k, v in r.items()} for t, r in out.selector.to_dict(orient="index").items()}
@@ -537,7 +494,7 @@ def recognition_tracks(config: Any, splits: Any, run: Any) -> RecognitionTracks:
     cache, workers = _stage_settings(config)
     estimator, data, reported = _split_inputs(config, splits, run, rundir, cache, workers)
     fold, rep = data[FOLD_ROLE], data[reported]
-    fusion = fit_fusion(fold, copy_cohort(splits.train, config.seed, workers, cache), config.fusion_objective)
+    fusion = fit_fusion(fold, copy_cohort(splits.train, config.seed, workers, cache))
     tracks, thresholds, embeddings = _score_tracks(config, run, fold, rep, fusion)
     headline = "fused" if config.headline_track == "auto" else config.headline_track
     out = RecognitionTracks(estimator, fusion, tracks, headline, _selector_summary(rep), rep["table"], embeddings)
