@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from _common import markdown_table, spread, write_text
+from _common import markdown_table, paired_cell, spread, write_text
 from facecom_utils.common.paths import REPORTS_DIR
 from facecom_utils.data.layout import scan_task_a
 from facecom_utils.metrics.classification import binary_metrics
@@ -57,15 +57,40 @@ def glare_table(summary: pd.DataFrame) -> str:
         person-balanced accuracy as mean ± SD, each fold's balanced accuracy, the fit's seconds (min-max).
     """
     rows = []
-    for (members, epochs, size), part in summary.groupby(["members", "epochs", "image_size"], sort=True):
+    summary = summary.assign(synthetic=summary["synthetic"] if "synthetic" in summary else 0)
+    for (members, epochs, size, synthetic), part in summary.groupby(["members", "epochs", "image_size", "synthetic"],
+                                                                    sort=True):
         part = part.sort_values("fold")
         cell = {k: spread(part[k].mean(), part[k].std(ddof=1), floor=k in ("balanced_accuracy", "recall_female"))
                 for k in ("balanced_accuracy", "recall_female", "roc_auc", "person_balanced_accuracy")}
-        rows.append([f"{members} network{'s' if members > 1 else ''}, {epochs} epochs, {size} px",
+        extra = f", + {synthetic} synthetic glare per copy" if synthetic else ""
+        rows.append([f"{members} network{'s' if members > 1 else ''}, {epochs} epochs, {size} px{extra}",
                      *cell.values(), ", ".join(f"{v:.3f}" for v in part["balanced_accuracy"]),
                      f"{part['seconds'].min():.0f}-{part['seconds'].max():.0f}"])
     return markdown_table(["glare expert", "balanced acc.", "female recall", "ROC AUC", "person bal. acc.",
                            "per fold", "fit seconds"], rows)
+
+
+def glare_paired(summary: pd.DataFrame) -> str:
+    """Each variant with synthetic glare against the same variant without (members, epochs, image size), paired
+    by fold: balanced accuracy, female recall and ROC AUC as ``+mean ± SD (+mean − SD)``; "" when none."""
+    rows = []
+    if "synthetic" not in summary:
+        return ""
+    keys = ["members", "epochs", "image_size"]
+    for (members, epochs, size, synthetic), part in summary.groupby([*keys, "synthetic"], sort=True):
+        base = summary[(summary[keys] == (members, epochs, size)).all(axis=1) & (summary["synthetic"] == 0)]
+        if not synthetic or base.empty:
+            continue
+        both = part.merge(base, on="fold", suffixes=("", "_base")).sort_values("fold")
+        diffs = {k: (both[k] - both[f"{k}_base"]).to_numpy() for k in ("balanced_accuracy", "recall_female", "roc_auc")}
+        rows.append([f"{members} networks, {epochs} epochs, {size} px: + {synthetic} synthetic − none",
+                     *(paired_cell(d) for d in diffs.values()),
+                     " ".join(f"{v:+.3f}" for v in diffs["balanced_accuracy"])])
+    if not rows:
+        return ""
+    return markdown_table(["paired by fold", "balanced acc.", "female recall", "ROC AUC", "balanced acc. per fold"],
+                          rows)
 
 
 def fold_roots(given: list[str] | None) -> list[str]:
@@ -88,6 +113,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--synthetic", default="0",
+                    help="comma-separated counts to compare: renderings of our own sunny distortion of each training "
+                         "copy's clean source, added to the members' training images (0: the real copies only, as "
+                         "shipped)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,19 +124,22 @@ def main() -> None:
     for f, root in enumerate(fold_roots(args.fold_roots)):
         train, test = sunny_rows(root, "train"), sunny_rows(root, "val")
         y_test, p_test = female_labels(test), test["person"].to_numpy()
-        for members in (int(m) for m in args.members.split(",")):
-            file = out / f"fold{f}_members{members}_epochs{args.epochs}_size{args.image_size}_seed{args.seed}.npz"
+        variants = [(int(m), int(n)) for m in args.members.split(",") for n in args.synthetic.split(",")]
+        for members, synthetic in variants:
+            tag = f"_synthetic{synthetic}" if synthetic else ""
+            file = out / f"fold{f}_members{members}_epochs{args.epochs}_size{args.image_size}_seed{args.seed}{tag}.npz"
             if not file.is_file():
                 t0 = time.perf_counter()
                 cnn = fit_glare_cnn(train["path"], female_labels(train), train["person"], image_size=args.image_size,
                                     epochs=args.epochs, seed=args.seed, channels_last=True, members=members,
-                                    device=args.device)
+                                    device=args.device, sources=train["image"].tolist(), synthetic=synthetic)
                 prob = cnn.probabilities(test["path"].tolist(), device=args.device)
                 np.savez(file, prob=prob, threshold=cnn.threshold, info=json.dumps(cnn.info),
                          seconds=time.perf_counter() - t0)
             d = np.load(file)
             m = binary_metrics(y_test, d["prob"], float(d["threshold"]))
             summary.append({"fold": f, "members": members, "epochs": args.epochs, "image_size": args.image_size,
+                            "synthetic": synthetic,
                             "balanced_accuracy": m["balanced_accuracy"],
                             "recall_female": m["recall_female"], "recall_male": m["recall_male"],
                             "roc_auc": m["roc_auc"], "threshold": float(d["threshold"]),
@@ -117,7 +149,8 @@ def main() -> None:
             print(summary[-1], flush=True)
     table = pd.DataFrame(summary)
     table.to_csv(out / "summary.csv", index=False)
-    print(write_text(out / "summary.md", glare_table(table)).read_text())
+    paired = glare_paired(table)
+    print(write_text(out / "summary.md", glare_table(table) + ("\n\n" + paired if paired else "") + "\n").read_text())
 
 
 if __name__ == "__main__":

@@ -371,3 +371,99 @@ def test_face_finetune_clean_ceiling_leaves_each_photo_out() -> None:
     e2[1] = [0.7, 0.72]  # a's second photo now sits beside c's: a's two photos miss, b's still find each other
     e2[1] /= np.linalg.norm(e2[1])
     assert m.clean_top1(table, e2) == 0.5
+
+
+def test_xfit_members_never_train_on_their_part(monkeypatch) -> None:
+    """Each cross-fitted CNN trains on the persons outside its part and chooses its epoch on the part: spied."""
+    import torch
+
+    import facecom_utils.gender.pipeline as pipeline
+
+    m = load_script("cv_gender_xfit")
+    persons = pd.DataFrame({"person": [f"p{i}" for i in range(12) for _ in range(2)],
+                            "label": ["female" if i % 3 == 0 else "male" for i in range(12) for _ in range(2)]})
+    persons["path"] = [f"/x/{p}_{j}.jpg" for j, p in enumerate(persons["person"])]
+    parts = m.member_parts(persons, 3, seed=0)
+    assert len(parts) == 3 and set().union(*parts) == set(persons["person"])
+    assert all(a.isdisjoint(b) for i, a in enumerate(parts) for b in parts[i + 1:])
+    assert all({"p0", "p3", "p6", "p9"} & part for part in parts)  # every part holds women (stratified)
+    seen = []
+
+    def spy_pipeline(cfg, splits):
+        seen.append((set(splits.train["person"]), set(splits.fold["person"])))
+        return "pipe"
+
+    class Fitted:
+        model = torch.nn.Linear(1, 1)
+        result = type("R", (), {"best_metrics": {"threshold": 0.4}, "train_seconds": 1.0, "best_epoch": 2})()
+
+    monkeypatch.setattr(pipeline, "gender_pipeline", spy_pipeline)
+    monkeypatch.setattr(pipeline, "fit_gender", lambda cfg, pipe: Fitted())
+    monkeypatch.setattr(pipeline, "predict_proba", lambda model, paths, *a: np.full(len(paths), 0.25))
+    splits = type("S", (), {"train": persons.iloc[:16], "fold": persons.iloc[16:], "data_root": Path("/x")})()
+    config = pipeline.GenderConfig(output_dir="unused")
+    for part in parts:
+        out = m.train_member(config, splits, part, Path("/tmp/unused"), {"part": ["a", "b"], "report": ["c"]})
+        trained, chosen = seen[-1]
+        assert trained == set(persons["person"]) - part and chosen == part
+        assert out["threshold"] == 0.4 and out["prob_part"].tolist() == [0.25, 0.25] and len(out["prob_report"]) == 1
+
+
+def test_xfit_tables_pair_the_same_folds() -> None:
+    m = load_script("cv_gender_xfit")
+
+    def fold(shift: float) -> dict:
+        base = {"balanced_accuracy": 0.9, "recall_female": 0.8, "roc_auc": 0.95,
+                "per_distortion": {"noisy": 0.9, "sunny": 0.8}}
+        out = {t: {**base, "per_distortion": dict(base["per_distortion"])} for t in m.TRACKS}
+        out["stacked_xfit"]["balanced_accuracy"] = 0.9 + shift
+        out["stacked_xfit"]["per_distortion"]["sunny"] = 0.8 - shift
+        return out
+
+    table, paired = m.tables([fold(0.01), fold(0.03)])
+    assert "| `stacked_xfit` | 0.920 ± 0.014 (0.906) |" in table
+    line = next(row for row in paired.splitlines() if row.startswith("| `stacked_xfit` − `fused`"))
+    assert "+0.020 ± 0.014 (+0.006)" in line and "-0.020 ± 0.014 (-0.034)" in line and "+0.010 +0.030" in line
+
+
+def test_glare_synthetic_variants_are_paired_by_fold() -> None:
+    m = load_script("cv_glare")
+    rows = [{"fold": f, "members": 3, "epochs": 4, "image_size": 128, "synthetic": n, "balanced_accuracy": b,
+             "recall_female": 0.8, "roc_auc": 0.9, "person_balanced_accuracy": b, "seconds": 200.0}
+            for f, (b0, b1) in enumerate(((0.80, 0.83), (0.84, 0.85), (0.82, 0.81))) for n, b in ((0, b0), (1, b1))]
+    summary = pd.DataFrame(rows)
+    table = m.glare_table(summary)
+    assert "| 3 networks, 4 epochs, 128 px, + 1 synthetic glare per copy | 0.830 ± 0.020 (0.810) |" in table
+    paired = m.glare_paired(summary).splitlines()[-1]
+    assert "+0.010 ± 0.020 (-0.010)" in paired and "+0.030 +0.010 -0.010" in paired
+    assert m.glare_paired(summary[summary["synthetic"] == 0]) == ""
+
+
+def test_synthetic_glare_is_seeded_and_reaches_only_the_members_training(tmp_path, monkeypatch) -> None:
+    """Renderings are reproducible per (seed, image, copy); a member trains on those of its fitted persons only."""
+    import torch
+
+    import facecom_utils.gender.glare as glare
+
+    for i in range(2):
+        Image.fromarray(np.full((40, 40, 3), 60 + 40 * i, np.uint8)).save(tmp_path / f"s{i}.png")
+    sources = [str(tmp_path / "s0.png"), str(tmp_path / "s1.png")]
+    a, b = glare.synthetic_glare(sources, 32, 2, seed=3), glare.synthetic_glare(sources, 32, 2, seed=3)
+    assert a.shape == (4, 3, 32, 32) and torch.equal(a, b) and not torch.equal(a[0], a[1])
+    assert a.float().mean() > glare._load(sources, 32).float().mean()  # glare brightens
+
+    trained = []
+
+    def spy(X, y, persons, **kw):
+        trained.append((len(X), set(persons)))
+        return torch.nn.Linear(1, 1), type("R", (), {"history": {}})()
+
+    monkeypatch.setattr(glare, "_train_network", spy)
+    monkeypatch.setattr(glare, "_load", lambda paths, size: torch.zeros(len(paths), 3, size, size))
+    monkeypatch.setattr(glare.GlareCNN, "probabilities", lambda self, paths, **kw: np.full(len(paths), 0.5))
+    persons = np.array(["p0", "p1", "p2", "p3"])
+    splits = [(np.array([0, 1]), np.array([2, 3])), (np.array([2, 3]), np.array([0, 1]))]
+    extra = (torch.ones(8, 3, 8, 8), np.repeat([0, 1, 0, 1], 2), np.repeat(persons, 2))
+    _, held, _ = glare._fit_members(["a", "b", "c", "d"], np.array([0, 1, 0, 1]), persons, splits, 0,
+                                    {"image_size": 8, "device": "cpu"}, extra)
+    assert trained == [(6, {"p0", "p1"}), (6, {"p2", "p3"})] and len(held) == 4

@@ -123,6 +123,21 @@ def _load(paths: Sequence[str], image_size: int) -> Any:
     return torch.stack([tf(load_image(p)) for p in paths]).half()
 
 
+def synthetic_glare(sources: Sequence[str], image_size: int, copies: int, seed: int) -> Any:
+    """``copies`` renderings of the project's ``sunny`` distortion (:func:`~facecom_utils.data.distortions.apply_distortion`)
+    of each of ``sources`` (clean photos), eval-transformed: float16 ``[len(sources) * copies, 3, S, S]``, the
+    copies of ``sources[0]`` first. Rendering ``(j, c)`` is seeded by ``(seed, j, c)``."""
+    import torch
+
+    from facecom_utils.data.datasets import build_transforms
+    from facecom_utils.data.distortions import apply_distortion
+    from facecom_utils.data.layout import load_image
+
+    tf = build_transforms(image_size, train=False)
+    return torch.stack([tf(apply_distortion(load_image(p), "sunny", rng=np.random.default_rng([seed, j, c])))
+                        for j, p in enumerate(sources) for c in range(copies)]).half()
+
+
 def held_out_persons(persons: Sequence[str], labels: Sequence[int], k: int = 5,
                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(fit_idx, held_idx)`` of images: the first of ``k`` label-stratified parts of the *persons* is held out.
@@ -242,7 +257,8 @@ def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: S
                   epochs: int = 6, batch_size: int = 32, lr: float = 1e-3, holdout_folds: int = 5, seed: int = 0,
                   device: Any = "cpu", backbone: str = "efficientnet_lite0", pretrained: str | None = "offline",
                   label_smoothing: float = 0.05, max_minutes: float | None = None,
-                  channels_last: bool = False, members: int = 1) -> GlareCNN:
+                  channels_last: bool = False, members: int = 1, sources: Sequence[str | Path] | None = None,
+                  synthetic: int = 0) -> GlareCNN:
     """Fine-tunes :class:`~facecom_utils.nn.backbones.GenderClassifier` networks on (sunny) images and chooses one threshold.
 
     Every network trains for ``epochs`` epochs through the project's fit loop
@@ -277,6 +293,9 @@ def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: S
         channels_last: Channels-last weights (:func:`~facecom_utils.data.cache.apply_speedups`; about 1.35x
             faster training steps on a 2-core CPU, the same arithmetic up to float rounding).
         members: Networks in the ensemble (1: a single network and a held-out threshold).
+        sources, synthetic: Each image's clean source photo, and how many renderings of the project's own
+            ``sunny`` distortion of it (:func:`synthetic_glare`) are added to the training images of the
+            members that train on its person (never predicted, so never in a threshold). 0: real copies only.
 
     Raises:
         GlareDataError: Fewer persons of either label than the parts need (``holdout_folds`` or ``members``).
@@ -296,17 +315,22 @@ def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: S
     y, persons = np.asarray(labels, np.int64), np.asarray(persons)
     if not (len(paths) == len(y) == len(persons)):
         raise ValueError("paths, labels and persons must have one entry per image")
+    if synthetic and (sources is None or len(sources) != len(paths)):
+        raise ValueError("synthetic glare needs each image's clean source photo (sources, one per image)")
     splits = _member_splits(persons, y, members, holdout_folds, seed)
+    extra = None if not synthetic else (synthetic_glare([str(p) for p in sources], image_size, synthetic, seed),
+                                        np.repeat(y, synthetic), np.repeat(persons, synthetic))
     settings = dict(image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, device=torch.device(device),
                     backbone=backbone, pretrained=pretrained, label_smoothing=label_smoothing,
                     max_seconds=None if max_minutes is None else 60 * max_minutes / len(splits),
                     channels_last=channels_last)
     t0 = time.perf_counter()
-    models, held_prob, histories = _fit_members(paths, y, persons, splits, seed, settings)
+    models, held_prob, histories = _fit_members(paths, y, persons, splits, seed, settings, extra)
     held = np.concatenate([h for _, h in splits])
     threshold = person_balanced_threshold(y[held], held_prob[held], persons[held])
     info = _fit_info(y, persons, splits, held_prob, threshold, histories, holdout_folds, image_size)
     info["seconds"] = round(time.perf_counter() - t0, 1)
+    info["synthetic_copies"] = int(synthetic)
     return GlareCNN(models, threshold, image_size, info)
 
 
@@ -344,8 +368,12 @@ def _member_splits(persons: np.ndarray, y: np.ndarray, members: int, holdout_fol
 
 
 def _fit_members(paths: list[str], y: np.ndarray, persons: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]],
-                 seed: int, settings: dict[str, Any]) -> tuple[list[Any], np.ndarray, list[Any]]:
+                 seed: int, settings: dict[str, Any], extra: tuple[Any, np.ndarray, np.ndarray] | None = None,
+                 ) -> tuple[list[Any], np.ndarray, list[Any]]:
     """Trains member ``i`` on ``splits[i]``'s fitted persons (seed ``seed + i``) and predicts its held-out ones.
+
+    ``extra``: ``(images, labels, persons)`` added to a member's training images where their person is one
+    of its fitted persons (the synthetic glare; never predicted).
 
     Returns:
         ``(models on the CPU, P(female) per image from the member that held it out (NaN elsewhere),
@@ -356,8 +384,12 @@ def _fit_members(paths: list[str], y: np.ndarray, persons: np.ndarray, splits: l
     X = _load(paths, settings["image_size"])
     models, histories, held_prob = [], [], np.full(len(paths), np.nan)
     for i, (fit_idx, held_idx) in enumerate(splits):
-        model, result = _train_network(X[torch.as_tensor(fit_idx)], y[fit_idx], persons[fit_idx], seed=seed + i,
-                                       **settings)
+        X_i, y_i, p_i = X[torch.as_tensor(fit_idx)], y[fit_idx], persons[fit_idx]
+        if extra is not None:
+            take = np.flatnonzero(np.isin(extra[2], p_i))
+            X_i = torch.cat([X_i, extra[0][torch.as_tensor(take)]])
+            y_i, p_i = np.concatenate([y_i, extra[1][take]]), np.concatenate([p_i, extra[2][take]])
+        model, result = _train_network(X_i, y_i, p_i, seed=seed + i, **settings)
         held_prob[held_idx] = GlareCNN([model], 0.5, settings["image_size"]).probabilities(
             [paths[j] for j in held_idx], device=settings["device"])
         models.append(model.to("cpu"))

@@ -418,6 +418,35 @@ class GenderTracks:
         return pd.DataFrame(rows)
 
 
+def face_head_recipe(config: Any, device: str = "cpu") -> FaceHeadRecipe:
+    """The face-model tracks' :class:`FaceHeadRecipe` of a :class:`~facecom_utils.gender.pipeline.GenderConfig`
+    (its descriptor store and feature caches under the config's cache folder)."""
+    from facecom_utils.data.cache import default_cache_dir
+    from facecom_utils.face.descriptors import DescriptorStore
+
+    cfg = config
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    workers = cfg.face_workers or max(1, min(4, os.cpu_count() or 1))
+    store = DescriptorStore(cache / "face_model", workers=workers, progress=cfg.progress, mirror=cfg.face_mirror)
+    return FaceHeadRecipe(store, restore=True, glare_expert=True, glare_cnn=bool(cfg.face_glare_cnn),
+                          glare_cnn_size=cfg.face_glare_cnn_size, glare_cnn_epochs=cfg.face_glare_cnn_epochs,
+                          glare_cnn_members=cfg.face_glare_cnn_members, channels_last=bool(cfg.channels_last),
+                          device=device, feature_cache=cache / "face_model", workers=workers, k=cfg.face_cv_folds,
+                          seed=cfg.seed)
+
+
+def track_rows(config: Any, splits: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(training rows, reported rows)`` of the face-model tracks: the training persons (training part and
+    validation fold) with up to ``config.face_copies`` real distorted copies per image, and the reported
+    split with all of its copies."""
+    root = splits.data_root
+    train_persons = pd.concat([splits.train, splits.fold], ignore_index=True)
+    train_rows = sample_copies(with_distorted_copies(train_persons, root, "train"), config.face_copies, config.seed)
+    report_folder = "train" if splits.report_split == "heldout_from_train" else splits.report_split
+    report_rows = with_distorted_copies(splits.report, root, report_folder).reset_index(drop=True)
+    return train_rows.reset_index(drop=True), report_rows
+
+
 def gender_tracks(config: Any, splits: Any, run: Any) -> GenderTracks:
     """Stage 5: fits the face-model tracks on the training persons and reports every track.
 
@@ -428,27 +457,13 @@ def gender_tracks(config: Any, splits: Any, run: Any) -> GenderTracks:
     cross-validation estimates every track on unseen persons first. The reported split is then
     scored clean and on its real copies by every track, the CNN included (its own fold threshold).
     """
-    from facecom_utils.data.cache import default_cache_dir
-    from facecom_utils.face.descriptors import DescriptorStore
     from facecom_utils.gender.pipeline import predict_proba
     from facecom_utils.train.rundir import RunDir
 
     cfg = config
-    root = splits.data_root
-    cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    workers = cfg.face_workers or max(1, min(4, os.cpu_count() or 1))
-    store = DescriptorStore(cache / "face_model", workers=workers, progress=cfg.progress, mirror=cfg.face_mirror)
-    recipe = FaceHeadRecipe(store, restore=True, glare_expert=True, glare_cnn=bool(cfg.face_glare_cnn),
-                            glare_cnn_size=cfg.face_glare_cnn_size, glare_cnn_epochs=cfg.face_glare_cnn_epochs,
-                            glare_cnn_members=cfg.face_glare_cnn_members,
-                            channels_last=bool(cfg.channels_last),
-                            device=str(next(run.model.parameters()).device), feature_cache=cache / "face_model",
-                            workers=workers, k=cfg.face_cv_folds, seed=cfg.seed)
+    recipe = face_head_recipe(cfg, str(next(run.model.parameters()).device))
+    train_rows, report_rows = track_rows(cfg, splits)
     train_persons = pd.concat([splits.train, splits.fold], ignore_index=True)
-    train_rows = sample_copies(with_distorted_copies(train_persons, root, "train"), cfg.face_copies, cfg.seed)
-    train_rows = train_rows.reset_index(drop=True)
-    report_folder = "train" if splits.report_split == "heldout_from_train" else splits.report_split
-    report_rows = with_distorted_copies(splits.report, root, report_folder).reset_index(drop=True)
     clean_train = train_rows[train_rows["kind"] == "clean"]
     can_cv = usable_folds(clean_train["person"].to_numpy(), female_labels(clean_train), cfg.face_cv_folds) >= 3
     if cfg.face_cv_repeats and not can_cv:
@@ -496,7 +511,7 @@ def gender_tracks(config: Any, splits: Any, run: Any) -> GenderTracks:
                               "estimated type correct": model.estimator.predict(q) == report_rows["kind"].to_numpy()})
                 .groupby("type").mean())
     out = GenderTracks(train_rows, report_rows, model, cv, predictions, tracks, headline, selector, stacker)
-    _write_tracks(RunDir(cfg.output_dir), run, out, cfg, root)
+    _write_tracks(RunDir(cfg.output_dir), run, out, cfg, splits.data_root)
     return out
 
 
