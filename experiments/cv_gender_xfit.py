@@ -227,7 +227,8 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=3, help="cross-fitted CNNs per fold")
     args = ap.parse_args()
     folds_dir, out = Path(args.folds_dir), Path(args.out)
-    runs = sorted((folds_dir / "runs").glob("fold*/02_gender_classification/metrics.json"))
+    runs = sorted(p for p in (folds_dir / "runs").glob("fold*/02_gender_classification/metrics.json")
+                  if "tracks" in json.loads(p.read_text()))  # finished folds only
     if not runs:
         raise SystemExit(f"no finished notebook-02 folds in {folds_dir}: run experiments/cv_notebooks.py --notebook 02")
     results = [run_fold(int(p.parent.parent.name[4:]), folds_dir, out, args.members) for p in runs]
