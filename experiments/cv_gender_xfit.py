@@ -111,9 +111,9 @@ def score(rows: pd.DataFrame, prob: np.ndarray, threshold: float) -> dict:
 def run_fold(i: int, folds_dir: Path, out: Path, members: int) -> dict:
     """Every track's scores on fold ``i``'s reported persons (``fold<i>/tracks.json``, resumable)."""
     from facecom_utils.gender.heads import female_labels
-    from facecom_utils.gender.stacking import fit_stacker, out_of_sample_inputs, stack_features, stacked_probabilities
+    from facecom_utils.gender.stacking import fit_stacker, stacked_probabilities, stacker_rows
     from facecom_utils.gender.tracks import TRACK_PREDICTIONS, load_run_stacker, load_run_tracks
-    from facecom_utils.metrics.classification import choose_threshold, logit
+    from facecom_utils.metrics.classification import choose_threshold
 
     fold_out = out / f"fold{i}"
     done = fold_out / "tracks.json"
@@ -123,40 +123,36 @@ def run_fold(i: int, folds_dir: Path, out: Path, members: int) -> dict:
     config, splits, recipe, train_rows, report_rows, metrics = fold_context(run_dir, folds_dir / f"fold{i}" / "data")
     persons = pd.concat([splits.train, splits.fold], ignore_index=True)
     parts = member_parts(persons, members, config.seed)
-    clean_paths = persons["path"].tolist()
     report_paths = report_rows["path"].tolist()
-    train_prob = pd.Series(np.nan, index=train_rows.index)
     clean_oof = pd.Series(np.nan, index=persons.index)
     report_probs, info = [], []
     stack_rows = []
     for k, part in enumerate(parts):
         file = fold_out / f"member{k}.npz"
         in_part = train_rows["person"].isin(part).to_numpy()
+        clean_in_part = persons["person"].isin(part).to_numpy()
         if not file.is_file():
-            print(f"fold{i} member {k}: training on {len(persons) - persons['person'].isin(part).sum()} images, "
+            print(f"fold{i} member {k}: training on {int((~clean_in_part).sum())} images, "
                   f"choosing on {len(part)} persons", flush=True)
             res = train_member(config, splits, part, fold_out / f"member{k}",
                                {"part": train_rows.loc[in_part, "path"].tolist(),
-                                "part_clean": [p for p, who in zip(clean_paths, persons["person"]) if who in part],
+                                "part_clean": persons.loc[clean_in_part, "path"].tolist(),
                                 "report": report_paths})
             fold_out.mkdir(parents=True, exist_ok=True)
             partial = file.with_name(file.stem + ".partial.npz")
             np.savez(partial, **{k2: np.asarray(v) for k2, v in res.items()})
             partial.replace(file)
         saved = np.load(file)
-        train_prob[in_part] = saved["prob_part"]
-        clean_oof[persons["person"].isin(part).to_numpy()] = saved["prob_part_clean"]
+        clean_oof[clean_in_part] = saved["prob_part_clean"]
         report_probs.append(saved["prob_report"])
         info.append({"threshold": float(saved["threshold"]), "train_seconds": float(saved["train_seconds"]),
                      "seconds": float(saved["seconds"]), "best_epoch": int(saved["best_epoch"])})
         # the stacker's rows of this part: the face head and estimator refitted on the other parts
-        fit_rows, other_rows = train_rows[in_part], train_rows[~in_part]
-        inputs = out_of_sample_inputs(fit_rows, other_rows, recipe)
-        keep = ~inputs["sunny"]
-        rows = fit_rows[keep]
-        stack_rows.append((rows, stack_features(logit(saved["prob_part"][keep], eps=1e-7),
-                                                logit(inputs["face"][keep], eps=1e-7), inputs["types"][keep])))
-    assert not train_prob.isna().any() and not clean_oof.isna().any()
+        part_prob = dict(zip(train_rows.loc[in_part, "path"], saved["prob_part"]))
+        rows, features, _ = stacker_rows(train_rows[in_part], train_rows[~in_part], recipe, route_glare=True,
+                                         cnn_predict=lambda paths: [part_prob[p] for p in paths])
+        stack_rows.append((rows, features))
+    assert not clean_oof.isna().any()
     rows = pd.concat([r for r, _ in stack_rows])
     features = np.vstack([f for _, f in stack_rows])
     stacker = fit_stacker(features, female_labels(rows), rows["person"].to_numpy(), (rows["kind"] == "clean").to_numpy(),

@@ -31,7 +31,7 @@ from facecom_utils.face.quality import KINDS, DistortionEstimator
 from facecom_utils.metrics.classification import logit
 
 __all__ = ["LOGIT_CLIP", "Stacker", "fit_stacked", "fit_stacker", "out_of_sample_inputs", "stack_features",
-           "stacked_probabilities", "type_probabilities"]
+           "stacked_probabilities", "stacker_rows", "type_probabilities"]
 
 LOGIT_CLIP = 12.0
 """Logits are clipped to +-this before stacking (a saturated probability must not dominate)."""
@@ -182,15 +182,29 @@ def fit_stacked(train_rows: pd.DataFrame, fit_persons: set[str], recipe: Any, ro
     fit_rows, other_rows = train_rows[in_fit], train_rows[~in_fit]
     if fit_rows.empty or other_rows.empty:
         raise ValueError("the stacker needs persons the CNN never trained on and other training persons")
+    rows, features, left = stacker_rows(fit_rows, other_rows, recipe, route_glare, cnn_predict)
+    stacker = fit_stacker(features, female_labels(rows), rows["person"].to_numpy(), (rows["kind"] == "clean").to_numpy(),
+                          k=recipe.k, C=recipe.C, seed=recipe.seed)
+    stacker.info["glare_rows_left_to_the_expert"] = left
+    return stacker
+
+
+def stacker_rows(fit_rows: pd.DataFrame, other_rows: pd.DataFrame, recipe: Any, route_glare: bool,
+                 cnn_predict: Any) -> tuple[pd.DataFrame, np.ndarray, int]:
+    """The stacker's rows among ``fit_rows`` and their :func:`stack_features`, every input out of sample.
+
+    The face head and the distortion estimator are refitted on ``other_rows`` (:func:`out_of_sample_inputs`);
+    ``cnn_predict`` (``paths -> P(female)``) must come from a CNN that never trained on ``fit_rows``' persons.
+
+    Returns:
+        ``(kept rows, their features, rows left to the glare expert)``: with ``route_glare`` the rows the refitted
+        selector calls ``sunny`` are left out (the glare expert decides those).
+    """
     inputs = out_of_sample_inputs(fit_rows, other_rows, recipe)
     keep = ~inputs["sunny"] if route_glare else np.ones(len(fit_rows), bool)
     rows = fit_rows[keep]
     cnn = np.asarray(cnn_predict(rows["path"].tolist()), np.float64)
-    features = stack_features(_logit(cnn), _logit(inputs["face"][keep]), inputs["types"][keep])
-    stacker = fit_stacker(features, female_labels(rows), rows["person"].to_numpy(), (rows["kind"] == "clean").to_numpy(),
-                          k=recipe.k, C=recipe.C, seed=recipe.seed)
-    stacker.info["glare_rows_left_to_the_expert"] = int((~keep).sum())
-    return stacker
+    return rows, stack_features(_logit(cnn), _logit(inputs["face"][keep]), inputs["types"][keep]), int((~keep).sum())
 
 
 def stacked_probabilities(stacker: Stacker, model: Any, cnn_prob: np.ndarray, scores: dict[str, np.ndarray],
