@@ -8,6 +8,10 @@ the folds' reported persons pooled (each person is reported by exactly one fold)
 * **person style**: FACECOM names its people two ways, LFW-like ``First_Last`` (photos of public figures,
   often several per person) and ``NNN_frontal`` (one frontal photo each);
 * **images per person** (clean images in the training split): 1, 2-4, 5 or more;
+* **first name** (with ``--names``; needs the ``gender-guesser`` package's first-name lexicon): whether the
+  sex a person's first name says agrees with the folder's label, disagrees, or is not decisive (``NNN_frontal``,
+  unisex or unknown names). FACECOM's labels are noisy; this measures how much of each track's error sits
+  where the name and the label disagree;
 * a **person bootstrap**: persons drawn with replacement (all their images and copies come along),
   2.5-97.5 % of the balanced accuracy, female recall and sunny balanced accuracy;
 * and the paired per-fold difference of each track against ``fused`` (mean, SD, mean - SD).
@@ -16,6 +20,7 @@ Nothing is trained: it reads the folds' ``track_predictions.csv`` and ``metrics.
 
     python experiments/cv_notebooks.py --notebook 02          # first: the folds (about 20 min each on 2 cores)
     python experiments/cv_gender_breakdown.py                 # then: reports/cv_notebook02/breakdown.md
+    pip install gender-guesser && python experiments/cv_gender_breakdown.py --names   # with the first-name groups
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import argparse
 import json
 import re
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -35,11 +41,39 @@ from facecom_utils.metrics.classification import binary_metrics
 
 FRONTAL = re.compile(r"^\d+_frontal$")
 BUCKETS = (("1 image", 1, 1), ("2-4 images", 2, 4), ("5+ images", 5, 10**9))
+NAME_GROUPS = ("name agrees with the label", "name says the other sex", "name not decisive")
 
 
 def person_style(person: str) -> str:
     """``"NNN_frontal"`` for FACECOM's numbered frontal people, else ``"First_Last"``."""
     return "NNN_frontal" if FRONTAL.match(str(person)) else "First_Last"
+
+
+def name_lexicon() -> Callable[[str], str | None]:
+    """First name -> ``"female"``, ``"male"`` or None, from ``gender-guesser`` (only its confident answers:
+    ``mostly_*``, unisex and unknown names give None). Raises SystemExit when the package is missing."""
+    try:
+        import gender_guesser.detector as gd
+    except ImportError as exc:
+        raise SystemExit("--names needs the first-name lexicon: pip install gender-guesser") from exc
+    detector = gd.Detector(case_sensitive=False)
+
+    def sex(first: str) -> str | None:
+        answer = detector.get_gender(first)
+        return answer if answer in ("female", "male") else None
+
+    return sex
+
+
+def name_agreement(person: str, label: str, lexicon: Callable[[str], str | None]) -> str:
+    """One of :data:`NAME_GROUPS`: does the sex the person's first name says (``First_Last`` only) agree
+    with the label?"""
+    if person_style(person) != "First_Last":
+        return NAME_GROUPS[2]
+    said = lexicon(str(person).split("_")[0])
+    if said is None:
+        return NAME_GROUPS[2]
+    return NAME_GROUPS[0] if said == label else NAME_GROUPS[1]
 
 
 def load_folds(cv_dir: Path, fixed_threshold: float | None = None) -> pd.DataFrame:
@@ -94,6 +128,9 @@ def breakdown(rows: pd.DataFrame, images_per_person: pd.Series, tracks: list[str
     rows["bucket"] = rows["images"].map(lambda n: next((name for name, lo, hi in BUCKETS if lo <= n <= hi), "unknown"))
     out = []
     groups = [("all", rows.assign(_all="all"), "_all"), ("style", rows, "style"), ("images per person", rows, "bucket")]
+    if "name" in rows:
+        groups.append(("first name", rows, "name"))
+        groups.append(("name agrees, images per person", rows[rows["name"] == NAME_GROUPS[0]], "bucket"))
     for kind, table, column in groups:
         for name, part in table.groupby(column, sort=True):
             clean, sunny = part[part["kind"] == "clean"], part[part["kind"] == "sunny"]
@@ -145,6 +182,24 @@ def paired_differences(rows: pd.DataFrame, tracks: list[str], against: str = "fu
     return pd.DataFrame(out)
 
 
+def name_errors(rows: pd.DataFrame, tracks: list[str]) -> dict[str, dict[str, dict[str, int]]]:
+    """Per track, its wrong clean images counted per first-name group (``rows["name"]``) and label.
+
+    Returns:
+        ``{track: {group or "all": {"male": n, "female": n}}}``, where ``"male"`` counts men by the label
+        called female, and ``"female"`` the reverse.
+    """
+    clean = rows[rows["kind"] == "clean"]
+    out = {}
+    for track in tracks:
+        wrong = clean[clean[f"female_{track}"].astype(bool) != (clean["label"] == "female")]
+        counts = {g: {lab: int(((wrong["name"] == g) & (wrong["label"] == lab)).sum()) for lab in ("male", "female")}
+                  for g in NAME_GROUPS}
+        counts["all"] = {lab: int((wrong["label"] == lab).sum()) for lab in ("male", "female")}
+        out[track] = counts
+    return out
+
+
 def report(rows: pd.DataFrame, images_per_person: pd.Series, n_boot: int = 1000) -> tuple[str, dict]:
     """The Markdown the docs quote and everything behind it (JSON-ready)."""
     tracks = [t for t in (*TRACKS, "stacked_fixed") if f"female_{t}" in rows]
@@ -176,6 +231,13 @@ def report(rows: pd.DataFrame, images_per_person: pd.Series, n_boot: int = 1000)
                           for m in ("balanced_accuracy", "recall_female", "sunny balanced_accuracy"))]
              for t in dict.fromkeys(paired["track"])]))
     data = {"groups": table.to_dict(orient="records"), "bootstrap": boot, "paired": paired.to_dict(orient="records")}
+    if "name" in rows:
+        errors = name_errors(rows, tracks)
+        parts += ["", "Where each track's wrong clean images sit, by first name (label male / label female):", ""]
+        parts.append(markdown_table(["track", *NAME_GROUPS, "all"],
+                                    [[f"`{t}`", *(f"{e[g]['male']} / {e[g]['female']}" for g in (*NAME_GROUPS, "all"))]
+                                     for t, e in errors.items()]))
+        data["name_errors"] = errors
     return "\n".join(parts) + "\n", data
 
 
@@ -184,11 +246,16 @@ def main() -> None:
     ap.add_argument("--cv-dir", default=str(REPORTS_DIR / "cv_notebook02"),
                     help="the --out folder of experiments/cv_notebooks.py --notebook 02 (default: %(default)s)")
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--names", action="store_true",
+                    help="also break down by whether the first name's sex agrees with the label (pip install gender-guesser)")
     ap.add_argument("--fixed-threshold", type=float, default=None,
                     help="also score the stacker's images at this threshold (column stacked_fixed; post hoc)")
     args = ap.parse_args()
     cv_dir = Path(args.cv_dir)
     rows = load_folds(cv_dir, args.fixed_threshold)
+    if args.names:
+        lexicon = name_lexicon()
+        rows["name"] = [name_agreement(p, lab, lexicon) for p, lab in zip(rows["person"], rows["label"])]
     counts = rows[rows["kind"] == "clean"].groupby("person")["path"].count()  # reported images = all of a person's
     text, data = report(rows, counts, args.n_boot)
     write_text(cv_dir / "breakdown.md", text)

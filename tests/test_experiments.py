@@ -273,6 +273,36 @@ def test_gender_breakdown_by_style_images_and_bootstrap(tmp_path) -> None:
     assert "NNN_frontal" in text and "Paired per-fold difference" in text and data["bootstrap"]["stacked"]
 
 
+def test_gender_breakdown_by_first_name() -> None:
+    """The first-name groups and where each track's wrong clean images sit (a dict lexicon, no package)."""
+    b = load_script("cv_gender_breakdown")
+    lexicon = {"ann": "female", "bob": "male", "kim": None}.get
+    agree, other, undecided = b.NAME_GROUPS
+    assert b.name_agreement("Ann_A", "female", lambda n: lexicon(n.lower())) == agree
+    assert b.name_agreement("Ann_Z", "male", lambda n: lexicon(n.lower())) == other
+    assert b.name_agreement("Kim_K", "male", lambda n: lexicon(n.lower())) == undecided
+    assert b.name_agreement("Zed_Q", "male", lambda n: lexicon(n.lower())) == undecided
+    assert b.name_agreement("007_frontal", "male", lambda n: "male") == undecided  # numbered people have no name
+    rows = pd.DataFrame({
+        "person": ["Ann_A", "Ann_Z", "Ann_Z", "Bob_B", "Kim_K", "Ann_A"],
+        "label": ["female", "male", "male", "male", "female", "female"],
+        "kind": ["clean", "clean", "clean", "clean", "clean", "sunny"],
+        # fused calls both of Ann_Z's (labelled male) images female and misses Kim_K; the sunny miss is not counted
+        "female_fused": [True, True, True, False, False, False],
+    })
+    rows["name"] = [b.name_agreement(p, lab, lambda n: lexicon(n.lower())) for p, lab in zip(rows["person"], rows["label"])]
+    errors = b.name_errors(rows, ["fused"])["fused"]
+    assert errors[other] == {"male": 2, "female": 0} and errors[undecided] == {"male": 0, "female": 1}
+    assert errors[agree] == {"male": 0, "female": 0} and errors["all"] == {"male": 2, "female": 1}
+    counts = rows[rows["kind"] == "clean"].groupby("person")["person"].count()
+    out = b.breakdown(rows.assign(path=range(len(rows)), fold="fold0"), counts, ["fused"])
+    assert out[out["group"] == agree]["balanced_accuracy"].tolist() == [1.0]  # Ann_A and Bob_B both right
+    assert out[out["group"] == other]["balanced_accuracy"].isna().all()  # one class only: no balanced accuracy
+    assert out[(out["group kind"] == "first name")]["group"].tolist() == sorted(b.NAME_GROUPS)
+    agreeing = out[out["group kind"] == "name agrees, images per person"]
+    assert agreeing["group"].tolist() == ["1 image"] and agreeing["persons"].tolist() == [2]  # Ann_A and Bob_B
+
+
 def test_gender_breakdown_reads_the_folds_and_a_fixed_stacker_threshold(tmp_path) -> None:
     b = load_script("cv_gender_breakdown")
     folder = tmp_path / "runs" / "fold0" / "02_gender_classification"
