@@ -132,7 +132,10 @@ def breakdown(rows: pd.DataFrame, images_per_person: pd.Series, tracks: list[str
         groups.append(("first name", rows, "name"))
         groups.append(("name agrees, images per person", rows[rows["name"] == NAME_GROUPS[0]], "bucket"))
     for kind, table, column in groups:
-        for name, part in table.groupby(column, sort=True):
+        order = NAME_GROUPS if column == "name" else sorted(table[column].unique())
+        parts = dict(tuple(table.groupby(column, sort=False)))
+        for name in (g for g in order if g in parts):
+            part = parts[name]
             clean, sunny = part[part["kind"] == "clean"], part[part["kind"] == "sunny"]
             for track in tracks:
                 c, s = _scores(clean, track), _scores(sunny, track)

@@ -298,9 +298,19 @@ def test_gender_breakdown_by_first_name() -> None:
     out = b.breakdown(rows.assign(path=range(len(rows)), fold="fold0"), counts, ["fused"])
     assert out[out["group"] == agree]["balanced_accuracy"].tolist() == [1.0]  # Ann_A and Bob_B both right
     assert out[out["group"] == other]["balanced_accuracy"].isna().all()  # one class only: no balanced accuracy
-    assert out[(out["group kind"] == "first name")]["group"].tolist() == sorted(b.NAME_GROUPS)
+    assert out[(out["group kind"] == "first name")]["group"].tolist() == list(b.NAME_GROUPS)  # the errors table's order
     agreeing = out[out["group kind"] == "name agrees, images per person"]
     assert agreeing["group"].tolist() == ["1 image"] and agreeing["persons"].tolist() == [2]  # Ann_A and Bob_B
+    assert agreeing["images"].tolist() == [2] and agreeing["female persons"].tolist() == [1]
+    text, data = b.report(rows.assign(path=range(len(rows)), fold="fold0"), counts, n_boot=5)
+    assert "| `fused` | 0 / 0 | 2 / 0 | 0 / 1 | 2 / 1 |" in text and data["name_errors"]["fused"] == errors
+
+
+def test_gender_breakdown_name_lexicon_keeps_confident_answers_only() -> None:
+    pytest.importorskip("gender_guesser")
+    sex = load_script("cv_gender_breakdown").name_lexicon()
+    assert (sex("Monica"), sex("monica"), sex("Colin")) == ("female", "female", "male")
+    assert sex("Kim") is None and sex("Zzyzx") is None  # unisex ("andy") and unknown names decide nothing
 
 
 def test_gender_breakdown_reads_the_folds_and_a_fixed_stacker_threshold(tmp_path) -> None:
