@@ -20,7 +20,7 @@ Nothing is trained: it reads the folds' ``track_predictions.csv`` and ``metrics.
 
     python experiments/cv_notebooks.py --notebook 02          # first: the folds (about 20 min each on 2 cores)
     python experiments/cv_gender_breakdown.py                 # then: reports/cv_notebook02/breakdown.md
-    pip install gender-guesser && python experiments/cv_gender_breakdown.py --names   # with the first-name groups
+    pip install -e .[names] && python experiments/cv_gender_breakdown.py --names     # with the first-name groups
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def name_lexicon() -> Callable[[str], str | None]:
     try:
         import gender_guesser.detector as gd
     except ImportError as exc:
-        raise SystemExit("--names needs the first-name lexicon: pip install gender-guesser") from exc
+        raise SystemExit("--names needs the first-name lexicon: pip install -e .[names] (gender-guesser)") from exc
     detector = gd.Detector(case_sensitive=False)
 
     def sex(first: str) -> str | None:
@@ -74,6 +74,11 @@ def name_agreement(person: str, label: str, lexicon: Callable[[str], str | None]
     if said is None:
         return NAME_GROUPS[2]
     return NAME_GROUPS[0] if said == label else NAME_GROUPS[1]
+
+
+def with_names(rows: pd.DataFrame, lexicon: Callable[[str], str | None]) -> pd.DataFrame:
+    """``rows`` with a ``name`` column: each row's :func:`name_agreement` (the first-name groups of the breakdown)."""
+    return rows.assign(name=[name_agreement(p, lab, lexicon) for p, lab in zip(rows["person"], rows["label"])])
 
 
 def load_folds(cv_dir: Path, fixed_threshold: float | None = None) -> pd.DataFrame:
@@ -257,8 +262,7 @@ def main() -> None:
     cv_dir = Path(args.cv_dir)
     rows = load_folds(cv_dir, args.fixed_threshold)
     if args.names:
-        lexicon = name_lexicon()
-        rows["name"] = [name_agreement(p, lab, lexicon) for p, lab in zip(rows["person"], rows["label"])]
+        rows = with_names(rows, name_lexicon())
     counts = rows[rows["kind"] == "clean"].groupby("person")["path"].count()  # reported images = all of a person's
     text, data = report(rows, counts, args.n_boot)
     write_text(cv_dir / "breakdown.md", text)

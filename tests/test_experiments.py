@@ -290,7 +290,7 @@ def test_gender_breakdown_by_first_name() -> None:
         # fused calls both of Ann_Z's (labelled male) images female and misses Kim_K; the sunny miss is not counted
         "female_fused": [True, True, True, False, False, False],
     })
-    rows["name"] = [b.name_agreement(p, lab, lambda n: lexicon(n.lower())) for p, lab in zip(rows["person"], rows["label"])]
+    rows = b.with_names(rows, lambda n: lexicon(n.lower()))
     errors = b.name_errors(rows, ["fused"])["fused"]
     assert errors[other] == {"male": 2, "female": 0} and errors[undecided] == {"male": 0, "female": 1}
     assert errors[agree] == {"male": 0, "female": 0} and errors["all"] == {"male": 2, "female": 1}
