@@ -1,12 +1,15 @@
 """Task A's glare CNN on unseen persons' real sunny copies, per fold and variant (resumable).
 
-Feeds ``docs/results.md`` § "Task A — the glare expert alone" with ``<out>/summary.md`` (one row per
-ensemble size, epochs and image size: balanced accuracy and female recall as mean ± SD (mean − SD)
-over the folds, ROC AUC, person-balanced accuracy, each fold's balanced accuracy, the fit's seconds),
-rewritten from the saved predictions every time the driver runs::
+Feeds ``docs/results.md`` § "Task A — the glare expert alone" with ``<out>/summary.md``: one row per
+variant (ensemble size, epochs, image size, synthetic glare, starting weights, learning rate) with
+balanced accuracy and female recall as mean ± SD (mean − SD) over the folds, ROC AUC, person-balanced
+accuracy, each fold's balanced accuracy and the fit's seconds; then every variant paired by fold with
+the shipped one. The summary is rebuilt from *every* saved ``.npz`` in ``--out`` each time the driver
+runs, so variants run on different command lines into one folder end up in one table::
 
     python experiments/cv_glare.py                   # the folds of cv_notebooks.py --notebook 02 -> reports/cv_glare/
     python experiments/cv_glare.py --members 1,3 --fold-roots /x/fold0/data /x/fold1/data /x/fold2/data
+    python experiments/cv_glare.py --init cnn --lr 3e-4   # start from the fold's notebook-02 gender CNN
 
 Each fold root is a FACECOM layout whose ``Task_A/train`` and ``Task_A/val`` hold disjoint persons;
 ``experiments/cv_notebooks.py --notebook 02`` builds them (symbolic links into its data root), and by
@@ -16,23 +19,28 @@ in the same order; seed 0, 128 px, channels-last, ``--members`` networks of ``--
 threshold chosen inside them) and scored on the ``val`` persons' sunny copies: that is the fused
 track's ``per_distortion.sunny`` (every sunny copy the selector routes to the glare expert; on the
 three folds 99.9-100 % were). ``--device cuda --image-size 224`` gives the GPU preset's glare expert.
+``--init cnn`` starts every member from the gender CNN that notebook 02 trained on the fold (its
+``best.pt`` in the CV's run folder), which never saw the fold's ``val`` persons.
 One ``.npz`` of predictions per fold and variant is written as soon as it is done, so an
-interrupted run resumes; ``summary.csv`` (one row per fold and variant) and ``summary.md`` are
-rewritten at the end. Cost per fold on 2 quiet CPU cores (measured): three networks of 4 epochs (the
-default) 216-249 s; of 6 epochs 337-378 s; one network of 6 epochs 109-151 s.
+interrupted run resumes; a fold root's ``.npz`` must stay in an ``--out`` of that fold root's.
+Cost per fold on 2 quiet CPU cores (measured): three networks of 4 epochs (the default) 216-249 s;
+of 6 epochs 337-378 s; one network of 6 epochs 109-151 s.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from _common import markdown_table, paired_cell, spread, write_text
+from facecom_utils.common.checkpoints import load_checkpoint
 from facecom_utils.common.paths import REPORTS_DIR
 from facecom_utils.data.layout import scan_task_a
 from facecom_utils.metrics.classification import binary_metrics
@@ -45,11 +53,56 @@ def sunny_rows(root: str, split: str) -> pd.DataFrame:
     return rows[rows["kind"] == "sunny"].reset_index(drop=True)
 
 
+VARIANT = ("members", "epochs", "image_size", "synthetic", "init", "lr")
+"""What tells two glare experts apart (with the seed): a column of ``summary.csv`` each."""
+SHIPPED = {"members": 3, "epochs": 4, "image_size": 128, "synthetic": 0, "init": "imagenet", "lr": 1e-3}
+"""The presets' glare expert: the variant every other one is paired with."""
+_NAME = re.compile(r"fold(?P<fold>\d+)_members(?P<members>\d+)_epochs(?P<epochs>\d+)_size(?P<image_size>\d+)"
+                   r"_seed(?P<seed>\d+)(?:_synthetic(?P<synthetic>\d+))?(?:_init(?P<init>[a-z]+))?"
+                   r"(?:_lr(?P<lr>[0-9.e-]+))?\.npz")
+
+
+def file_name(fold: int, seed: int, **variant: Any) -> str:
+    """The ``.npz`` of one fold and variant (``VARIANT``'s keys); a setting as shipped is left out of the name,
+    so the files of earlier runs keep their names."""
+    v = {**SHIPPED, **variant}
+    name = f"fold{fold}_members{v['members']}_epochs{v['epochs']}_size{v['image_size']}_seed{seed}"
+    name += f"_synthetic{v['synthetic']}" if v["synthetic"] else ""
+    name += f"_init{v['init']}" if v["init"] != SHIPPED["init"] else ""
+    name += f"_lr{v['lr']:g}" if v["lr"] != SHIPPED["lr"] else ""
+    return name + ".npz"
+
+
+def parse_name(name: str) -> dict[str, Any] | None:
+    """:func:`file_name`'s fold, seed and variant back from a file name; ``None`` for another file."""
+    match = _NAME.fullmatch(name)
+    if match is None:
+        return None
+    g = match.groupdict()
+    return {"fold": int(g["fold"]), "seed": int(g["seed"]), "members": int(g["members"]), "epochs": int(g["epochs"]),
+            "image_size": int(g["image_size"]), "synthetic": int(g["synthetic"] or 0),
+            "init": g["init"] or SHIPPED["init"], "lr": float(g["lr"]) if g["lr"] else SHIPPED["lr"]}
+
+
+def _with_variant(summary: pd.DataFrame) -> pd.DataFrame:
+    """``summary`` with every ``VARIANT`` column and ``seed``, the shipped setting where one is absent."""
+    return summary.assign(**{k: summary[k] if k in summary else v for k, v in {**SHIPPED, "seed": 0}.items()})
+
+
+def variant_label(members: int, epochs: int, image_size: int, synthetic: int = 0, init: str = "imagenet",
+                  lr: float = 1e-3) -> str:
+    """A table's name of a variant, e.g. ``3 networks, 4 epochs, 128 px, from the fold's gender CNN``."""
+    label = f"{members} network{'s' if members > 1 else ''}, {epochs} epochs, {image_size} px"
+    label += f", + {synthetic} synthetic glare per copy" if synthetic else ""
+    label += ", from the fold's gender CNN" if init == "cnn" else ""
+    return label + (f", lr {lr:g}" if lr != SHIPPED["lr"] else "")
+
+
 def glare_table(summary: pd.DataFrame) -> str:
-    """The docs' table: one row per variant (ensemble size, epochs, image size) over its folds.
+    """The docs' table: one row per variant (``VARIANT``) and seed over its folds.
 
     Args:
-        summary: ``summary.csv``'s rows: ``fold``, ``members``, ``epochs``, ``image_size``,
+        summary: ``summary.csv``'s rows: ``fold``, the ``VARIANT`` columns (absent: as shipped), ``seed``,
             ``balanced_accuracy``, ``recall_female``, ``roc_auc``, ``person_balanced_accuracy``, ``seconds``.
 
     Returns:
@@ -57,40 +110,72 @@ def glare_table(summary: pd.DataFrame) -> str:
         person-balanced accuracy as mean ± SD, each fold's balanced accuracy, the fit's seconds (min-max).
     """
     rows = []
-    summary = summary.assign(synthetic=summary["synthetic"] if "synthetic" in summary else 0)
-    for (members, epochs, size, synthetic), part in summary.groupby(["members", "epochs", "image_size", "synthetic"],
-                                                                    sort=True):
+    summary = _with_variant(summary)
+    for key, part in summary.groupby([*VARIANT, "seed"], sort=True):
         part = part.sort_values("fold")
         cell = {k: spread(part[k].mean(), part[k].std(ddof=1), floor=k in ("balanced_accuracy", "recall_female"))
                 for k in ("balanced_accuracy", "recall_female", "roc_auc", "person_balanced_accuracy")}
-        extra = f", + {synthetic} synthetic glare per copy" if synthetic else ""
-        rows.append([f"{members} network{'s' if members > 1 else ''}, {epochs} epochs, {size} px{extra}",
-                     *cell.values(), ", ".join(f"{v:.3f}" for v in part["balanced_accuracy"]),
+        seed = f", seed {key[-1]}" if summary["seed"].nunique() > 1 else ""
+        rows.append([variant_label(*key[:-1]) + seed, *cell.values(),
+                     ", ".join(f"{v:.3f}" for v in part["balanced_accuracy"]),
                      f"{part['seconds'].min():.0f}-{part['seconds'].max():.0f}"])
     return markdown_table(["glare expert", "balanced acc.", "female recall", "ROC AUC", "person bal. acc.",
                            "per fold", "fit seconds"], rows)
 
 
 def glare_paired(summary: pd.DataFrame) -> str:
-    """Each variant with synthetic glare against the same variant without (members, epochs, image size), paired
-    by fold: balanced accuracy, female recall and ROC AUC as ``+mean ± SD (+mean − SD)``; "" when none."""
+    """Each variant against the shipped one (``SHIPPED``, same seed), paired by fold: balanced accuracy, female
+    recall and ROC AUC as ``+mean ± SD (+mean − SD)``, each fold's balanced accuracy difference; "" when no
+    variant has a shipped row to pair with."""
     rows = []
-    if "synthetic" not in summary:
-        return ""
-    keys = ["members", "epochs", "image_size"]
-    for (members, epochs, size, synthetic), part in summary.groupby([*keys, "synthetic"], sort=True):
-        base = summary[(summary[keys] == (members, epochs, size)).all(axis=1) & (summary["synthetic"] == 0)]
-        if not synthetic or base.empty:
-            continue
+    summary = _with_variant(summary)
+    shipped = (summary[list(SHIPPED)] == pd.Series(SHIPPED)).all(axis=1)
+    for key, part in summary[~shipped].groupby([*VARIANT, "seed"], sort=True):
+        base = summary[shipped & (summary["seed"] == key[-1])]
         both = part.merge(base, on="fold", suffixes=("", "_base")).sort_values("fold")
+        if both.empty:
+            continue
         diffs = {k: (both[k] - both[f"{k}_base"]).to_numpy() for k in ("balanced_accuracy", "recall_female", "roc_auc")}
-        rows.append([f"{members} networks, {epochs} epochs, {size} px: + {synthetic} synthetic − none",
-                     *(paired_cell(d) for d in diffs.values()),
+        rows.append([f"{variant_label(*key[:-1])} − shipped", *(paired_cell(d) for d in diffs.values()),
                      " ".join(f"{v:+.3f}" for v in diffs["balanced_accuracy"])])
     if not rows:
         return ""
-    return markdown_table(["paired by fold", "balanced acc.", "female recall", "ROC AUC", "balanced acc. per fold"],
-                          rows)
+    return markdown_table(["paired by fold, against 3 networks, 4 epochs, 128 px", "balanced acc.", "female recall",
+                           "ROC AUC", "balanced acc. per fold"], rows)
+
+
+def cnn_checkpoint(root: str) -> Path:
+    """The gender CNN that notebook 02 trained on fold root ``root`` (``cv_notebooks.py --notebook 02``'s layout:
+    ``<cv>/fold<k>/data`` and ``<cv>/runs/fold<k>/02_gender_classification``)."""
+    fold = Path(root).parent
+    best = fold.parent / "runs" / fold.name / "02_gender_classification" / "checkpoints" / "best.pt"
+    if not best.is_file():
+        raise SystemExit(f"{best}: no notebook-02 CNN for fold root {root} (--init cnn starts from it)")
+    return best
+
+
+def summarise(out: Path, roots: list[str]) -> pd.DataFrame:
+    """One row per saved ``.npz`` in ``out`` (every fold and variant run into it), scored on its fold's ``val``
+    persons' sunny copies: ``summary.csv``'s rows."""
+    rows, tests = [], {}
+    for file in sorted(out.glob("fold*.npz")):
+        key = parse_name(file.name)
+        if key is None or key["fold"] >= len(roots):
+            continue
+        if key["fold"] not in tests:
+            tests[key["fold"]] = sunny_rows(roots[key["fold"]], "val")
+        test = tests[key["fold"]]
+        y_test, d = female_labels(test), np.load(file)
+        if len(d["prob"]) != len(test):
+            raise SystemExit(f"{file}: {len(d['prob'])} predictions for {len(test)} sunny copies of "
+                             f"{roots[key['fold']]}: another fold root's run (use another --out)")
+        m = binary_metrics(y_test, d["prob"], float(d["threshold"]))
+        rows.append({**key, "balanced_accuracy": m["balanced_accuracy"], "recall_female": m["recall_female"],
+                     "recall_male": m["recall_male"], "roc_auc": m["roc_auc"], "threshold": float(d["threshold"]),
+                     "person_balanced_accuracy": person_balanced_accuracy(y_test, d["prob"], test["person"].to_numpy(),
+                                                                          float(d["threshold"])),
+                     "seconds": float(d["seconds"]), "n": len(test)})
+    return pd.DataFrame(rows)
 
 
 def fold_roots(given: list[str] | None) -> list[str]:
@@ -117,37 +202,38 @@ def main() -> None:
                     help="comma-separated counts to compare: renderings of our own sunny distortion of each training "
                          "copy's clean source, added to the members' training images (0: the real copies only, as "
                          "shipped)")
+    ap.add_argument("--init", default="imagenet",
+                    help="comma-separated starting weights to compare: imagenet (as shipped) or cnn (the gender CNN "
+                         "notebook 02 trained on the fold, read from the notebook-02 CV's run folder)")
+    ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate per network (shipped: 1e-3)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    summary = []
-    for f, root in enumerate(fold_roots(args.fold_roots)):
-        train, test = sunny_rows(root, "train"), sunny_rows(root, "val")
-        y_test, p_test = female_labels(test), test["person"].to_numpy()
-        variants = [(int(m), int(n)) for m in args.members.split(",") for n in args.synthetic.split(",")]
-        for members, synthetic in variants:
-            tag = f"_synthetic{synthetic}" if synthetic else ""
-            file = out / f"fold{f}_members{members}_epochs{args.epochs}_size{args.image_size}_seed{args.seed}{tag}.npz"
-            if not file.is_file():
-                t0 = time.perf_counter()
-                cnn = fit_glare_cnn(train["path"], female_labels(train), train["person"], image_size=args.image_size,
-                                    epochs=args.epochs, seed=args.seed, channels_last=True, members=members,
-                                    device=args.device, sources=train["image"].tolist(), synthetic=synthetic)
-                prob = cnn.probabilities(test["path"].tolist(), device=args.device)
-                np.savez(file, prob=prob, threshold=cnn.threshold, info=json.dumps(cnn.info),
-                         seconds=time.perf_counter() - t0)
-            d = np.load(file)
-            m = binary_metrics(y_test, d["prob"], float(d["threshold"]))
-            summary.append({"fold": f, "members": members, "epochs": args.epochs, "image_size": args.image_size,
-                            "synthetic": synthetic,
-                            "balanced_accuracy": m["balanced_accuracy"],
-                            "recall_female": m["recall_female"], "recall_male": m["recall_male"],
-                            "roc_auc": m["roc_auc"], "threshold": float(d["threshold"]),
-                            "person_balanced_accuracy": person_balanced_accuracy(y_test, d["prob"], p_test,
-                                                                                 float(d["threshold"])),
-                            "seconds": float(d["seconds"]), "n": len(test)})
-            print(summary[-1], flush=True)
-    table = pd.DataFrame(summary)
+    roots = fold_roots(args.fold_roots)
+    variants = [{"members": int(m), "epochs": args.epochs, "image_size": args.image_size, "synthetic": int(n),
+                 "init": init, "lr": args.lr}
+                for m in args.members.split(",") for n in args.synthetic.split(",") for init in args.init.split(",")]
+    for f, root in enumerate(roots):
+        train = sunny_rows(root, "train")
+        for v in variants:
+            file = out / file_name(f, args.seed, **v)
+            if file.is_file():
+                continue
+            t0 = time.perf_counter()
+            init = None
+            if v["init"] == "cnn":
+                init = load_checkpoint(cnn_checkpoint(root), map_location="cpu")["model"]
+            elif v["init"] != "imagenet":
+                raise SystemExit(f"--init {v['init']}: expected imagenet or cnn")
+            cnn = fit_glare_cnn(train["path"], female_labels(train), train["person"], image_size=v["image_size"],
+                                epochs=v["epochs"], lr=v["lr"], seed=args.seed, channels_last=True,
+                                members=v["members"], device=args.device, sources=train["image"].tolist(),
+                                synthetic=v["synthetic"], init=init)
+            prob = cnn.probabilities(sunny_rows(root, "val")["path"].tolist(), device=args.device)
+            np.savez(file, prob=prob, threshold=cnn.threshold, info=json.dumps(cnn.info),
+                     seconds=time.perf_counter() - t0)
+            print(file.name, json.dumps(cnn.info.get("holdout_balanced_accuracy")), flush=True)
+    table = summarise(out, roots)
     table.to_csv(out / "summary.csv", index=False)
     paired = glare_paired(table)
     print(write_text(out / "summary.md", glare_table(table) + ("\n\n" + paired if paired else "") + "\n").read_text())

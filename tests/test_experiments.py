@@ -507,3 +507,44 @@ def test_synthetic_glare_is_seeded_and_reaches_only_the_members_training(tmp_pat
     _, held, _ = glare._fit_members(["a", "b", "c", "d"], np.array([0, 1, 0, 1]), persons, splits, 0,
                                     {"image_size": 8, "device": "cpu"}, extra)
     assert trained == [(6, {"p0", "p1"}), (6, {"p2", "p3"})] and len(held) == 4
+
+
+def test_glare_run_names_round_trip_and_keep_the_earlier_runs_names() -> None:
+    m = load_script("cv_glare")
+    assert m.file_name(2, 0, **m.SHIPPED) == "fold2_members3_epochs4_size128_seed0.npz"
+    assert m.file_name(0, 1, synthetic=1) == "fold0_members3_epochs4_size128_seed1_synthetic1.npz"
+    name = m.file_name(1, 0, init="cnn", lr=3e-4, image_size=160)
+    assert name == "fold1_members3_epochs4_size160_seed0_initcnn_lr0.0003.npz"
+    assert m.parse_name(name) == {"fold": 1, "seed": 0, "members": 3, "epochs": 4, "image_size": 160,
+                                  "synthetic": 0, "init": "cnn", "lr": 3e-4}
+    assert m.parse_name("fold0_members3_epochs4_size128_seed0.npz")["init"] == "imagenet"
+    assert m.parse_name("summary.csv") is None and m.parse_name("fold0_members3.npz") is None
+
+
+def test_glare_summary_is_rebuilt_from_every_saved_run_and_paired_with_the_shipped_one(tmp_path, monkeypatch) -> None:
+    """Runs from different command lines in one folder all reach the table; each variant is paired fold by fold
+    with the shipped expert of the same seed, and scored against its fold's own labels."""
+    m = load_script("cv_glare")
+    labels = {0: ["female", "male", "male", "female"], 1: ["male", "female", "male", "female"]}
+    monkeypatch.setattr(m, "sunny_rows", lambda root, split: pd.DataFrame(
+        {"label": labels[int(root[-1])], "person": ["a", "b", "c", "d"], "path": list("wxyz")}))
+    right = {0: [0.9, 0.1, 0.2, 0.8], 1: [0.1, 0.9, 0.2, 0.8]}  # every image right at 0.5
+    wrong_female = {0: [0.1, 0.1, 0.2, 0.8], 1: [0.1, 0.1, 0.2, 0.8]}  # one woman of two missed
+    for f in (0, 1):
+        np.savez(tmp_path / m.file_name(f, 0), prob=wrong_female[f], threshold=0.5, seconds=10.0)
+        np.savez(tmp_path / m.file_name(f, 0, init="cnn", lr=3e-4), prob=right[f], threshold=0.5, seconds=12.0)
+    np.savez(tmp_path / m.file_name(0, 0, image_size=160), prob=right[0], threshold=0.5, seconds=30.0)
+    (tmp_path / "notes.npz").write_bytes(b"")  # not a run: ignored
+    summary = m.summarise(tmp_path, ["/x/fold0", "/x/fold1"])
+    assert len(summary) == 5
+    table = m.glare_table(summary)
+    assert "| 3 networks, 4 epochs, 128 px | 0.750 ± 0.000 (0.750) | 0.500 ± 0.000 (0.500) |" in table
+    assert "| 3 networks, 4 epochs, 128 px, from the fold's gender CNN, lr 0.0003 | 1.000 ± 0.000 (1.000) |" in table
+    assert "| 3 networks, 4 epochs, 160 px | 1.000 |" in table
+    paired = m.glare_paired(summary).splitlines()
+    line = next(row for row in paired if "gender CNN" in row)
+    assert "+0.250 ± 0.000 (+0.250)" in line and "+0.500 ± 0.000 (+0.500)" in line and "+0.250 +0.250" in line
+    assert next(row for row in paired if "160 px" in row).count("n/a") == 3  # one fold: no spread to pair
+    np.savez(tmp_path / m.file_name(1, 0, image_size=160), prob=right[0][:3], threshold=0.5, seconds=1.0)
+    with pytest.raises(SystemExit, match="another fold root"):
+        m.summarise(tmp_path, ["/x/fold0", "/x/fold1"])

@@ -368,3 +368,26 @@ def test_logit_matches_its_definition_and_clips():
     assert isinstance(logit(0.9), float) and logit(0.9) == pytest.approx(np.log(9.0))
     rows = pd.DataFrame({"label": ["female", "male", "female"]})
     assert female_labels(rows).tolist() == [1, 0, 1]
+
+
+def test_glare_members_start_from_the_given_network(tmp_path: Path) -> None:
+    """``init``: every member starts from the given state dict (the head too), not the backbone's own weights. With
+    a learning rate of 0 (no step moves a weight; AdamW's decay is scaled by it) each member's parameters are
+    the given ones exactly, while a member started from its own initialisation differs."""
+    from facecom_utils.nn.backbones import GenderClassifier
+
+    rows = _glare_images(tmp_path, persons=12, per_person=2, seed=9)
+    torch.manual_seed(123)
+    start = GenderClassifier("resnet10t", None, image_size=32)
+    with torch.no_grad():
+        start.classifier.bias.fill_(2.5)
+    init = {k: v.clone() for k, v in start.state_dict().items()}
+    kw = dict(image_size=32, epochs=1, batch_size=8, lr=0.0, backbone="resnet10t", pretrained=None, seed=0, members=3)
+    cnn = fit_glare_cnn(rows["path"], rows["label"], rows["person"], init=init, **kw)
+    own = fit_glare_cnn(rows["path"], rows["label"], rows["person"], **kw)
+    for member in cnn.models:
+        for name, p in member.named_parameters():
+            assert torch.equal(p.detach().cpu().contiguous(), init[name].contiguous()), name
+    assert any(not torch.equal(p.detach().cpu().contiguous(), init[n].contiguous())
+               for n, p in own.models[0].named_parameters())
+    assert cnn.info["init"] == "given" and own.info["init"] == "pretrained"

@@ -206,7 +206,7 @@ def person_balanced_threshold(y: Sequence[int], prob: Sequence[float], persons: 
 
 def _train_network(X: Any, y: np.ndarray, persons: np.ndarray, *, image_size: int, epochs: int, batch_size: int,
                    lr: float, seed: int, device: Any, backbone: str, pretrained: str | None, label_smoothing: float,
-                   max_seconds: float | None, channels_last: bool) -> tuple[Any, Any]:
+                   max_seconds: float | None, channels_last: bool, init: Any = None) -> tuple[Any, Any]:
     """Fine-tunes one network on ``X`` (float16 ``[N, 3, S, S]``) with :func:`~facecom_utils.train.fit.fit`.
 
     The recipe: AdamW (weight decay 1e-4 on weights, none on biases and norms: fit's groups), a linear
@@ -221,6 +221,8 @@ def _train_network(X: Any, y: np.ndarray, persons: np.ndarray, *, image_size: in
             channels_last: As :func:`fit_glare_cnn` takes them (``seed`` seeds the head's initialisation
             and, through fit, every epoch's draws).
         max_seconds: Training budget: fit stops after the epoch when one more would exceed it.
+        init: A :class:`~facecom_utils.nn.backbones.GenderClassifier` state dict (same backbone and input
+            size) to start from instead of ``pretrained``'s weights; ``None``: ``pretrained``.
 
     Returns:
         ``(model in eval mode on device, fit's FitResult)``.
@@ -235,7 +237,10 @@ def _train_network(X: Any, y: np.ndarray, persons: np.ndarray, *, image_size: in
     from facecom_utils.train.fit import TrainConfig, fit
 
     torch.manual_seed(seed)
-    model = apply_speedups(GenderClassifier(backbone, pretrained, image_size=image_size), channels_last)
+    model = GenderClassifier(backbone, pretrained if init is None else None, image_size=image_size)
+    if init is not None:
+        model.load_state_dict(init)
+    model = apply_speedups(model, channels_last)
     sampler = DistributedWeightedSampler(sampling_weights(y, persons), seed=seed)
     loader = make_loader(TensorDataset(X, torch.as_tensor(y, dtype=torch.float32)), batch_size, True, sampler)
 
@@ -258,7 +263,7 @@ def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: S
                   device: Any = "cpu", backbone: str = "efficientnet_lite0", pretrained: str | None = "offline",
                   label_smoothing: float = 0.05, max_minutes: float | None = None,
                   channels_last: bool = False, members: int = 1, sources: Sequence[str | Path] | None = None,
-                  synthetic: int = 0) -> GlareCNN:
+                  synthetic: int = 0, init: Any = None) -> GlareCNN:
     """Fine-tunes :class:`~facecom_utils.nn.backbones.GenderClassifier` networks on (sunny) images and chooses one threshold.
 
     Every network trains for ``epochs`` epochs through the project's fit loop
@@ -296,6 +301,11 @@ def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: S
         sources, synthetic: Each image's clean source photo, and how many renderings of the project's own
             ``sunny`` distortion of it (:func:`synthetic_glare`) are added to the training images of the
             members that train on its person (never predicted, so never in a threshold). 0: real copies only.
+        init: A :class:`~facecom_utils.nn.backbones.GenderClassifier` state dict (``backbone``, ``image_size``)
+            every member starts from instead of ``pretrained``'s weights, such as notebook 02's gender CNN
+            (``checkpoint["model"]``). The threshold's out-of-fold predictions are then out of sample only
+            for what the members learn: a starting network that saw those persons' other photos makes them
+            optimistic. ``None``: ``pretrained``.
 
     Raises:
         GlareDataError: Fewer persons of either label than the parts need (``holdout_folds`` or ``members``).
@@ -323,7 +333,7 @@ def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: S
     settings = dict(image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, device=torch.device(device),
                     backbone=backbone, pretrained=pretrained, label_smoothing=label_smoothing,
                     max_seconds=None if max_minutes is None else 60 * max_minutes / len(splits),
-                    channels_last=channels_last)
+                    channels_last=channels_last, init=init)
     t0 = time.perf_counter()
     models, held_prob, histories = _fit_members(paths, y, persons, splits, seed, settings, extra)
     held = np.concatenate([h for _, h in splits])
@@ -331,6 +341,7 @@ def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: S
     info = _fit_info(y, persons, splits, held_prob, threshold, histories, holdout_folds, image_size)
     info["seconds"] = round(time.perf_counter() - t0, 1)
     info["synthetic_copies"] = int(synthetic)
+    info["init"] = "pretrained" if init is None else "given"
     return GlareCNN(models, threshold, image_size, info)
 
 
