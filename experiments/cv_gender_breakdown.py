@@ -136,8 +136,9 @@ def breakdown(rows: pd.DataFrame, images_per_person: pd.Series, tracks: list[str
     if "name" in rows:
         groups.append(("first name", rows, "name"))
         groups.append(("name agrees, images per person", rows[rows["name"] == NAME_GROUPS[0]], "bucket"))
+    orders = {"name": NAME_GROUPS, "bucket": (*(b[0] for b in BUCKETS), "unknown")}  # else sorted
     for kind, table, column in groups:
-        order = NAME_GROUPS if column == "name" else sorted(table[column].unique())
+        order = orders.get(column) or sorted(table[column].unique())
         parts = dict(tuple(table.groupby(column, sort=False)))
         for name in (g for g in order if g in parts):
             part = parts[name]
