@@ -99,7 +99,7 @@ def variant_label(members: int, epochs: int, image_size: int, synthetic: int = 0
 
 
 def glare_table(summary: pd.DataFrame) -> str:
-    """The docs' table: one row per variant (``VARIANT``) and seed over its folds.
+    """The docs' table: one row per variant (``VARIANT``) and seed over its folds, the shipped variant first.
 
     Args:
         summary: ``summary.csv``'s rows: ``fold``, the ``VARIANT`` columns (absent: as shipped), ``seed``,
@@ -111,7 +111,8 @@ def glare_table(summary: pd.DataFrame) -> str:
     """
     rows = []
     summary = _with_variant(summary)
-    for key, part in summary.groupby([*VARIANT, "seed"], sort=True):
+    shipped = tuple(SHIPPED[k] for k in VARIANT)
+    for key, part in sorted(summary.groupby([*VARIANT, "seed"], sort=True), key=lambda kv: kv[0][:-1] != shipped):
         part = part.sort_values("fold")
         cell = {k: spread(part[k].mean(), part[k].std(ddof=1), floor=k in ("balanced_accuracy", "recall_female"))
                 for k in ("balanced_accuracy", "recall_female", "roc_auc", "person_balanced_accuracy")}

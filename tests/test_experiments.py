@@ -131,9 +131,9 @@ def test_glare_table_one_row_per_variant() -> None:
     assert m.glare_table(summary).splitlines() == [
         "| glare expert | balanced acc. | female recall | ROC AUC | person bal. acc. | per fold | fit seconds |",
         "|---|---|---|---|---|---|---|",
-        "| 1 network, 4 epochs, 128 px | 0.700 | 0.500 | 0.900 | 0.700 | 0.700 | 110-110 |",
         "| 3 networks, 4 epochs, 128 px | 0.830 ± 0.042 (0.788) | 0.850 ± 0.071 (0.779) | 0.900 ± 0.000 "
         "| 0.830 ± 0.042 | 0.860, 0.800 | 216-240 |",
+        "| 1 network, 4 epochs, 128 px | 0.700 | 0.500 | 0.900 | 0.700 | 0.700 | 110-110 |",
     ]
 
 
@@ -541,6 +541,7 @@ def test_glare_summary_is_rebuilt_from_every_saved_run_and_paired_with_the_shipp
     assert "| 3 networks, 4 epochs, 128 px | 0.750 ± 0.000 (0.750) | 0.500 ± 0.000 (0.500) |" in table
     assert "| 3 networks, 4 epochs, 128 px, from the fold's gender CNN, lr 0.0003 | 1.000 ± 0.000 (1.000) |" in table
     assert "| 3 networks, 4 epochs, 160 px | 1.000 |" in table
+    assert table.splitlines()[2].startswith("| 3 networks, 4 epochs, 128 px |")  # the shipped row first
     paired = m.glare_paired(summary).splitlines()
     line = next(row for row in paired if "gender CNN" in row)
     assert "+0.250 ± 0.000 (+0.250)" in line and "+0.500 ± 0.000 (+0.500)" in line and "+0.250 +0.250" in line
