@@ -116,6 +116,24 @@ def write_text(file: Path, text: str) -> Path:
     return file
 
 
+def run_config(config_cls: type, parameters: Mapping[str, Any], **overrides: Any) -> Any:
+    """The configuration a finished notebook run was made with, rebuilt from its ``metrics.json`` parameters.
+
+    Args:
+        config_cls: The notebook's config dataclass (``GenderConfig``, ``RecognitionConfig``).
+        parameters: The run's recorded parameters (``metrics["parameters"]``); those ``config_cls`` does not
+            take (parameters of the notebook itself rather than of the package) are left out.
+        overrides: Values that replace the run's own (``output_dir``, ``progress``, a tracks-stage setting).
+
+    Returns:
+        ``config_cls(**known parameters, **overrides)``.
+    """
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(config_cls) if f.init}
+    return config_cls(**{k: v for k, v in {**parameters, **overrides}.items() if k in known})
+
+
 # ----------------------------------------------------------------------------- Markdown tables
 
 

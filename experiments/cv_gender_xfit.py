@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from _common import markdown_table, paired_cell, spread, write_text
+from _common import markdown_table, paired_cell, run_config, spread, write_text
 from facecom_utils.common.paths import REPORTS_DIR
 
 #: The tracks this driver scores, in table order.
@@ -58,10 +58,8 @@ def fold_context(run_dir: Path, root: Path):
     from facecom_utils.gender.tracks import face_head_recipe, track_rows
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    params = dict(metrics["parameters"])
-    known = set(GenderConfig.__dataclass_fields__)
-    params.update(data_root=str(root), output_dir=str(run_dir), progress=False)
-    config = GenderConfig(**{k: v for k, v in params.items() if k in known})
+    config = run_config(GenderConfig, metrics["parameters"], data_root=str(root), output_dir=str(run_dir),
+                        progress=False)
     splits = gender_splits(config)
     train_rows, report_rows = track_rows(config, splits)
     return config, splits, face_head_recipe(config), train_rows, report_rows, metrics

@@ -50,7 +50,7 @@ import pandas as pd
 import yaml
 
 from _common import (MISSING, add_data_root, data_root, frame_table, gender_table, markdown_table, number, paired_cell,
-                     stat_cell, write_text)
+                     run_config, stat_cell, write_text)
 from facecom_utils.common.paths import REPORTS_DIR
 from facecom_utils.data.layout import DISTORTION_TYPES
 
@@ -130,10 +130,7 @@ def _run_context(run_dir: Path, overrides: dict | None = None):
     params = dict(metrics["parameters"])
     if "face_mirror" not in params:  # a run from before the setting: the descriptor its face_tracks.pt was fitted on
         params["face_mirror"] = bool((rundir.load_tracks("recognition") or {}).get("face_mirror", False))
-    params.update(overrides or {})
-    params.update(output_dir=str(rundir.path), progress=False)
-    known = set(RecognitionConfig.__dataclass_fields__)
-    config = RecognitionConfig(**{k: v for k, v in params.items() if k in known})
+    config = run_config(RecognitionConfig, params, **{**(overrides or {}), "output_dir": str(rundir.path), "progress": False})
     splits = rec.recognition_splits(config)
     run = SimpleNamespace(output_dir=str(rundir.path), metrics=metrics, threshold=metrics["tracks"]["facecom_only"]["threshold"],
                           strict_threshold=metrics["tracks"]["facecom_only"]["strict_threshold"])

@@ -549,3 +549,14 @@ def test_glare_summary_is_rebuilt_from_every_saved_run_and_paired_with_the_shipp
     np.savez(tmp_path / m.file_name(1, 0, image_size=160), prob=right[0][:3], threshold=0.5, seconds=1.0)
     with pytest.raises(SystemExit, match="another fold root"):
         m.summarise(tmp_path, ["/x/fold0", "/x/fold1"])
+
+
+def test_run_config_keeps_the_configs_fields_and_applies_overrides() -> None:
+    """A finished run's recorded parameters rebuild its config: unknown parameters are dropped, overrides win."""
+    common = load_script("_common")
+    from facecom_utils.gender.pipeline import GenderConfig
+
+    recorded = {"image_size": 96, "epochs": 3, "seed": 7, "show_plots": True, "output_dir": "/old"}
+    config = common.run_config(GenderConfig, recorded, output_dir="/new", progress=False)
+    assert (config.image_size, config.epochs, config.seed, config.output_dir, config.progress) == (96, 3, 7, "/new", False)
+    assert not hasattr(config, "show_plots") and recorded["output_dir"] == "/old"
