@@ -127,10 +127,16 @@ def run_config(config_cls: type, parameters: Mapping[str, Any], **overrides: Any
 
     Returns:
         ``config_cls(**known parameters, **overrides)``.
+
+    Raises:
+        ValueError: An override that ``config_cls`` does not take (a misspelt setting is not dropped silently).
     """
     import dataclasses
 
     known = {f.name for f in dataclasses.fields(config_cls) if f.init}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"{config_cls.__name__} takes no {', '.join(unknown)}")
     return config_cls(**{k: v for k, v in {**parameters, **overrides}.items() if k in known})
 
 

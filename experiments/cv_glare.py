@@ -22,7 +22,8 @@ three folds 99.9-100 % were). ``--device cuda --image-size 224`` gives the GPU p
 ``--init cnn`` starts every member from the gender CNN that notebook 02 trained on the fold (its
 ``best.pt`` in the CV's run folder), which never saw the fold's ``val`` persons.
 One ``.npz`` of predictions per fold and variant is written as soon as it is done, so an
-interrupted run resumes; a fold root's ``.npz`` must stay in an ``--out`` of that fold root's.
+interrupted run resumes; use one ``--out`` per set of fold roots (a fold's ``.npz`` is scored on that
+fold root's ``val`` persons).
 Cost per fold on 2 quiet CPU cores (measured): three networks of 4 epochs (the default) 216-249 s;
 of 6 epochs 337-378 s; one network of 6 epochs 109-151 s.
 """
@@ -39,7 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from _common import markdown_table, paired_cell, spread, write_text
+from _common import MISSING, markdown_table, paired_cell, spread, write_text
 from facecom_utils.common.checkpoints import load_checkpoint
 from facecom_utils.common.paths import REPORTS_DIR
 from facecom_utils.data.layout import scan_task_a
@@ -63,9 +64,17 @@ _NAME = re.compile(r"fold(?P<fold>\d+)_members(?P<members>\d+)_epochs(?P<epochs>
 
 
 def file_name(fold: int, seed: int, **variant: Any) -> str:
-    """The ``.npz`` of one fold and variant (``VARIANT``'s keys); a setting as shipped is left out of the name,
-    so the files of earlier runs keep their names."""
+    """The ``.npz`` of one fold and variant (``VARIANT``'s keys). Members, epochs and image size are always in
+    the name; synthetic glare, starting weights and learning rate only where they differ from the shipped ones,
+    so the files of earlier runs keep their names.
+
+    Raises:
+        ValueError: A learning rate that six significant digits do not write exactly (two such rates would
+            share a file, and the second run would be taken for the first one resumed).
+    """
     v = {**SHIPPED, **variant}
+    if float(f"{v['lr']:g}") != v["lr"]:
+        raise ValueError(f"learning rate {v['lr']!r}: give it in at most six significant digits")
     name = f"fold{fold}_members{v['members']}_epochs{v['epochs']}_size{v['image_size']}_seed{seed}"
     name += f"_synthetic{v['synthetic']}" if v["synthetic"] else ""
     name += f"_init{v['init']}" if v["init"] != SHIPPED["init"] else ""
@@ -74,14 +83,21 @@ def file_name(fold: int, seed: int, **variant: Any) -> str:
 
 
 def parse_name(name: str) -> dict[str, Any] | None:
-    """:func:`file_name`'s fold, seed and variant back from a file name; ``None`` for another file."""
+    """:func:`file_name`'s fold, seed and variant back from a file name; ``None`` for any other name, including
+    one that :func:`file_name` would not write (``_lr0.001``, ``_synthetic0``: the shipped setting spelt out,
+    which would give a fold a second shipped row)."""
     match = _NAME.fullmatch(name)
     if match is None:
         return None
     g = match.groupdict()
-    return {"fold": int(g["fold"]), "seed": int(g["seed"]), "members": int(g["members"]), "epochs": int(g["epochs"]),
+    try:
+        key = {"fold": int(g["fold"]), "seed": int(g["seed"]), "members": int(g["members"]), "epochs": int(g["epochs"]),
             "image_size": int(g["image_size"]), "synthetic": int(g["synthetic"] or 0),
             "init": g["init"] or SHIPPED["init"], "lr": float(g["lr"]) if g["lr"] else SHIPPED["lr"]}
+        same = file_name(**key) == name
+    except ValueError:
+        return None
+    return key if same else None
 
 
 def _with_variant(summary: pd.DataFrame) -> pd.DataFrame:
@@ -131,13 +147,16 @@ def glare_paired(summary: pd.DataFrame) -> str:
     rows = []
     summary = _with_variant(summary)
     shipped = (summary[list(SHIPPED)] == pd.Series(SHIPPED)).all(axis=1)
+    seeds = summary["seed"].nunique() > 1
     for key, part in summary[~shipped].groupby([*VARIANT, "seed"], sort=True):
         base = summary[shipped & (summary["seed"] == key[-1])]
         both = part.merge(base, on="fold", suffixes=("", "_base")).sort_values("fold")
+        label = variant_label(*key[:-1]) + (f", seed {key[-1]}" if seeds else "")
         if both.empty:
+            rows.append([f"{label}: no shipped run of its seed and folds to pair with", *[MISSING] * 4])
             continue
         diffs = {k: (both[k] - both[f"{k}_base"]).to_numpy() for k in ("balanced_accuracy", "recall_female", "roc_auc")}
-        rows.append([f"{variant_label(*key[:-1])} − shipped", *(paired_cell(d) for d in diffs.values()),
+        rows.append([f"{label} − shipped", *(paired_cell(d) for d in diffs.values()),
                      " ".join(f"{v:+.3f}" for v in diffs["balanced_accuracy"])])
     if not rows:
         return ""
@@ -161,7 +180,10 @@ def summarise(out: Path, roots: list[str]) -> pd.DataFrame:
     rows, tests = [], {}
     for file in sorted(out.glob("fold*.npz")):
         key = parse_name(file.name)
-        if key is None or key["fold"] >= len(roots):
+        if key is None:
+            continue
+        if key["fold"] >= len(roots):
+            print(f"left out of the summary: {file.name} (fold {key['fold']}, but {len(roots)} fold roots given)")
             continue
         if key["fold"] not in tests:
             tests[key["fold"]] = sunny_rows(roots[key["fold"]], "val")

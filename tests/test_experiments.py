@@ -519,6 +519,11 @@ def test_glare_run_names_round_trip_and_keep_the_earlier_runs_names() -> None:
                                   "synthetic": 0, "init": "cnn", "lr": 3e-4}
     assert m.parse_name("fold0_members3_epochs4_size128_seed0.npz")["init"] == "imagenet"
     assert m.parse_name("summary.csv") is None and m.parse_name("fold0_members3.npz") is None
+    assert m.parse_name(m.file_name(0, 0, lr=1e-5)) ["lr"] == 1e-5
+    for spelt_out in ("_lr0.001", "_synthetic0", "_initimagenet", "_lr-"):  # never written: not a second shipped run
+        assert m.parse_name(f"fold0_members3_epochs4_size128_seed0{spelt_out}.npz") is None
+    with pytest.raises(ValueError, match="six significant digits"):
+        m.file_name(0, 0, lr=1.23456789e-4)
 
 
 def test_glare_summary_is_rebuilt_from_every_saved_run_and_paired_with_the_shipped_one(tmp_path, monkeypatch) -> None:
@@ -529,23 +534,27 @@ def test_glare_summary_is_rebuilt_from_every_saved_run_and_paired_with_the_shipp
     monkeypatch.setattr(m, "sunny_rows", lambda root, split: pd.DataFrame(
         {"label": labels[int(root[-1])], "person": ["a", "b", "c", "d"], "path": list("wxyz")}))
     right = {0: [0.9, 0.1, 0.2, 0.8], 1: [0.1, 0.9, 0.2, 0.8]}  # every image right at 0.5
-    wrong_female = {0: [0.1, 0.1, 0.2, 0.8], 1: [0.1, 0.1, 0.2, 0.8]}  # one woman of two missed
+    shipped = {0: [0.1, 0.1, 0.2, 0.8], 1: [0.1, 0.9, 0.6, 0.8]}  # fold 0 misses a woman, fold 1 a man
     for f in (0, 1):
-        np.savez(tmp_path / m.file_name(f, 0), prob=wrong_female[f], threshold=0.5, seconds=10.0)
+        np.savez(tmp_path / m.file_name(f, 0), prob=shipped[f], threshold=0.5, seconds=10.0)
         np.savez(tmp_path / m.file_name(f, 0, init="cnn", lr=3e-4), prob=right[f], threshold=0.5, seconds=12.0)
+        np.savez(tmp_path / m.file_name(f, 1, init="cnn"), prob=right[f], threshold=0.5, seconds=12.0)
     np.savez(tmp_path / m.file_name(0, 0, image_size=160), prob=right[0], threshold=0.5, seconds=30.0)
+    np.savez(tmp_path / m.file_name(2, 0), prob=right[0], threshold=0.5, seconds=30.0)  # a third fold: not given
     (tmp_path / "notes.npz").write_bytes(b"")  # not a run: ignored
     summary = m.summarise(tmp_path, ["/x/fold0", "/x/fold1"])
-    assert len(summary) == 5
+    assert len(summary) == 7 and set(summary["fold"]) == {0, 1}
     table = m.glare_table(summary)
-    assert "| 3 networks, 4 epochs, 128 px | 0.750 ± 0.000 (0.750) | 0.500 ± 0.000 (0.500) |" in table
-    assert "| 3 networks, 4 epochs, 128 px, from the fold's gender CNN, lr 0.0003 | 1.000 ± 0.000 (1.000) |" in table
-    assert "| 3 networks, 4 epochs, 160 px | 1.000 |" in table
-    assert table.splitlines()[2].startswith("| 3 networks, 4 epochs, 128 px |")  # the shipped row first
+    assert "| 3 networks, 4 epochs, 128 px, seed 0 | 0.750 ± 0.000 (0.750) | 0.750 ± 0.354 (0.396) |" in table
+    assert "| 3 networks, 4 epochs, 128 px, from the fold's gender CNN, lr 0.0003, seed 0 | 1.000 ± 0.000 (1.000) |" in table
+    assert "| 3 networks, 4 epochs, 160 px, seed 0 | 1.000 |" in table
+    assert table.splitlines()[2].startswith("| 3 networks, 4 epochs, 128 px, seed 0 |")  # the shipped row first
     paired = m.glare_paired(summary).splitlines()
-    line = next(row for row in paired if "gender CNN" in row)
-    assert "+0.250 ± 0.000 (+0.250)" in line and "+0.500 ± 0.000 (+0.500)" in line and "+0.250 +0.250" in line
+    line = next(row for row in paired if "gender CNN, lr 0.0003, seed 0" in row)
+    # fold 0 gains a woman (female recall +0.5), fold 1 a man (female recall unchanged)
+    assert "+0.250 ± 0.000 (+0.250)" in line and "+0.250 ± 0.354 (-0.104)" in line and "+0.250 +0.250" in line
     assert next(row for row in paired if "160 px" in row).count("n/a") == 3  # one fold: no spread to pair
+    assert any("seed 1: no shipped run of its seed and folds to pair with" in row for row in paired)
     np.savez(tmp_path / m.file_name(1, 0, image_size=160), prob=right[0][:3], threshold=0.5, seconds=1.0)
     with pytest.raises(SystemExit, match="another fold root"):
         m.summarise(tmp_path, ["/x/fold0", "/x/fold1"])
@@ -560,3 +569,5 @@ def test_run_config_keeps_the_configs_fields_and_applies_overrides() -> None:
     config = common.run_config(GenderConfig, recorded, output_dir="/new", progress=False)
     assert (config.image_size, config.epochs, config.seed, config.output_dir, config.progress) == (96, 3, 7, "/new", False)
     assert not hasattr(config, "show_plots") and recorded["output_dir"] == "/old"
+    with pytest.raises(ValueError, match="takes no epohcs"):
+        common.run_config(GenderConfig, recorded, epohcs=2)

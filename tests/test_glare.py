@@ -370,10 +370,10 @@ def test_logit_matches_its_definition_and_clips():
     assert female_labels(rows).tolist() == [1, 0, 1]
 
 
-def test_glare_members_start_from_the_given_network(tmp_path: Path) -> None:
-    """``init``: every member starts from the given state dict (the head too), not the backbone's own weights. With
-    a learning rate of 0 (no step moves a weight; AdamW's decay is scaled by it) each member's parameters are
-    the given ones exactly, while a member started from its own initialisation differs."""
+def test_glare_members_start_from_the_given_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``init``: every member enters the fit loop holding the given state dict (the head too), not the backbone's
+    own initialisation; without ``init`` they do not."""
+    import facecom_utils.train.fit as engine
     from facecom_utils.nn.backbones import GenderClassifier
 
     rows = _glare_images(tmp_path, persons=12, per_person=2, seed=9)
@@ -382,12 +382,22 @@ def test_glare_members_start_from_the_given_network(tmp_path: Path) -> None:
     with torch.no_grad():
         start.classifier.bias.fill_(2.5)
     init = {k: v.clone() for k, v in start.state_dict().items()}
-    kw = dict(image_size=32, epochs=1, batch_size=8, lr=0.0, backbone="resnet10t", pretrained=None, seed=0, members=3)
+    entered: list = []
+    real_fit = engine.fit
+
+    def spy_fit(model, *args, **kwargs):
+        entered.append({n: p.detach().cpu().clone().contiguous() for n, p in model.named_parameters()})
+        return real_fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "fit", spy_fit)
+    kw = dict(image_size=32, epochs=1, batch_size=8, lr=1e-2, backbone="resnet10t", pretrained=None, seed=0, members=3)
     cnn = fit_glare_cnn(rows["path"], rows["label"], rows["person"], init=init, **kw)
+    assert len(entered) == 3
+    for params in entered:
+        for name, value in params.items():
+            assert torch.equal(value, init[name].contiguous()), name
+    assert not torch.equal(cnn.models[0].classifier.bias.detach().cpu(), init["classifier.bias"])  # then it trained
+    entered.clear()
     own = fit_glare_cnn(rows["path"], rows["label"], rows["person"], **kw)
-    for member in cnn.models:
-        for name, p in member.named_parameters():
-            assert torch.equal(p.detach().cpu().contiguous(), init[name].contiguous()), name
-    assert any(not torch.equal(p.detach().cpu().contiguous(), init[n].contiguous())
-               for n, p in own.models[0].named_parameters())
+    assert not torch.equal(entered[0]["classifier.bias"], init["classifier.bias"])
     assert cnn.info["init"] == "given" and own.info["init"] == "pretrained"

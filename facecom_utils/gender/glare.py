@@ -221,8 +221,8 @@ def _train_network(X: Any, y: np.ndarray, persons: np.ndarray, *, image_size: in
             channels_last: As :func:`fit_glare_cnn` takes them (``seed`` seeds the head's initialisation
             and, through fit, every epoch's draws).
         max_seconds: Training budget: fit stops after the epoch when one more would exceed it.
-        init: A :class:`~facecom_utils.nn.backbones.GenderClassifier` state dict (same backbone and input
-            size) to start from instead of ``pretrained``'s weights; ``None``: ``pretrained``.
+        init: A :class:`~facecom_utils.nn.backbones.GenderClassifier` state dict of the same backbone (its
+            weights must load) to start from instead of ``pretrained``'s weights; ``None``: ``pretrained``.
 
     Returns:
         ``(model in eval mode on device, fit's FitResult)``.
@@ -301,8 +301,8 @@ def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: S
         sources, synthetic: Each image's clean source photo, and how many renderings of the project's own
             ``sunny`` distortion of it (:func:`synthetic_glare`) are added to the training images of the
             members that train on its person (never predicted, so never in a threshold). 0: real copies only.
-        init: A :class:`~facecom_utils.nn.backbones.GenderClassifier` state dict (``backbone``, ``image_size``)
-            every member starts from instead of ``pretrained``'s weights, such as notebook 02's gender CNN
+        init: A :class:`~facecom_utils.nn.backbones.GenderClassifier` state dict of ``backbone`` (its weights
+            must load) every member starts from instead of ``pretrained``'s weights, such as notebook 02's gender CNN
             (``checkpoint["model"]``). The threshold's out-of-fold predictions are then out of sample only
             for what the members learn: a starting network that saw those persons' other photos makes them
             optimistic. ``None``: ``pretrained``.
