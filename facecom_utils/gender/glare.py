@@ -285,13 +285,12 @@ def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: S
 
     Args:
         paths, labels, persons: The training images, 1 = female, and each image's person.
-        image_size, epochs, batch_size, lr: Training settings (per network).
+        image_size, epochs, batch_size, lr, label_smoothing: Training settings per network (targets ``y(1-ls) + ls/2``).
         holdout_folds: With one member, one of this many person-grouped parts holds the threshold's persons.
         seed: Seeds the split, the sampling and the initialisation of the head (member ``i``: ``seed + i``).
         device: Where to train.
-        backbone, pretrained: See :func:`~facecom_utils.nn.backbones.create_backbone` (``"offline"``:
-            the ImageNet Lite0 weights that install from PyPI).
-        label_smoothing: Targets ``y * (1 - ls) + ls / 2``.
+        backbone, pretrained: See :func:`~facecom_utils.nn.backbones.create_backbone` (``"offline"``: the
+            ImageNet Lite0 weights that install from PyPI).
         max_minutes: Training budget in minutes, shared equally by the members (each stops after the
             epoch when one more epoch would exceed its share: fit's ``max_train_seconds``; loading the
             images and predicting held-out persons are not counted).
@@ -301,11 +300,9 @@ def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: S
         sources, synthetic: Each image's clean source photo, and how many renderings of the project's own
             ``sunny`` distortion of it (:func:`synthetic_glare`) are added to the training images of the
             members that train on its person (never predicted, so never in a threshold). 0: real copies only.
-        init: A :class:`~facecom_utils.nn.backbones.GenderClassifier` state dict of ``backbone`` (its weights
-            must load) every member starts from instead of ``pretrained``'s weights, such as notebook 02's gender CNN
-            (``checkpoint["model"]``). The threshold's out-of-fold predictions are then out of sample only
-            for what the members learn: a starting network that saw those persons' other photos makes them
-            optimistic. ``None``: ``pretrained``.
+        init: A ``backbone`` :class:`~facecom_utils.nn.backbones.GenderClassifier` state dict every member starts
+            from (``None``: ``pretrained``), e.g. notebook 02's CNN: the out-of-fold predictions the threshold is
+            chosen on are then optimistic where it saw those persons' other photos.
 
     Raises:
         GlareDataError: Fewer persons of either label than the parts need (``holdout_folds`` or ``members``).
@@ -314,10 +311,9 @@ def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: S
     The ``info`` of the result gives the ROC AUC and the balanced accuracy at the chosen threshold of
     the predictions the threshold was chosen on (held-out or out-of-fold), counted per image and
     with every person weighing the same (optimistic: the threshold maximised the latter on them).
-    With several members those ``holdout_*`` figures describe single members trained on part of the
-    persons; the ensemble averages all of them, so its probabilities are less spread, and the
-    threshold chosen on single members is applied to that mean (the cross-validated figures in the
-    README measure exactly this).
+    With several members those ``holdout_*`` figures describe single members trained on part of the persons;
+    the ensemble averages all of them, so its probabilities are less spread, and the threshold chosen on single
+    members is applied to that mean (the cross-validated figures in the README measure exactly this).
     """
     import torch
 
@@ -339,9 +335,8 @@ def fit_glare_cnn(paths: Sequence[str | Path], labels: Sequence[int], persons: S
     held = np.concatenate([h for _, h in splits])
     threshold = person_balanced_threshold(y[held], held_prob[held], persons[held])
     info = _fit_info(y, persons, splits, held_prob, threshold, histories, holdout_folds, image_size)
-    info["seconds"] = round(time.perf_counter() - t0, 1)
-    info["synthetic_copies"] = int(synthetic)
-    info["init"] = "pretrained" if init is None else "given"
+    info.update(seconds=round(time.perf_counter() - t0, 1), synthetic_copies=int(synthetic),
+                init="pretrained" if init is None else "given")
     return GlareCNN(models, threshold, image_size, info)
 
 
