@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cv_notebooks import fold_run_dir
 from _common import markdown_table, paired_cell, run_config, spread, write_text
 from facecom_utils.common.paths import REPORTS_DIR
 
@@ -117,7 +118,7 @@ def run_fold(i: int, folds_dir: Path, out: Path, members: int) -> dict:
     done = fold_out / "tracks.json"
     if done.is_file():
         return json.loads(done.read_text())
-    run_dir = folds_dir / "runs" / f"fold{i}" / "02_gender_classification"
+    run_dir = fold_run_dir(folds_dir, i, "02")
     config, splits, recipe, train_rows, report_rows, metrics = fold_context(run_dir, folds_dir / f"fold{i}" / "data")
     persons = pd.concat([splits.train, splits.fold], ignore_index=True)
     parts = member_parts(persons, members, config.seed)

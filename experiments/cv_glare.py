@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cv_notebooks import fold_run_dir
 from _common import MISSING, markdown_table, paired_cell, spread, write_text
 from facecom_utils.common.checkpoints import load_checkpoint
 from facecom_utils.common.paths import REPORTS_DIR
@@ -47,6 +48,7 @@ from facecom_utils.data.layout import scan_task_a
 from facecom_utils.metrics.classification import binary_metrics
 from facecom_utils.gender.tracks import female_labels, with_distorted_copies
 from facecom_utils.gender.glare import fit_glare_cnn, person_balanced_accuracy
+from facecom_utils.train.rundir import RunDir
 
 
 def sunny_rows(root: str, split: str) -> pd.DataFrame:
@@ -166,9 +168,9 @@ def glare_paired(summary: pd.DataFrame) -> str:
 
 def cnn_checkpoint(root: str) -> Path:
     """The gender CNN that notebook 02 trained on fold root ``root`` (``cv_notebooks.py --notebook 02``'s layout:
-    ``<cv>/fold<k>/data`` and ``<cv>/runs/fold<k>/02_gender_classification``)."""
+    ``<cv>/fold<k>/data`` and :func:`cv_notebooks.fold_run_dir`)."""
     fold = Path(root).parent
-    best = fold.parent / "runs" / fold.name / "02_gender_classification" / "checkpoints" / "best.pt"
+    best = RunDir(fold_run_dir(fold.parent, int(fold.name.removeprefix("fold")), "02")).best_checkpoint
     if not best.is_file():
         raise SystemExit(f"{best}: no notebook-02 CNN for fold root {root} (--init cnn starts from it)")
     return best

@@ -102,6 +102,11 @@ def make_fold_roots(data_root: Path, out: Path, notebook: str, folds: int, seed:
     return roots
 
 
+def fold_run_dir(cv_dir: Path, i: int, notebook: str) -> Path:
+    """Fold ``i``'s notebook run folder in a CV folder this driver wrote (``<cv>/runs/fold<i>/<notebook name>``)."""
+    return Path(cv_dir) / "runs" / f"fold{i}" / NOTEBOOKS[notebook]
+
+
 def fold_done(run_dir: Path, notebook: str) -> bool:
     file = run_dir / NOTEBOOKS[notebook] / "metrics.json"
     return file.is_file() and "tracks" in json.loads(file.read_text())

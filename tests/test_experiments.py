@@ -571,3 +571,14 @@ def test_run_config_keeps_the_configs_fields_and_applies_overrides() -> None:
     assert not hasattr(config, "show_plots") and recorded["output_dir"] == "/old"
     with pytest.raises(ValueError, match="takes no epohcs"):
         common.run_config(GenderConfig, recorded, epohcs=2)
+
+
+def test_glare_starts_from_the_cnn_of_the_folds_own_notebook_02_run(tmp_path) -> None:
+    m = load_script("cv_glare")
+    root = tmp_path / "cv" / "fold1" / "data"
+    with pytest.raises(SystemExit, match="no notebook-02 CNN"):
+        m.cnn_checkpoint(str(root))
+    best = tmp_path / "cv" / "runs" / "fold1" / "02_gender_classification" / "checkpoints" / "best.pt"
+    best.parent.mkdir(parents=True)
+    best.write_bytes(b"")
+    assert m.cnn_checkpoint(str(root)) == best
